@@ -1,0 +1,3 @@
+from mlwitness.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""Wiring and lifecycle: the one place that creates components and servers.
+
+`Sidecar.start()` opens the ledger (loading any journal tail left by a crash), pins the
+model by content, records the environment, and starts the inference server (with health
+and reflection). `Sidecar.stop()` drains in-flight calls, flushes and closes the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from mlwitness.backends import Backend
+from mlwitness.backends.embedded import EmbeddedBackend
+from mlwitness.backends.upstream import UpstreamBackend
+from mlwitness.ledger import environment, store
+from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.modelfile import ModelFile
+from mlwitness.runtime import OnnxModel
+from mlwitness.service import InferenceService, decode_record_tensors
+from mlwitness.settings import Settings
+from mlwitness.signature import Signature
+from mlwitness.wire import inference as pb
+from mlwitness.wire import servicer as inference_servicer
+
+log = logging.getLogger("mlwitness")
+
+HEALTH_INTERVAL_S = 1.0
+
+
+def tabulator_for(settings: Settings, signature: Signature) -> Tabulator:
+    """Feature names apply to the model's first 2-D input with that many columns."""
+    names = settings.features
+    if not names:
+        return Tabulator()
+    for spec in signature.inputs:
+        if len(spec.shape) == 2 and spec.shape[1] in (len(names), -1):
+            return Tabulator({spec.name: tuple(names)})
+    if len(signature.inputs) == len(names):
+        return Tabulator()  # one tensor per feature: tensor names already name them
+    raise ValueError(
+        f"--features lists {len(names)} names but no 2-D model input has that many columns: "
+        + ", ".join(s.describe() for s in signature.inputs)
+    )
+
+
+def grpc_server(settings: Settings) -> grpc.aio.Server:
+    limit = max(2 * settings.max_request_bytes, settings.max_request_bytes + (1 << 20))
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+
+
+def add_health_and_reflection(server: grpc.aio.Server, services: list[str]) -> Any:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    pb.add_file(health_pb2.DESCRIPTOR)
+    pb.add_file(reflection_pb2.DESCRIPTOR)
+    names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server, pool=pb.POOL)
+    return servicer
+
+
+class Sidecar:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.validate()
+        self.ledger: LedgerWriter | None = None
+        self.backend: Backend | None = None
+        self.model_file: ModelFile | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health: Any = None
+        self.port = 0
+        self.ready = False
+        self._tasks: list[asyncio.Task] = []
+
+    # ── start ──────────────────────────────────────────────────────────────────────────
+
+    async def start(self) -> None:
+        s = self.settings
+        first = s.model.read_bytes()  # type: ignore[union-attr]
+        model = await asyncio.to_thread(OnnxModel, first, threads=s.ort_threads)
+        self.ledger = LedgerWriter(
+            s.ledger,
+            WriterOptions(
+                durability=s.durability,
+                load_interval_s=s.load_interval,
+                max_unloaded=s.max_backlog,
+            ),
+            tabulator=tabulator_for(s, model.signature),
+            decoder=decode_record_tensors,
+        )
+        await asyncio.to_thread(self.ledger.open)
+        env = environment.fingerprint(model.providers)
+        env_id = self.ledger.write(lambda con: store.put_environment(con, env))
+        self.model_file = ModelFile(s.model, self._store_model)  # type: ignore[arg-type]
+        if self.model_file.sha256 != model.sha256:  # the file changed while we loaded it
+            model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, threads=s.ort_threads)
+        if s.upstream:
+            self.backend = UpstreamBackend(s.upstream, default_timeout=s.upstream_timeout)
+            current_sha = self._current_sha
+        else:
+            self.backend = EmbeddedBackend(model, s.served_name, s.model_version)
+            pinned = model.sha256
+            current_sha = lambda: pinned  # noqa: E731  (embedded: the bytes we loaded)
+        service = InferenceService(
+            backend=self.backend,
+            ledger=self.ledger,
+            model_name=s.served_name,
+            model_version=s.model_version,
+            model_sha256=current_sha,
+            env_id=env_id,
+            max_request_bytes=s.max_request_bytes,
+        )
+        servicer = inference_servicer.InferenceServicer(
+            service, self.backend, model.signature, s.record_metadata, lambda: self.ready
+        )
+        self.server = grpc_server(s)
+        self.server.add_generic_rpc_handlers((inference_servicer.handler(servicer),))
+        self.health = add_health_and_reflection(self.server, [pb.SERVICE])
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        await self.server.start()
+        await self._update_health()
+        self._tasks.append(asyncio.create_task(self._watch()))
+        log.info(
+            "serving model %s (sha256 %s, %s) on %s:%d, ledger %s",
+            s.served_name, model.sha256[:12], self.backend.mode, s.host, self.port, s.ledger,
+        )
+
+    def _store_model(self, onnx: bytes) -> None:
+        s = self.settings
+        try:
+            signature = OnnxModel(onnx).signature.to_dict()
+        except Exception as exc:  # the upstream's business; we still pin the bytes
+            signature = {"inputs": [], "outputs": [], "error": str(exc)}
+        assert self.ledger is not None
+        self.ledger.write(
+            lambda con: store.put_model(con, onnx, s.served_name, s.model_version, signature)
+        )
+
+    def _current_sha(self) -> str:
+        assert self.model_file is not None
+        return self.model_file.sha256
+
+    async def _update_health(self) -> None:
+        assert self.ledger is not None and self.backend is not None
+        ready = self.ledger.healthy and await self.backend.ready()
+        if ready != self.ready or self._tasks == []:
+            status = (health_pb2.HealthCheckResponse.SERVING if ready
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for name in ("", pb.SERVICE):
+                await self.health.set(name, status)
+        self.ready = ready
+
+    async def _watch(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
+        while True:
+            try:
+                await self._update_health()
+                if s.upstream and loop.time() >= next_poll:
+                    assert self.model_file is not None
+                    await asyncio.to_thread(self.model_file.refresh)
+                    next_poll = loop.time() + s.model_poll_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("health/model watch failed")
+            await asyncio.sleep(min(HEALTH_INTERVAL_S, s.model_poll_interval))
+
+    # ── stop ───────────────────────────────────────────────────────────────────────────
+
+    async def stop(self) -> None:
+        """Drain in-flight calls (up to --drain-timeout), then flush and close the ledger."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace=self.settings.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.backend is not None:
+            await self.backend.close()
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.close)
+
+    def addresses(self) -> dict[str, Any]:
+        return {"event": "ready", "host": self.settings.host, "port": self.port}
+
+
+async def serve(settings: Settings) -> None:
+    """Run the sidecar until SIGTERM or SIGINT, then drain and exit."""
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(json.dumps(sidecar.addresses()), flush=True)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls")
+    await sidecar.stop()
+    log.info("stopped; ledger flushed")

@@ -1,0 +1,48 @@
+"""Model backends: where a decision is computed. Both implement `Backend`.
+
+* `embedded.EmbeddedBackend` runs the ONNX model in-process with onnxruntime.
+* `upstream.UpstreamBackend` forwards the caller's exact request bytes to a v2 gRPC server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mlwitness.codec import Tensor
+
+
+@dataclass
+class Inference:
+    response: bytes  # the exact ModelInferResponse bytes the caller will receive
+    outputs: list[Tensor]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One ModelInfer call as the backends see it."""
+
+    request: Any  # parsed ModelInferRequest
+    raw: bytes  # the bytes as received
+    inputs: list[Tensor] | None  # decoded inputs (None if they could not be decoded)
+    request_id: str  # the caller's id, or the one mlwitness assigned
+    timeout: float | None  # seconds left of the caller's deadline
+    metadata: tuple[tuple[str, str], ...]  # caller metadata to pass on
+
+
+class Backend(Protocol):
+    """Contract: `infer` returns the response bytes to send, whose `id` is the call's
+    request id; failures raise MlwitnessError subclasses (UpstreamError keeps an upstream
+    server's own status code). `metadata`/`ready` answer the protocol's metadata RPCs."""
+
+    mode: str  # "embedded" or "forwarding"
+
+    async def infer(self, call: Call) -> Inference: ...
+
+    async def ready(self) -> bool: ...
+
+    async def model_metadata(self, raw: bytes, timeout: float | None) -> bytes | None:
+        """The upstream's ModelMetadataResponse bytes, or None to answer locally."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,86 @@
+"""Forwarding backend: the caller's exact request bytes go to an upstream v2 gRPC server
+(Triton, KServe, MLServer…); its answer — or its error, with its own status code and
+message — comes back unchanged."""
+
+from __future__ import annotations
+
+import grpc
+
+from mlwitness.backends import Call, Inference
+from mlwitness.codec import decode_outputs
+from mlwitness.errors import BackendUnavailable, UpstreamError
+from mlwitness.wire import inference as pb
+
+_METHOD = "/inference.GRPCInferenceService/"
+
+
+def _id_field(request_id: str) -> bytes:
+    """Protobuf encoding of ModelInferResponse.id (field 3). Appended to a serialized
+    message it overrides any earlier value (last one wins), leaving the upstream's bytes
+    untouched before it."""
+    data = request_id.encode()
+    length = len(data)
+    varint = bytearray()
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        varint.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return b"\x1a" + bytes(varint) + data
+
+
+class UpstreamBackend:
+    mode = "forwarding"
+
+    def __init__(self, target: str, *, default_timeout: float = 30.0) -> None:
+        self.target = target
+        self.default_timeout = default_timeout
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+            ],
+        )
+        self._calls = {
+            name: self._channel.unary_unary(_METHOD + name)  # bytes in, bytes out
+            for name in ("ModelInfer", "ModelMetadata", "ServerReady")
+        }
+
+    async def _call(self, name: str, raw: bytes, timeout: float | None, metadata=()) -> bytes:
+        try:
+            return await self._calls[name](
+                raw, timeout=timeout or self.default_timeout, metadata=metadata or None
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise UpstreamError(exc.code().name, exc.details() or "") from exc
+
+    async def infer(self, call: Call) -> Inference:
+        response = await self._call("ModelInfer", call.raw, call.timeout, call.metadata)
+        if not call.request.id:
+            response += _id_field(call.request_id)
+        try:
+            outputs = decode_outputs(pb.ModelInferResponse.FromString(response))
+        except Exception:  # an odd upstream answer still reaches the caller; bytes are kept
+            outputs = []
+        return Inference(response, outputs)
+
+    async def ready(self) -> bool:
+        try:
+            raw = await self._call("ServerReady", b"", 2.0)
+        except UpstreamError:
+            return False
+        return bool(pb.ServerReadyResponse.FromString(raw).ready)
+
+    async def model_metadata(self, raw: bytes, timeout: float | None) -> bytes | None:
+        try:
+            return await self._call("ModelMetadata", raw, timeout)
+        except UpstreamError as exc:
+            if exc.status == "UNAVAILABLE":
+                raise BackendUnavailable(f"upstream {self.target} is unavailable: "
+                                         f"{exc.message}") from exc
+            raise
+
+    async def close(self) -> None:
+        await self._channel.close()

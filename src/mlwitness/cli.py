@@ -1,0 +1,97 @@
+"""The `mlwitness` command: a thin layer over the library.
+
+    mlwitness serve --model credit.onnx [--upstream HOST:PORT] [...]
+    mlwitness verify --ledger mlwitness.duckdb [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mlwitness import __version__
+from mlwitness import settings as settings_mod
+from mlwitness.errors import MlwitnessError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mlwitness.app import serve
+
+    settings = settings_mod.build(args).validate()
+    _setup_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _parse_head(text: str | None) -> tuple[int, str] | None:
+    if not text:
+        return None
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise MlwitnessError("--expect-head must be SEQ:HASH (the hash as 64 hex digits)")
+    return int(seq), digest
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mlwitness.ledger.verify import verify
+
+    report = verify(Path(args.ledger), expect_head=_parse_head(args.expect_head))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"ledger        {report.ledger}")
+        print(f"records       {report.records} in DuckDB, {report.journal_records} in the journal")
+        print(f"models        {report.models}, environments {report.environments}")
+        print(f"chain head    seq {report.head_seq}  {report.head_hash}")
+        if report.ok:
+            print("result        OK: every record and model matches its hash")
+        else:
+            print(f"result        FAILED at seq {report.first_bad_seq}")
+            for problem in report.problems:
+                where = f"seq {problem.seq}: " if problem.seq is not None else ""
+                print(f"  - {where}{problem.what}")
+    return 0 if report.ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="mlwitness",
+        description="Open Inference Protocol v2 sidecar with a hash-chained decision ledger.",
+    )
+    top.add_argument("--version", action="version", version=f"mlwitness {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the sidecar (inference + audit ports)")
+    settings_mod.add_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    verify = sub.add_parser("verify", help="recompute the ledger's hash chain; exit 1 if broken")
+    verify.add_argument("--ledger", default="mlwitness.duckdb", help="ledger file")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--expect-head", metavar="SEQ:HASH", default=None,
+                        help="also fail unless the chain reaches this published head")
+    verify.set_defaults(func=cmd_verify)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MlwitnessError as exc:
+        print(f"mlwitness: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,137 @@
+"""Decoded tensors → per-row columns for SQL.
+
+A request's tabular tensors (numeric or BYTES, shape [N] or [N, k] with a small k, all
+with the same N) become N rows; each row maps column names to values: `income` →
+52000.0. A [N] or [N, 1] tensor gives one column named after the tensor; [N, k] gives k
+columns, named by the configured feature names for that tensor or `name_0 … name_{k-1}`.
+Other tensors (images, sequences) stay in the request/response bytes only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+MAX_COLUMNS_PER_TENSOR = 256
+
+
+@dataclass(frozen=True)
+class Rows:
+    """N rows of named numeric and text columns."""
+
+    n: int
+    num_names: tuple[str, ...]
+    num_values: np.ndarray  # float64 [n, len(num_names)]
+    text_names: tuple[str, ...]
+    text_values: np.ndarray  # object (str) [n, len(text_names)]
+
+
+EMPTY = Rows(0, (), np.zeros((0, 0)), (), np.zeros((0, 0), dtype=object))
+
+
+@dataclass(frozen=True)
+class Tabulator:
+    """Turns a request's (or response's) tensors into Rows, naming columns."""
+
+    feature_names: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def column_names(self, name: str, width: int, shape_rank: int) -> list[str]:
+        configured = self.feature_names.get(name)
+        if configured is not None and len(configured) == width:
+            return list(configured)
+        if shape_rank == 1 or width == 1:
+            return [name]
+        return [f"{name}_{j}" for j in range(width)]
+
+    def rows(self, tensors: Sequence) -> Rows:
+        n: int | None = None
+        num_names: list[str] = []
+        num_cols: list[np.ndarray] = []
+        text_names: list[str] = []
+        text_cols: list[np.ndarray] = []
+        for tensor in tensors:
+            array = tensor.array
+            if array.ndim not in (1, 2) or array.shape[0] == 0:
+                continue
+            if array.ndim == 2 and array.shape[1] > MAX_COLUMNS_PER_TENSOR:
+                continue
+            if n is None:
+                n = array.shape[0]
+            elif array.shape[0] != n:
+                continue
+            matrix = array.reshape(n, -1)
+            names = self.column_names(tensor.name, matrix.shape[1], array.ndim)
+            if array.dtype == object:
+                text_names.extend(names)
+                text_cols.append(_as_text(matrix))
+            elif array.dtype.kind in "biuf":
+                num_names.extend(names)
+                num_cols.append(matrix.astype(np.float64, copy=False))
+        if n is None:
+            return EMPTY
+        return Rows(
+            n,
+            _unique(num_names),
+            np.hstack(num_cols) if num_cols else np.zeros((n, 0)),
+            _unique(text_names),
+            np.hstack(text_cols) if text_cols else np.zeros((n, 0), dtype=object),
+        )
+
+
+def _as_text(matrix: np.ndarray) -> np.ndarray:
+    out = np.empty(matrix.shape, dtype=object)
+    for index, value in np.ndenumerate(matrix):
+        out[index] = (
+            value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+        )
+    return out
+
+
+def _unique(names: list[str]) -> tuple[str, ...]:
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        result.append(name if count == 0 else f"{name}#{count}")
+    return tuple(result)
+
+
+def _list_of_maps(per_record: Sequence[Rows], text: bool) -> pa.Array:
+    list_offsets = [0]
+    map_offsets = [0]
+    keys: list[str] = []
+    values: list[np.ndarray] = []
+    for rows in per_record:
+        names = rows.text_names if text else rows.num_names
+        matrix = rows.text_values if text else rows.num_values
+        width = len(names)
+        list_offsets.append(list_offsets[-1] + rows.n)
+        if rows.n:
+            base = map_offsets[-1]
+            map_offsets.extend(base + width * (i + 1) for i in range(rows.n))
+            keys.extend(names * rows.n)
+            values.append(matrix.reshape(-1))
+    item_type = pa.string() if text else pa.float64()
+    if values:
+        flat = np.concatenate(values)
+        items = pa.array(flat.tolist() if text else flat, type=item_type)
+    else:
+        items = pa.array([], type=item_type)
+    maps = pa.MapArray.from_arrays(
+        pa.array(map_offsets, type=pa.int32()), pa.array(keys, type=pa.string()), items
+    )
+    return pa.ListArray.from_arrays(pa.array(list_offsets, type=pa.int32()), maps)
+
+
+def arrow_columns(inputs: Sequence[Rows], outputs: Sequence[Rows]) -> dict[str, pa.Array]:
+    """The four decoded columns of the `entries` table for a batch of records."""
+    return {
+        "inputs": _list_of_maps(inputs, text=False),
+        "inputs_text": _list_of_maps(inputs, text=True),
+        "outputs": _list_of_maps(outputs, text=False),
+        "outputs_text": _list_of_maps(outputs, text=True),
+    }

@@ -1,0 +1,140 @@
+"""DuckDB schema of the ledger, and the stable views auditors query.
+
+Tables are the storage contract of the writer; the views (`records`, `decisions`,
+`audit_log`) are the documented interface for people and tools. Timestamps in tables are
+µs since the epoch (UTC); views show them as TIMESTAMP (UTC).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+SCHEMA_VERSION = "1"
+
+_NUM_ROWS = "MAP(VARCHAR, DOUBLE)[]"
+_TEXT_ROWS = "MAP(VARCHAR, VARCHAR)[]"
+
+TABLES = f"""
+CREATE TABLE IF NOT EXISTS ledger_meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq BIGINT NOT NULL,
+    kind VARCHAR NOT NULL,
+    request_id VARCHAR NOT NULL,
+    received_us BIGINT NOT NULL,
+    responded_us BIGINT NOT NULL,
+    model_name VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    model_sha256 VARCHAR NOT NULL,
+    env_id VARCHAR NOT NULL,
+    peer VARCHAR NOT NULL,
+    metadata VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    message VARCHAR NOT NULL,
+    violations VARCHAR NOT NULL,
+    detail VARCHAR NOT NULL,
+    request BLOB NOT NULL,
+    response BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    inputs {_NUM_ROWS},
+    inputs_text {_TEXT_ROWS},
+    outputs {_NUM_ROWS},
+    outputs_text {_TEXT_ROWS}
+);
+CREATE TABLE IF NOT EXISTS models (
+    sha256 VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    onnx BLOB NOT NULL,
+    signature VARCHAR NOT NULL,
+    first_seen_us BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS environments (
+    env_id VARCHAR PRIMARY KEY,
+    fingerprint VARCHAR NOT NULL,
+    first_seen_us BIGINT NOT NULL
+);
+"""
+
+VIEWS = """
+CREATE OR REPLACE VIEW records AS
+SELECT
+    seq,
+    request_id,
+    make_timestamp(received_us) AS received_at,
+    make_timestamp(responded_us) AS responded_at,
+    responded_us - received_us AS latency_us,
+    model_name,
+    model_version,
+    model_sha256,
+    env_id,
+    peer AS caller,
+    metadata,
+    status,
+    message,
+    violations,
+    len(inputs) AS batch_size,
+    inputs,
+    inputs_text,
+    outputs,
+    outputs_text,
+    lower(hex(hash)) AS hash
+FROM entries
+WHERE kind = 'infer';
+
+CREATE OR REPLACE VIEW decisions AS
+SELECT
+    seq,
+    request_id,
+    received_at,
+    model_name,
+    model_sha256,
+    status,
+    generate_subscripts(inputs, 1) - 1 AS row,
+    unnest(inputs) AS inputs,
+    unnest(outputs) AS outputs
+FROM records
+WHERE status = 'OK';
+
+CREATE OR REPLACE VIEW audit_log AS
+SELECT
+    seq,
+    kind,
+    request_id,
+    make_timestamp(received_us) AS at,
+    peer AS caller,
+    status,
+    message,
+    detail::JSON AS detail
+FROM entries
+WHERE kind <> 'infer';
+"""
+
+
+def create(con: duckdb.DuckDBPyConnection) -> None:
+    """Create missing tables and (re)create the views. Idempotent."""
+    con.execute(TABLES)
+    con.execute(VIEWS)
+    con.execute(
+        "INSERT INTO ledger_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+        [SCHEMA_VERSION],
+    )
+
+
+def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a ledger file. Read-only connections never create or alter anything."""
+    if read_only:
+        if not path.exists():
+            from mlwitness.errors import FailedPrecondition
+
+            raise FailedPrecondition(f"ledger file {path} does not exist")
+        return duckdb.connect(str(path), read_only=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    create(con)
+    return con

@@ -1,0 +1,158 @@
+"""Ledger verification: recompute the hash chain and the stored model bytes' hashes.
+
+The chain covers every field of every record (see `record.encode`), so changing any byte
+of a stored record, deleting a record or reordering records breaks it at the first
+affected seq. Records still in the journal (acknowledged, not yet loaded into DuckDB) are
+verified as the chain's continuation. A ledger truncated at its end still forms a valid
+chain: compare the reported head with one published earlier (`expect_head`) to catch that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlwitness.ledger import journal, schema
+from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
+
+_COLUMNS = (
+    "seq, kind, request_id, received_us, responded_us, model_name, model_version, "
+    "model_sha256, env_id, peer, metadata, status, message, violations, detail, "
+    "request, response, prev_hash, hash"
+)
+
+
+@dataclass
+class Problem:
+    seq: int | None
+    what: str
+
+
+@dataclass
+class VerifyReport:
+    ledger: str
+    records: int = 0
+    journal_records: int = 0
+    models: int = 0
+    environments: int = 0
+    head_seq: int = 0
+    head_hash: str = ""
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_bad_seq(self) -> int | None:
+        seqs = [p.seq for p in self.problems if p.seq is not None]
+        return min(seqs) if seqs else None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["first_bad_seq"] = self.first_bad_seq
+        return data
+
+
+def _stored_records(con, batch: int = 5000) -> Iterator[Record]:
+    cursor = con.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY seq")
+    while rows := cursor.fetchmany(batch):
+        for row in rows:
+            yield Record(
+                seq=row[0],
+                kind=row[1],
+                request_id=row[2],
+                received_us=row[3],
+                responded_us=row[4],
+                model_name=row[5],
+                model_version=row[6],
+                model_sha256=row[7],
+                env_id=row[8],
+                peer=row[9],
+                metadata=row[10],
+                status=row[11],
+                message=row[12],
+                violations=row[13],
+                detail=row[14],
+                request=bytes(row[15]),
+                response=bytes(row[16]),
+                prev_hash=bytes(row[17]),
+                hash=bytes(row[18]),
+            )
+
+
+def verify(path: Path, *, expect_head: tuple[int, str] | None = None) -> VerifyReport:
+    """Verify the ledger file at `path` (opened read-only) and its journal tail."""
+    report = VerifyReport(ledger=str(path))
+    con = schema.connect(path, read_only=True)
+    try:
+        meta = dict(con.execute("SELECT key, value FROM ledger_meta").fetchall())
+        chain_id = meta.get("chain_id", "")
+        prev = genesis_hash(chain_id)
+        expected_seq = 1
+        for record in _stored_records(con):
+            problem = _check(record, expected_seq, prev)
+            if problem is not None and not report.problems:
+                report.problems.append(problem)
+            report.records += 1
+            expected_seq = record.seq + 1
+            prev = record.hash
+        _check_models(con, report)
+    finally:
+        con.close()
+    try:
+        for record in journal.read(journal.journal_dir(path)):
+            if record.seq < expected_seq:
+                continue
+            problem = _check(record, expected_seq, prev)
+            if problem is not None and not report.problems:
+                report.problems.append(Problem(problem.seq, f"journal: {problem.what}"))
+            report.journal_records += 1
+            expected_seq = record.seq + 1
+            prev = record.hash
+    except Exception as exc:  # damaged journal: report it, don't crash the verifier
+        report.problems.append(Problem(expected_seq, f"journal unreadable: {exc}"))
+    report.head_seq = expected_seq - 1
+    report.head_hash = prev.hex()
+    if expect_head is not None:
+        seq, digest = expect_head
+        if report.head_seq < seq:
+            report.problems.append(
+                Problem(report.head_seq + 1, f"records after seq {report.head_seq} are missing; "
+                        f"expected the chain to reach seq {seq}")
+            )
+        elif report.head_seq == seq and report.head_hash != digest.lower():
+            report.problems.append(Problem(seq, "chain head differs from the expected hash"))
+    return report
+
+
+def _check(record: Record, expected_seq: int, prev: bytes) -> Problem | None:
+    if record.seq != expected_seq:
+        if record.seq > expected_seq:
+            return Problem(expected_seq, f"record seq {expected_seq} is missing "
+                           f"(next stored record is seq {record.seq})")
+        return Problem(record.seq, f"seq {record.seq} appears out of order or twice")
+    if record.prev_hash != prev:
+        return Problem(record.seq, "prev_hash does not match the previous record's hash "
+                       "(a record was removed, inserted or reordered before it)")
+    if chain_hash(record.prev_hash, encode(record)) != record.hash:
+        return Problem(record.seq, "content does not match its hash (the record was altered)")
+    return None
+
+
+def _check_models(con, report: VerifyReport) -> None:
+    for sha, onnx in con.execute("SELECT sha256, onnx FROM models ORDER BY sha256").fetchall():
+        report.models += 1
+        if hashlib.sha256(bytes(onnx)).hexdigest() != sha:
+            report.problems.append(Problem(None, f"model {sha}: stored bytes do not match "
+                                           "their SHA-256"))
+    for env_id, fingerprint in con.execute(
+        "SELECT env_id, fingerprint FROM environments ORDER BY env_id"
+    ).fetchall():
+        report.environments += 1
+        if hashlib.sha256(fingerprint.encode()).hexdigest() != env_id:
+            report.problems.append(Problem(None, f"environment {env_id}: fingerprint does "
+                                           "not match its id"))

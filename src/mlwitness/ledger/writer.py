@@ -1,0 +1,475 @@
+"""The one writer of a ledger: group commit through the journal, DuckDB loaded behind it.
+
+    append(record) ──► pending ──► flusher thread ──► journal (write + fdatasync) ──► ack
+                                        │ seq, prev_hash, hash assigned here, in order
+                                        ▼
+                                   loader thread ──► DuckDB (one Arrow batch per transaction)
+
+* **No decision without a record.** `append` returns only after the record's journal frame
+  is written and — in `fsync` durability, the default — flushed to disk. Everything that
+  arrived while the previous flush ran shares the next one (group commit).
+* **One writer.** Only the loader thread touches the read-write DuckDB connection; other
+  DuckDB writes (models, environments, guards) are handed to it with `write`. Readers get
+  their own cursors from `cursor()`.
+* **Nothing acknowledged is missed.** `sync()` waits until every acknowledged record is in
+  DuckDB; the audit service calls it before it reads. On start-up, journal records beyond
+  DuckDB's last one are loaded before anything else happens.
+* **Failure is loud.** If the journal cannot be written or flushed, the writer fails
+  permanently: every pending and later `append` raises LedgerUnavailable (the caller gets
+  UNAVAILABLE and no prediction) until the process is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from mlwitness.errors import DataLoss, LedgerUnavailable
+from mlwitness.ledger import journal as journal_mod
+from mlwitness.ledger import schema
+from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
+from mlwitness.ledger.rows import EMPTY, Rows, Tabulator, arrow_columns
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DURABILITY_MODES = ("fsync", "write")
+
+# Decodes a record's request/response bytes into tensors when they are not in memory
+# (records replayed from the journal at start-up). Returns (inputs, outputs).
+TensorDecoder = Callable[[Record], tuple[list[Any], list[Any]]]
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    durability: str = "fsync"
+    load_interval_s: float = 0.2
+    load_batch: int = 8192
+    max_unloaded: int = 200_000
+    backpressure_timeout_s: float = 5.0
+    segment_bytes: int = 64 << 20
+
+
+@dataclass
+class WriterStats:
+    """Counters for metrics and benchmarks. Updated by the writer threads only."""
+
+    appended: int = 0
+    flushes: int = 0
+    flush_seconds: float = 0.0
+    loads: int = 0
+    loaded: int = 0
+    load_seconds: float = 0.0
+    last_flush_batch: int = 0
+    last_load_batch: int = 0
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        path: Path,
+        options: WriterOptions | None = None,
+        *,
+        tabulator: Tabulator | None = None,
+        decoder: TensorDecoder | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.options = options or WriterOptions()
+        if self.options.durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {DURABILITY_MODES}")
+        self.tabulator = tabulator or Tabulator()
+        self.decoder = decoder
+        self.stats = WriterStats()
+        self.chain_id = ""
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._read_root: duckdb.DuckDBPyConnection | None = None
+        self._read_lock = threading.Lock()
+        self._journal = journal_mod.Journal(
+            journal_mod.journal_dir(self.path), segment_bytes=self.options.segment_bytes
+        )
+        self._pending: deque[tuple[Record, Any]] = deque()
+        self._wake = threading.Event()
+        self._unloaded: deque[Record] = deque()
+        self._load_cond = threading.Condition()
+        self._load_now = False
+        self._writes: deque[tuple[Callable[[duckdb.DuckDBPyConnection], Any], Future]] = deque()
+        self._space = threading.Condition()
+        self._head_seq = 0
+        self._head_hash = b""
+        self._durable_seq = 0
+        self._loaded_seq = 0
+        self._failure: LedgerUnavailable | None = None
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+
+    # ── lifecycle ──────────────────────────────────────────────────────────────────────
+
+    def open(self) -> None:
+        """Open (or create) the ledger, load any journal tail, start the writer threads."""
+        con = schema.connect(self.path)
+        self._con = con
+        rows = con.execute("SELECT value FROM ledger_meta WHERE key = 'chain_id'").fetchall()
+        if not rows:
+            self.chain_id = uuid.uuid4().hex
+            con.execute("INSERT INTO ledger_meta VALUES ('chain_id', ?)", [self.chain_id])
+        else:
+            self.chain_id = rows[0][0]
+        last = con.execute(
+            "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
+        ).fetchall()
+        if not last:
+            self._head_seq, self._head_hash = 0, genesis_hash(self.chain_id)
+        else:
+            self._head_seq, self._head_hash = int(last[0][0]), bytes(last[0][1])
+        self._recover()
+        self._durable_seq = self._loaded_seq = self._head_seq
+        self._journal.open(self._head_seq + 1)
+        self._journal.retire(self._loaded_seq)
+        self._read_root = con.cursor()
+        self._threads = [
+            threading.Thread(target=self._flush_loop, name="ledger-flusher", daemon=True),
+            threading.Thread(target=self._load_loop, name="ledger-loader", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _recover(self) -> None:
+        """Load journal records that DuckDB does not have yet, checking the chain."""
+        assert self._con is not None
+        tail: list[Record] = []
+        for record in journal_mod.read(journal_mod.journal_dir(self.path), repair=True):
+            if record.seq <= self._head_seq:
+                continue
+            if record.seq != self._head_seq + len(tail) + 1:
+                raise DataLoss(
+                    f"journal skips from seq {self._head_seq + len(tail)} to {record.seq}; "
+                    "refusing to continue the chain. Run `mlwitness verify`."
+                )
+            expected_prev = tail[-1].hash if tail else self._head_hash
+            if record.prev_hash != expected_prev or record.hash != chain_hash(
+                record.prev_hash, encode(record)
+            ):
+                raise DataLoss(
+                    f"journal record seq {record.seq} does not continue the hash chain; "
+                    "refusing to continue. Run `mlwitness verify`."
+                )
+            tail.append(record)
+        if tail:
+            log.info("loading %d journal records left by the previous run", len(tail))
+            for start in range(0, len(tail), self.options.load_batch):
+                self._insert(tail[start : start + self.options.load_batch])
+            self._head_seq, self._head_hash = tail[-1].seq, tail[-1].hash
+
+    def close(self) -> None:
+        """Flush and load everything, checkpoint DuckDB, remove the journal. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._threads:
+            flusher, loader = self._threads
+            self._wake.set()
+            flusher.join()
+            late = list(self._pending)  # raced with shutdown: refuse, never leave hanging
+            self._pending.clear()
+            self._settle([w for _, w in late], LedgerUnavailable("the ledger is shutting down"))
+            with self._load_cond:
+                self._load_cond.notify_all()
+            loader.join()
+        failed = self._failure is not None
+        if self._con is not None:
+            if not failed:
+                self._con.execute("CHECKPOINT")
+            self._journal.close(remove_if_loaded_upto=None if failed else self._loaded_seq)
+            self._con.close()
+            self._con = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._failure is None and not self._closing and self._con is not None
+
+    @property
+    def head(self) -> tuple[int, bytes]:
+        """(seq, hash) of the last durable record."""
+        return self._durable_seq, self._head_hash
+
+    @property
+    def backlog(self) -> int:
+        """Records appended but not yet in DuckDB."""
+        return len(self._pending) + self._durable_seq - self._loaded_seq
+
+    # ── appending ──────────────────────────────────────────────────────────────────────
+
+    def _admit(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise LedgerUnavailable("the ledger is shutting down")
+
+    async def append(self, record: Record) -> None:
+        """Append a record; return once it is durable. Raises LedgerUnavailable."""
+        self._admit()
+        if self.backlog >= self.options.max_unloaded:
+            await asyncio.to_thread(self._wait_for_space)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        self._wake.set()
+        await future
+
+    def append_blocking(self, record: Record, timeout: float | None = 30.0) -> None:
+        """`append` for threads outside an event loop."""
+        self._admit()
+        if self.backlog >= self.options.max_unloaded:
+            self._wait_for_space()
+        future: Future[None] = Future()
+        self._pending.append((record, future))
+        self._wake.set()
+        future.result(timeout)
+
+    def _wait_for_space(self) -> None:
+        deadline = time.monotonic() + self.options.backpressure_timeout_s
+        with self._space:
+            while self.backlog >= self.options.max_unloaded:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._failure is not None:
+                    raise LedgerUnavailable(
+                        f"ledger backlog is full ({self.backlog} records not yet stored); "
+                        "retry later"
+                    )
+                self._space.wait(remaining)
+
+    def _flush_loop(self) -> None:
+        sync = self.options.durability == "fsync"
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            batch = []
+            while self._pending:
+                batch.append(self._pending.popleft())
+            started = time.perf_counter()
+            error = self._failure
+            if error is None:
+                error = self._write_batch(batch, sync)
+            self.stats.flushes += 1
+            self.stats.flush_seconds += time.perf_counter() - started
+            self.stats.last_flush_batch = len(batch)
+            self._settle([waiter for _, waiter in batch], error)
+            if self._closing and not self._pending:
+                self._wake.set()
+
+    def _write_batch(self, batch: list[tuple[Record, Any]], sync: bool) -> LedgerUnavailable | None:
+        seq, prev = self._head_seq, self._head_hash
+        frames = []
+        for record, _ in batch:
+            seq += 1
+            record.seq = seq
+            payload = encode(record)
+            record.prev_hash = prev
+            record.hash = prev = chain_hash(prev, payload)
+            frames.append(journal_mod.frame(record, payload))
+        try:
+            self._journal.append(b"".join(frames), self._head_seq + 1, seq)
+            if sync:
+                self._journal.sync()
+        except OSError as exc:
+            log.exception("ledger journal write failed; the ledger is now unavailable")
+            self._failure = LedgerUnavailable(
+                f"the ledger cannot store records ({exc.strerror or exc}); "
+                "no decisions are served until it is repaired and mlwitness restarted"
+            )
+            return self._failure
+        self._head_seq, self._head_hash = seq, prev
+        self._durable_seq = seq
+        self.stats.appended += len(batch)
+        with self._load_cond:
+            self._unloaded.extend(record for record, _ in batch)
+            if len(self._unloaded) >= self.options.load_batch:
+                self._load_cond.notify()
+        self._journal.retire(self._loaded_seq)
+        return None
+
+    @staticmethod
+    def _settle(waiters: list[Any], error: BaseException | None) -> None:
+        by_loop: dict[Any, list[asyncio.Future]] = {}
+        for waiter in waiters:
+            if isinstance(waiter, asyncio.Future):
+                by_loop.setdefault(waiter.get_loop(), []).append(waiter)
+            elif error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+        for loop, futures in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_futures, futures, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    # ── loading into DuckDB ────────────────────────────────────────────────────────────
+
+    def _load_loop(self) -> None:
+        interval = self.options.load_interval_s
+        while True:
+            with self._load_cond:
+                if not (self._load_now or self._writes or self._closing):
+                    self._load_cond.wait(interval)
+                self._load_now = False
+                batch = []
+                while self._unloaded and len(batch) < self.options.load_batch:
+                    batch.append(self._unloaded.popleft())
+            self._run_writes()
+            if batch:
+                self._load(batch)
+            elif self._closing and not self._threads[0].is_alive() and not self._unloaded:
+                self._run_writes()
+                return
+            with self._load_cond:
+                self._load_cond.notify_all()
+
+    def _load(self, batch: list[Record]) -> None:
+        started = time.perf_counter()
+        attempts = 0
+        while True:
+            try:
+                self._insert(batch)
+                break
+            except duckdb.Error:
+                attempts += 1
+                log.exception("loading %d records into DuckDB failed; retrying", len(batch))
+                if self._closing and attempts >= 3:
+                    return  # they stay in the journal; the next start loads them
+                time.sleep(0.5)
+        self._loaded_seq = batch[-1].seq
+        self.stats.loads += 1
+        self.stats.loaded += len(batch)
+        self.stats.load_seconds += time.perf_counter() - started
+        self.stats.last_load_batch = len(batch)
+        with self._space:
+            self._space.notify_all()
+
+    def _insert(self, batch: list[Record]) -> None:
+        assert self._con is not None
+        inputs: list[Rows] = []
+        outputs: list[Rows] = []
+        for record in batch:
+            tensors_in, tensors_out = record.inputs, record.outputs
+            if tensors_in is None and tensors_out is None and self.decoder is not None:
+                tensors_in, tensors_out = self.decoder(record)
+            inputs.append(self.tabulator.rows(tensors_in) if tensors_in else EMPTY)
+            outputs.append(self.tabulator.rows(tensors_out) if tensors_out else EMPTY)
+            record.inputs = record.outputs = None  # the bytes are what we keep
+        table = pa.table(
+            {
+                "seq": pa.array([r.seq for r in batch], pa.int64()),
+                "kind": [r.kind for r in batch],
+                "request_id": [r.request_id for r in batch],
+                "received_us": pa.array([r.received_us for r in batch], pa.int64()),
+                "responded_us": pa.array([r.responded_us for r in batch], pa.int64()),
+                "model_name": [r.model_name for r in batch],
+                "model_version": [r.model_version for r in batch],
+                "model_sha256": [r.model_sha256 for r in batch],
+                "env_id": [r.env_id for r in batch],
+                "peer": [r.peer for r in batch],
+                "metadata": [r.metadata for r in batch],
+                "status": [r.status for r in batch],
+                "message": [r.message for r in batch],
+                "violations": [r.violations for r in batch],
+                "detail": [r.detail for r in batch],
+                "request": pa.array([r.request for r in batch], pa.binary()),
+                "response": pa.array([r.response for r in batch], pa.binary()),
+                "prev_hash": pa.array([r.prev_hash for r in batch], pa.binary()),
+                "hash": pa.array([r.hash for r in batch], pa.binary()),
+                **arrow_columns(inputs, outputs),
+            }
+        )
+        con = self._con
+        con.register("_ledger_batch", table)
+        try:
+            con.execute("INSERT INTO entries BY NAME SELECT * FROM _ledger_batch")
+        finally:
+            con.unregister("_ledger_batch")
+
+    # ── other writes, reads and barriers ───────────────────────────────────────────────
+
+    def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float = 30.0) -> T:
+        """Run `fn(connection)` on the writer's DuckDB connection, in the loader thread, in
+        its own transaction; return its result. For models, environments, guards."""
+        if self._con is None:
+            raise LedgerUnavailable("the ledger is not open")
+        if not self._threads:  # during start-up, before the threads run
+            return _in_transaction(self._con, fn)
+        future: Future[T] = Future()
+        with self._load_cond:
+            self._writes.append((fn, future))
+            self._load_cond.notify_all()
+        return future.result(timeout)
+
+    def _run_writes(self) -> None:
+        while self._writes:
+            fn, future = self._writes.popleft()
+            assert self._con is not None
+            try:
+                future.set_result(_in_transaction(self._con, fn))
+            except BaseException as exc:  # handed back to the caller
+                future.set_exception(exc)
+
+    def sync(self, timeout: float = 30.0) -> int:
+        """Wait until every record acknowledged so far is in DuckDB; return that seq."""
+        target = self._durable_seq
+        deadline = time.monotonic() + timeout
+        with self._load_cond:
+            while self._loaded_seq < target:
+                if self._failure is not None and self._loaded_seq >= self._durable_seq:
+                    break
+                self._load_now = True
+                self._load_cond.notify_all()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LedgerUnavailable(
+                        f"records up to seq {target} are durable but not yet queryable; "
+                        "DuckDB is behind (see the sidecar's log)"
+                    )
+                self._load_cond.wait(min(remaining, 0.05))
+        return target
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new read cursor on the ledger, for one thread's use."""
+        if self._read_root is None:
+            raise LedgerUnavailable("the ledger is not open")
+        with self._read_lock:
+            return self._read_root.cursor()
+
+
+def _in_transaction(con: duckdb.DuckDBPyConnection, fn: Callable[[Any], T]) -> T:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        result = fn(con)
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return result
+
+
+def _settle_futures(futures: list[asyncio.Future], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

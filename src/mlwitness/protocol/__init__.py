@@ -1,0 +1,1 @@
+"""Generated from protos/ by `python scripts/gen_protos.py`. Do not edit by hand."""

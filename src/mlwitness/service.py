@@ -1,0 +1,153 @@
+"""The inference service: every ModelInfer call becomes exactly one ledger record.
+
+    bytes in → parse → model check → decode inputs → backend → record → bytes out
+
+Answered, refused and failed calls are all recorded. The response leaves only after its
+record is durable; if the ledger cannot take it, the caller gets UNAVAILABLE and no
+prediction. Nothing here knows about gRPC: the servicer hands in bytes and a Caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from mlwitness.backends import Backend, Call
+from mlwitness.codec import Tensor, decode_inputs, decode_outputs
+from mlwitness.errors import InvalidInput, MlwitnessError, ModelNotFound, TooLarge
+from mlwitness.ledger.record import Record
+from mlwitness.ledger.writer import LedgerWriter
+from mlwitness.wire import inference as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    peer: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()  # the keys chosen for the record
+    forward: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # to the upstream
+
+    def metadata_json(self) -> str:
+        return json.dumps(dict(self.metadata), sort_keys=True) if self.metadata else ""
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class InferenceService:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        ledger: LedgerWriter,
+        model_name: str,
+        model_version: str,
+        model_sha256: Callable[[], str],
+        env_id: str,
+        max_request_bytes: int,
+    ) -> None:
+        self.backend = backend
+        self.ledger = ledger
+        self.model_name = model_name
+        self.model_version = model_version
+        self.model_sha256 = model_sha256
+        self.env_id = env_id
+        self.max_request_bytes = max_request_bytes
+
+    def check_model(self, name: str, version: str) -> None:
+        if name != self.model_name:
+            raise ModelNotFound(f"unknown model '{name}'; this sidecar serves "
+                                f"'{self.model_name}'")
+        if version and version != self.model_version:
+            raise ModelNotFound(f"model '{name}' has no version '{version}'; served version: "
+                                f"'{self.model_version}' (or leave the version empty)")
+
+    async def infer(self, raw: bytes, caller: Caller, timeout: float | None = None) -> bytes:
+        """Answer one ModelInfer call with the response bytes, or raise MlwitnessError.
+        Either way the call is on the ledger before this returns."""
+        record = Record(
+            received_us=_now_us(),
+            model_name=self.model_name,
+            model_version=self.model_version,
+            model_sha256=self.model_sha256(),
+            env_id=self.env_id,
+            peer=caller.peer,
+            metadata=caller.metadata_json(),
+            request=raw,
+        )
+        try:
+            response = await self._infer(raw, caller, timeout, record)
+        except MlwitnessError as exc:
+            await self._record_failure(record, exc.status, exc.message)
+            raise
+        except Exception:
+            log.exception("ModelInfer failed unexpectedly")
+            await self._record_failure(record, "INTERNAL", "internal error")
+            raise
+        record.response = response
+        record.responded_us = _now_us()
+        await self.ledger.append(record)
+        return response
+
+    async def _record_failure(self, record: Record, status: str, message: str) -> None:
+        record.status, record.message = status, message
+        record.request_id = record.request_id or uuid.uuid4().hex
+        record.responded_us = _now_us()
+        await self.ledger.append(record)
+
+    async def _infer(
+        self, raw: bytes, caller: Caller, timeout: float | None, record: Record
+    ) -> bytes:
+        if len(raw) > self.max_request_bytes:
+            record.request = b""  # not kept: that is what the limit is for
+            raise TooLarge(f"request of {len(raw)} bytes exceeds the limit of "
+                           f"{self.max_request_bytes} bytes (--max-request-bytes)")
+        try:
+            request = pb.ModelInferRequest.FromString(raw)
+        except DecodeError as exc:
+            raise InvalidInput(f"the request is not a valid ModelInferRequest: {exc}") from exc
+        record.request_id = request.id or uuid.uuid4().hex
+        record.model_name = request.model_name
+        if request.model_version:
+            record.model_version = request.model_version
+        self.check_model(request.model_name, request.model_version)
+        inputs: list[Tensor] | None
+        try:
+            inputs = decode_inputs(request)
+        except InvalidInput:
+            if self.backend.mode == "embedded":
+                raise
+            inputs = None  # the upstream judges the request; we keep its bytes
+        record.inputs = inputs
+        result = await self.backend.infer(
+            Call(request, raw, inputs, record.request_id, timeout, caller.forward)
+        )
+        record.outputs = result.outputs
+        return result.response
+
+
+def decode_record_tensors(record: Record) -> tuple[list[Tensor], list[Tensor]]:
+    """Decoded inputs and outputs of a stored ModelInfer record (for records that were
+    journaled but not loaded before a crash). Undecodable tensors give empty lists."""
+    if record.kind != "infer":
+        return [], []
+    inputs: list[Tensor] = []
+    outputs: list[Tensor] = []
+    try:
+        inputs = decode_inputs(pb.ModelInferRequest.FromString(record.request))
+    except (DecodeError, MlwitnessError):
+        pass
+    if record.status == "OK" and record.response:
+        try:
+            outputs = decode_outputs(pb.ModelInferResponse.FromString(record.response))
+        except (DecodeError, MlwitnessError):
+            pass
+    return inputs, outputs

@@ -1,0 +1,203 @@
+"""Settings: one object, built once at start-up, validated, passed down.
+
+Every setting has a command-line flag and an `MLWITNESS_*` environment twin, and may be
+given in a TOML config file (`--config`). Precedence: flag > environment > file > default.
+`SPECS` is the single list of settings; the CLI and the README's configuration table are
+both derived from (and tested against) it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mlwitness.errors import ConfigError
+
+
+def _csv(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    type: Callable[[Any], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+    flag_type: str = "value"  # "value" or "bool"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "MLWITNESS_" + self.name.upper()
+
+    @property
+    def default(self) -> Any:
+        """The default, as declared on the Settings dataclass (the one place it lives)."""
+        for f in fields(Settings):
+            if f.name == self.name:
+                return f.default_factory() if f.default_factory is not MISSING else f.default
+        raise KeyError(self.name)
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("model", Path, "ONNX model file. Embedded mode runs it; forwarding mode pins "
+         "its SHA-256 on each record (the file the upstream serves)."),
+    Spec("model_name", str, "Model name served and recorded (default: the file's stem)."),
+    Spec("model_version", str, "Model version served; requests may also leave it empty."),
+    Spec("upstream", str, "Forward to this upstream v2 gRPC server (host:port) "
+         "instead of running the model in-process."),
+    Spec("upstream_timeout", float, "Deadline in seconds for forwarded calls when the "
+         "caller sets none."),
+    Spec("model_poll_interval", float, "Forwarding mode: seconds between checks of the "
+         "model file for a new version."),
+    Spec("ledger", Path, "DuckDB ledger file (its journal lives "
+         "beside it in LEDGER.journal/)."),
+    Spec("durability", str, "fsync: answer only after the record is flushed to "
+         "disk. write: answer after the record is written to the OS (survives a crash of "
+         "mlwitness, not of the machine).", choices=("fsync", "write")),
+    Spec("host", str, "Address the inference and audit ports listen on "
+         "(0.0.0.0 in a pod)."),
+    Spec("port", int, "Inference port (Open Inference Protocol v2, gRPC)."),
+    Spec("audit_port", int, "Audit service port (0 disables it)."),
+    Spec("metrics_port", int, "Prometheus metrics port (0 disables it)."),
+    Spec("features", _csv, "Comma-separated names of the columns of the model's tabular "
+         "input, e.g. income,debt_ratio,fico."),
+    Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
+    Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
+         "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
+    Spec("max_concurrent_rpcs", int, "Calls served at once; beyond it callers get "
+         "RESOURCE_EXHAUSTED."),
+    Spec("ort_threads", int, "onnxruntime intra-op threads (embedded mode)."),
+    Spec("load_interval", float, "Seconds between loads of journaled records into "
+         "DuckDB (audit queries always see every acknowledged record)."),
+    Spec("max_backlog", int, "Records acknowledged but not yet in DuckDB before new "
+         "calls wait (then fail with UNAVAILABLE after 5 s): backpressure, never dropping."),
+    Spec("drain_timeout", float, "Seconds SIGTERM waits for in-flight calls."),
+    Spec("log_level", str, "Logging level.", choices=("debug", "info", "warning", "error")),
+)
+
+_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Path | None = None
+    model_name: str | None = None
+    model_version: str = "1"
+    upstream: str | None = None
+    upstream_timeout: float = 30.0
+    model_poll_interval: float = 1.0
+    ledger: Path = Path("mlwitness.duckdb")
+    durability: str = "fsync"
+    host: str = "127.0.0.1"
+    port: int = 8701
+    audit_port: int = 8702
+    metrics_port: int = 9090
+    features: list[str] = field(default_factory=list)
+    record_metadata: list[str] = field(
+        default_factory=lambda: ["x-request-id", "x-caller", "traceparent", "user-agent"]
+    )
+    max_request_bytes: int = 64 << 20
+    max_concurrent_rpcs: int = 1024
+    ort_threads: int = 1
+    load_interval: float = 0.2
+    max_backlog: int = 200_000
+    drain_timeout: float = 20.0
+    log_level: str = "info"
+
+    @property
+    def served_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.model.stem if self.model else "model"
+
+    def validate(self) -> Settings:
+        if self.model is None:
+            raise ConfigError("--model is required: the ONNX file to serve or to pin")
+        if not Path(self.model).is_file():
+            raise ConfigError(f"model file {self.model} does not exist")
+        ports = [p for p in (self.port, self.audit_port, self.metrics_port) if p]
+        if len(set(ports)) != len(ports):
+            raise ConfigError(f"ports must differ: {ports}")
+        for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "max_backlog"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.upstream is not None and ":" not in self.upstream:
+            raise ConfigError(f"--upstream must be host:port, got {self.upstream!r}")
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Add a flag for each setting (or the named ones). Defaults stay None so that
+    environment and file values can be told apart from flags that were not given."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML file of settings (keys as in the table; env: "
+                        "MLWITNESS_CONFIG).")
+    for spec in SPECS:
+        if names is not None and spec.name not in names:
+            continue
+        default = ",".join(spec.default) if isinstance(spec.default, list) else spec.default
+        parser.add_argument(
+            spec.flag,
+            dest=spec.name,
+            default=None,
+            choices=spec.choices,
+            help=f"{spec.help} [env {spec.env}; default {default}]",
+        )
+
+
+def build(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, environment and config file; not yet validated."""
+    env = os.environ if env is None else env
+    given = vars(args) if args is not None else {}
+    config_path = given.get("config") or env.get("MLWITNESS_CONFIG")
+    file_values: dict[str, Any] = {}
+    if config_path:
+        try:
+            with open(config_path, "rb") as handle:
+                file_values = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc}") from exc
+        unknown = sorted(set(file_values) - set(_BY_NAME))
+        if unknown:
+            raise ConfigError(f"unknown settings in {config_path}: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        raw = given.get(spec.name)
+        source = spec.flag
+        if raw is None and spec.env in env:
+            raw, source = env[spec.env], spec.env
+        if raw is None and spec.name in file_values:
+            raw, source = file_values[spec.name], f"{config_path}:{spec.name}"
+        if raw is None:
+            continue
+        try:
+            value = spec.type(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+        if spec.choices and value not in spec.choices:
+            raise ConfigError(f"{source}: must be one of {', '.join(spec.choices)}")
+        values[spec.name] = value
+    return Settings(**values)

@@ -1,0 +1,94 @@
+"""A model's tensor signature (names, v2 datatypes, shapes with -1 for dynamic dims), and
+the checks a request must pass against it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlwitness.codec import Tensor, datatype_from_onnx
+from mlwitness.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.datatype} {list(self.shape)})"
+
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_session(cls, session: Any) -> Signature:
+        def specs(nodes: Any) -> tuple[TensorSpec, ...]:
+            return tuple(
+                TensorSpec(
+                    node.name,
+                    datatype_from_onnx(node.type),
+                    tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape),
+                )
+                for node in nodes
+            )
+
+        return cls(specs(session.get_inputs()), specs(session.get_outputs()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            kind: [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+            for kind, specs in (("inputs", self.inputs), ("outputs", self.outputs))
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(i["name"], i["datatype"], tuple(i["shape"])) for i in items)
+
+        return cls(specs(data["inputs"]), specs(data["outputs"]))
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def check_inputs(self, tensors: Sequence[Tensor]) -> None:
+        """Raise InvalidInput naming the first tensor that does not fit the model."""
+        given = {t.name for t in tensors}
+        for spec in self.inputs:
+            if spec.name not in given:
+                raise InvalidInput(f"missing input {spec.describe()}; the model takes: "
+                                   f"{self._list(self.inputs)}")
+        for tensor in tensors:
+            spec = self.input(tensor.name)
+            if spec is None:
+                raise InvalidInput(f"unknown input '{tensor.name}'; the model takes: "
+                                   f"{self._list(self.inputs)}")
+            if tensor.datatype != spec.datatype:
+                raise InvalidInput(f"input '{tensor.name}' has datatype {tensor.datatype}; "
+                                   f"the model expects {spec.datatype}")
+            if not spec.accepts_shape(tensor.shape):
+                raise InvalidInput(f"input '{tensor.name}' has shape {list(tensor.shape)}; "
+                                   f"the model expects {list(spec.shape)} (-1: any size)")
+
+    def check_outputs(self, names: Sequence[str]) -> None:
+        known = {s.name for s in self.outputs}
+        for name in names:
+            if name not in known:
+                raise InvalidInput(f"unknown requested output '{name}'; the model produces: "
+                                   f"{self._list(self.outputs)}")
+        if len(set(names)) != len(names):
+            raise InvalidInput("an output is requested twice")
+
+    @staticmethod
+    def _list(specs: Sequence[TensorSpec]) -> str:
+        return ", ".join(s.describe() for s in specs)

@@ -1,0 +1,1 @@
+"""gRPC wire layer: message classes, servicers, status mapping. The core never imports it."""

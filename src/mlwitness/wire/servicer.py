@@ -1,0 +1,97 @@
+"""gRPC servicer of the Open Inference Protocol: decode, call the service, encode.
+
+Handlers take and return raw bytes (no generated stubs in between), so the ledger stores
+exactly the bytes received and sent. RPCs not listed here answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from mlwitness import __version__
+from mlwitness.backends import Backend
+from mlwitness.service import Caller, InferenceService
+from mlwitness.signature import Signature
+from mlwitness.wire import inference as pb
+from mlwitness.wire.status import parse, rpc
+
+PLATFORM = "onnx_onnxv1"
+
+
+class InferenceServicer:
+    def __init__(
+        self,
+        service: InferenceService,
+        backend: Backend,
+        signature: Signature,
+        record_metadata: list[str],
+        is_ready: Any,
+    ) -> None:
+        self.service = service
+        self.backend = backend
+        self.signature = signature
+        self.record_metadata = [k.lower() for k in record_metadata]
+        self.is_ready = is_ready
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        metadata = context.invocation_metadata() or ()
+        chosen = tuple(
+            (k, v) for k, v in metadata if k in self.record_metadata and isinstance(v, str)
+        )
+        forward = tuple(
+            (k, v) for k, v in metadata if not k.startswith((":", "grpc-")) and k != "user-agent"
+        )
+        return Caller(context.peer() or "", chosen, forward)
+
+    async def ModelInfer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self.service.infer(raw, self._caller(context), context.time_remaining())
+
+    async def ServerLive(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        parse(pb.ServerLiveRequest, raw)
+        return pb.ServerLiveResponse(live=True).SerializeToString()
+
+    async def ServerReady(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        parse(pb.ServerReadyRequest, raw)
+        return pb.ServerReadyResponse(ready=self.is_ready()).SerializeToString()
+
+    async def ModelReady(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = parse(pb.ModelReadyRequest, raw)
+        self.service.check_model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self.is_ready()).SerializeToString()
+
+    async def ServerMetadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        parse(pb.ServerMetadataRequest, raw)
+        return pb.ServerMetadataResponse(
+            name="mlwitness", version=__version__, extensions=["mlwitness_ledger"]
+        ).SerializeToString()
+
+    async def ModelMetadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = parse(pb.ModelMetadataRequest, raw)
+        self.service.check_model(request.name, request.version)
+        forwarded = await self.backend.model_metadata(raw, context.time_remaining())
+        if forwarded is not None:
+            return forwarded
+        response = pb.ModelMetadataResponse(
+            name=self.service.model_name,
+            versions=[self.service.model_version],
+            platform=PLATFORM,
+        )
+        for specs, target in ((self.signature.inputs, response.inputs),
+                              (self.signature.outputs, response.outputs)):
+            for spec in specs:
+                target.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+        return response.SerializeToString()
+
+
+RPCS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+        "ModelInfer")
+
+
+def handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        pb.SERVICE,
+        {name: grpc.unary_unary_rpc_method_handler(rpc(getattr(servicer, name)))
+         for name in RPCS},
+    )
