@@ -12,12 +12,15 @@ import contextlib
 import json
 import logging
 import signal
+import threading
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from mlwitness.audit.reader import LedgerReader
+from mlwitness.audit.service import AuditService, store_model_with
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
 from mlwitness.backends.upstream import UpstreamBackend
@@ -29,6 +32,7 @@ from mlwitness.runtime import OnnxModel
 from mlwitness.service import InferenceService, decode_record_tensors
 from mlwitness.settings import Settings
 from mlwitness.signature import Signature
+from mlwitness.wire import audit as audit_servicer
 from mlwitness.wire import inference as pb
 from mlwitness.wire import servicer as inference_servicer
 
@@ -82,8 +86,11 @@ class Sidecar:
         self.backend: Backend | None = None
         self.model_file: ModelFile | None = None
         self.server: grpc.aio.Server | None = None
+        self.audit_server: grpc.aio.Server | None = None
         self.health: Any = None
+        self.audit_health: Any = None
         self.port = 0
+        self.audit_port = 0
         self.ready = False
         self._tasks: list[asyncio.Task] = []
 
@@ -133,12 +140,26 @@ class Sidecar:
         self.health = add_health_and_reflection(self.server, [pb.SERVICE])
         self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
         await self.server.start()
+        await self._start_audit()
         await self._update_health()
         self._tasks.append(asyncio.create_task(self._watch()))
         log.info(
             "serving model %s (sha256 %s, %s) on %s:%d, ledger %s",
             s.served_name, model.sha256[:12], self.backend.mode, s.host, self.port, s.ledger,
         )
+
+    async def _start_audit(self) -> None:
+        s = self.settings
+        if not s.audit_port:
+            return
+        assert self.ledger is not None
+        ledger = self.ledger
+        reader = LedgerReader(ledger.cursor, ledger.sync)
+        service = AuditService(reader, trail=ledger.append_blocking,
+                               store_model=store_model_with(ledger.write),
+                               threads=s.ort_threads)
+        self.audit_server, self.audit_health, self.audit_port = await start_audit_server(
+            service, s.ledger, s.host, s.audit_port, s)
 
     def _store_model(self, onnx: bytes) -> None:
         s = self.settings
@@ -188,8 +209,10 @@ class Sidecar:
         """Drain in-flight calls (up to --drain-timeout), then flush and close the ledger."""
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
-        if self.server is not None:
-            await self.server.stop(grace=self.settings.drain_timeout)
+        if self.audit_health is not None:
+            await self.audit_health.enter_graceful_shutdown()
+        servers = [srv for srv in (self.server, self.audit_server) if srv is not None]
+        await asyncio.gather(*(srv.stop(grace=self.settings.drain_timeout) for srv in servers))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -201,7 +224,64 @@ class Sidecar:
             await asyncio.to_thread(self.ledger.close)
 
     def addresses(self) -> dict[str, Any]:
-        return {"event": "ready", "host": self.settings.host, "port": self.port}
+        return {"event": "ready", "host": self.settings.host, "port": self.port,
+                "audit_port": self.audit_port}
+
+
+async def start_audit_server(service: AuditService, ledger_path: Any, host: str, port: int,
+                             settings: Settings) -> tuple[grpc.aio.Server, Any, int]:
+    server = grpc_server(settings)
+    server.add_generic_rpc_handlers(
+        (audit_servicer.handler(audit_servicer.AuditServicer(service, ledger_path)),))
+    from mlwitness.protocol import audit_pb2
+
+    pb.add_file(audit_pb2.DESCRIPTOR)
+    health_servicer = add_health_and_reflection(server, [audit_servicer.SERVICE])
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for name in ("", audit_servicer.SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer, bound
+
+
+async def serve_audit(settings: Settings) -> None:
+    """`mlwitness audit-server`: the audit API over a ledger file opened read-only. Its own
+    audit trail goes to a separate ledger (--audit-trail) since it may not write this one."""
+    import duckdb
+
+    from mlwitness.ledger import journal, schema
+
+    path = settings.ledger
+    con = schema.connect(path, read_only=True)
+    pending = sum(1 for _ in journal.read(journal.journal_dir(path)))
+    if pending:
+        log.warning("%s has %d journal records not yet loaded into DuckDB; they are not "
+                    "visible here (start `mlwitness serve` on it once, or run `mlwitness "
+                    "verify`, which covers them)", path, pending)
+    cursor_lock = threading.Lock()
+
+    def cursor() -> duckdb.DuckDBPyConnection:
+        with cursor_lock:
+            return con.cursor()
+
+    trail_path = settings.audit_trail or path.with_name(path.name + ".audit-trail.duckdb")
+    trail = LedgerWriter(trail_path)
+    await asyncio.to_thread(trail.open)
+    service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
+                           store_model=store_model_with(trail.write), threads=settings.ort_threads)
+    server, health_servicer, port = await start_audit_server(
+        service, path, settings.host, settings.audit_port, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(json.dumps({"event": "ready", "host": settings.host, "audit_port": port,
+                      "ledger": str(path), "audit_trail": str(trail_path)}), flush=True)
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=settings.drain_timeout)
+    await asyncio.to_thread(trail.close)
+    con.close()
 
 
 async def serve(settings: Settings) -> None:

@@ -2,6 +2,8 @@
 
     mlwitness serve --model credit.onnx [--upstream HOST:PORT] [...]
     mlwitness verify --ledger mlwitness.duckdb [--json]
+    mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
+    mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from mlwitness import __version__
+import grpc
+
+from mlwitness import __version__, audit_cli
 from mlwitness import settings as settings_mod
 from mlwitness.errors import MlwitnessError
 
@@ -32,6 +36,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_mod.build(args).validate()
     _setup_logging(settings.log_level)
     asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_audit_server(args: argparse.Namespace) -> int:
+    from mlwitness.app import serve_audit
+
+    settings = settings_mod.build(args)
+    _setup_logging(settings.log_level)
+    asyncio.run(serve_audit(settings))
     return 0
 
 
@@ -83,6 +96,15 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--expect-head", metavar="SEQ:HASH", default=None,
                         help="also fail unless the chain reaches this published head")
     verify.set_defaults(func=cmd_verify)
+
+    audit_server = sub.add_parser(
+        "audit-server", help="serve the audit API over a ledger file opened read-only")
+    settings_mod.add_arguments(
+        audit_server, ["ledger", "audit_trail", "host", "audit_port", "ort_threads",
+                       "drain_timeout", "log_level"])
+    audit_server.set_defaults(func=cmd_audit_server)
+
+    audit_cli.add_commands(sub)
     return top
 
 
@@ -92,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except MlwitnessError as exc:
         print(f"mlwitness: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mlwitness: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:  # from `mlwitness audit …`: the service's own words
+        print(f"mlwitness: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

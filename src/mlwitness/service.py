@@ -9,6 +9,7 @@ prediction. Nothing here knows about gRPC: the servicer hands in bytes and a Cal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -141,13 +142,9 @@ def decode_record_tensors(record: Record) -> tuple[list[Tensor], list[Tensor]]:
         return [], []
     inputs: list[Tensor] = []
     outputs: list[Tensor] = []
-    try:
+    with contextlib.suppress(DecodeError, MlwitnessError):
         inputs = decode_inputs(pb.ModelInferRequest.FromString(record.request))
-    except (DecodeError, MlwitnessError):
-        pass
     if record.status == "OK" and record.response:
-        try:
+        with contextlib.suppress(DecodeError, MlwitnessError):
             outputs = decode_outputs(pb.ModelInferResponse.FromString(record.response))
-        except (DecodeError, MlwitnessError):
-            pass
     return inputs, outputs

@@ -74,6 +74,8 @@ SPECS: tuple[Spec, ...] = (
          "model file for a new version."),
     Spec("ledger", Path, "DuckDB ledger file (its journal lives "
          "beside it in LEDGER.journal/)."),
+    Spec("audit_trail", Path, "Standalone audit-server only: ledger file where its own "
+         "audit trail is appended (default: LEDGER.audit-trail.duckdb)."),
     Spec("durability", str, "fsync: answer only after the record is flushed to "
          "disk. write: answer after the record is written to the OS (survives a crash of "
          "mlwitness, not of the machine).", choices=("fsync", "write")),
@@ -110,6 +112,7 @@ class Settings:
     upstream_timeout: float = 30.0
     model_poll_interval: float = 1.0
     ledger: Path = Path("mlwitness.duckdb")
+    audit_trail: Path | None = None
     durability: str = "fsync"
     host: str = "127.0.0.1"
     port: int = 8701

@@ -17,6 +17,7 @@ Damage anywhere else is reported, never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -180,7 +181,5 @@ class Journal:
             for segment in self._segments:
                 segment.path.unlink(missing_ok=True)
             self._segments = []
-            try:
+            with contextlib.suppress(OSError):
                 self.directory.rmdir()
-            except OSError:
-                pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,31 +48,22 @@ class Tabulator:
         return [f"{name}_{j}" for j in range(width)]
 
     def rows(self, tensors: Sequence) -> Rows:
-        n: int | None = None
+        layout = tabular(tensors)
+        if layout is None:
+            return EMPTY
+        n, parts = layout
         num_names: list[str] = []
         num_cols: list[np.ndarray] = []
         text_names: list[str] = []
         text_cols: list[np.ndarray] = []
-        for tensor in tensors:
-            array = tensor.array
-            if array.ndim not in (1, 2) or array.shape[0] == 0:
-                continue
-            if array.ndim == 2 and array.shape[1] > MAX_COLUMNS_PER_TENSOR:
-                continue
-            if n is None:
-                n = array.shape[0]
-            elif array.shape[0] != n:
-                continue
-            matrix = array.reshape(n, -1)
-            names = self.column_names(tensor.name, matrix.shape[1], array.ndim)
-            if array.dtype == object:
+        for tensor, matrix in parts:
+            names = self.column_names(tensor.name, matrix.shape[1], tensor.array.ndim)
+            if matrix.dtype == object:
                 text_names.extend(names)
                 text_cols.append(_as_text(matrix))
-            elif array.dtype.kind in "biuf":
+            else:
                 num_names.extend(names)
                 num_cols.append(matrix.astype(np.float64, copy=False))
-        if n is None:
-            return EMPTY
         return Rows(
             n,
             _unique(num_names),
@@ -79,6 +71,42 @@ class Tabulator:
             _unique(text_names),
             np.hstack(text_cols) if text_cols else np.zeros((n, 0), dtype=object),
         )
+
+
+def tabular(tensors: Sequence) -> tuple[int, list[tuple[Any, np.ndarray]]] | None:
+    """The tabular part of a request: (N, [(tensor, [N, k] matrix view), ...]) in tensor
+    order, or None. Numeric and BYTES tensors of rank 1 or 2 sharing the first tensor's N."""
+    n: int | None = None
+    parts: list[tuple[Any, np.ndarray]] = []
+    for tensor in tensors:
+        array = tensor.array
+        if array.ndim not in (1, 2) or array.shape[0] == 0:
+            continue
+        if array.ndim == 2 and array.shape[1] > MAX_COLUMNS_PER_TENSOR:
+            continue
+        if array.dtype != object and array.dtype.kind not in "biuf":
+            continue
+        if n is None:
+            n = array.shape[0]
+        elif array.shape[0] != n:
+            continue
+        parts.append((tensor, array.reshape(n, -1)))
+    return None if n is None else (n, parts)
+
+
+def numeric_layout(tensors: Sequence) -> list[tuple[int, int]]:
+    """(index into `tensors`, column) of every numeric column, in the order `Tabulator.rows`
+    lists them — so the k-th name of a stored row addresses the k-th entry here."""
+    layout = tabular(tensors)
+    if layout is None:
+        return []
+    index = {id(t): i for i, t in enumerate(tensors)}
+    return [
+        (index[id(tensor)], col)
+        for tensor, matrix in layout[1]
+        if matrix.dtype != object
+        for col in range(matrix.shape[1])
+    ]
 
 
 def _as_text(matrix: np.ndarray) -> np.ndarray:

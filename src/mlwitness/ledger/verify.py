@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlwitness.ledger import journal, schema
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
@@ -84,10 +85,14 @@ def _stored_records(con, batch: int = 5000) -> Iterator[Record]:
             )
 
 
-def verify(path: Path, *, expect_head: tuple[int, str] | None = None) -> VerifyReport:
-    """Verify the ledger file at `path` (opened read-only) and its journal tail."""
+def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
+           con: Any = None) -> VerifyReport:
+    """Verify the ledger file at `path` and its journal tail. The file is opened read-only
+    unless `con`, a cursor on it (e.g. from the process that writes it), is given."""
     report = VerifyReport(ledger=str(path))
-    con = schema.connect(path, read_only=True)
+    own = con is None
+    if own:
+        con = schema.connect(path, read_only=True)
     try:
         meta = dict(con.execute("SELECT key, value FROM ledger_meta").fetchall())
         chain_id = meta.get("chain_id", "")
@@ -102,7 +107,8 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None) -> VerifyR
             prev = record.hash
         _check_models(con, report)
     finally:
-        con.close()
+        if own:
+            con.close()
     try:
         for record in journal.read(journal.journal_dir(path)):
             if record.seq < expected_seq:

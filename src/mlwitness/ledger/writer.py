@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -314,10 +315,9 @@ class LedgerWriter:
             else:
                 waiter.set_exception(error)
         for loop, futures in by_loop.items():
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle_futures, futures, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
     # ── loading into DuckDB ────────────────────────────────────────────────────────────
 

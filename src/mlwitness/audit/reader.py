@@ -1,0 +1,179 @@
+"""Reading the ledger for auditors: one record, filtered lists, windows for replay.
+
+A reader gets DuckDB cursors from a factory: the sidecar's writer (after `sync()`, so that
+every acknowledged record is visible) or a read-only connection to a copied ledger file.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from mlwitness.errors import InvalidInput, RecordNotFound
+from mlwitness.ledger import store
+from mlwitness.ledger.record import Record
+
+_RECORD_COLUMNS = (
+    "seq, kind, request_id, received_us, responded_us, model_name, model_version, "
+    "model_sha256, env_id, peer, metadata, status, message, violations, detail, "
+    "request, response, prev_hash, hash"
+)
+
+
+@dataclass
+class StoredRecord:
+    record: Record
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # one {name: value} per row
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Filters:
+    since_us: int = 0
+    until_us: int = 0
+    model: str = ""
+    status: str = ""
+    caller: str = ""
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, params = ["kind = 'infer'"], []
+        if self.since_us:
+            clauses.append("received_us >= ?")
+            params.append(self.since_us)
+        if self.until_us:
+            clauses.append("received_us < ?")
+            params.append(self.until_us)
+        if self.model:
+            clauses.append("(model_name = ? OR starts_with(model_sha256, ?))")
+            params += [self.model, self.model.lower()]
+        if self.status:
+            clauses.append("status = ?")
+            params.append(self.status.upper())
+        if self.caller:
+            clauses.append("(contains(peer, ?) OR contains(metadata, ?))")
+            params += [self.caller, self.caller]
+        return " AND ".join(clauses), params
+
+
+def _record(row: tuple) -> Record:
+    return Record(
+        seq=row[0], kind=row[1], request_id=row[2], received_us=row[3], responded_us=row[4],
+        model_name=row[5], model_version=row[6], model_sha256=row[7], env_id=row[8],
+        peer=row[9], metadata=row[10], status=row[11], message=row[12], violations=row[13],
+        detail=row[14], request=bytes(row[15]), response=bytes(row[16]),
+        prev_hash=bytes(row[17]), hash=bytes(row[18]),
+    )
+
+
+def _merge_rows(numeric: list | None, text: list | None) -> list[dict[str, Any]]:
+    rows = [dict(m) for m in (numeric or [])]
+    for index, m in enumerate(text or []):
+        if index < len(rows):
+            rows[index].update(m)
+        else:
+            rows.append(dict(m))
+    return rows
+
+
+class LedgerReader:
+    def __init__(
+        self,
+        cursor: Callable[[], duckdb.DuckDBPyConnection],
+        barrier: Callable[[], Any] = lambda: None,
+        *,
+        model_cache: int = 8,
+    ) -> None:
+        self._cursor = cursor
+        self._barrier = barrier
+        self._models: OrderedDict[str, store.StoredModel] = OrderedDict()
+        self._model_cache = model_cache
+        self._lock = threading.Lock()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor that sees every record acknowledged so far."""
+        self._barrier()
+        return self._cursor()
+
+    def get(self, request_id: str = "", seq: int = 0) -> StoredRecord:
+        if not request_id and seq <= 0:
+            raise InvalidInput("give a request id or a positive seq")
+        column, key = ("request_id", request_id) if request_id else ("seq", seq)
+        rows = self.cursor().execute(
+            f"SELECT {_RECORD_COLUMNS}, inputs, inputs_text, outputs, outputs_text "
+            f"FROM entries WHERE {column} = ? ORDER BY seq LIMIT 1",
+            [key],
+        ).fetchall()
+        if not rows:
+            raise RecordNotFound(f"no record with {column.replace('_', ' ')} {key!r}")
+        row = rows[0]
+        return StoredRecord(_record(row[:19]), _merge_rows(row[19], row[20]),
+                            _merge_rows(row[21], row[22]))
+
+    def list(self, filters: Filters, page_size: int = 50, page_token: str = ""
+             ) -> tuple[list[dict[str, Any]], str]:
+        """Newest first. The page token is the seq to continue below."""
+        page_size = max(1, min(page_size or 50, 1000))
+        where, params = filters.where()
+        if page_token:
+            if not page_token.isdigit():
+                raise InvalidInput(f"bad page token {page_token!r}")
+            where += " AND seq < ?"
+            params.append(int(page_token))
+        rows = self.cursor().execute(
+            "SELECT seq, request_id, received_us, model_name, model_sha256, status, "
+            "responded_us - received_us, peer, len(inputs), outputs[1] "
+            f"FROM entries WHERE {where} ORDER BY seq DESC LIMIT ?",
+            [*params, page_size + 1],
+        ).fetchall()
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        keys = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status",
+                "latency_us", "caller", "batch_size", "first_output")
+        items = [dict(zip(keys, row, strict=True)) for row in rows]
+        for item in items:
+            item["first_output"] = dict(item["first_output"] or {})
+        return items, (str(items[-1]["seq"]) if more and items else "")
+
+    def window(self, filters: Filters, batch: int = 4096) -> Iterator[list[Record]]:
+        """Answered inference records in a window, oldest first, in batches."""
+        where, params = filters.where()
+        cursor = self.cursor().execute(
+            f"SELECT {_RECORD_COLUMNS} FROM entries WHERE {where} AND status = 'OK' "
+            "ORDER BY seq",
+            params,
+        )
+        while rows := cursor.fetchmany(batch):
+            yield [_record(row) for row in rows]
+
+    def count(self, filters: Filters) -> int:
+        where, params = filters.where()
+        return int(self.cursor().execute(
+            f"SELECT count(*) FROM entries WHERE {where} AND status = 'OK'", params
+        ).fetchall()[0][0])
+
+    def model(self, sha256: str) -> store.StoredModel:
+        with self._lock:
+            if sha256 in self._models:
+                self._models.move_to_end(sha256)
+                return self._models[sha256]
+        model = store.get_model(self._cursor(), sha256)
+        with self._lock:
+            self._models[sha256] = model
+            while len(self._models) > self._model_cache:
+                self._models.popitem(last=False)
+        return model
+
+    def environment(self, env_id: str) -> dict[str, Any]:
+        if not env_id:
+            return {}
+        return store.get_environment(self._cursor(), env_id)
+
+
+def detail_json(**fields: Any) -> str:
+    return json.dumps(fields, sort_keys=True, default=str)

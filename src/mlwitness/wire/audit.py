@@ -1,0 +1,150 @@
+"""gRPC servicer of the audit API (mlwitness.audit.v1): decode, call the core, encode.
+
+The core's work (DuckDB queries, onnxruntime runs) runs in worker threads so that audit
+questions never stall the inference port's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from mlwitness.audit.reader import Filters
+from mlwitness.audit.service import Asker, AuditService
+from mlwitness.ledger.verify import verify
+from mlwitness.protocol import audit_pb2 as apb
+from mlwitness.wire.status import parse, rpc, stream_rpc
+
+SERVICE = "mlwitness.audit.v1.AuditService"
+
+
+def rows(items: list[dict[str, Any]]) -> list[apb.Row]:
+    return [row(item) for item in items]
+
+
+def row(item: dict[str, Any]) -> apb.Row:
+    values = []
+    for name, value in item.items():
+        if isinstance(value, str):
+            values.append(apb.Value(name=name, text=value))
+        else:
+            values.append(apb.Value(name=name, number=float(value)))
+    return apb.Row(values=values)
+
+
+def _ref(ref: apb.RecordRef) -> dict[str, Any]:
+    return {"request_id": ref.request_id, "seq": ref.seq}
+
+
+class AuditServicer:
+    def __init__(self, service: AuditService, ledger_path: Any, identify: Any = None) -> None:
+        self.service = service
+        self.ledger_path = ledger_path
+        self.identify = identify or (lambda context: context.peer() or "")
+
+    def _asker(self, name: str, raw: bytes, context: grpc.aio.ServicerContext) -> Asker:
+        return Asker(caller=self.identify(context), rpc=name, raw=raw)
+
+    async def GetRecord(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = parse(apb.GetRecordRequest, raw)
+        result = await asyncio.to_thread(self.service.get_record,
+                                         self._asker("GetRecord", raw, context),
+                                         **_ref(request.ref))
+        result["inputs"], result["outputs"] = rows(result["inputs"]), rows(result["outputs"])
+        return apb.RecordDetail(**result).SerializeToString()
+
+    async def ListRecords(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.ListRecordsRequest, raw)
+        filters = Filters(r.since_us, r.until_us, r.model, r.status, r.caller)
+        items, token = await asyncio.to_thread(
+            self.service.list_records, self._asker("ListRecords", raw, context), filters,
+            r.page_size, r.page_token)
+        for item in items:
+            item["first_output"] = row(item["first_output"])
+        return apb.ListRecordsResponse(
+            records=[apb.RecordSummary(**item) for item in items], next_page_token=token
+        ).SerializeToString()
+
+    async def Replay(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.ReplayRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.replay, self._asker("Replay", raw, context), **_ref(r.ref),
+            candidate_sha256=r.candidate_sha256, candidate_onnx=r.candidate_onnx)
+        for key in ("recorded_outputs", "replayed_outputs"):
+            result[key] = rows(result[key])
+        result["outputs"] = [apb.OutputDiff(**d) for d in result["outputs"]]
+        result["environment_differences"] = [
+            apb.EnvDifference(**d) for d in result["environment_differences"]]
+        return apb.ReplayResponse(**result).SerializeToString()
+
+    async def WhatIf(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.WhatIfRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.what_if, self._asker("WhatIf", raw, context),
+            [(o.feature, o.value) for o in r.overrides], **_ref(r.ref), row=r.row,
+            all_rows=r.all_rows)
+        for key in ("original_inputs", "counterfactual_inputs", "original_outputs",
+                    "counterfactual_outputs"):
+            result[key] = rows(result[key])
+        return apb.WhatIfResponse(**result).SerializeToString()
+
+    async def Sensitivity(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.SensitivityRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.sensitivity, self._asker("Sensitivity", raw, context), r.feature,
+            **_ref(r.ref), start=r.start, stop=r.stop, steps=r.steps, scale=r.scale,
+            values=list(r.values), row=r.row, output=r.output,
+            threshold=r.threshold if r.HasField("threshold") else None)
+        result["points"] = [apb.SensitivityPoint(value=p["value"], outputs=row(p["outputs"]),
+                                                 decision=p["decision"])
+                            for p in result["points"]]
+        result["flips"] = [apb.DecisionFlip(**f) for f in result["flips"]]
+        return apb.SensitivityResponse(**result).SerializeToString()
+
+    async def ReplayRange(self, raw: bytes, context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[bytes]:
+        r = parse(apb.ReplayRangeRequest, raw)
+        events = self.service.replay_range(
+            self._asker("ReplayRange", raw, context),
+            Filters(r.since_us, r.until_us, r.model), r.candidate_sha256, r.candidate_onnx,
+            r.max_listed)
+        done = object()
+        while (event := await asyncio.to_thread(next, events, done)) is not done:
+            yield _event(event).SerializeToString()
+
+    async def VerifyLedger(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        parse(apb.VerifyLedgerRequest, raw)
+        with self.service.audited(self._asker("VerifyLedger", raw, context)) as summary:
+            cursor = await asyncio.to_thread(self.service.reader.cursor)  # sees all acked
+            report = await asyncio.to_thread(verify, self.ledger_path, con=cursor)
+            summary.update(ok=report.ok, records=report.records, head_seq=report.head_seq)
+        return apb.VerifyLedgerResponse(
+            ok=report.ok, records=report.records, journal_records=report.journal_records,
+            head_seq=report.head_seq, head_hash=report.head_hash,
+            first_bad_seq=report.first_bad_seq or 0,
+            problems=[f"seq {p.seq}: {p.what}" if p.seq else p.what for p in report.problems],
+        ).SerializeToString()
+
+
+def _event(event: dict[str, Any]) -> apb.ReplayRangeEvent:
+    if "progress" in event:
+        return apb.ReplayRangeEvent(progress=apb.ReplayProgress(**event["progress"]))
+    if "changed" in event:
+        changed = dict(event["changed"])
+        changed["inputs"] = row(changed["inputs"])
+        return apb.ReplayRangeEvent(changed=apb.ChangedDecision(**changed))
+    return apb.ReplayRangeEvent(summary=apb.ReplaySummary(**event["summary"]))
+
+
+UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger")
+
+
+def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:
+    methods = {name: grpc.unary_unary_rpc_method_handler(rpc(getattr(servicer, name)))
+               for name in UNARY}
+    methods["ReplayRange"] = grpc.unary_stream_rpc_method_handler(
+        stream_rpc(servicer.ReplayRange))
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
