@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -117,6 +118,8 @@ class InferenceService:
             raise InvalidInput(f"the request is not a valid ModelInferRequest: {exc}") from exc
         record.request_id = request.id or uuid.uuid4().hex
         record.model_name = request.model_name
+        if request.parameters:
+            record.parameters = parameter_text(request.parameters)
         if request.model_version:
             record.model_version = request.model_version
         self.check_model(request.model_name, request.model_version)
@@ -135,16 +138,28 @@ class InferenceService:
         return result.response
 
 
-def decode_record_tensors(record: Record) -> tuple[list[Tensor], list[Tensor]]:
-    """Decoded inputs and outputs of a stored ModelInfer record (for records that were
-    journaled but not loaded before a crash). Undecodable tensors give empty lists."""
+def parameter_text(parameters: Any) -> dict[str, str]:
+    """A v2 parameters map as text, e.g. {"age_band": "26-40", "priority": "3"}."""
+    out = {}
+    for key, value in parameters.items():
+        kind = value.WhichOneof("parameter_choice")
+        out[key] = "" if kind is None else str(getattr(value, kind))
+    return out
+
+
+def decode_record_tensors(record: Record) -> tuple[list[Tensor], list[Tensor], dict[str, str]]:
+    """Decoded inputs, outputs and request parameters of a stored ModelInfer record (for
+    records journaled but not loaded before a crash). Undecodable parts come back empty."""
     if record.kind != "infer":
-        return [], []
+        return [], [], {}
     inputs: list[Tensor] = []
     outputs: list[Tensor] = []
+    parameters: dict[str, str] = {}
     with contextlib.suppress(DecodeError, MlwitnessError):
-        inputs = decode_inputs(pb.ModelInferRequest.FromString(record.request))
+        request = pb.ModelInferRequest.FromString(record.request)
+        parameters = parameter_text(request.parameters)
+        inputs = decode_inputs(request)
     if record.status == "OK" and record.response:
         with contextlib.suppress(DecodeError, MlwitnessError):
             outputs = decode_outputs(pb.ModelInferResponse.FromString(record.response))
-    return inputs, outputs
+    return inputs, outputs, parameters

@@ -67,6 +67,7 @@ class Record:
     # In memory only: decoded tensors for the columnar copy (lists of codec.Tensor).
     inputs: Any = field(default=None, repr=False, compare=False)
     outputs: Any = field(default=None, repr=False, compare=False)
+    parameters: Any = field(default=None, repr=False, compare=False)  # request parameters
 
 
 def encode(record: Record) -> bytes:

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS entries (
     inputs {_NUM_ROWS},
     inputs_text {_TEXT_ROWS},
     outputs {_NUM_ROWS},
-    outputs_text {_TEXT_ROWS}
+    outputs_text {_TEXT_ROWS},
+    parameters MAP(VARCHAR, VARCHAR)
 );
 CREATE TABLE IF NOT EXISTS models (
     sha256 VARCHAR PRIMARY KEY,
@@ -83,6 +84,7 @@ SELECT
     inputs_text,
     outputs,
     outputs_text,
+    parameters,
     lower(hex(hash)) AS hash
 FROM entries
 WHERE kind = 'infer';
@@ -95,9 +97,12 @@ SELECT
     model_name,
     model_sha256,
     status,
+    parameters,
     generate_subscripts(inputs, 1) - 1 AS row,
     unnest(inputs) AS inputs,
-    unnest(outputs) AS outputs
+    unnest(inputs_text) AS inputs_text,
+    unnest(outputs) AS outputs,
+    unnest(outputs_text) AS outputs_text
 FROM records
 WHERE status = 'OK';
 

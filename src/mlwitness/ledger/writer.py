@@ -49,8 +49,8 @@ T = TypeVar("T")
 DURABILITY_MODES = ("fsync", "write")
 
 # Decodes a record's request/response bytes into tensors when they are not in memory
-# (records replayed from the journal at start-up). Returns (inputs, outputs).
-TensorDecoder = Callable[[Record], tuple[list[Any], list[Any]]]
+# (records replayed from the journal at start-up): (inputs, outputs, request parameters).
+TensorDecoder = Callable[[Record], tuple[list[Any], list[Any], dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -365,13 +365,15 @@ class LedgerWriter:
         assert self._con is not None
         inputs: list[Rows] = []
         outputs: list[Rows] = []
+        parameters: list[Any] = []
         for record in batch:
-            tensors_in, tensors_out = record.inputs, record.outputs
+            tensors_in, tensors_out, params = record.inputs, record.outputs, record.parameters
             if tensors_in is None and tensors_out is None and self.decoder is not None:
-                tensors_in, tensors_out = self.decoder(record)
+                tensors_in, tensors_out, params = self.decoder(record)
             inputs.append(self.tabulator.rows(tensors_in) if tensors_in else EMPTY)
             outputs.append(self.tabulator.rows(tensors_out) if tensors_out else EMPTY)
-            record.inputs = record.outputs = None  # the bytes are what we keep
+            parameters.append(list(params.items()) if params else None)
+            record.inputs = record.outputs = record.parameters = None  # the bytes stay
         table = pa.table(
             {
                 "seq": pa.array([r.seq for r in batch], pa.int64()),
@@ -394,6 +396,7 @@ class LedgerWriter:
                 "prev_hash": pa.array([r.prev_hash for r in batch], pa.binary()),
                 "hash": pa.array([r.hash for r in batch], pa.binary()),
                 **arrow_columns(inputs, outputs),
+                "parameters": pa.array(parameters, pa.map_(pa.string(), pa.string())),
             }
         )
         con = self._con
