@@ -4,6 +4,7 @@
     mlwitness verify --ledger mlwitness.duckdb [--json]
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
+    mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import grpc
 
 from mlwitness import __version__, audit_cli
 from mlwitness import settings as settings_mod
-from mlwitness.errors import MlwitnessError
+from mlwitness.errors import InvalidInput, MlwitnessError
 
 
 def _setup_logging(level: str) -> None:
@@ -36,6 +37,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_mod.build(args).validate()
     _setup_logging(settings.log_level)
     asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from mlwitness.ledger import schema
+
+    con = schema.connect(Path(args.ledger), read_only=True)
+    try:
+        try:
+            result = con.sql(args.query)
+        except duckdb.Error as exc:
+            raise InvalidInput(f"SQL error: {exc}") from exc
+        if result is None:
+            return 0
+        if args.json:
+            columns = result.columns
+            rows = [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+            print(json.dumps(rows, indent=2, default=str))
+        else:
+            result.show(max_rows=args.max_rows, max_width=200)
+    finally:
+        con.close()
     return 0
 
 
@@ -96,6 +121,14 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--expect-head", metavar="SEQ:HASH", default=None,
                         help="also fail unless the chain reaches this published head")
     verify.set_defaults(func=cmd_verify)
+
+    sql = sub.add_parser("sql", help="run a read-only SQL query on a ledger file "
+                         "(e.g. on the records view)")
+    sql.add_argument("query", help="SQL, e.g. \"SELECT seq, status FROM records LIMIT 5\"")
+    sql.add_argument("--ledger", default="mlwitness.duckdb", help="ledger file")
+    sql.add_argument("--json", action="store_true", help="print rows as JSON")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows shown in the table")
+    sql.set_defaults(func=cmd_sql)
 
     audit_server = sub.add_parser(
         "audit-server", help="serve the audit API over a ledger file opened read-only")
