@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
+import time
+import uuid
 from typing import Any
 
 import grpc
@@ -24,9 +27,14 @@ from mlwitness.audit.service import AuditService, store_model_with
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
 from mlwitness.backends.upstream import UpstreamBackend
+from mlwitness.checks import InlineChecks
+from mlwitness.errors import MlwitnessError
+from mlwitness.guards import GuardConfig, load_guards
 from mlwitness.ledger import environment, store
+from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.metrics import Metrics
 from mlwitness.modelfile import ModelFile
 from mlwitness.runtime import OnnxModel
 from mlwitness.service import InferenceService, decode_record_tensors
@@ -79,6 +87,14 @@ def add_health_and_reflection(server: grpc.aio.Server, services: list[str]) -> A
     return servicer
 
 
+def _stamp(path: Any) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
 class Sidecar:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.validate()
@@ -91,6 +107,10 @@ class Sidecar:
         self.audit_health: Any = None
         self.port = 0
         self.audit_port = 0
+        self.metrics: Metrics | None = None
+        self.metrics_port = 0
+        self.checks: InlineChecks | None = None
+        self._guards_stamp: tuple[int, int] | None = None
         self.ready = False
         self._tasks: list[asyncio.Task] = []
 
@@ -123,6 +143,14 @@ class Sidecar:
             self.backend = EmbeddedBackend(model, s.served_name, s.model_version)
             pinned = model.sha256
             current_sha = lambda: pinned  # noqa: E731  (embedded: the bytes we loaded)
+        if s.metrics_port:
+            self.metrics = Metrics(s.served_name)
+            self.metrics.watch_ledger(self.ledger)
+        if s.guards:
+            config = load_guards(s.guards)
+            self.checks = InlineChecks(config, s.guard_mode, self.ledger.tabulator, self.metrics)
+            self._guards_stamp = _stamp(s.guards)
+            await self.record_guards(config, source=str(s.guards), caller="startup")
         service = InferenceService(
             backend=self.backend,
             ledger=self.ledger,
@@ -131,6 +159,8 @@ class Sidecar:
             model_sha256=current_sha,
             env_id=env_id,
             max_request_bytes=s.max_request_bytes,
+            observe=self.metrics.observe if self.metrics else None,
+            checks=self.checks,
         )
         servicer = inference_servicer.InferenceServicer(
             service, self.backend, model.signature, s.record_metadata, lambda: self.ready
@@ -141,6 +171,8 @@ class Sidecar:
         self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
         await self.server.start()
         await self._start_audit()
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
         await self._update_health()
         self._tasks.append(asyncio.create_task(self._watch()))
         log.info(
@@ -160,6 +192,36 @@ class Sidecar:
                                threads=s.ort_threads)
         self.audit_server, self.audit_health, self.audit_port = await start_audit_server(
             service, s.ledger, s.host, s.audit_port, s)
+
+    async def record_guards(self, config: GuardConfig, *, source: str, caller: str) -> None:
+        """Put a guard version on the ledger (an "admin" record in the chain)."""
+        assert self.ledger is not None
+        now = time.time_ns() // 1000
+        await self.ledger.append(Record(
+            kind="admin", request_id=uuid.uuid4().hex, received_us=now, responded_us=now,
+            peer=caller, detail=json.dumps({
+                "action": "guards", "sha256": config.sha256, "source": source,
+                "mode": self.settings.guard_mode, "config": config.to_dict()}, sort_keys=True),
+        ))
+
+    async def _reload_guards(self) -> None:
+        s = self.settings
+        if self.checks is None or s.guards is None:
+            return
+        stamp = _stamp(s.guards)
+        if stamp is None or stamp == self._guards_stamp:
+            return
+        self._guards_stamp = stamp
+        try:
+            config = await asyncio.to_thread(load_guards, s.guards)
+        except MlwitnessError as exc:
+            log.error("guard file %s not reloaded, keeping %s: %s", s.guards,
+                      self.checks.sha256[:12], exc.message)
+            return
+        if config.sha256 != self.checks.sha256:
+            self.checks.replace(config)
+            await self.record_guards(config, source=str(s.guards), caller="file reload")
+            log.info("guards reloaded from %s: %s", s.guards, config.sha256[:12])
 
     def _store_model(self, onnx: bytes) -> None:
         s = self.settings
@@ -193,6 +255,7 @@ class Sidecar:
         while True:
             try:
                 await self._update_health()
+                await self._reload_guards()
                 if s.upstream and loop.time() >= next_poll:
                     assert self.model_file is not None
                     await asyncio.to_thread(self.model_file.refresh)
@@ -220,12 +283,14 @@ class Sidecar:
         self._tasks = []
         if self.backend is not None:
             await self.backend.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
 
     def addresses(self) -> dict[str, Any]:
         return {"event": "ready", "host": self.settings.host, "port": self.port,
-                "audit_port": self.audit_port}
+                "audit_port": self.audit_port, "metrics_port": self.metrics_port}
 
 
 async def start_audit_server(service: AuditService, ledger_path: Any, host: str, port: int,

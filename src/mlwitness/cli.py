@@ -112,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the sidecar (inference + audit ports)")
-    settings_mod.add_arguments(serve)
+    settings_mod.add_arguments(serve, [s.name for s in settings_mod.SPECS
+                                       if s.name not in settings_mod.AUDIT_SERVER_ONLY])
     serve.set_defaults(func=cmd_serve)
 
     verify = sub.add_parser("verify", help="recompute the ledger's hash chain; exit 1 if broken")

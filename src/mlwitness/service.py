@@ -9,6 +9,7 @@ prediction. Nothing here knows about gRPC: the servicer hands in bytes and a Cal
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from mlwitness.backends import Backend, Call
+from mlwitness.checks import InlineChecks
 from mlwitness.codec import Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import InvalidInput, MlwitnessError, ModelNotFound, TooLarge
 from mlwitness.ledger.record import Record
@@ -55,6 +57,8 @@ class InferenceService:
         model_sha256: Callable[[], str],
         env_id: str,
         max_request_bytes: int,
+        observe: Callable[[str, float], None] | None = None,
+        checks: InlineChecks | None = None,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
@@ -63,6 +67,8 @@ class InferenceService:
         self.model_sha256 = model_sha256
         self.env_id = env_id
         self.max_request_bytes = max_request_bytes
+        self.observe = observe  # metrics: (status, seconds) per call, once it is recorded
+        self.checks = checks  # guards; None when no guard file is configured
 
     def check_model(self, name: str, version: str) -> None:
         if name != self.model_name:
@@ -85,10 +91,19 @@ class InferenceService:
             metadata=caller.metadata_json(),
             request=raw,
         )
+        started = time.monotonic()
         try:
             response = await self._infer(raw, caller, timeout, record)
         except MlwitnessError as exc:
             await self._record_failure(record, exc.status, exc.message)
+            raise
+        except asyncio.CancelledError:  # the caller's deadline passed, or it cancelled
+            expired = timeout is not None and time.monotonic() - started >= timeout - 0.05
+            status, message = (
+                ("DEADLINE_EXCEEDED", "the caller's deadline passed before the answer")
+                if expired else ("CANCELLED", "the caller cancelled the call")
+            )
+            await asyncio.shield(self._record_failure(record, status, message))
             raise
         except Exception:
             log.exception("ModelInfer failed unexpectedly")
@@ -97,6 +112,8 @@ class InferenceService:
         record.response = response
         record.responded_us = _now_us()
         await self.ledger.append(record)
+        if self.observe is not None:
+            self.observe("OK", (record.responded_us - record.received_us) / 1e6)
         return response
 
     async def _record_failure(self, record: Record, status: str, message: str) -> None:
@@ -104,6 +121,8 @@ class InferenceService:
         record.request_id = record.request_id or uuid.uuid4().hex
         record.responded_us = _now_us()
         await self.ledger.append(record)
+        if self.observe is not None:
+            self.observe(status, (record.responded_us - record.received_us) / 1e6)
 
     async def _infer(
         self, raw: bytes, caller: Caller, timeout: float | None, record: Record
@@ -131,10 +150,20 @@ class InferenceService:
                 raise
             inputs = None  # the upstream judges the request; we keep its bytes
         record.inputs = inputs
+        checks = self.checks
+        verdict = None
+        if checks is not None and inputs is not None:
+            verdict = checks.before(inputs, record.parameters)
+            record.violations = verdict.to_json()
+            checks.refuse(verdict.violations)
         result = await self.backend.infer(
             Call(request, raw, inputs, record.request_id, timeout, caller.forward)
         )
         record.outputs = result.outputs
+        if checks is not None and verdict is not None:
+            found = checks.after(verdict, result.outputs)
+            record.violations = verdict.to_json()
+            checks.refuse(found)
         return result.response
 
 

@@ -86,6 +86,16 @@ SPECS: tuple[Spec, ...] = (
     Spec("metrics_port", int, "Prometheus metrics port (0 disables it)."),
     Spec("features", _csv, "Comma-separated names of the columns of the model's tabular "
          "input, e.g. income,debt_ratio,fico."),
+    Spec("guards", Path, "Guard file (TOML or JSON) checked on every call; reloaded when "
+         "it changes. See `mlwitness guards suggest`."),
+    Spec("guard_mode", str, "observe: serve and record violations. enforce: refuse calls "
+         "that break an input or output guard (INVALID_ARGUMENT).",
+         choices=("observe", "enforce")),
+    Spec("baseline", Path, "Baseline JSON (`mlwitness baseline`): stored in the ledger; drift "
+         "metrics and `audit drift` compare against it."),
+    Spec("drift_interval", float, "Seconds between drift recomputations for the metrics "
+         "(needs --baseline; 0 turns it off)."),
+    Spec("drift_window", float, "Seconds of recent traffic the periodic drift metrics cover."),
     Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
     Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
          "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
@@ -101,6 +111,7 @@ SPECS: tuple[Spec, ...] = (
 )
 
 _BY_NAME = {spec.name: spec for spec in SPECS}
+AUDIT_SERVER_ONLY = ("audit_trail",)
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,11 @@ class Settings:
     audit_port: int = 8702
     metrics_port: int = 9090
     features: list[str] = field(default_factory=list)
+    guards: Path | None = None
+    guard_mode: str = "observe"
+    baseline: Path | None = None
+    drift_interval: float = 60.0
+    drift_window: float = 3600.0
     record_metadata: list[str] = field(
         default_factory=lambda: ["x-request-id", "x-caller", "traceparent", "user-agent"]
     )
@@ -147,6 +163,10 @@ class Settings:
         for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "max_backlog"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        for name in ("guards", "baseline"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"--{name} file {path} does not exist")
         if self.upstream is not None and ":" not in self.upstream:
             raise ConfigError(f"--upstream must be host:port, got {self.upstream!r}")
         return self

@@ -1,0 +1,119 @@
+"""Prometheus metrics (`--metrics-port`, default 9090; 0 turns them off).
+
+Per-call metrics are counted on the inference path with pre-bound label children; ledger
+figures are read from the writer's counters at scrape time, so they cost the hot path
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+# name → (type, help): the README's metrics table is checked against this.
+DOCUMENTED = {
+    "mlwitness_requests_total": "ModelInfer calls by model and gRPC status",
+    "mlwitness_request_latency_seconds": "ModelInfer latency, record durable included",
+    "mlwitness_guard_violations_total": "guard violations by guard, column and kind",
+    "mlwitness_rate_estimate": "decision rate over a rate guard's window (point estimate)",
+    "mlwitness_rate_interval_low": "lower Wilson bound of a rate guard's window",
+    "mlwitness_rate_interval_high": "upper Wilson bound of a rate guard's window",
+    "mlwitness_rate_breach": "1 while a rate guard's interval lies outside its bounds",
+    "mlwitness_drift_score": "latest drift statistic per feature vs the baseline",
+    "mlwitness_drift_detected": "1 when a feature's latest drift verdict is drift",
+    "mlwitness_ledger_records_total": "records made durable in the journal",
+    "mlwitness_ledger_flushes_total": "journal group commits (write + fdatasync)",
+    "mlwitness_ledger_flush_seconds_total": "time spent in journal group commits",
+    "mlwitness_ledger_loaded_total": "records loaded into DuckDB",
+    "mlwitness_ledger_load_seconds_total": "time spent loading DuckDB batches",
+    "mlwitness_ledger_backlog": "records acknowledged but not yet in DuckDB",
+    "mlwitness_ledger_last_commit_batch": "records in the latest journal group commit",
+    "mlwitness_ledger_healthy": "1 while the ledger can commit records",
+}
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def collect(self) -> Iterable[Any]:
+        stats = self.writer.stats
+        for name, value in (
+            ("mlwitness_ledger_records", stats.appended),
+            ("mlwitness_ledger_flushes", stats.flushes),
+            ("mlwitness_ledger_flush_seconds", stats.flush_seconds),
+            ("mlwitness_ledger_loaded", stats.loaded),
+            ("mlwitness_ledger_load_seconds", stats.load_seconds),
+        ):
+            yield CounterMetricFamily(name, DOCUMENTED[name + "_total"], value=value)
+        for name, value in (
+            ("mlwitness_ledger_backlog", self.writer.backlog),
+            ("mlwitness_ledger_last_commit_batch", stats.last_flush_batch),
+            ("mlwitness_ledger_healthy", 1.0 if self.writer.healthy else 0.0),
+        ):
+            yield GaugeMetricFamily(name, DOCUMENTED[name], value=value)
+
+
+class Metrics:
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry()
+        self.model = model
+        self._requests = Counter("mlwitness_requests", DOCUMENTED["mlwitness_requests_total"],
+                                 ["model", "status"], registry=self.registry)
+        self._latency = Histogram("mlwitness_request_latency_seconds",
+                                  DOCUMENTED["mlwitness_request_latency_seconds"], ["model"],
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._latency_model = self._latency.labels(model)
+        self._by_status: dict[str, Any] = {}
+        self.violations = Counter("mlwitness_guard_violations",
+                                  DOCUMENTED["mlwitness_guard_violations_total"],
+                                  ["guard", "column", "kind"], registry=self.registry)
+        rate = ["guard"]
+        self.rate_estimate = Gauge("mlwitness_rate_estimate",
+                                   DOCUMENTED["mlwitness_rate_estimate"], rate,
+                                   registry=self.registry)
+        self.rate_low = Gauge("mlwitness_rate_interval_low",
+                              DOCUMENTED["mlwitness_rate_interval_low"], rate,
+                              registry=self.registry)
+        self.rate_high = Gauge("mlwitness_rate_interval_high",
+                               DOCUMENTED["mlwitness_rate_interval_high"], rate,
+                               registry=self.registry)
+        self.rate_breach = Gauge("mlwitness_rate_breach", DOCUMENTED["mlwitness_rate_breach"],
+                                 rate, registry=self.registry)
+        self.drift_score = Gauge("mlwitness_drift_score", DOCUMENTED["mlwitness_drift_score"],
+                                 ["feature", "statistic"], registry=self.registry)
+        self.drift_detected = Gauge("mlwitness_drift_detected",
+                                    DOCUMENTED["mlwitness_drift_detected"], ["feature"],
+                                    registry=self.registry)
+        self._server: Any = None
+
+    def observe(self, status: str, seconds: float) -> None:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self._requests.labels(self.model, status)
+        child.inc()
+        self._latency_model.observe(seconds)
+
+    def watch_ledger(self, writer: Any) -> None:
+        self.registry.register(_LedgerCollector(writer))
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; return the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+Observer = Callable[[str, float], None]
