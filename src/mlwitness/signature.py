@@ -63,16 +63,18 @@ class Signature:
 
     def check_inputs(self, tensors: Sequence[Tensor]) -> None:
         """Raise InvalidInput naming the first tensor that does not fit the model."""
+        for tensor in tensors:  # unknown names first: a misnamed input is named as sent
+            if self.input(tensor.name) is None:
+                raise InvalidInput(f"unknown input '{tensor.name}'; the model takes: "
+                                   f"{self._list(self.inputs)}")
         given = {t.name for t in tensors}
-        for spec in self.inputs:
-            if spec.name not in given:
-                raise InvalidInput(f"missing input {spec.describe()}; the model takes: "
+        for wanted in self.inputs:
+            if wanted.name not in given:
+                raise InvalidInput(f"missing input {wanted.describe()}; the model takes: "
                                    f"{self._list(self.inputs)}")
         for tensor in tensors:
             spec = self.input(tensor.name)
-            if spec is None:
-                raise InvalidInput(f"unknown input '{tensor.name}'; the model takes: "
-                                   f"{self._list(self.inputs)}")
+            assert spec is not None
             if tensor.datatype != spec.datatype:
                 raise InvalidInput(f"input '{tensor.name}' has datatype {tensor.datatype}; "
                                    f"the model expects {spec.datatype}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from mlwitness.backends import Call, Inference
 from mlwitness.codec import encode_outputs
@@ -10,9 +11,15 @@ from mlwitness.errors import InvalidInput
 from mlwitness.runtime import OnnxModel
 from mlwitness.wire import inference as pb
 
-# Inputs larger than this many elements run in a worker thread so that a big batch does
-# not hold up the event loop; small ones run inline, which is faster.
+# A run expected to take longer than INLINE_SECONDS, or with more than INLINE_ELEMENTS
+# input elements, goes to a worker thread so that it does not hold up the event loop (and
+# with it every other call, health checks and a graceful stop); small, cheap ones run
+# inline, which is faster. The expectation is a moving average of the model's measured
+# seconds per input element, so a model that is costly per element (small input, heavy
+# graph) stops running inline after its first slow call.
 INLINE_ELEMENTS = 1 << 16
+INLINE_SECONDS = 0.001
+_COST_WEIGHT = 0.2  # weight of the newest measurement in the moving average
 
 
 class EmbeddedBackend:
@@ -22,6 +29,14 @@ class EmbeddedBackend:
         self.model = model
         self.name = name
         self.version = version
+        self.seconds_per_element = 0.0  # moving average over runs
+
+    def _run_timed(self, call: Call, requested: list[str], size: int) -> list:
+        started = time.perf_counter()
+        outputs = self.model.run(call.inputs, requested)  # type: ignore[arg-type]
+        cost = (time.perf_counter() - started) / max(size, 1)
+        self.seconds_per_element += _COST_WEIGHT * (cost - self.seconds_per_element)
+        return outputs
 
     async def infer(self, call: Call) -> Inference:
         if call.inputs is None:
@@ -31,10 +46,10 @@ class EmbeddedBackend:
         requested = [o.name for o in call.request.outputs]
         signature.check_outputs(requested)
         size = sum(t.array.size for t in call.inputs)
-        if size > INLINE_ELEMENTS:
-            outputs = await asyncio.to_thread(self.model.run, call.inputs, requested)
+        if size > INLINE_ELEMENTS or size * self.seconds_per_element > INLINE_SECONDS:
+            outputs = await asyncio.to_thread(self._run_timed, call, requested, size)
         else:
-            outputs = self.model.run(call.inputs, requested)
+            outputs = self._run_timed(call, requested, size)
         response = pb.ModelInferResponse(
             model_name=self.name, model_version=self.version, id=call.request_id
         )

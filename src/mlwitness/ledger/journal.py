@@ -122,6 +122,8 @@ class Journal:
         self._segments: list[Segment] = []
         self._fd: int | None = None
         self._size = 0
+        # (size, last_seq) of the active segment before the last append began writing
+        self._batch_start: tuple[int, int] | None = None
 
     def open(self, next_seq: int) -> None:
         """Start a fresh segment for records from `next_seq` on. Existing segments are kept
@@ -145,8 +147,10 @@ class Journal:
     def append(self, frames: bytes, first_seq: int, last_seq: int) -> None:
         """Write one batch of frames (records first_seq..last_seq) to the active segment."""
         assert self._fd is not None, "journal not open"
+        self._batch_start = None
         if self._size >= self.segment_bytes:
             self._roll(first_seq)
+        self._batch_start = (self._size, self._segments[-1].last_seq)
         view = memoryview(frames)
         while view:
             written = os.write(self._fd, view)
@@ -157,6 +161,18 @@ class Journal:
     def sync(self) -> None:
         assert self._fd is not None, "journal not open"
         os.fdatasync(self._fd)
+
+    def discard_last_batch(self) -> None:
+        """Cut the active segment back to where the last `append` began, and flush. For a
+        batch whose write or flush failed: it was never acknowledged, so its frames must not
+        come back as records at the next start."""
+        if self._batch_start is None or self._fd is None:
+            return  # the append failed before writing anything
+        size, last_seq = self._batch_start
+        os.ftruncate(self._fd, size)
+        os.fsync(self._fd)
+        self._size = size
+        self._segments[-1].last_seq = last_seq
 
     def retire(self, loaded_upto: int) -> None:
         """Delete segments, other than the active one, whose records are all loaded."""

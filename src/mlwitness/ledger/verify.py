@@ -150,15 +150,39 @@ def _check(record: Record, expected_seq: int, prev: bytes) -> Problem | None:
 
 
 def _check_models(con, report: VerifyReport) -> None:
+    """Stored model bytes and environment fingerprints must match their ids, and every id a
+    record names must be stored. A problem names the first record that relies on it."""
+    first_use = _first_use(con, "model_sha256")
+    stored = set()
     for sha, onnx in con.execute("SELECT sha256, onnx FROM models ORDER BY sha256").fetchall():
         report.models += 1
+        stored.add(sha)
         if hashlib.sha256(bytes(onnx)).hexdigest() != sha:
-            report.problems.append(Problem(None, f"model {sha}: stored bytes do not match "
-                                           "their SHA-256"))
+            report.problems.append(Problem(first_use.get(sha), f"model {sha}: stored bytes do "
+                                           "not match their SHA-256"))
+    _report_missing(report, first_use, stored, "model {} is not in the model store")
+    first_use = _first_use(con, "env_id")
+    stored = set()
     for env_id, fingerprint in con.execute(
         "SELECT env_id, fingerprint FROM environments ORDER BY env_id"
     ).fetchall():
         report.environments += 1
+        stored.add(env_id)
         if hashlib.sha256(fingerprint.encode()).hexdigest() != env_id:
-            report.problems.append(Problem(None, f"environment {env_id}: fingerprint does "
-                                           "not match its id"))
+            report.problems.append(Problem(first_use.get(env_id), f"environment {env_id}: "
+                                           "fingerprint does not match its id"))
+    _report_missing(report, first_use, stored, "environment {} is not in the ledger")
+
+
+def _first_use(con, column: str) -> dict[str, int]:
+    return dict(con.execute(
+        f"SELECT {column}, min(seq) FROM entries WHERE {column} <> '' GROUP BY {column}"
+    ).fetchall())
+
+
+def _report_missing(
+    report: VerifyReport, first_use: dict[str, int], stored: set[str], what: str
+) -> None:
+    for key, seq in sorted(first_use.items(), key=lambda item: item[1]):
+        if key not in stored:
+            report.problems.append(Problem(seq, what.format(key) + f" (named by seq {seq})"))

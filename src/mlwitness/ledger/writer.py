@@ -248,7 +248,10 @@ class LedgerWriter:
                         f"ledger backlog is full ({self.backlog} records not yet stored); "
                         "retry later"
                     )
-                self._space.wait(remaining)
+                with self._load_cond:  # a full backlog means load now, not at the interval
+                    self._load_now = True
+                    self._load_cond.notify_all()
+                self._space.wait(min(remaining, 0.05))
 
     def _flush_loop(self) -> None:
         sync = self.options.durability == "fsync"
@@ -289,6 +292,12 @@ class LedgerWriter:
                 self._journal.sync()
         except OSError as exc:
             log.exception("ledger journal write failed; the ledger is now unavailable")
+            try:  # these callers get UNAVAILABLE: their records must not appear later
+                self._journal.discard_last_batch()
+            except OSError:
+                log.exception("could not remove the failed batch (seq %d-%d) from the journal; "
+                              "the next start may load records of refused calls",
+                              self._head_seq + 1, seq)
             self._failure = LedgerUnavailable(
                 f"the ledger cannot store records ({exc.strerror or exc}); "
                 "no decisions are served until it is repaired and mlwitness restarted"

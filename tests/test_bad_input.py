@@ -1,0 +1,405 @@
+"""Bad input is answered, never fatal: a clear status naming the tensor, a ledger row
+saying it was refused and why, and the sidecar keeps serving.
+
+Requests are built with tritonclient's generated classes (or by hand, for bytes no client
+would send) and sent as exact bytes on a plain gRPC channel.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from sidecar import RunningSidecar, raw_rpc, start_sidecar
+from tritonclient.grpc import service_pb2
+
+from mlwitness.settings import Settings
+
+Request = service_pb2.ModelInferRequest
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture(scope="module")
+def sidecars(
+    tmp_path_factory: pytest.TempPathFactory, model_paths: dict[str, Path]
+) -> Iterator[Callable[[str], RunningSidecar]]:
+    """One long-lived sidecar per model for the whole module: refusals pile up in the same
+    process and ledger, which must keep serving through all of them."""
+    running: dict[str, RunningSidecar] = {}
+    root = tmp_path_factory.mktemp("bad-input")
+
+    def get(model: str) -> RunningSidecar:
+        if model not in running:
+            running[model] = start_sidecar(
+                Settings(
+                    model=model_paths[model],
+                    ledger=root / f"{model}.duckdb",
+                    port=0,
+                    audit_port=0,
+                    metrics_port=0,
+                )
+            )
+        return running[model]
+
+    yield get
+    for sidecar in running.values():
+        sidecar.stop()
+
+
+def fp32(request: Request, name: str, array: np.ndarray, datatype: str = "FP32") -> Request:
+    request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+    request.raw_input_contents.append(array.tobytes())
+    return request
+
+
+def affine(**fields: object) -> Request:
+    return Request(model_name="affine_fp32", **fields)
+
+
+X = np.ones((2, 4), np.float32)
+
+
+def _typed_short() -> Request:
+    request = affine()
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+    tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
+    return request
+
+
+def _typed_wrong_field() -> Request:
+    request = affine()
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    tensor.contents.int_contents.extend([1, 2, 3, 4])
+    return request
+
+
+def _mixed() -> Request:
+    request = fp32(affine(), "x", X)
+    request.inputs[0].contents.fp32_contents.extend(X.ravel().tolist())
+    return request
+
+
+def _two_raw_entries() -> Request:
+    request = fp32(affine(), "x", X)
+    request.raw_input_contents.append(X.tobytes())
+    return request
+
+
+def _all_dtypes_without_flag() -> Request:
+    request = Request(model_name="all_dtypes")
+    fp32(request, "f64", np.ones((1, 3)), "FP64")
+    fp32(request, "i32", np.ones((1, 2), np.int32), "INT32")
+    fp32(request, "i64", np.ones(1, np.int64), "INT64")
+    return request
+
+
+def _bool_not_0_or_1() -> Request:
+    request = _all_dtypes_without_flag()
+    request.inputs.add(name="flag", datatype="BOOL", shape=[1])
+    request.raw_input_contents.append(b"\x02")
+    return request
+
+
+def _fp16_typed() -> Request:
+    request = Request(model_name="fp16")
+    tensor = request.inputs.add(name="h", datatype="FP16", shape=[1, 2])
+    tensor.contents.fp32_contents.extend([1.0, 2.0])
+    return request
+
+
+def _bytes_bad_length_prefix() -> Request:
+    request = Request(model_name="strings")
+    request.inputs.add(name="category", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append((100).to_bytes(4, "little") + b"red")
+    return request
+
+
+def _bytes_huge_shape() -> Request:
+    request = Request(model_name="strings")
+    request.inputs.add(name="category", datatype="BYTES", shape=[2**40])
+    request.raw_input_contents.append((3).to_bytes(4, "little") + b"red")
+    return request
+
+
+def _requested(*names: str) -> Request:
+    request = fp32(affine(), "x", X)
+    for name in names:
+        request.outputs.add(name=name)
+    return request
+
+
+# case -> (served model, request, status, fragments the message must contain)
+CASES: dict[str, tuple[str, Callable[[], Request], grpc.StatusCode, tuple[str, ...]]] = {
+    "unknown_model": (
+        "affine_fp32",
+        lambda: fp32(Request(model_name="nope"), "x", X),
+        grpc.StatusCode.NOT_FOUND,
+        ("unknown model 'nope'", "serves 'affine_fp32'"),
+    ),
+    "unknown_version": (
+        "affine_fp32",
+        lambda: fp32(affine(model_version="7"), "x", X),
+        grpc.StatusCode.NOT_FOUND,
+        ("no version '7'", "served version: '1'"),
+    ),
+    "missing_input": (
+        "all_dtypes",
+        _all_dtypes_without_flag,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("missing input flag (BOOL [-1])",),
+    ),
+    "extra_input": (
+        "affine_fp32",
+        lambda: fp32(fp32(affine(), "x", X), "z", X),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("unknown input 'z'", "x (FP32 [-1, 4])"),
+    ),
+    "misnamed_input": (
+        "affine_fp32",
+        lambda: fp32(affine(), "X", X),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("unknown input 'X'", "x (FP32 [-1, 4])"),
+    ),
+    "wrong_datatype": (
+        "affine_fp32",
+        lambda: fp32(affine(), "x", X.astype(np.float64), "FP64"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x' has datatype FP64", "the model expects FP32"),
+    ),
+    "unknown_datatype": (
+        "affine_fp32",
+        lambda: fp32(affine(), "x", X, "FLOAT32"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x'", "unknown datatype 'FLOAT32'"),
+    ),
+    "raw_data_shorter_than_shape": (
+        "affine_fp32",
+        lambda: (r := fp32(affine(), "x", X[:1]), r.inputs[0].shape.__setitem__(0, 2), r)[-1],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x'", "holds 16 bytes, expected 32", "8 FP32 elements"),
+    ),
+    "typed_data_shorter_than_shape": (
+        "affine_fp32",
+        _typed_short,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x'", "shape [2, 4] needs 8 values in contents.fp32_contents, got 4"),
+    ),
+    "huge_shape_small_data": (
+        "affine_fp32",
+        lambda: (r := fp32(affine(), "x", X), r.inputs[0].shape.__setitem__(0, 2**40), r)[-1],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x'", "holds 32 bytes, expected"),
+    ),
+    "bytes_huge_shape_small_data": (
+        "strings",
+        _bytes_huge_shape,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'category'", "too few for 1099511627776 elements"),
+    ),
+    "negative_dimension": (
+        "affine_fp32",
+        lambda: (r := fp32(affine(), "x", X), r.inputs[0].shape.__setitem__(0, -1), r)[-1],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x'", "negative dimension"),
+    ),
+    "shape_not_matching_model": (
+        "affine_fp32",
+        lambda: fp32(affine(), "x", np.ones((2, 3), np.float32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x' has shape [2, 3]", "the model expects [-1, 4]"),
+    ),
+    "rank_not_matching_model": (
+        "affine_fp32",
+        lambda: fp32(affine(), "x", np.ones(8, np.float32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x' has shape [8]", "expects [-1, 4]"),
+    ),
+    "batch_not_matching_fixed_shape": (
+        "fixed_shape",
+        lambda: fp32(Request(model_name="fixed_shape"), "x", np.ones((2, 3), np.float32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x' has shape [2, 3]", "the model expects [1, 3]"),
+    ),
+    "raw_and_typed_mixed": (
+        "affine_fp32",
+        _mixed,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x' sets typed contents while raw_input_contents is used",),
+    ),
+    "raw_entries_not_one_per_input": (
+        "affine_fp32",
+        _two_raw_entries,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("1 inputs but 2 raw_input_contents entries",),
+    ),
+    "typed_values_in_wrong_field": (
+        "affine_fp32",
+        _typed_wrong_field,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x'", "FP32 values belong in contents.fp32_contents", "int_contents"),
+    ),
+    "duplicate_input": (
+        "affine_fp32",
+        lambda: fp32(fp32(affine(), "x", X), "x", X),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x' appears more than once",),
+    ),
+    "bool_not_0_or_1": (
+        "all_dtypes",
+        _bool_not_0_or_1,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'flag'", "BOOL raw contents must be bytes 0 or 1"),
+    ),
+    "fp16_as_typed_contents": (
+        "fp16",
+        _fp16_typed,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'h'", "FP16 travels only raw"),
+    ),
+    "bytes_length_prefix_too_long": (
+        "strings",
+        _bytes_bad_length_prefix,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'category'", "BYTES element 0 says 100 bytes, 3 remain"),
+    ),
+    "unknown_requested_output": (
+        "affine_fp32",
+        lambda: _requested("nope"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("unknown requested output 'nope'", "y (FP32 [-1, 2])", "score (FP32 [-1])"),
+    ),
+    "output_requested_twice": (
+        "affine_fp32",
+        lambda: _requested("y", "y"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("requested twice",),
+    ),
+}
+
+
+def good_request(model: str) -> Request:
+    request = Request(model_name=model)
+    if model == "affine_fp32":
+        return fp32(request, "x", X)
+    if model == "all_dtypes":
+        request = _all_dtypes_without_flag()
+        request.inputs.add(name="flag", datatype="BOOL", shape=[1])
+        request.raw_input_contents.append(b"\x01")
+        return request
+    if model == "fixed_shape":
+        return fp32(request, "x", np.ones((1, 3), np.float32))
+    if model == "fp16":
+        return fp32(request, "h", np.ones((1, 2), np.float16), "FP16")
+    request.inputs.add(name="category", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append((3).to_bytes(4, "little") + b"red")
+    return request
+
+
+def assert_still_serving(sidecar: RunningSidecar, model: str) -> None:
+    with grpc.insecure_channel(sidecar.address) as channel:
+        answer = raw_rpc(channel, "ModelInfer", good_request(model).SerializeToString())
+    assert len(service_pb2.ModelInferResponse.FromString(answer).outputs) >= 1
+
+
+def refused(sidecar: RunningSidecar, payload: bytes) -> grpc.RpcError:
+    with grpc.insecure_channel(sidecar.address) as channel, pytest.raises(grpc.RpcError) as info:
+        raw_rpc(channel, "ModelInfer", payload)
+    return info.value
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gets_its_status_and_a_ledger_row(
+    sidecars: Callable[[str], RunningSidecar], case: str
+) -> None:
+    model, build, code, fragments = CASES[case]
+    sidecar = sidecars(model)
+    request = build()
+    request.id = f"bad-{case}"
+    payload = request.SerializeToString()
+
+    error = refused(sidecar, payload)
+
+    assert error.code() == code, error.details()
+    for fragment in fragments:
+        assert fragment in error.details()
+    rows = sidecar.query(
+        "SELECT status, message, request, response FROM entries WHERE request_id = ?",
+        [f"bad-{case}"],
+    )
+    assert [(s, m, bytes(q), bytes(r)) for s, m, q, r in rows] == [
+        (code.name, error.details(), payload, b"")
+    ]
+    assert_still_serving(sidecar, model)
+
+
+def test_malformed_protobuf_is_invalid_argument_and_recorded(
+    sidecars: Callable[[str], RunningSidecar],
+) -> None:
+    sidecar = sidecars("affine_fp32")
+    payload = b"\x0a\xff\xff\xff\x0f" + b"garbage"  # field 1 claims a 4 GiB string
+    error = refused(sidecar, payload)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid ModelInferRequest" in error.details()
+    rows = sidecar.query(
+        "SELECT request_id, status, message FROM entries WHERE request = ?", [payload]
+    )
+    assert len(rows) == 1
+    request_id, status, message = rows[0]
+    assert HEX32.match(request_id)  # the sidecar named the call it could not read
+    assert (status, message) == ("INVALID_ARGUMENT", error.details())
+    assert_still_serving(sidecar, "affine_fp32")
+
+
+def test_refusals_are_in_the_records_view_with_their_status(
+    sidecars: Callable[[str], RunningSidecar],
+) -> None:
+    sidecar = sidecars("affine_fp32")
+    request = fp32(Request(model_name="nope", id="view-refusal"), "x", X)
+    refused(sidecar, request.SerializeToString())
+    rows = sidecar.query(
+        "SELECT status, model_name, batch_size, outputs FROM records "
+        "WHERE request_id = 'view-refusal'"
+    )
+    assert rows == [("NOT_FOUND", "nope", 2, [])]  # decoded inputs kept, no outputs
+
+
+def test_oversize_request_is_resource_exhausted_and_recorded_without_its_bytes(
+    make_sidecar, affine_model: Path
+) -> None:
+    sidecar = make_sidecar(affine_model, max_request_bytes=1024)
+    big = np.ones((100, 4), np.float32)  # 1,600 bytes of data
+    payload = fp32(affine(id="too-big"), "x", big).SerializeToString()
+    assert len(payload) > 1024
+    error = refused(sidecar, payload)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"request of {len(payload)} bytes exceeds the limit of 1024 bytes" in error.details()
+    assert "--max-request-bytes" in error.details()
+    rows = sidecar.query("SELECT status, message, request, response FROM entries")
+    assert [(s, m, bytes(q), bytes(r)) for s, m, q, r in rows] == [
+        ("RESOURCE_EXHAUSTED", error.details(), b"", b"")
+    ]
+    # Below the limit it serves as usual.
+    small = fp32(affine(id="fits"), "x", X).SerializeToString()
+    with grpc.insecure_channel(sidecar.address) as channel:
+        raw_rpc(channel, "ModelInfer", small)
+    assert sidecar.query("SELECT request_id, status FROM records ORDER BY seq")[-1] == (
+        "fits",
+        "OK",
+    )
+
+
+def test_message_beyond_the_grpc_limit_is_refused_by_grpc_and_the_sidecar_survives(
+    make_sidecar, affine_model: Path
+) -> None:
+    sidecar = make_sidecar(affine_model, max_request_bytes=1024)
+    huge = np.ones((1 << 17, 4), np.float32)  # 2 MiB: past gRPC's own receive limit
+    error = refused(sidecar, fp32(affine(id="huge"), "x", huge).SerializeToString())
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # gRPC refuses it before mlwitness sees it, so there is nothing to record.
+    assert sidecar.query("SELECT count(*) FROM entries") == [(0,)]
+    assert_still_serving(sidecar, "affine_fp32")
+    assert sidecar.query("SELECT count(*) FROM entries") == [(1,)]

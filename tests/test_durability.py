@@ -1,0 +1,267 @@
+"""No decision without a record: SIGKILL, SIGTERM, a failing disk, a full backlog.
+
+The process tests run the real `mlwitness serve` command; the disk-failure tests inject
+the fault with a Journal subclass whose writes raise, and nothing else is replaced.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import SidecarFactory, SlowModel
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sidecar import RunningSidecar, read_ledger, run_verify
+from tritonclient.utils import InferenceServerException
+
+from mlwitness.ledger import journal as journal_module
+
+X1 = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+
+
+def affine_input(x: np.ndarray = X1) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def health_status(address: str, service: str = "") -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def wait_for_health(address: str, want: int, within_s: float) -> float:
+    """Poll Check until it answers `want`; return how long that took."""
+    started = time.monotonic()
+    for _ in range(int(within_s / 0.05) + 1):
+        if health_status(address) == want:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"health did not become {want} within {within_s} s")
+
+
+# ── SIGKILL ────────────────────────────────────────────────────────────────────────────
+
+
+def test_sigkill_under_load_loses_no_acknowledged_call(
+    serve_process, affine_model: Path, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "kill.duckdb"
+    server = serve_process(affine_model, ledger)
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def caller(t: int) -> None:
+        deadline = time.monotonic() + 10  # bounded in time and count
+        with grpcclient.InferenceServerClient(server.address) as client:
+            for i in range(20_000):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                rid = f"t{t}-{i}"
+                try:
+                    client.infer("affine_fp32", affine_input(), request_id=rid, client_timeout=5)
+                except InferenceServerException as exc:
+                    failures.append(exc.status())
+                    return  # the server is gone
+                with lock:
+                    acknowledged.append(rid)
+
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(6)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.5)
+    assert server.kill() == -9
+    stop.set()
+    for worker in workers:
+        worker.join(15)
+    assert not any(w.is_alive() for w in workers)
+    assert len(acknowledged) >= 100, "too little load to mean anything"
+    assert set(failures) <= {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
+
+    # Straight after the kill: DuckDB plus the journal tail hold every acknowledged call.
+    result = run_verify(ledger, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["head_seq"] == report["records"] + report["journal_records"]
+    assert report["head_seq"] >= len(acknowledged)
+
+    # A restart loads the journal tail into DuckDB and continues the chain.
+    restarted = serve_process(affine_model, ledger)
+    with grpcclient.InferenceServerClient(restarted.address) as client:
+        client.infer("affine_fp32", affine_input(), request_id="after-restart")
+    assert restarted.terminate() == 0
+    assert not restarted.journal_dir.exists()
+
+    ids = {r[0] for r in read_ledger(ledger, "SELECT request_id FROM records")}
+    assert set(acknowledged) <= ids
+    rows = read_ledger(ledger, "SELECT seq, request_id FROM records ORDER BY seq")
+    assert [r[0] for r in rows] == list(range(1, report["head_seq"] + 2))
+    assert rows[-1][1] == "after-restart"
+    final = run_verify(ledger, "--json")
+    assert final.returncode == 0, final.stdout
+    assert json.loads(final.stdout)["records"] == report["head_seq"] + 1
+
+
+# ── SIGTERM ────────────────────────────────────────────────────────────────────────────
+
+
+def test_sigterm_drains_in_flight_calls_and_exits_0(
+    serve_process, slow_model: SlowModel, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "term.duckdb"
+    server = serve_process(slow_model.path, ledger, "--drain-timeout", "20")
+    results: dict[int, tuple[float, np.ndarray | str]] = {}
+    x = slow_model.input(seconds=1.0)
+    with grpcclient.InferenceServerClient(server.address) as client:  # already serving
+        warm = slow_model.input(seconds=0.02)
+        tensor = grpcclient.InferInput("x", list(warm.shape), "FP32")
+        tensor.set_data_from_numpy(warm)
+        client.infer("slow", [tensor], request_id="warm-up")
+
+    def caller(t: int) -> None:
+        with grpcclient.InferenceServerClient(server.address) as client:
+            tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            try:
+                result = client.infer("slow", [tensor], request_id=f"slow-{t}", client_timeout=30)
+                results[t] = (time.monotonic(), result.as_numpy("y"))
+            except InferenceServerException as exc:
+                results[t] = (time.monotonic(), exc.status())
+
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(3)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.4)  # the calls are running in the sidecar now
+    terminated_at = time.monotonic()
+    server.process.send_signal(15)
+    for worker in workers:
+        worker.join(30)
+
+    assert server.process.wait(timeout=30) == 0
+    for t in range(3):
+        finished_at, y = results[t]
+        assert isinstance(y, np.ndarray), y  # answered, not refused
+        assert y.shape == x.shape
+        assert finished_at > terminated_at  # it was in flight when SIGTERM came
+    assert not server.journal_dir.exists()
+    rows = read_ledger(ledger, "SELECT request_id, status FROM records ORDER BY request_id")
+    assert rows == [("slow-0", "OK"), ("slow-1", "OK"), ("slow-2", "OK"), ("warm-up", "OK")]
+    assert run_verify(ledger).returncode == 0
+
+
+def test_sigterm_on_an_idle_sidecar_exits_0_and_leaves_no_journal(
+    serve_process, affine_model: Path, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "idle.duckdb"
+    server = serve_process(affine_model, ledger)
+    with grpcclient.InferenceServerClient(server.address) as client:
+        for i in range(5):
+            client.infer("affine_fp32", affine_input(), request_id=f"idle-{i}")
+    started = time.monotonic()
+    assert server.terminate() == 0
+    assert time.monotonic() - started < 5
+    assert not server.journal_dir.exists()
+    assert read_ledger(ledger, "SELECT count(*) FROM records") == [(5,)]
+
+
+# ── a failing disk ─────────────────────────────────────────────────────────────────────
+
+
+def failing_journal(point: str, error: OSError) -> type[journal_module.Journal]:
+    """A Journal whose `append` (after writing half the batch: a short write) or `sync`
+    raises `error` once `armed` is set."""
+
+    class FailingJournal(journal_module.Journal):
+        armed = threading.Event()
+
+        def append(self, frames: bytes, first_seq: int, last_seq: int) -> None:
+            if point == "append" and self.armed.is_set():
+                super().append(frames[: len(frames) // 2], first_seq, last_seq)
+                raise error
+            super().append(frames, first_seq, last_seq)
+
+        def sync(self) -> None:
+            if point == "sync" and self.armed.is_set():
+                raise error
+            super().sync()
+
+    return FailingJournal
+
+
+@pytest.mark.parametrize(
+    ("point", "error", "says"),
+    [
+        ("append", OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        ("sync", OSError(errno.EIO, "Input/output error"), "Input/output error"),
+    ],
+)
+def test_ledger_failure_gives_unavailable_and_no_prediction(
+    make_sidecar: SidecarFactory,
+    affine_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    point: str,
+    error: OSError,
+    says: str,
+) -> None:
+    journal_class = failing_journal(point, error)
+    monkeypatch.setattr(journal_module, "Journal", journal_class)
+    sidecar: RunningSidecar = make_sidecar(affine_model)
+    with grpcclient.InferenceServerClient(sidecar.address) as client:
+        for i in range(3):
+            client.infer("affine_fp32", affine_input(), request_id=f"before-{i}")
+        assert health_status(sidecar.address) == health_pb2.HealthCheckResponse.SERVING
+
+        journal_class.armed.set()
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("affine_fp32", affine_input(), request_id="lost-disk")
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert says in info.value.message()
+
+        wait_for_health(sidecar.address, health_pb2.HealthCheckResponse.NOT_SERVING, 5)
+        assert client.is_server_ready() is False
+
+        journal_class.armed.clear()  # the disk is back, but the writer stays failed
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("affine_fp32", affine_input(), request_id="after-failure")
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+    sidecar.stop()
+
+    rows = read_ledger(sidecar.ledger_path, "SELECT request_id, status FROM records ORDER BY seq")
+    assert rows == [("before-0", "OK"), ("before-1", "OK"), ("before-2", "OK")]
+    assert run_verify(sidecar.ledger_path).returncode == 0
+
+    # Same ledger, the disk works again. The refused call's record was written (in part or
+    # unflushed) when the disk failed; it must not come back as a decision.
+    restarted = make_sidecar(affine_model)
+    with grpcclient.InferenceServerClient(restarted.address) as client:
+        client.infer("affine_fp32", affine_input(), request_id="restarted")
+    assert restarted.query("SELECT seq, request_id FROM records WHERE seq > 3") == [
+        (4, "restarted")
+    ]
+    assert health_status(restarted.address) == health_pb2.HealthCheckResponse.SERVING
+
+
+# ── backpressure ───────────────────────────────────────────────────────────────────────
+
+
+def test_full_backlog_makes_callers_wait_never_drops(
+    make_sidecar: SidecarFactory, affine_model: Path
+) -> None:
+    # One unloaded record at most, and a loader that would otherwise idle for 10 s.
+    sidecar = make_sidecar(affine_model, max_backlog=1, load_interval=10.0)
+    started = time.monotonic()
+    with grpcclient.InferenceServerClient(sidecar.address) as client:
+        for i in range(20):
+            client.infer("affine_fp32", affine_input(), request_id=f"bp-{i}", client_timeout=8)
+    assert time.monotonic() - started < 5  # a full backlog triggers a load at once
+    assert sidecar.query("SELECT count(*) FROM records") == [(20,)]
