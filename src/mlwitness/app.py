@@ -14,8 +14,6 @@ import logging
 import os
 import signal
 import threading
-import time
-import uuid
 from typing import Any
 
 import grpc
@@ -27,11 +25,10 @@ from mlwitness.audit.service import AuditService, store_model_with
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
 from mlwitness.backends.upstream import UpstreamBackend
-from mlwitness.checks import InlineChecks
+from mlwitness.checks import InlineChecks, guard_record
 from mlwitness.errors import MlwitnessError
 from mlwitness.guards import GuardConfig, load_guards
 from mlwitness.ledger import environment, store
-from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
@@ -131,6 +128,9 @@ class Sidecar:
             decoder=decode_record_tensors,
         )
         await asyncio.to_thread(self.ledger.open)
+        loop = asyncio.get_running_loop()
+        self.ledger.on_failure = lambda: loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(self._update_health()))
         env = environment.fingerprint(model.providers)
         env_id = self.ledger.write(lambda con: store.put_environment(con, env))
         self.model_file = ModelFile(s.model, self._store_model)  # type: ignore[arg-type]
@@ -189,20 +189,15 @@ class Sidecar:
         reader = LedgerReader(ledger.cursor, ledger.sync)
         service = AuditService(reader, trail=ledger.append_blocking,
                                store_model=store_model_with(ledger.write),
-                               threads=s.ort_threads)
+                               threads=s.ort_threads, checks=self.checks)
         self.audit_server, self.audit_health, self.audit_port = await start_audit_server(
             service, s.ledger, s.host, s.audit_port, s)
 
     async def record_guards(self, config: GuardConfig, *, source: str, caller: str) -> None:
         """Put a guard version on the ledger (an "admin" record in the chain)."""
         assert self.ledger is not None
-        now = time.time_ns() // 1000
-        await self.ledger.append(Record(
-            kind="admin", request_id=uuid.uuid4().hex, received_us=now, responded_us=now,
-            peer=caller, detail=json.dumps({
-                "action": "guards", "sha256": config.sha256, "source": source,
-                "mode": self.settings.guard_mode, "config": config.to_dict()}, sort_keys=True),
-        ))
+        await self.ledger.append(guard_record(config, mode=self.settings.guard_mode,
+                                              source=source, caller=caller))
 
     async def _reload_guards(self) -> None:
         s = self.settings
@@ -332,6 +327,8 @@ async def serve_audit(settings: Settings) -> None:
     trail_path = settings.audit_trail or path.with_name(path.name + ".audit-trail.duckdb")
     trail = LedgerWriter(trail_path)
     await asyncio.to_thread(trail.open)
+    env = environment.fingerprint()
+    trail.write(lambda con: store.put_environment(con, env))
     service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
                            store_model=store_model_with(trail.write), threads=settings.ort_threads)
     server, health_servicer, port = await start_audit_server(

@@ -131,7 +131,7 @@ def replay(args: argparse.Namespace) -> int:
     r = _stub(args).Replay(request, timeout=args.timeout)
     if args.json:
         print(_json(r))
-        return 0
+        return 0 if r.bit_identical else 1
     verdict = "BIT-IDENTICAL" if r.bit_identical else "DIFFERENT"
     print(f"replay of seq {r.seq} ({r.request_id}): {verdict}")
     print(f"recorded model {r.recorded_model_sha256}\nreplayed on    {r.replayed_model_sha256}")
@@ -218,7 +218,9 @@ def replay_range(args: argparse.Namespace) -> int:
         elif kind == "changed":
             c = event.changed
             if args.json:
-                print(json.dumps({"changed": MessageToDict(c, preserving_proto_field_name=True)}))
+                print(json.dumps({"changed": MessageToDict(
+                    c, preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True)}))
             else:
                 print(f"changed  seq {c.seq} row {c.row} ({c.request_id}): "
                       f"{c.recorded_decision} → {c.replayed_decision}   {_row_text(c.inputs)}")
@@ -254,6 +256,48 @@ def verify_remote(args: argparse.Namespace) -> int:
         for problem in r.problems:
             print(f"  - {problem}")
     return 0 if r.ok else 1
+
+
+def violations(args: argparse.Namespace) -> int:
+    r = _stub(args).Violations(apb.ViolationsRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or ""), timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+        return 0
+    print(f"{r.calls} calls, {r.calls_with_violations} with guard violations, "
+          f"{r.refused} refused")
+    if r.violations:
+        print(_table(["guard", "column", "kind", "count", "refused", "first seq", "last seq"],
+                     [[v.guard, v.column, v.kind, v.count, v.refused, v.first_seq, v.last_seq]
+                      for v in r.violations]))
+    for b in r.rate_breaches:
+        print(f"rate breach at seq {b.seq} ({_when(b.received_us)} UTC): {b.guard} {b.state}, "
+              f"estimate {b.estimate:.3f} [{b.low:.3f}, {b.high:.3f}] outside "
+              f"[{b.min:g}, {b.max:g}] over {b.n} decisions")
+    for state in r.rates_now:
+        print(f"rate now: {state.guard} {state.state}, n={state.n}, estimate "
+              f"{state.estimate:.3f} [{state.low:.3f}, {state.high:.3f}], bounds "
+              f"[{state.min:g}, {state.max:g}]")
+    return 0
+
+
+def guards(args: argparse.Namespace) -> int:
+    stub = _stub(args)
+    if args.set:
+        text = Path(args.set).read_text()
+        request = (apb.SetGuardsRequest(json=text) if args.set.endswith(".json")
+                   else apb.SetGuardsRequest(toml=text))
+        r = stub.SetGuards(request, timeout=args.timeout)
+    else:
+        r = stub.GetGuards(apb.GetGuardsRequest(), timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+    elif not r.active:
+        print("no guards in force")
+    else:
+        print(f"# guards {r.sha256} ({r.mode})\n{r.toml}")
+    return 0
 
 
 def add_commands(sub: Any) -> None:
@@ -309,3 +353,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--candidate", help="replay on this ONNX file instead of the recorded model")
     p.add_argument("--max-listed", type=int, default=100, help="changed decisions to list")
     command("verify", verify_remote, "verify the ledger through the audit service")
+    p = command("violations", violations, "which guards fired, how often; rate breaches")
+    p.add_argument("--since", help="from this time (UTC)")
+    p.add_argument("--until", help="before this time (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
+    p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")

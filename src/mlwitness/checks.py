@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mlwitness.guards import GuardConfig, GuardSet, Violation, refusal
+from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.rates import RateStatus, RateTracker
 
@@ -125,3 +128,24 @@ class InlineChecks:
 
     def status(self) -> list[RateStatus]:
         return self.tracker.status()
+
+
+def guard_record(config: GuardConfig, *, mode: str, source: str, caller: str) -> Record:
+    """The "admin" ledger record that puts a guard version in force."""
+    now = time.time_ns() // 1000
+    return Record(
+        kind="admin", request_id=uuid.uuid4().hex, received_us=now, responded_us=now,
+        peer=caller, detail=json.dumps({"action": "guards", "sha256": config.sha256,
+                                        "source": source, "mode": mode,
+                                        "config": config.to_dict()}, sort_keys=True),
+    )
+
+
+def rate_states(statuses: Sequence[RateStatus]) -> list[dict[str, Any]]:
+    out = []
+    for status in statuses:
+        low, high = status.interval if status.n else (0.0, 1.0)
+        out.append({"guard": status.guard, "state": status.state, "n": status.n,
+                    "estimate": status.estimate if status.n else 0.0, "low": low,
+                    "high": high, "min": status.min, "max": status.max})
+    return out

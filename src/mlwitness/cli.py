@@ -64,6 +64,28 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_guards_suggest(args: argparse.Namespace) -> int:
+    from mlwitness.guards import suggest_toml
+
+    baseline = json.loads(Path(args.baseline).read_text())
+    text = suggest_toml(baseline, margin=args.margin)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}: edit it, then serve with --guards {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_guards_check(args: argparse.Namespace) -> int:
+    from mlwitness.guards import load_guards
+
+    config = load_guards(Path(args.file))
+    print(f"{args.file}: valid, version {config.sha256} ({len(config.features)} feature, "
+          f"{len(config.outputs)} output and {len(config.rates)} rate guards)")
+    return 0
+
+
 def cmd_audit_server(args: argparse.Namespace) -> int:
     from mlwitness.app import serve_audit
 
@@ -96,7 +118,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if report.ok:
             print("result        OK: every record and model matches its hash")
         else:
-            print(f"result        FAILED at seq {report.first_bad_seq}")
+            where = f" at seq {report.first_bad_seq}" if report.first_bad_seq else ""
+            print(f"result        FAILED{where}")
             for problem in report.problems:
                 where = f"seq {problem.seq}: " if problem.seq is not None else ""
                 print(f"  - {where}{problem.what}")
@@ -137,6 +160,19 @@ def parser() -> argparse.ArgumentParser:
         audit_server, ["ledger", "audit_trail", "host", "audit_port", "ort_threads",
                        "drain_timeout", "log_level"])
     audit_server.set_defaults(func=cmd_audit_server)
+
+    guards = sub.add_parser("guards", help="write or check guard files")
+    guard_commands = guards.add_subparsers(dest="guards_command", required=True,
+                                           metavar="COMMAND")
+    suggest = guard_commands.add_parser("suggest", help="draft a guard file from a baseline")
+    suggest.add_argument("baseline", help="baseline JSON (mlwitness baseline …)")
+    suggest.add_argument("--out", help="write here instead of printing")
+    suggest.add_argument("--margin", type=float, default=0.1,
+                         help="widen numeric bounds by this fraction of the range (0.1)")
+    suggest.set_defaults(func=cmd_guards_suggest)
+    check = guard_commands.add_parser("check", help="validate a guard file")
+    check.add_argument("file", help="guard file (TOML or JSON)")
+    check.set_defaults(func=cmd_guards_check)
 
     audit_cli.add_commands(sub)
     return top

@@ -21,10 +21,13 @@ import numpy as np
 
 from mlwitness.audit import replay as rp
 from mlwitness.audit.reader import Filters, LedgerReader, StoredRecord, detail_json
+from mlwitness.checks import InlineChecks, guard_record, rate_states
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError
+from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.record import Record
 from mlwitness.runtime import OnnxModel
+from mlwitness.violations import violations_report
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,14 @@ class AuditService:
         trail: Callable[[Record], None] | None,
         store_model: Callable[[bytes], str] | None = None,
         threads: int = 1,
+        checks: InlineChecks | None = None,
     ) -> None:
         self.reader = reader
         self.trail = trail
         self.store_model = store_model
         self.models = rp.ModelCache(threads=threads)
         self.environment = environment.fingerprint()
+        self.checks = checks  # the sidecar's live guards (None: none, or a standalone server)
 
     # ── the audit trail ────────────────────────────────────────────────────────────────
 
@@ -132,8 +137,7 @@ class AuditService:
                     candidate_upload_sha256=hashlib.sha256(candidate_onnx).hexdigest()
                     if candidate_onnx else "")
         with self.audited(asker, **what) as summary:
-            stored = self.reader.get(request_id, seq)
-            record = stored.record
+            record = self.reader.get(request_id, seq, rows=False).record
             call = rp.decode_call(record)
             sha = self._candidate(candidate_sha256, candidate_onnx) or record.model_sha256
             if not sha:
@@ -248,6 +252,45 @@ class AuditService:
                 "flips": flips, "decision_output": rule.describe(outputs),
             }
 
+    # ── guards ─────────────────────────────────────────────────────────────────────────
+
+    def violations(self, asker: Asker, *, since_us: int = 0, until_us: int = 0,
+                   model: str = "") -> dict[str, Any]:
+        with self.audited(asker, since_us=since_us, until_us=until_us, model=model) as summary:
+            report = violations_report(self.reader.cursor(), since_us=since_us,
+                                       until_us=until_us, model=model)
+            report["rates_now"] = rate_states(self.checks.status()) if self.checks else []
+            summary.update(calls=report["calls"], refused=report["refused"],
+                           rate_breaches=len(report["rate_breaches"]))
+            return report
+
+    def get_guards(self, asker: Asker) -> dict[str, Any]:
+        with self.audited(asker):
+            return self._guards_state()
+
+    def set_guards(self, asker: Asker, text: str, fmt: str) -> dict[str, Any]:
+        """Replace the guards in force; the new version goes on the ledger first."""
+        with self.audited(asker, format=fmt) as summary:
+            if self.checks is None:
+                raise FailedPrecondition("no guards are in force here: start the sidecar with "
+                                         "--guards FILE to manage guards at run time")
+            config = loads_guards(text, fmt)
+            if self.trail is not None:
+                self.trail(guard_record(config, mode=self.checks.mode,
+                                        source="audit API", caller=asker.caller))
+            self.checks.replace(config)
+            summary.update(sha256=config.sha256)
+            return self._guards_state()
+
+    def _guards_state(self) -> dict[str, Any]:
+        if self.checks is None:
+            return {"active": False}
+        from mlwitness.guards import dumps_toml
+
+        return {"active": True, "sha256": self.checks.sha256, "mode": self.checks.mode,
+                "toml": dumps_toml(self.checks.config),
+                "rates_now": rate_states(self.checks.status())}
+
     # ── traffic replay ─────────────────────────────────────────────────────────────────
 
     def replay_range(self, asker: Asker, filters: Filters, candidate_sha256: str = "",
@@ -276,15 +319,15 @@ class AuditService:
                         if len(failures) < 10:
                             failures.append(outcome)
                         continue
-                    record, diffs, flips, rows = outcome
-                    counts["rows"] += rows
-                    if all(d.identical for d in diffs):
+                    counts["rows"] += outcome.rows
+                    if outcome.identical:
                         counts["identical"] += 1
                     else:
                         counts["changed"] += 1
-                        max_abs = max([max_abs, *(d.max_abs_diff for d in diffs)])
-                    counts["decisions_changed"] += len(flips)
-                    for row_index, old, new in flips:
+                        max_abs = max(max_abs, outcome.max_abs_diff)
+                    counts["decisions_changed"] += len(outcome.flips)
+                    record = outcome.record
+                    for row_index, old, new in outcome.flips:
                         if listed < (max_listed or 100):
                             listed += 1
                             stored = self.reader.get(seq=record.seq)  # rows by feature name
@@ -306,50 +349,68 @@ class AuditService:
             yield {"summary": result}
 
     def _replay_batch(self, records: list[Record], candidate: str, rule: rp.DecisionRule
-                      ) -> Iterator[Any]:
-        """Replay records, running rows of the same model and input layout together."""
-        groups: dict[tuple, list[tuple[Record, rp.Decoded]]] = {}
+                      ) -> Iterator[rp.Outcome | str]:
+        """Replay records, running rows of the same model and layout together. Yields an
+        Outcome per record, or why it could not be replayed."""
+        groups: dict[tuple, list[rp.Parsed]] = {}
         for record in records:
             try:
-                call = rp.decode_call(record)
+                call = rp.parse_call(record)
             except Exception as exc:  # noqa: BLE001 — reported per record
                 yield f"seq {record.seq}: {getattr(exc, 'message', exc)}"
                 continue
-            sha = candidate or record.model_sha256
-            key = (sha, tuple(call.requested),
-                   tuple((t.name, t.datatype, t.shape[1:]) for t in call.inputs))
-            groups.setdefault(key, []).append((record, call))
-        for (sha, requested, _), items in groups.items():
+            groups.setdefault((candidate or record.model_sha256, call.layout), []).append(call)
+        for (sha, layout), calls in groups.items():
             try:
                 model = self._model(sha)
             except MlwitnessError as exc:
-                for record, _ in items:
-                    yield f"seq {record.seq}: {exc.message}"
+                for call in calls:
+                    yield f"seq {call.record.seq}: {exc.message}"
                 continue
             batchable = all(s.shape and s.shape[0] == -1 for s in model.signature.inputs)
-            chunks = _chunks(items, REPLAY_BATCH_ROWS) if batchable else [[i] for i in items]
+            chunks = _chunks(calls, REPLAY_BATCH_ROWS) if batchable else [[c] for c in calls]
             for chunk in chunks:
+                outcomes = None
+                if layout[2]:  # raw numeric contents: read and compare in bulk
+                    try:
+                        outcomes = rp.replay_rows(model, chunk, rule)
+                    except MlwitnessError as exc:
+                        outcomes = [f"seq {c.record.seq}: {exc.message}" for c in chunk]
+                yield from outcomes if outcomes is not None else self._replay_calls(
+                    model, chunk, rule)
+
+    def _replay_calls(self, model: OnnxModel, chunk: list[rp.Parsed], rule: rp.DecisionRule
+                      ) -> Iterator[rp.Outcome | str]:
+        """The general way: decode each call, run the chunk's rows together, and judge a
+        call whose outputs differ on a run of its own."""
+        items: list[tuple[Record, rp.Decoded]] = []
+        for call in chunk:
+            try:
+                items.append((call.record, rp.decoded(call)))
+            except MlwitnessError as exc:
+                yield f"seq {call.record.seq}: {exc.message}"
+        if not items:
+            return
+        requested = items[0][1].requested
+        try:
+            outputs = _run_concatenated(model, [c for _, c in items], requested)
+        except MlwitnessError as exc:
+            for record, _ in items:
+                yield f"seq {record.seq}: {exc.message}"
+            return
+        for (record, call), replayed in zip(items, outputs, strict=True):
+            rows = call.inputs[0].array.shape[0] if call.inputs and call.inputs[0].array.ndim \
+                else 1
+            result = rp.outcome(record, call.outputs, replayed, rule, rows)
+            if len(items) > 1 and not result.identical:
+                # A batched run may round differently; judge this call on its own.
                 try:
-                    outputs = _run_concatenated(model, [c for _, c in chunk], list(requested))
+                    alone = model.run(call.inputs, requested)
                 except MlwitnessError as exc:
-                    for record, _ in chunk:
-                        yield f"seq {record.seq}: {exc.message}"
+                    yield f"seq {record.seq}: {exc.message}"
                     continue
-                for (record, call), replayed in zip(chunk, outputs, strict=True):
-                    diffs = rp.compare(call.outputs, replayed)
-                    if len(chunk) > 1 and not all(d.identical for d in diffs):
-                        # A batched run may round differently; judge this call on its own.
-                        replayed = model.run(call.inputs, list(requested))
-                        diffs = rp.compare(call.outputs, replayed)
-                    flips = []
-                    if not all(d.identical for d in diffs):
-                        before, after = rule.decisions(call.outputs), rule.decisions(replayed)
-                        changed_rows = [i for i, (a, b) in enumerate(zip(before, after,
-                                        strict=False)) if a != b]
-                        flips = [(i, before[i], after[i]) for i in changed_rows]
-                    n = call.inputs[0].array.shape[0] if call.inputs and call.inputs[0].array.ndim \
-                        else 1
-                    yield record, diffs, flips, n
+                result = rp.outcome(record, call.outputs, alone, rule, rows)
+            yield result
 
 
 def rp_row(tensor: rp.Tensor, row: int, repeat: int) -> rp.Tensor:
@@ -358,10 +419,12 @@ def rp_row(tensor: rp.Tensor, row: int, repeat: int) -> rp.Tensor:
     return rp.Tensor(tensor.name, tensor.datatype, array.shape, array)
 
 
-def _chunks(items: list, rows: int) -> list[list]:
-    chunks, current, size = [], [], 0
-    for item in items:
-        n = item[1].inputs[0].array.shape[0] if item[1].inputs else 1
+def _chunks(calls: list[rp.Parsed], rows: int) -> list[list[rp.Parsed]]:
+    chunks: list[list[rp.Parsed]] = []
+    current: list[rp.Parsed] = []
+    size = 0
+    for item in calls:
+        n = max(item.rows, 1)
         if current and size + n > rows:
             chunks.append(current)
             current, size = [], 0
@@ -398,7 +461,11 @@ def store_model_with(writer_write: Callable[[Callable], Any]) -> Callable[[bytes
     """A `store_model` for AuditService that puts candidate bytes in the ledger's store."""
 
     def put(onnx: bytes) -> str:
-        model = OnnxModel(onnx)
+        try:
+            model = OnnxModel(onnx)
+        except FailedPrecondition as exc:  # the caller's upload, not the ledger's state
+            raise InvalidInput(f"candidate_onnx is not a model onnxruntime can load: "
+                               f"{exc.message}") from exc
         return writer_write(lambda con: store.put_model(con, onnx, "candidate", "",
                                                        model.signature.to_dict()))
 

@@ -93,6 +93,8 @@ class LedgerWriter:
         self.tabulator = tabulator or Tabulator()
         self.decoder = decoder
         self.stats = WriterStats()
+        # Called from the flusher thread once, when the ledger fails (e.g. to flip health).
+        self.on_failure: Callable[[], None] | None = None
         self.chain_id = ""
         self._con: duckdb.DuckDBPyConnection | None = None
         self._read_root: duckdb.DuckDBPyConnection | None = None
@@ -302,6 +304,8 @@ class LedgerWriter:
                 f"the ledger cannot store records ({exc.strerror or exc}); "
                 "no decisions are served until it is repaired and mlwitness restarted"
             )
+            if self.on_failure is not None:
+                self.on_failure()
             return self._failure
         self._head_seq, self._head_hash = seq, prev
         self._durable_seq = seq

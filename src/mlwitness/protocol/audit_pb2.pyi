@@ -397,3 +397,211 @@ class VerifyLedgerResponse(_message.Message):
     first_bad_seq: int
     problems: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, ok: bool = ..., records: _Optional[int] = ..., journal_records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_seq: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DriftRequest(_message.Message):
+    __slots__ = ("since_us", "until_us", "model", "baseline", "reference_since_us", "reference_until_us", "features")
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    since_us: int
+    until_us: int
+    model: str
+    baseline: str
+    reference_since_us: int
+    reference_until_us: int
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., baseline: _Optional[str] = ..., reference_since_us: _Optional[int] = ..., reference_until_us: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DriftResponse(_message.Message):
+    __slots__ = ("drift", "drifted", "window_rows", "reference", "report_json")
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    DRIFTED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    drift: bool
+    drifted: _containers.RepeatedScalarFieldContainer[str]
+    window_rows: int
+    reference: str
+    report_json: str
+    def __init__(self, drift: bool = ..., drifted: _Optional[_Iterable[str]] = ..., window_rows: _Optional[int] = ..., reference: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class BiasRequest(_message.Message):
+    __slots__ = ("attribute", "favorable", "since_us", "until_us", "model", "privileged")
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PRIVILEGED_FIELD_NUMBER: _ClassVar[int]
+    attribute: str
+    favorable: str
+    since_us: int
+    until_us: int
+    model: str
+    privileged: str
+    def __init__(self, attribute: _Optional[str] = ..., favorable: _Optional[str] = ..., since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., privileged: _Optional[str] = ...) -> None: ...
+
+class BiasGroup(_message.Message):
+    __slots__ = ("group", "n", "favorable", "rate", "disparate_impact", "statistical_parity_difference")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    DISPARATE_IMPACT_FIELD_NUMBER: _ClassVar[int]
+    STATISTICAL_PARITY_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    n: int
+    favorable: int
+    rate: float
+    disparate_impact: float
+    statistical_parity_difference: float
+    def __init__(self, group: _Optional[str] = ..., n: _Optional[int] = ..., favorable: _Optional[int] = ..., rate: _Optional[float] = ..., disparate_impact: _Optional[float] = ..., statistical_parity_difference: _Optional[float] = ...) -> None: ...
+
+class BiasResponse(_message.Message):
+    __slots__ = ("attribute", "favorable", "privileged", "groups", "chi2", "chi2_pvalue", "dof", "has_fisher", "fisher_odds_ratio", "fisher_pvalue", "biased", "verdict", "report_json")
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_FIELD_NUMBER: _ClassVar[int]
+    PRIVILEGED_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    CHI2_FIELD_NUMBER: _ClassVar[int]
+    CHI2_PVALUE_FIELD_NUMBER: _ClassVar[int]
+    DOF_FIELD_NUMBER: _ClassVar[int]
+    HAS_FISHER_FIELD_NUMBER: _ClassVar[int]
+    FISHER_ODDS_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FISHER_PVALUE_FIELD_NUMBER: _ClassVar[int]
+    BIASED_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    attribute: str
+    favorable: str
+    privileged: str
+    groups: _containers.RepeatedCompositeFieldContainer[BiasGroup]
+    chi2: float
+    chi2_pvalue: float
+    dof: int
+    has_fisher: bool
+    fisher_odds_ratio: float
+    fisher_pvalue: float
+    biased: bool
+    verdict: str
+    report_json: str
+    def __init__(self, attribute: _Optional[str] = ..., favorable: _Optional[str] = ..., privileged: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[BiasGroup, _Mapping]]] = ..., chi2: _Optional[float] = ..., chi2_pvalue: _Optional[float] = ..., dof: _Optional[int] = ..., has_fisher: bool = ..., fisher_odds_ratio: _Optional[float] = ..., fisher_pvalue: _Optional[float] = ..., biased: bool = ..., verdict: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class ViolationsRequest(_message.Message):
+    __slots__ = ("since_us", "until_us", "model")
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    since_us: int
+    until_us: int
+    model: str
+    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ViolationCount(_message.Message):
+    __slots__ = ("guard", "column", "kind", "count", "refused", "first_seq", "last_seq")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    column: str
+    kind: str
+    count: int
+    refused: int
+    first_seq: int
+    last_seq: int
+    def __init__(self, guard: _Optional[str] = ..., column: _Optional[str] = ..., kind: _Optional[str] = ..., count: _Optional[int] = ..., refused: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class RateBreach(_message.Message):
+    __slots__ = ("seq", "received_us", "guard", "state", "estimate", "low", "high", "min", "max", "n")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_US_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    received_us: int
+    guard: str
+    state: str
+    estimate: float
+    low: float
+    high: float
+    min: float
+    max: float
+    n: int
+    def __init__(self, seq: _Optional[int] = ..., received_us: _Optional[int] = ..., guard: _Optional[str] = ..., state: _Optional[str] = ..., estimate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., n: _Optional[int] = ...) -> None: ...
+
+class RateState(_message.Message):
+    __slots__ = ("guard", "state", "n", "estimate", "low", "high", "min", "max")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    state: str
+    n: int
+    estimate: float
+    low: float
+    high: float
+    min: float
+    max: float
+    def __init__(self, guard: _Optional[str] = ..., state: _Optional[str] = ..., n: _Optional[int] = ..., estimate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class ViolationsResponse(_message.Message):
+    __slots__ = ("calls", "calls_with_violations", "refused", "violations", "rate_breaches", "rates_now")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_WITH_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    RATE_BREACHES_FIELD_NUMBER: _ClassVar[int]
+    RATES_NOW_FIELD_NUMBER: _ClassVar[int]
+    calls: int
+    calls_with_violations: int
+    refused: int
+    violations: _containers.RepeatedCompositeFieldContainer[ViolationCount]
+    rate_breaches: _containers.RepeatedCompositeFieldContainer[RateBreach]
+    rates_now: _containers.RepeatedCompositeFieldContainer[RateState]
+    def __init__(self, calls: _Optional[int] = ..., calls_with_violations: _Optional[int] = ..., refused: _Optional[int] = ..., violations: _Optional[_Iterable[_Union[ViolationCount, _Mapping]]] = ..., rate_breaches: _Optional[_Iterable[_Union[RateBreach, _Mapping]]] = ..., rates_now: _Optional[_Iterable[_Union[RateState, _Mapping]]] = ...) -> None: ...
+
+class GetGuardsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetGuardsRequest(_message.Message):
+    __slots__ = ("toml", "json")
+    TOML_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    toml: str
+    json: str
+    def __init__(self, toml: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class GuardsResponse(_message.Message):
+    __slots__ = ("active", "sha256", "mode", "toml", "rates_now")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TOML_FIELD_NUMBER: _ClassVar[int]
+    RATES_NOW_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    sha256: str
+    mode: str
+    toml: str
+    rates_now: _containers.RepeatedCompositeFieldContainer[RateState]
+    def __init__(self, active: bool = ..., sha256: _Optional[str] = ..., mode: _Optional[str] = ..., toml: _Optional[str] = ..., rates_now: _Optional[_Iterable[_Union[RateState, _Mapping]]] = ...) -> None: ...

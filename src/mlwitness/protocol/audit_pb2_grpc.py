@@ -69,6 +69,31 @@ class AuditServiceStub(object):
                 request_serializer=mlwitness_dot_protocol_dot_audit__pb2.VerifyLedgerRequest.SerializeToString,
                 response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.VerifyLedgerResponse.FromString,
                 _registered_method=True)
+        self.Drift = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Drift',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.DriftRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.DriftResponse.FromString,
+                _registered_method=True)
+        self.Bias = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Bias',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.BiasRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.BiasResponse.FromString,
+                _registered_method=True)
+        self.Violations = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Violations',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.ViolationsRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ViolationsResponse.FromString,
+                _registered_method=True)
+        self.GetGuards = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/GetGuards',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.GetGuardsRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.FromString,
+                _registered_method=True)
+        self.SetGuards = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/SetGuards',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.SetGuardsRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer(object):
@@ -123,6 +148,41 @@ class AuditServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drift(self, request, context):
+        """Per-feature and prediction drift of a window vs the baseline or another window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Bias(self, request, context):
+        """Favorable-outcome rates by a protected attribute, with significance tests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Violations(self, request, context):
+        """Which guards fired, how often, on what; rate-bound breaches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGuards(self, request, context):
+        """The guards in force (sidecar only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetGuards(self, request, context):
+        """Replace the guards in force (sidecar only; admin). Recorded on the ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +220,31 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedger,
                     request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.VerifyLedgerRequest.FromString,
                     response_serializer=mlwitness_dot_protocol_dot_audit__pb2.VerifyLedgerResponse.SerializeToString,
+            ),
+            'Drift': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drift,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.DriftRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.DriftResponse.SerializeToString,
+            ),
+            'Bias': grpc.unary_unary_rpc_method_handler(
+                    servicer.Bias,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.BiasRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.BiasResponse.SerializeToString,
+            ),
+            'Violations': grpc.unary_unary_rpc_method_handler(
+                    servicer.Violations,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ViolationsRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.ViolationsResponse.SerializeToString,
+            ),
+            'GetGuards': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuards,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.GetGuardsRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.SerializeToString,
+            ),
+            'SetGuards': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuards,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.SetGuardsRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +436,141 @@ class AuditService(object):
             '/mlwitness.audit.v1.AuditService/VerifyLedger',
             mlwitness_dot_protocol_dot_audit__pb2.VerifyLedgerRequest.SerializeToString,
             mlwitness_dot_protocol_dot_audit__pb2.VerifyLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Drift',
+            mlwitness_dot_protocol_dot_audit__pb2.DriftRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.DriftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Bias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Bias',
+            mlwitness_dot_protocol_dot_audit__pb2.BiasRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.BiasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Violations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Violations',
+            mlwitness_dot_protocol_dot_audit__pb2.ViolationsRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.ViolationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/GetGuards',
+            mlwitness_dot_protocol_dot_audit__pb2.GetGuardsRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGuards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/SetGuards',
+            mlwitness_dot_protocol_dot_audit__pb2.SetGuardsRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,6 +14,7 @@ import grpc
 
 from mlwitness.audit.reader import Filters
 from mlwitness.audit.service import Asker, AuditService
+from mlwitness.errors import InvalidInput
 from mlwitness.ledger.verify import verify
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.wire.status import parse, rpc, stream_rpc
@@ -129,6 +130,41 @@ class AuditServicer:
         ).SerializeToString()
 
 
+    async def Violations(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.ViolationsRequest, raw)
+        report = await asyncio.to_thread(
+            self.service.violations, self._asker("Violations", raw, context),
+            since_us=r.since_us, until_us=r.until_us, model=r.model)
+        return apb.ViolationsResponse(
+            calls=report["calls"], calls_with_violations=report["calls_with_violations"],
+            refused=report["refused"],
+            violations=[apb.ViolationCount(**v) for v in report["violations"]],
+            rate_breaches=[apb.RateBreach(**b) for b in report["rate_breaches"]],
+            rates_now=[apb.RateState(**state) for state in report["rates_now"]],
+        ).SerializeToString()
+
+    async def GetGuards(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        parse(apb.GetGuardsRequest, raw)
+        state = await asyncio.to_thread(self.service.get_guards,
+                                        self._asker("GetGuards", raw, context))
+        return _guards(state).SerializeToString()
+
+    async def SetGuards(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.SetGuardsRequest, raw)
+        if bool(r.toml) == bool(r.json):
+            raise InvalidInput("give the new guards as toml or as json (exactly one)")
+        text, fmt = (r.toml, "toml") if r.toml else (r.json, "json")
+        state = await asyncio.to_thread(self.service.set_guards,
+                                        self._asker("SetGuards", raw, context), text, fmt)
+        return _guards(state).SerializeToString()
+
+
+def _guards(state: dict[str, Any]) -> apb.GuardsResponse:
+    state = dict(state)
+    state["rates_now"] = [apb.RateState(**r) for r in state.get("rates_now", [])]
+    return apb.GuardsResponse(**state)
+
+
 def _event(event: dict[str, Any]) -> apb.ReplayRangeEvent:
     if "progress" in event:
         return apb.ReplayRangeEvent(progress=apb.ReplayProgress(**event["progress"]))
@@ -139,7 +175,8 @@ def _event(event: dict[str, Any]) -> apb.ReplayRangeEvent:
     return apb.ReplayRangeEvent(summary=apb.ReplaySummary(**event["summary"]))
 
 
-UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger")
+UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
+         "Violations", "GetGuards", "SetGuards")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:

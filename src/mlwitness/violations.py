@@ -1,0 +1,68 @@
+"""Guard violations and rate-bound breaches over a window of the ledger, in SQL.
+
+Each inference record's `violations` column is JSON written by the inline checks:
+{"guards": sha, "violations": [{guard, column, kind, row, value, bound}, …],
+"rate_breaches": [{guard, state, estimate, low, high, min, max, n, …}, …]}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+_VIOLATION = '[{"guard": "VARCHAR", "column": "VARCHAR", "kind": "VARCHAR"}]'
+_BREACH = ('[{"guard": "VARCHAR", "state": "VARCHAR", "estimate": "DOUBLE", "low": "DOUBLE", '
+           '"high": "DOUBLE", "min": "DOUBLE", "max": "DOUBLE", "n": "BIGINT"}]')
+
+
+def _window(since_us: int, until_us: int, model: str) -> tuple[str, list[Any]]:
+    clauses, params = ["kind = 'infer'"], []
+    if since_us:
+        clauses.append("received_us >= ?")
+        params.append(since_us)
+    if until_us:
+        clauses.append("received_us < ?")
+        params.append(until_us)
+    if model:
+        clauses.append("(model_name = ? OR starts_with(model_sha256, ?))")
+        params += [model, model.lower()]
+    return " AND ".join(clauses), params
+
+
+def violations_report(con: duckdb.DuckDBPyConnection, *, since_us: int = 0, until_us: int = 0,
+                      model: str = "") -> dict[str, Any]:
+    where, params = _window(since_us, until_us, model)
+    calls, with_violations, refused = con.execute(
+        f"""SELECT count(*),
+                   count(*) FILTER (WHERE json_array_length(
+                       json_extract(NULLIF(violations, ''), '$.violations')) > 0),
+                   count(*) FILTER (WHERE status <> 'OK' AND json_array_length(
+                       json_extract(NULLIF(violations, ''), '$.violations')) > 0)
+            FROM entries WHERE {where}""", params).fetchall()[0]
+    counts = con.execute(
+        f"""WITH v AS (
+                SELECT seq, status, unnest(from_json(
+                    json_extract(NULLIF(violations, ''), '$.violations'), '{_VIOLATION}')) AS v
+                FROM entries WHERE {where})
+            SELECT v.guard, v.column, v.kind, count(*),
+                   count(DISTINCT seq) FILTER (WHERE status <> 'OK'), min(seq), max(seq)
+            FROM v GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3""", params).fetchall()
+    breaches = con.execute(
+        f"""WITH b AS (
+                SELECT seq, received_us, unnest(from_json(
+                    json_extract(NULLIF(violations, ''), '$.rate_breaches'), '{_BREACH}')) AS b
+                FROM entries WHERE {where})
+            SELECT seq, received_us, b.guard, b.state, b.estimate, b.low, b.high, b.min, b.max,
+                   b.n
+            FROM b ORDER BY seq""", params).fetchall()
+    keys = ("guard", "column", "kind", "count", "refused", "first_seq", "last_seq")
+    breach_keys = ("seq", "received_us", "guard", "state", "estimate", "low", "high", "min",
+                   "max", "n")
+    return {
+        "calls": int(calls or 0),
+        "calls_with_violations": int(with_violations or 0),
+        "refused": int(refused or 0),
+        "violations": [dict(zip(keys, row, strict=True)) for row in counts],
+        "rate_breaches": [dict(zip(breach_keys, row, strict=True)) for row in breaches],
+    }
