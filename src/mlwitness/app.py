@@ -14,6 +14,9 @@ import logging
 import os
 import signal
 import threading
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,10 +28,13 @@ from mlwitness.audit.service import AuditService, store_model_with
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
 from mlwitness.backends.upstream import UpstreamBackend
+from mlwitness.baseline import Baseline, store_baseline
 from mlwitness.checks import InlineChecks, guard_record
-from mlwitness.errors import MlwitnessError
+from mlwitness.drift import drift_report
+from mlwitness.errors import ConfigError, MlwitnessError
 from mlwitness.guards import GuardConfig, load_guards
 from mlwitness.ledger import environment, store
+from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
@@ -107,6 +113,7 @@ class Sidecar:
         self.metrics: Metrics | None = None
         self.metrics_port = 0
         self.checks: InlineChecks | None = None
+        self.baseline: Baseline | None = None
         self._guards_stamp: tuple[int, int] | None = None
         self.ready = False
         self._tasks: list[asyncio.Task] = []
@@ -146,6 +153,8 @@ class Sidecar:
         if s.metrics_port:
             self.metrics = Metrics(s.served_name)
             self.metrics.watch_ledger(self.ledger)
+        if s.baseline:
+            await self._store_baseline(s.baseline)
         if s.guards:
             config = load_guards(s.guards)
             self.checks = InlineChecks(config, s.guard_mode, self.ledger.tabulator, self.metrics)
@@ -175,6 +184,7 @@ class Sidecar:
             self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
         await self._update_health()
         self._tasks.append(asyncio.create_task(self._watch()))
+        self._tasks.append(asyncio.create_task(self._drift_metrics()))
         log.info(
             "serving model %s (sha256 %s, %s) on %s:%d, ledger %s",
             s.served_name, model.sha256[:12], self.backend.mode, s.host, self.port, s.ledger,
@@ -198,6 +208,51 @@ class Sidecar:
         assert self.ledger is not None
         await self.ledger.append(guard_record(config, mode=self.settings.guard_mode,
                                               source=source, caller=caller))
+
+    async def _store_baseline(self, path: Any) -> None:
+        """Keep the baseline in the ledger (content-addressed) and say so in the chain."""
+        assert self.ledger is not None
+        try:
+            baseline = Baseline.from_json(Path(path).read_text())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--baseline {path} is not a baseline file: {exc}") from exc
+        self.baseline = baseline
+        sha = self.ledger.write(lambda con: store_baseline(con, baseline, Path(path).name))
+        now = time.time_ns() // 1000
+        await self.ledger.append(Record(
+            kind="admin", request_id=uuid.uuid4().hex, received_us=now, responded_us=now,
+            peer="startup", detail=json.dumps({"action": "baseline", "sha256": sha,
+                                               "source": str(path)}, sort_keys=True)))
+
+    async def _drift_metrics(self) -> None:
+        """Recompute drift of recent traffic vs the baseline for the drift gauges."""
+        s = self.settings
+        if self.metrics is None or self.baseline is None or s.drift_interval <= 0:
+            return
+        assert self.ledger is not None
+        ledger, baseline, metrics = self.ledger, self.baseline, self.metrics
+        while True:
+            await asyncio.sleep(s.drift_interval)
+            now = time.time_ns() // 1000
+
+            def compute(until: int) -> Any:
+                ledger.sync()
+                return drift_report(ledger.cursor(), baseline,
+                                    since_us=until - int(s.drift_window * 1e6), until_us=until)
+
+            try:
+                report = await asyncio.to_thread(compute, now)
+            except Exception:
+                log.exception("periodic drift computation failed")
+                continue
+            for feature in report.features:
+                for statistic in ("psi", "ks_statistic", "js_distance", "wasserstein",
+                                  "chi2_pvalue", "linf"):
+                    value = feature.statistics.get(statistic)
+                    if isinstance(value, int | float):
+                        metrics.drift_score.labels(feature.name, statistic).set(value)
+                metrics.drift_detected.labels(feature.name).set(
+                    1.0 if feature.verdict == "drift" else 0.0)
 
     async def _reload_guards(self) -> None:
         s = self.settings

@@ -300,6 +300,54 @@ def guards(args: argparse.Namespace) -> int:
     return 0
 
 
+def drift(args: argparse.Namespace) -> int:
+    request = apb.DriftRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or "", baseline=args.baseline or "",
+        reference_since_us=parse_time(args.reference_since),
+        reference_until_us=parse_time(args.reference_until), features=args.features or [])
+    r = _stub(args).Drift(request, timeout=args.timeout)
+    report = json.loads(r.report_json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    verdict = "DRIFT in " + ", ".join(r.drifted) if r.drift else "no drift"
+    print(f"{r.window_rows} decision rows vs {r.reference}: {verdict}")
+    rows = []
+    for f in report["features"]:
+        st = f.get("statistics", {})
+
+        def num(key: str, st: dict = st) -> str:
+            value = st.get(key)
+            return "" if value is None or isinstance(value, str) else f"{value:.4g}"
+
+        rows.append([f["name"], f["role"], f["kind"], f["count"], f["verdict"], num("psi"),
+                     num("ks_statistic"), num("ks_pvalue"), num("js_distance"),
+                     num("wasserstein"), num("mean_shift"), num("chi2_pvalue"), num("linf")])
+    print(_table(["column", "role", "kind", "n", "verdict", "PSI", "KS", "KS p", "JS", "W1",
+                  "Δmean", "χ² p", "L∞"], rows))
+    return 0
+
+
+def bias(args: argparse.Namespace) -> int:
+    r = _stub(args).Bias(apb.BiasRequest(
+        attribute=args.attribute, favorable=args.favorable, since_us=parse_time(args.since),
+        until_us=parse_time(args.until), model=args.model or "",
+        privileged=args.privileged or ""), timeout=args.timeout)
+    if args.json:
+        print(json.dumps(json.loads(r.report_json), indent=2))
+        return 0
+    print(f"favorable outcome {r.favorable} by {r.attribute} (reference group "
+          f"{r.privileged}): {r.verdict.upper()}")
+    print(_table(["group", "n", "favorable", "rate", "disparate impact", "parity diff"],
+                 [[g.group, g.n, g.favorable, f"{g.rate:.3f}", f"{g.disparate_impact:.3f}",
+                   f"{g.statistical_parity_difference:+.3f}"] for g in r.groups]))
+    print(f"chi2 {r.chi2:.4g} (dof {r.dof}) p = {r.chi2_pvalue:.4g}")
+    if r.has_fisher:
+        print(f"Fisher exact: odds ratio {r.fisher_odds_ratio:.4g}, p = {r.fisher_pvalue:.4g}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Add `audit` and its subcommands to the top-level parser's subparsers."""
     audit = sub.add_parser("audit", help="ask the audit service about recorded decisions")
@@ -357,5 +405,23 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--since", help="from this time (UTC)")
     p.add_argument("--until", help="before this time (UTC)")
     p.add_argument("--model", help="model name or SHA-256 prefix")
+    p = command("drift", drift, "per-feature and output drift of a window vs the baseline")
+    p.add_argument("--since", help="window start (UTC)")
+    p.add_argument("--until", help="window end (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--baseline", help="stored baseline SHA-256 (prefix) or name (default: "
+                   "latest)")
+    p.add_argument("--reference-since", help="compare with this window instead (start)")
+    p.add_argument("--reference-until", help="… and end")
+    p.add_argument("--features", nargs="+", help="only these columns")
+    p = command("bias", bias, "favorable-outcome rates by a protected attribute")
+    p.add_argument("--attribute", required=True, help="input, text input or request "
+                   "parameter, e.g. age_band")
+    p.add_argument("--favorable", required=True, help="COLUMN=VALUE or COLUMN>=THRESHOLD, "
+                   "e.g. label=1")
+    p.add_argument("--since", help="window start (UTC)")
+    p.add_argument("--until", help="window end (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--privileged", help="reference group (default: highest favorable rate)")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
     p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")

@@ -326,18 +326,23 @@ def _file_sha256(path: Path) -> str:
 
 # ── storage in the ledger ──────────────────────────────────────────────────────────────
 
-_TABLE = """CREATE TABLE IF NOT EXISTS baselines (
-    sha256 VARCHAR PRIMARY KEY, name VARCHAR, json VARCHAR, created_us BIGINT)"""
-
-
 def store_baseline(con: duckdb.DuckDBPyConnection, baseline: Baseline, name: str) -> str:
     """Store ``baseline`` under its SHA-256 (idempotent: a stored hash keeps its first
     name); return the hash. Writes: in a sidecar, run it through ``LedgerWriter.write``."""
-    con.execute(_TABLE)
     sha = baseline.sha256
     con.execute("INSERT INTO baselines VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [sha, name, baseline.to_json(), time.time_ns() // 1000])
     return sha
+
+
+def latest_baseline(con: duckdb.DuckDBPyConnection) -> str:
+    """SHA-256 of the most recently stored baseline; RecordNotFound if there is none."""
+    rows = con.execute("SELECT sha256 FROM baselines ORDER BY created_us DESC LIMIT 1"
+                       ).fetchall()
+    if not rows:
+        raise RecordNotFound("no baseline is stored in this ledger: serve with --baseline "
+                             "FILE, or compare with a reference window")
+    return str(rows[0][0])
 
 
 def load_baseline(con: duckdb.DuckDBPyConnection, sha_or_name: str) -> Baseline:

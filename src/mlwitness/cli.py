@@ -64,6 +64,19 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from mlwitness.baseline import build_baseline
+
+    features = [f.strip() for f in args.features.split(",")] if args.features else None
+    baseline = build_baseline(Path(args.data), model=Path(args.model) if args.model else None,
+                              features=features, label=args.label, bins=args.bins,
+                              sample_size=args.sample_size)
+    Path(args.out).write_text(baseline.to_json())
+    print(f"wrote {args.out}: baseline {baseline.sha256} of {baseline.n_rows} rows, "
+          f"{len(baseline.columns)} columns, {len(baseline.outputs)} model outputs")
+    return 0
+
+
 def cmd_guards_suggest(args: argparse.Namespace) -> int:
     from mlwitness.guards import suggest_toml
 
@@ -160,6 +173,19 @@ def parser() -> argparse.ArgumentParser:
         audit_server, ["ledger", "audit_trail", "host", "audit_port", "ort_threads",
                        "drain_timeout", "log_level"])
     audit_server.set_defaults(func=cmd_audit_server)
+
+    baseline = sub.add_parser("baseline", help="profile training data (and the model's "
+                              "outputs on it) for drift and guards")
+    baseline.add_argument("data", help="training set, CSV or Parquet")
+    baseline.add_argument("--model", help="ONNX model: also profile its outputs")
+    baseline.add_argument("--features", help="model input columns in order (default: the "
+                          "numeric columns except --label)")
+    baseline.add_argument("--label", help="the training label column (kept out of features)")
+    baseline.add_argument("--out", default="baseline.json", help="output JSON file")
+    baseline.add_argument("--bins", type=int, default=10, help="histogram bins per feature")
+    baseline.add_argument("--sample-size", type=int, default=20000,
+                          help="values kept per feature for KS and Wasserstein")
+    baseline.set_defaults(func=cmd_baseline)
 
     guards = sub.add_parser("guards", help="write or check guard files")
     guard_commands = guards.add_subparsers(dest="guards_command", required=True,

@@ -6,6 +6,7 @@ every acknowledged record is visible) or a read-only connection to a copied ledg
 
 from __future__ import annotations
 
+import builtins
 import json
 import threading
 from collections import OrderedDict
@@ -42,7 +43,8 @@ class Filters:
     caller: str = ""
 
     def where(self) -> tuple[str, list[Any]]:
-        clauses, params = ["kind = 'infer'"], []
+        clauses: list[str] = ["kind = 'infer'"]
+        params: list[Any] = []
         if self.since_us:
             clauses.append("received_us >= ?")
             params.append(self.since_us)
@@ -92,6 +94,7 @@ class LedgerReader:
         self._cursor = cursor
         self._barrier = barrier
         self._models: OrderedDict[str, store.StoredModel] = OrderedDict()
+        self._environments: dict[str, dict[str, Any]] = {}
         self._model_cache = model_cache
         self._lock = threading.Lock()
 
@@ -100,18 +103,25 @@ class LedgerReader:
         self._barrier()
         return self._cursor()
 
-    def get(self, request_id: str = "", seq: int = 0) -> StoredRecord:
+    def get(self, request_id: str = "", seq: int = 0, *, rows: bool = True) -> StoredRecord:
+        """One record by request id (the first with it) or seq; `rows=False` skips the
+        decoded per-row columns (replay reads the request and response bytes only)."""
         if not request_id and seq <= 0:
             raise InvalidInput("give a request id or a positive seq")
         column, key = ("request_id", request_id) if request_id else ("seq", seq)
-        rows = self.cursor().execute(
-            f"SELECT {_RECORD_COLUMNS}, inputs, inputs_text, outputs, outputs_text "
-            f"FROM entries WHERE {column} = ? ORDER BY seq LIMIT 1",
-            [key],
-        ).fetchall()
-        if not rows:
+        extra = ", inputs, inputs_text, outputs, outputs_text" if rows else ""
+        sql = (f"SELECT {_RECORD_COLUMNS}{extra} FROM entries WHERE {column} = ? "
+               "ORDER BY seq LIMIT 1")
+        # Records never change once stored, so one found without waiting for the loader is
+        # the answer; only a miss needs the barrier (it may be acknowledged, not yet loaded).
+        found = self._cursor().execute(sql, [key]).fetchall()
+        if not found:
+            found = self.cursor().execute(sql, [key]).fetchall()
+        if not found:
             raise RecordNotFound(f"no record with {column.replace('_', ' ')} {key!r}")
-        row = rows[0]
+        row = found[0]
+        if not rows:
+            return StoredRecord(_record(row))
         return StoredRecord(_record(row[:19]), _merge_rows(row[19], row[20]),
                             _merge_rows(row[21], row[22]))
 
@@ -140,16 +150,18 @@ class LedgerReader:
             item["first_output"] = dict(item["first_output"] or {})
         return items, (str(items[-1]["seq"]) if more and items else "")
 
-    def window(self, filters: Filters, batch: int = 4096) -> Iterator[list[Record]]:
-        """Answered inference records in a window, oldest first, in batches."""
+    def window(self, filters: Filters, batch: int = 4096) -> Iterator[builtins.list[Record]]:
+        """Answered inference records in a window, oldest first, in batches. Only what a
+        replay needs is read: seq, kind, request id, status, model, request and response."""
         where, params = filters.where()
         cursor = self.cursor().execute(
-            f"SELECT {_RECORD_COLUMNS} FROM entries WHERE {where} AND status = 'OK' "
-            "ORDER BY seq",
+            "SELECT seq, kind, request_id, status, message, model_sha256, request, response "
+            f"FROM entries WHERE {where} AND status = 'OK' ORDER BY seq",
             params,
         )
         while rows := cursor.fetchmany(batch):
-            yield [_record(row) for row in rows]
+            yield [Record(seq=r[0], kind=r[1], request_id=r[2], status=r[3], message=r[4],
+                          model_sha256=r[5], request=r[6], response=r[7]) for r in rows]
 
     def count(self, filters: Filters) -> int:
         where, params = filters.where()
@@ -170,9 +182,12 @@ class LedgerReader:
         return model
 
     def environment(self, env_id: str) -> dict[str, Any]:
+        """An environment fingerprint by id (content-addressed, so cached for good)."""
         if not env_id:
             return {}
-        return store.get_environment(self._cursor(), env_id)
+        if env_id not in self._environments:
+            self._environments[env_id] = store.get_environment(self._cursor(), env_id)
+        return self._environments[env_id]
 
 
 def detail_json(**fields: Any) -> str:

@@ -8,16 +8,18 @@ stored response.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from mlwitness.codec import Tensor, decode_inputs, decode_outputs
-from mlwitness.errors import FailedPrecondition, InvalidInput
+from mlwitness.codec import DATATYPES, Tensor, decode_inputs, decode_outputs
+from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator, numeric_layout
 from mlwitness.runtime import OnnxModel
@@ -35,7 +37,21 @@ class Decoded:
     outputs: list[Tensor]
 
 
-def decode_call(record: Record) -> Decoded:
+@dataclass(frozen=True)
+class Parsed:
+    """A recorded call with its request and response bytes parsed, not yet decoded.
+    `layout` is what calls must share to be replayed in one run; `raw` says every tensor
+    is numeric with raw contents and `rows` rows, so `replay_rows` can read them in bulk."""
+
+    record: Record
+    request: Any
+    response: Any
+    rows: int
+    layout: tuple
+    raw: bool
+
+
+def parse_call(record: Record) -> Parsed:
     if record.kind != "infer":
         raise FailedPrecondition(f"record seq {record.seq} is an {record.kind} record, "
                                  "not a model decision")
@@ -44,8 +60,24 @@ def decode_call(record: Record) -> Decoded:
                                  f"{record.message}); there is no decision to replay")
     request = pb.ModelInferRequest.FromString(record.request)
     response = pb.ModelInferResponse.FromString(record.response)
-    return Decoded(decode_inputs(request), [o.name for o in request.outputs],
-                   decode_outputs(response))
+    ins = [(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]
+    outs = [(t.name, t.datatype, tuple(t.shape)) for t in response.outputs]
+    rows = ins[0][2][0] if ins and ins[0][2] else 0
+    in_layout = tuple((name, datatype, shape[1:]) for name, datatype, shape in ins)
+    out_layout = tuple((name, datatype, shape[1:]) for name, datatype, shape in outs)
+    raw = (_raw_rows(in_layout, ins, request.raw_input_contents, rows)
+           and _raw_rows(out_layout, outs, response.raw_output_contents, rows))
+    layout = (tuple(o.name for o in request.outputs), in_layout, raw, out_layout if raw else ())
+    return Parsed(record, request, response, rows, layout, raw)
+
+
+def decoded(call: Parsed) -> Decoded:
+    return Decoded(decode_inputs(call.request), [o.name for o in call.request.outputs],
+                   decode_outputs(call.response))
+
+
+def decode_call(record: Record) -> Decoded:
+    return decoded(parse_call(record))
 
 
 @dataclass
@@ -105,7 +137,7 @@ class DecisionRule:
 
     def _pick(self, outputs: Sequence[Tensor]) -> tuple[Tensor | None, str, str]:
         if self.output:
-            name, _, col = self.output.partition("_")
+            name = self.output.rpartition("_")[0]  # probabilities_1 → probabilities
             tensor = next((t for t in outputs if t.name == self.output), None)
             if tensor is None:  # a column name like probabilities_1
                 tensor = next((t for t in outputs if t.name == name), None)
@@ -127,15 +159,21 @@ class DecisionRule:
         return None, "none", "none"
 
     def decisions(self, outputs: Sequence[Tensor]) -> list[str]:
+        kind, keys = self.keys(outputs)
+        return [self.text(kind, v) for v in keys]
+
+    def keys(self, outputs: Sequence[Tensor]) -> tuple[str, np.ndarray]:
+        """(kind, one comparable value per row): the label, the arg-max index, or whether
+        the output column reaches the threshold. Rows decide alike when their keys are equal."""
         tensor, _, kind = self._pick(outputs)
         if tensor is None:
-            return []
+            return kind, np.zeros(0)
         n = tensor.array.shape[0] if tensor.array.ndim else 1
         matrix = tensor.array.reshape(n, -1)
         if kind == "label":
-            return [_text(v) for v in matrix[:, 0]]
+            return kind, matrix[:, 0]
         if kind == "argmax":
-            return [str(int(i)) for i in np.argmax(matrix, axis=1)]
+            return kind, np.argmax(matrix, axis=1)
         column = 0
         if self.output and self.output != tensor.name:
             suffix = self.output[len(tensor.name) + 1:]
@@ -143,7 +181,15 @@ class DecisionRule:
                 raise InvalidInput(f"unknown output column '{self.output}'")
             column = int(suffix)
         threshold = 0.5 if self.threshold is None else self.threshold
-        return ["1" if float(v) >= threshold else "0" for v in matrix[:, column]]
+        return kind, matrix[:, column].astype(np.float64) >= threshold
+
+    @staticmethod
+    def text(kind: str, key: object) -> str:
+        if kind == "label":
+            return _text(key)
+        if kind == "argmax":
+            return str(int(key))  # type: ignore[call-overload]
+        return "1" if key else "0"
 
 
 def _text(value: object) -> str:
@@ -159,9 +205,15 @@ def _text(value: object) -> str:
 def locate(inputs: Sequence[Tensor], names: Sequence[str], feature: str) -> tuple[int, int, str]:
     """(tensor index, column, display name) of a feature given by name or column index.
     `names` are the record's stored column names, in numeric-layout order."""
+    text_inputs = [t.name for t in inputs if t.datatype == "BYTES"]
+    if feature in text_inputs:
+        raise InvalidInput(f"input '{feature}' is not numeric; only numeric features "
+                           "can be changed")
     layout = numeric_layout(inputs)
     if not layout:
-        raise InvalidInput("this record has no numeric tabular input to change")
+        held = ", ".join(f"'{name}'" for name in text_inputs)
+        raise InvalidInput("this record has no numeric tabular input to change"
+                           + (f" (its text inputs: {held})" if held else ""))
     if feature.lstrip("-").isdigit():
         index = int(feature)
         if not 0 <= index < len(layout):
@@ -169,10 +221,6 @@ def locate(inputs: Sequence[Tensor], names: Sequence[str], feature: str) -> tupl
     elif feature in names:
         index = list(names).index(feature)
     else:
-        text_inputs = [t.name for t in inputs if t.datatype == "BYTES"]
-        if feature in text_inputs:
-            raise InvalidInput(f"input '{feature}' is not numeric; only numeric features "
-                               "can be changed")
         raise InvalidInput(f"unknown feature '{feature}'; features: {', '.join(names)}")
     tensor_index, column = layout[index]
     display = names[index] if index < len(names) else str(index)
@@ -208,7 +256,7 @@ class ModelCache:
     _items: OrderedDict[str, OnnxModel] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self, sha256: str, load: callable) -> OnnxModel:  # type: ignore[valid-type]
+    def get(self, sha256: str, load: Callable[[], bytes]) -> OnnxModel:
         with self._lock:
             if sha256 in self._items:
                 self._items.move_to_end(sha256)
@@ -261,3 +309,144 @@ def sweep_values(start: float, stop: float, steps: int, scale: str,
     if not np.all(np.isfinite(points)):
         raise InvalidInput("sweep values must be finite numbers")
     return points
+
+
+# ── traffic replay: many recorded calls in one run ──────────────────────────────────────
+
+
+@dataclass
+class Outcome:
+    """One record replayed: bit-identical or not, the largest absolute difference, and
+    (row, recorded decision, replayed decision) for every row whose decision changed."""
+
+    record: Record
+    identical: bool
+    max_abs_diff: float
+    flips: list[tuple[int, str, str]]
+    rows: int
+
+
+def outcome(record: Record, recorded: Sequence[Tensor], replayed: Sequence[Tensor],
+            rule: DecisionRule, rows: int) -> Outcome:
+    diffs = compare(recorded, replayed)
+    identical = all(d.identical for d in diffs)
+    flips: list[tuple[int, str, str]] = []
+    if not identical:
+        before, after = rule.decisions(recorded), rule.decisions(replayed)
+        flips = [(i, a, b) for i, (a, b) in enumerate(zip(before, after, strict=False))
+                 if a != b]
+    return Outcome(record, identical, max((d.max_abs_diff for d in diffs), default=0.0),
+                   flips, rows)
+
+
+def _raw_rows(layout: tuple, specs: list[tuple[str, str, tuple[int, ...]]],
+              raws: Sequence[bytes], rows: int) -> bool:
+    """Every tensor numeric (not BOOL), in raw contents, with `rows` rows and exactly the
+    bytes its shape needs; names unique."""
+    row_bytes = _row_bytes(layout)
+    if row_bytes is None or rows < 1 or len(raws) != len(specs):
+        return False
+    return all(shape[0] == rows and len(data) == rows * size
+               for (_, _, shape), data, size in zip(specs, raws, row_bytes, strict=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _row_bytes(layout: tuple) -> tuple[int, ...] | None:
+    """Bytes per row of each tensor of a (name, datatype, shape[1:]) layout, or None when
+    the layout cannot be read in bulk."""
+    if not layout or len({name for name, _, _ in layout}) != len(layout):
+        return None
+    sizes = []
+    for _, datatype, inner in layout:
+        info = DATATYPES.get(datatype)
+        if info is None or info.dtype is None or info.dtype.kind not in "iuf" or (
+                inner and min(inner) < 0):
+            return None
+        sizes.append(math.prod(inner) * info.size)
+    return tuple(sizes)
+
+
+def _stack(spec: Any, parts: list[bytes], total: int) -> Tensor:
+    dtype = DATATYPES[spec.datatype].dtype
+    array = np.frombuffer(b"".join(parts), dtype=dtype).reshape(total, *spec.shape[1:])
+    return Tensor(spec.name, spec.datatype, tuple(array.shape), array)
+
+
+def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row: are the bytes identical (NaN payloads, -0.0 and all)?"""
+    n = a.shape[0]
+    return np.all(a.reshape(n, -1).view(np.uint8) == b.reshape(n, -1).view(np.uint8), axis=1)
+
+
+def replay_rows(model: OnnxModel, calls: list[Parsed], rule: DecisionRule
+                ) -> list[Outcome | str] | None:
+    """Replay calls that share one raw numeric layout (`Parsed.raw`) with one onnxruntime
+    run over all their rows, compared with the recorded outputs in bulk. A call whose rows
+    come back different is run again on its own, as it was served — a batch can round
+    differently (onnxruntime's one-row MatMul takes another path) — and judged on that.
+    Returns None when the model's outputs do not line up with the recorded ones (the
+    caller then replays one call at a time); raises MlwitnessError if the model refuses
+    the batch. A call that fails on its own gives a string: why."""
+    first = calls[0]
+    bounds = np.cumsum([0, *(c.rows for c in calls)])
+    starts, total = bounds[:-1], int(bounds[-1])
+    inputs = [_stack(spec, [c.request.raw_input_contents[i] for c in calls], total)
+              for i, spec in enumerate(first.request.inputs)]
+    requested = [o.name for o in first.request.outputs]
+    replayed = {t.name: t.array for t in model.run(inputs, requested)}
+    recorded = {spec.name: _stack(spec, [c.response.raw_output_contents[i] for c in calls],
+                                  total) for i, spec in enumerate(first.response.outputs)}
+    for name, old in recorded.items():
+        new = replayed.get(name)
+        if new is None or new.dtype != old.array.dtype or new.shape != old.array.shape:
+            return None
+    same = np.ones(len(calls), dtype=bool)
+    for name, old in recorded.items():
+        same &= np.logical_and.reduceat(_rows_equal(old.array, replayed[name]), starts)
+    failed: dict[int, str] = {}
+    names = list(replayed)
+    for i in np.flatnonzero(~same):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        try:  # the session itself: this runs for every call of a differing candidate
+            alone = model.session.run(names, {t.name: t.array[lo:hi] for t in inputs})
+        except Exception:  # noqa: BLE001 — OnnxModel.run says why, in our terms
+            try:
+                model.run([replace(t, shape=(hi - lo, *t.shape[1:]), array=t.array[lo:hi])
+                           for t in inputs], requested)
+                reason = "onnxruntime failed on this call alone"
+            except MlwitnessError as exc:
+                reason = exc.message
+            failed[int(i)] = f"seq {calls[i].record.seq}: {reason}"
+            continue
+        for name, array in zip(names, alone, strict=True):
+            target = replayed[name]
+            if array.shape != target[lo:hi].shape or array.dtype != target.dtype:
+                return None
+            if not target.flags.writeable:
+                target = replayed[name] = target.copy()
+            target[lo:hi] = array
+    identical = np.ones(len(calls), dtype=bool)
+    max_abs = np.zeros(len(calls))
+    for name, old in recorded.items():
+        new = replayed[name]
+        identical &= np.logical_and.reduceat(_rows_equal(old.array, new), starts)
+        a = old.array.reshape(total, -1).astype(np.float64)
+        b = new.reshape(total, -1).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            delta = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
+        max_abs = np.maximum(max_abs, np.maximum.reduceat(delta.max(axis=1, initial=0.0),
+                                                          starts))
+    flips: dict[int, list[tuple[int, str, str]]] = {}
+    if not identical.all():
+        old_tensors = list(recorded.values())
+        new_tensors = [replace(t, array=replayed[t.name]) for t in old_tensors]
+        kind, before = rule.keys(old_tensors)
+        after = rule.keys(new_tensors)[1]
+        for row in np.flatnonzero(before != after):
+            at = int(np.searchsorted(bounds, row, side="right")) - 1
+            flips.setdefault(at, []).append((int(row - bounds[at]),
+                                             rule.text(kind, before[row]),
+                                             rule.text(kind, after[row])))
+    return [failed[i] if i in failed else
+            Outcome(c.record, bool(identical[i]), float(max_abs[i]), flips.get(i, []), c.rows)
+            for i, c in enumerate(calls)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -21,7 +22,10 @@ import numpy as np
 
 from mlwitness.audit import replay as rp
 from mlwitness.audit.reader import Filters, LedgerReader, StoredRecord, detail_json
+from mlwitness.baseline import latest_baseline, load_baseline
+from mlwitness.bias import bias_report
 from mlwitness.checks import InlineChecks, guard_record, rate_states
+from mlwitness.drift import Window, drift_report
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError
 from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store
@@ -291,6 +295,64 @@ class AuditService:
                 "toml": dumps_toml(self.checks.config),
                 "rates_now": rate_states(self.checks.status())}
 
+    # ── drift and bias ─────────────────────────────────────────────────────────────────
+
+    def drift(self, asker: Asker, *, since_us: int = 0, until_us: int = 0, model: str = "",
+              baseline: str = "", reference_since_us: int = 0, reference_until_us: int = 0,
+              features: list[str] | None = None) -> dict[str, Any]:
+        with self.audited(asker, since_us=since_us, until_us=until_us, model=model,
+                          baseline=baseline, reference_since_us=reference_since_us,
+                          reference_until_us=reference_until_us,
+                          features=features) as summary:
+            con = self.reader.cursor()
+            reference: Any
+            if reference_since_us or reference_until_us:
+                if baseline:
+                    raise InvalidInput("compare with a baseline or a reference window, "
+                                       "not both")
+                reference = Window(reference_since_us, reference_until_us)
+                label = f"window {reference_since_us}..{reference_until_us}"
+            else:
+                reference = load_baseline(con, baseline or latest_baseline(con))
+                label = f"baseline {reference.sha256}"
+            report = drift_report(con, reference, since_us=since_us, until_us=until_us,
+                                  model=model, features=features or None).to_dict()
+            drifted = [f["name"] for f in report["features"] if f["verdict"] == "drift"]
+            summary.update(verdict=report["verdict"], drifted=drifted, rows=report["rows"],
+                           reference=label)
+            return {"drift": report["verdict"] == "drift", "drifted": drifted,
+                    "window_rows": report["rows"], "reference": label,
+                    "report_json": json.dumps(report, sort_keys=True)}
+
+    def bias(self, asker: Asker, *, attribute: str, favorable: str, since_us: int = 0,
+             until_us: int = 0, model: str = "", privileged: str = "") -> dict[str, Any]:
+        with self.audited(asker, attribute=attribute, favorable=favorable, since_us=since_us,
+                          until_us=until_us, model=model, privileged=privileged) as summary:
+            if not attribute or not favorable:
+                raise InvalidInput("give an attribute (e.g. age_band) and a favorable outcome "
+                                   "(e.g. label=1)")
+            report = bias_report(self.reader.cursor(), attribute=attribute,
+                                 favorable=favorable, since_us=since_us, until_us=until_us,
+                                 model=model, privileged=privileged or None)
+            data = report.to_dict()
+            summary.update(verdict=report.verdict, groups=len(report.groups))
+            chi2 = report.chi2 or {}
+            fisher = report.fisher or {}
+            return {
+                "attribute": attribute, "favorable": favorable,
+                "privileged": report.privileged,
+                "groups": [{"group": g.group, "n": g.n, "favorable": g.favorable,
+                            "rate": g.rate, "disparate_impact": g.disparate_impact,
+                            "statistical_parity_difference": g.statistical_parity_difference}
+                           for g in report.groups],
+                "chi2": chi2.get("statistic", 0.0), "chi2_pvalue": chi2.get("pvalue", 1.0),
+                "dof": int(chi2.get("dof", 0)), "has_fisher": bool(fisher),
+                "fisher_odds_ratio": fisher.get("odds_ratio", 0.0),
+                "fisher_pvalue": fisher.get("pvalue", 1.0),
+                "biased": report.verdict == "disparity", "verdict": report.verdict,
+                "report_json": json.dumps(data, sort_keys=True),
+            }
+
     # ── traffic replay ─────────────────────────────────────────────────────────────────
 
     def replay_range(self, asker: Asker, filters: Filters, candidate_sha256: str = "",
@@ -398,18 +460,18 @@ class AuditService:
             for record, _ in items:
                 yield f"seq {record.seq}: {exc.message}"
             return
-        for (record, call), replayed in zip(items, outputs, strict=True):
-            rows = call.inputs[0].array.shape[0] if call.inputs and call.inputs[0].array.ndim \
+        for (record, done), replayed in zip(items, outputs, strict=True):
+            rows = done.inputs[0].array.shape[0] if done.inputs and done.inputs[0].array.ndim \
                 else 1
-            result = rp.outcome(record, call.outputs, replayed, rule, rows)
+            result = rp.outcome(record, done.outputs, replayed, rule, rows)
             if len(items) > 1 and not result.identical:
                 # A batched run may round differently; judge this call on its own.
                 try:
-                    alone = model.run(call.inputs, requested)
+                    alone = model.run(done.inputs, requested)
                 except MlwitnessError as exc:
                     yield f"seq {record.seq}: {exc.message}"
                     continue
-                result = rp.outcome(record, call.outputs, alone, rule, rows)
+                result = rp.outcome(record, done.outputs, alone, rule, rows)
             yield result
 
 

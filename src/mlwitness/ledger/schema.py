@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS models (
     signature VARCHAR NOT NULL,
     first_seen_us BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS baselines (
+    sha256 VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    json VARCHAR NOT NULL,
+    created_us BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS environments (
     env_id VARCHAR PRIMARY KEY,
     fingerprint VARCHAR NOT NULL,

@@ -159,6 +159,25 @@ class AuditServicer:
         return _guards(state).SerializeToString()
 
 
+    async def Drift(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.DriftRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.drift, self._asker("Drift", raw, context), since_us=r.since_us,
+            until_us=r.until_us, model=r.model, baseline=r.baseline,
+            reference_since_us=r.reference_since_us, reference_until_us=r.reference_until_us,
+            features=list(r.features))
+        return apb.DriftResponse(**result).SerializeToString()
+
+    async def Bias(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        r = parse(apb.BiasRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.bias, self._asker("Bias", raw, context), attribute=r.attribute,
+            favorable=r.favorable, since_us=r.since_us, until_us=r.until_us, model=r.model,
+            privileged=r.privileged)
+        result["groups"] = [apb.BiasGroup(**g) for g in result["groups"]]
+        return apb.BiasResponse(**result).SerializeToString()
+
+
 def _guards(state: dict[str, Any]) -> apb.GuardsResponse:
     state = dict(state)
     state["rates_now"] = [apb.RateState(**r) for r in state.get("rates_now", [])]
@@ -176,7 +195,7 @@ def _event(event: dict[str, Any]) -> apb.ReplayRangeEvent:
 
 
 UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
-         "Violations", "GetGuards", "SetGuards")
+         "Violations", "GetGuards", "SetGuards", "Drift", "Bias")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:
