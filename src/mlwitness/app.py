@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from mlwitness.audit.reader import LedgerReader
 from mlwitness.audit.service import AuditService, store_model_with
+from mlwitness.auth import Access, Authenticator
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
 from mlwitness.backends.upstream import UpstreamBackend
@@ -38,6 +39,7 @@ from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
+from mlwitness.minimise import Minimiser
 from mlwitness.modelfile import ModelFile
 from mlwitness.runtime import OnnxModel
 from mlwitness.service import InferenceService, decode_record_tensors
@@ -45,6 +47,7 @@ from mlwitness.settings import Settings
 from mlwitness.signature import Signature
 from mlwitness.wire import audit as audit_servicer
 from mlwitness.wire import inference as pb
+from mlwitness.wire import security
 from mlwitness.wire import servicer as inference_servicer
 
 log = logging.getLogger("mlwitness")
@@ -114,6 +117,12 @@ class Sidecar:
         self.metrics_port = 0
         self.checks: InlineChecks | None = None
         self.baseline: Baseline | None = None
+        self.audit_auth = Authenticator(_access(settings.audit_access), required_role="auditor")
+        self.inference_auth = Authenticator(None, required_role="caller")
+        self._access_stamps: dict[str, tuple[int, int] | None] = {
+            "audit": _stamp(settings.audit_access) if settings.audit_access else None,
+            "inference": _stamp(settings.inference_access) if settings.inference_access
+            else None}
         self._guards_stamp: tuple[int, int] | None = None
         self.ready = False
         self._tasks: list[asyncio.Task] = []
@@ -144,7 +153,10 @@ class Sidecar:
         if self.model_file.sha256 != model.sha256:  # the file changed while we loaded it
             model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, threads=s.ort_threads)
         if s.upstream:
-            self.backend = UpstreamBackend(s.upstream, default_timeout=s.upstream_timeout)
+            self.backend = UpstreamBackend(
+                s.upstream, default_timeout=s.upstream_timeout,
+                credentials=security.channel_credentials(s.upstream_ca, s.upstream_cert,
+                                                         s.upstream_key))
             current_sha = self._current_sha
         else:
             self.backend = EmbeddedBackend(model, s.served_name, s.model_version)
@@ -170,14 +182,18 @@ class Sidecar:
             max_request_bytes=s.max_request_bytes,
             observe=self.metrics.observe if self.metrics else None,
             checks=self.checks,
+            minimiser=Minimiser(s.redact_inputs, s.hash_inputs)
+            if s.redact_inputs or s.hash_inputs else None,
         )
+        self.inference_auth = Authenticator(_access(s.inference_access), required_role="caller")
         servicer = inference_servicer.InferenceServicer(
-            service, self.backend, model.signature, s.record_metadata, lambda: self.ready
+            service, self.backend, model.signature, s.record_metadata, lambda: self.ready,
+            auth=self.inference_auth, mtls=bool(s.tls_client_ca),
         )
         self.server = grpc_server(s)
         self.server.add_generic_rpc_handlers((inference_servicer.handler(servicer),))
         self.health = add_health_and_reflection(self.server, [pb.SERVICE])
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        self.port = bind(self.server, s.host, s.port, s)
         await self.server.start()
         await self._start_audit()
         if self.metrics is not None:
@@ -201,7 +217,7 @@ class Sidecar:
                                store_model=store_model_with(ledger.write),
                                threads=s.ort_threads, checks=self.checks)
         self.audit_server, self.audit_health, self.audit_port = await start_audit_server(
-            service, s.ledger, s.host, s.audit_port, s)
+            service, s.ledger, s.host, s.audit_port, s, self.audit_auth)
 
     async def record_guards(self, config: GuardConfig, *, source: str, caller: str) -> None:
         """Put a guard version on the ledger (an "admin" record in the chain)."""
@@ -253,6 +269,24 @@ class Sidecar:
                         metrics.drift_score.labels(feature.name, statistic).set(value)
                 metrics.drift_detected.labels(feature.name).set(
                     1.0 if feature.verdict == "drift" else 0.0)
+
+    def _reload_access(self) -> None:
+        """Pick up edited access files (token rotation) without a restart."""
+        for kind, auth, path in (("audit", self.audit_auth, self.settings.audit_access),
+                                 ("inference", self.inference_auth,
+                                  self.settings.inference_access)):
+            if path is None:
+                continue
+            stamp = _stamp(path)
+            if stamp is None or stamp == self._access_stamps.get(kind):
+                continue
+            self._access_stamps[kind] = stamp
+            try:
+                auth.access = Access.load(path)
+            except MlwitnessError as exc:
+                log.error("%s access file %s not reloaded: %s", kind, path, exc.message)
+                continue
+            log.info("%s access file %s reloaded", kind, path)
 
     async def _reload_guards(self) -> None:
         s = self.settings
@@ -306,6 +340,7 @@ class Sidecar:
             try:
                 await self._update_health()
                 await self._reload_guards()
+                self._reload_access()
                 if s.upstream and loop.time() >= next_poll:
                     assert self.model_file is not None
                     await asyncio.to_thread(self.model_file.refresh)
@@ -343,16 +378,32 @@ class Sidecar:
                 "audit_port": self.audit_port, "metrics_port": self.metrics_port}
 
 
+def _access(path: Any) -> Access | None:
+    return Access.load(path) if path else None
+
+
+def bind(server: grpc.aio.Server, host: str, port: int, settings: Settings) -> int:
+    """Listen with TLS (mTLS with a client CA) when a certificate is configured."""
+    credentials = security.server_credentials(settings.tls_cert, settings.tls_key,
+                                              settings.tls_client_ca)
+    address = f"{host}:{port}"
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)
+
+
 async def start_audit_server(service: AuditService, ledger_path: Any, host: str, port: int,
-                             settings: Settings) -> tuple[grpc.aio.Server, Any, int]:
+                             settings: Settings, auth: Authenticator
+                             ) -> tuple[grpc.aio.Server, Any, int]:
     server = grpc_server(settings)
-    server.add_generic_rpc_handlers(
-        (audit_servicer.handler(audit_servicer.AuditServicer(service, ledger_path)),))
+    servicer = audit_servicer.AuditServicer(service, ledger_path, auth,
+                                            mtls=bool(settings.tls_client_ca))
+    server.add_generic_rpc_handlers((audit_servicer.handler(servicer),))
     from mlwitness.protocol import audit_pb2
 
     pb.add_file(audit_pb2.DESCRIPTOR)
     health_servicer = add_health_and_reflection(server, [audit_servicer.SERVICE])
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = bind(server, host, port, settings)
     await server.start()
     for name in ("", audit_servicer.SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -386,8 +437,9 @@ async def serve_audit(settings: Settings) -> None:
     trail.write(lambda con: store.put_environment(con, env))
     service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
                            store_model=store_model_with(trail.write), threads=settings.ort_threads)
+    auth = Authenticator(_access(settings.audit_access), required_role="auditor")
     server, health_servicer, port = await start_audit_server(
-        service, path, settings.host, settings.audit_port, settings)
+        service, path, settings.host, settings.audit_port, settings, auth)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -72,11 +72,54 @@ def _json(message: Any) -> str:
                                     always_print_fields_with_no_presence=True), indent=2)
 
 
+class _Token(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, context: Any, callback: Any) -> None:
+        callback((("authorization", f"Bearer {self.token}"),), None)
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    path = args.token_file or os.environ.get("MLWITNESS_TOKEN_FILE")
+    if path:
+        return Path(path).expanduser().read_text().strip()
+    return os.environ.get("MLWITNESS_TOKEN") or None
+
+
 def _stub(args: argparse.Namespace) -> audit_pb2_grpc.AuditServiceStub:
     target = args.target or os.environ.get("MLWITNESS_AUDIT_TARGET") or DEFAULT_TARGET
-    channel = grpc.insecure_channel(target, options=[
-        ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    token = _read_token(args)
+    if args.ca or args.cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(args.ca).read_bytes() if args.ca else None,
+            private_key=Path(args.key).read_bytes() if args.key else None,
+            certificate_chain=Path(args.cert).read_bytes() if args.cert else None)
+        if token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.metadata_call_credentials(_Token(token)))
+        channel = grpc.secure_channel(target, credentials, options=options)
+        return audit_pb2_grpc.AuditServiceStub(channel)
+    channel = grpc.insecure_channel(target, options=options)
+    if token:  # plaintext: attach the token per call (only sensible on a trusted network)
+        channel = grpc.intercept_channel(channel, _TokenInterceptor(token))
     return audit_pb2_grpc.AuditServiceStub(channel)
+
+
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self.header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
 
 
 # ── commands ────────────────────────────────────────────────────────────────────────────
@@ -355,6 +398,11 @@ def add_commands(sub: Any) -> None:
                        help=f"audit service address (default {DEFAULT_TARGET}; "
                        "env MLWITNESS_AUDIT_TARGET)")
     audit.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
+    audit.add_argument("--token-file", help="file holding your access token (env "
+                       "MLWITNESS_TOKEN_FILE, or the token itself in MLWITNESS_TOKEN)")
+    audit.add_argument("--ca", help="CA certificate (PEM) to verify the audit server: use TLS")
+    audit.add_argument("--cert", help="client certificate (PEM) for mTLS")
+    audit.add_argument("--key", help="client key (PEM) for --cert")
     commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Any, help: str) -> argparse.ArgumentParser:

@@ -99,6 +99,32 @@ def cmd_guards_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_add(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from mlwitness.auth import ROLES, Access, hash_token, new_token
+
+    if args.role not in ROLES:
+        raise InvalidInput(f"--role must be one of {', '.join(ROLES)}")
+    path = Path(args.file)
+    text = path.read_text() if path.exists() else ""
+    if text:
+        access = Access.load(path)
+        if any(name == args.name for name, _ in access.tokens.values()):
+            raise InvalidInput(f"{path} already has a token named {args.name!r}; remove it "
+                               "first to rotate")
+    token = new_token()
+    entry = (f'\n[[tokens]]\nname = "{args.name}"\nrole = "{args.role}"\n'
+             f'sha256 = "{hash_token(token)}"\n')
+    Access.from_dict(tomllib.loads(text + entry), str(path))  # the file stays valid
+    path.write_text(text + entry)
+    path.chmod(0o600)
+    print(token)
+    print(f"added {args.name} ({args.role}) to {path}; the token above is shown once and "
+          "not stored", file=sys.stderr)
+    return 0
+
+
 def cmd_audit_server(args: argparse.Namespace) -> int:
     from mlwitness.app import serve_audit
 
@@ -169,9 +195,7 @@ def parser() -> argparse.ArgumentParser:
 
     audit_server = sub.add_parser(
         "audit-server", help="serve the audit API over a ledger file opened read-only")
-    settings_mod.add_arguments(
-        audit_server, ["ledger", "audit_trail", "host", "audit_port", "ort_threads",
-                       "drain_timeout", "log_level"])
+    settings_mod.add_arguments(audit_server, list(settings_mod.AUDIT_SERVER))
     audit_server.set_defaults(func=cmd_audit_server)
 
     baseline = sub.add_parser("baseline", help="profile training data (and the model's "
@@ -199,6 +223,15 @@ def parser() -> argparse.ArgumentParser:
     check = guard_commands.add_parser("check", help="validate a guard file")
     check.add_argument("file", help="guard file (TOML or JSON)")
     check.set_defaults(func=cmd_guards_check)
+
+    token = sub.add_parser("token", help="manage access tokens (stored hashed)")
+    token_commands = token.add_subparsers(dest="token_command", required=True,
+                                          metavar="COMMAND")
+    add = token_commands.add_parser("add", help="create a token, print it once, store its hash")
+    add.add_argument("--file", required=True, help="access file (TOML) to append to")
+    add.add_argument("--name", required=True, help="who holds it (recorded on the ledger)")
+    add.add_argument("--role", required=True, help="caller, auditor or admin")
+    add.set_defaults(func=cmd_token_add)
 
     audit_cli.add_commands(sub)
     return top

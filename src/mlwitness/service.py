@@ -27,6 +27,7 @@ from mlwitness.codec import Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import InvalidInput, MlwitnessError, ModelNotFound, TooLarge
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
+from mlwitness.minimise import Minimiser
 from mlwitness.wire import inference as pb
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class InferenceService:
         max_request_bytes: int,
         observe: Callable[[str, float], None] | None = None,
         checks: InlineChecks | None = None,
+        minimiser: Minimiser | None = None,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
@@ -69,6 +71,7 @@ class InferenceService:
         self.max_request_bytes = max_request_bytes
         self.observe = observe  # metrics: (status, seconds) per call, once it is recorded
         self.checks = checks  # guards; None when no guard file is configured
+        self.minimiser = minimiser  # inputs stored hashed or redacted
 
     def check_model(self, name: str, version: str) -> None:
         if name != self.model_name:
@@ -111,15 +114,27 @@ class InferenceService:
             raise
         record.response = response
         record.responded_us = _now_us()
+        if self.minimiser is not None:
+            self.minimiser.apply(record)
         await self.ledger.append(record)
         if self.observe is not None:
             self.observe("OK", (record.responded_us - record.received_us) / 1e6)
         return response
 
+    async def refuse(self, raw: bytes, caller: Caller, error: MlwitnessError) -> None:
+        """Record a call refused before inference (e.g. missing credentials)."""
+        record = Record(received_us=_now_us(), model_name=self.model_name,
+                        model_version=self.model_version, model_sha256=self.model_sha256(),
+                        env_id=self.env_id, peer=caller.peer, metadata=caller.metadata_json(),
+                        request=raw if len(raw) <= self.max_request_bytes else b"")
+        await self._record_failure(record, error.status, error.message)
+
     async def _record_failure(self, record: Record, status: str, message: str) -> None:
         record.status, record.message = status, message
         record.request_id = record.request_id or uuid.uuid4().hex
         record.responded_us = _now_us()
+        if self.minimiser is not None:
+            self.minimiser.apply(record)
         await self.ledger.append(record)
         if self.observe is not None:
             self.observe(status, (record.responded_us - record.received_us) / 1e6)

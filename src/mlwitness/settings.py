@@ -96,6 +96,23 @@ SPECS: tuple[Spec, ...] = (
     Spec("drift_interval", float, "Seconds between drift recomputations for the metrics "
          "(needs --baseline; 0 turns it off)."),
     Spec("drift_window", float, "Seconds of recent traffic the periodic drift metrics cover."),
+    Spec("tls_cert", Path, "TLS certificate (PEM) for the inference and audit ports."),
+    Spec("tls_key", Path, "TLS private key (PEM) for --tls-cert."),
+    Spec("tls_client_ca", Path, "CA (PEM) that signs client certificates: both ports then "
+         "require mTLS and the certificate subject is recorded as the caller."),
+    Spec("audit_access", Path, "Access file (TOML: token hashes and certificate subjects "
+         "with roles auditor/admin) the audit port requires. Without it the audit port is "
+         "open to whoever can reach it."),
+    Spec("inference_access", Path, "Access file the inference port requires (role caller "
+         "or above); off by default."),
+    Spec("upstream_ca", Path, "CA (PEM) to verify the upstream server: forward over TLS."),
+    Spec("upstream_cert", Path, "Client certificate (PEM) for mTLS to the upstream."),
+    Spec("upstream_key", Path, "Client key (PEM) for --upstream-cert."),
+    Spec("redact_inputs", _csv, "Comma-separated inputs or request parameters stored "
+         "redacted (replaced by nothing) instead of as sent; such records cannot be "
+         "replayed if the model uses them."),
+    Spec("hash_inputs", _csv, "Comma-separated inputs or request parameters stored as the "
+         "SHA-256 of each value instead of the value."),
     Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
     Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
          "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
@@ -112,6 +129,9 @@ SPECS: tuple[Spec, ...] = (
 
 _BY_NAME = {spec.name: spec for spec in SPECS}
 AUDIT_SERVER_ONLY = ("audit_trail",)
+# Settings the standalone audit-server takes.
+AUDIT_SERVER = ("ledger", "audit_trail", "host", "audit_port", "ort_threads", "drain_timeout",
+                "log_level", "tls_cert", "tls_key", "tls_client_ca", "audit_access")
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,16 @@ class Settings:
     baseline: Path | None = None
     drift_interval: float = 60.0
     drift_window: float = 3600.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    audit_access: Path | None = None
+    inference_access: Path | None = None
+    upstream_ca: Path | None = None
+    upstream_cert: Path | None = None
+    upstream_key: Path | None = None
+    redact_inputs: list[str] = field(default_factory=list)
+    hash_inputs: list[str] = field(default_factory=list)
     record_metadata: list[str] = field(
         default_factory=lambda: ["x-request-id", "x-caller", "traceparent", "user-agent"]
     )
@@ -163,10 +193,15 @@ class Settings:
         for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "max_backlog"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("guards", "baseline"):
+        for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",
+                     "audit_access", "inference_access", "upstream_ca", "upstream_cert",
+                     "upstream_key"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"--{name} file {path} does not exist")
+        overlap = set(self.redact_inputs) & set(self.hash_inputs)
+        if overlap:
+            raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
         if self.upstream is not None and ":" not in self.upstream:
             raise ConfigError(f"--upstream must be host:port, got {self.upstream!r}")
         return self

@@ -33,16 +33,14 @@ def _id_field(request_id: str) -> bytes:
 class UpstreamBackend:
     mode = "forwarding"
 
-    def __init__(self, target: str, *, default_timeout: float = 30.0) -> None:
+    def __init__(self, target: str, *, default_timeout: float = 30.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
         self.default_timeout = default_timeout
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", -1),
-            ],
-        )
+        options = [("grpc.max_receive_message_length", -1),
+                   ("grpc.max_send_message_length", -1)]
+        self._channel = (grpc.aio.insecure_channel(target, options=options) if credentials is None
+                         else grpc.aio.secure_channel(target, credentials, options=options))
         self._calls = {
             name: self._channel.unary_unary(_METHOD + name)  # bytes in, bytes out
             for name in ("ModelInfer", "ModelMetadata", "ServerReady")

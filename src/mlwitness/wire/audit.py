@@ -7,6 +7,7 @@ questions never stall the inference port's event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,9 +15,11 @@ import grpc
 
 from mlwitness.audit.reader import Filters
 from mlwitness.audit.service import Asker, AuditService
-from mlwitness.errors import InvalidInput
+from mlwitness.auth import Authenticator
+from mlwitness.errors import InvalidInput, MlwitnessError
 from mlwitness.ledger.verify import verify
 from mlwitness.protocol import audit_pb2 as apb
+from mlwitness.wire.security import identify
 from mlwitness.wire.status import parse, rpc, stream_rpc
 
 SERVICE = "mlwitness.audit.v1.AuditService"
@@ -41,13 +44,24 @@ def _ref(ref: apb.RecordRef) -> dict[str, Any]:
 
 
 class AuditServicer:
-    def __init__(self, service: AuditService, ledger_path: Any, identify: Any = None) -> None:
+    def __init__(self, service: AuditService, ledger_path: Any,
+                 auth: Authenticator | None = None, *, mtls: bool = False) -> None:
         self.service = service
         self.ledger_path = ledger_path
-        self.identify = identify or (lambda context: context.peer() or "")
+        self.auth = auth or Authenticator(None, required_role="auditor")
+        self.mtls = mtls
 
     def _asker(self, name: str, raw: bytes, context: grpc.aio.ServicerContext) -> Asker:
-        return Asker(caller=self.identify(context), rpc=name, raw=raw)
+        """Who asks. Refused questions (no or bad credentials, wrong role) are recorded too."""
+        try:
+            caller, _ = identify(self.auth, context, name, mtls=self.mtls)
+        except MlwitnessError as exc:
+            who = getattr(exc, "caller", "") or context.peer() or ""
+            with contextlib.suppress(MlwitnessError), self.service.audited(
+                    Asker(caller=who, rpc=name, raw=raw)):
+                raise exc from None
+            raise
+        return Asker(caller=caller, rpc=name, raw=raw)
 
     async def GetRecord(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = parse(apb.GetRecordRequest, raw)

@@ -1,0 +1,80 @@
+"""TLS for both ports and the upstream channel, and the caller's identity on a call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from mlwitness.auth import Authenticator, Principal, bearer
+from mlwitness.errors import ConfigError, PermissionDenied
+
+
+def _read(path: Any, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def server_credentials(cert: Any, key: Any, client_ca: Any) -> grpc.ServerCredentials | None:
+    """TLS server credentials; with a client CA, clients must present a certificate it
+    signed (mTLS). None when no certificate is configured (plaintext)."""
+    if not cert and not key:
+        if client_ca:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (cert and key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    root = _read(client_ca, "client CA") if client_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
+        root_certificates=root,
+        require_client_auth=root is not None,
+    )
+
+
+def channel_credentials(ca: Any, cert: Any, key: Any) -> grpc.ChannelCredentials | None:
+    """Credentials for the upstream channel (TLS with --upstream-ca; mTLS adds a client
+    certificate). None for plaintext."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ConfigError("--upstream-cert and --upstream-key go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "upstream CA") if ca else None,
+        private_key=_read(key, "upstream client key") if key else None,
+        certificate_chain=_read(cert, "upstream client certificate") if cert else None,
+    )
+
+
+def subjects(context: Any) -> list[str]:
+    """The verified client certificate's subject (and CN=…) from an mTLS call."""
+    auth = context.auth_context() or {}
+    out = []
+    for key in ("x509_subject", "x509_common_name"):
+        for value in auth.get(key, ()):
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            out.append(text if key == "x509_subject" else f"CN={text}")
+    return out
+
+
+def identify(auth: Authenticator, context: Any, rpc: str, *, mtls: bool = False
+             ) -> tuple[str, Principal | None]:
+    """(caller name for the ledger, principal). Raises Unauthenticated/PermissionDenied.
+    Without access control or mTLS the caller is the network peer."""
+    if not auth.enabled and not mtls:
+        return context.peer() or "", None
+    found = subjects(context) if mtls else []
+    principal = auth.authenticate(bearer(context.invocation_metadata()), found)
+    try:
+        auth.authorize(principal, rpc)
+    except PermissionDenied as exc:
+        exc.caller = principal.name if principal else ""  # for the record of the refusal
+        raise
+    if principal is not None:
+        return principal.name, principal
+    if found:
+        return f"mtls:{found[0]}", None
+    return context.peer() or "", None
