@@ -24,6 +24,7 @@ from mlwitness.baseline import (
     store_baseline,
 )
 from mlwitness.errors import DataLoss, InvalidInput, RecordNotFound
+from mlwitness.ledger import schema
 from mlwitness.ledger.writer import LedgerWriter
 
 REL = 1e-12
@@ -173,7 +174,7 @@ def test_store_and_load_by_hash_prefix_or_name(baseline: Baseline, tmp_path: Pat
                                                train_csv: Path) -> None:
     path = tmp_path / "ledger.duckdb"
     other = build_baseline(train_csv, bins=5)
-    con = duckdb.connect(str(path))
+    con = schema.connect(path)  # a ledger file: the baselines table is part of its schema
     assert store_baseline(con, baseline, "credit") == baseline.sha256
     assert store_baseline(con, baseline, "renamed") == baseline.sha256  # idempotent
     store_baseline(con, other, "credit-5-bins")

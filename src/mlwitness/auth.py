@@ -114,9 +114,9 @@ class Authenticator:
                     return Principal(f"token:{name}", role)
             raise Unauthenticated("unknown or revoked token")
         for subject in subjects:
-            role = self.access.identities.get(subject)
-            if role is not None:
-                return Principal(f"mtls:{subject}", role)
+            granted = self.access.identities.get(subject)
+            if granted is not None:  # named by the full subject, whichever form matched
+                return Principal(f"mtls:{subjects[0]}", granted)
         if subjects:
             raise Unauthenticated(f"client certificate {subjects[0]!r} is not granted a role")
         raise Unauthenticated("credentials required: send `authorization: Bearer <token>` "

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from mlwitness.auth import Authenticator, Principal, bearer
-from mlwitness.errors import ConfigError, PermissionDenied
+from mlwitness.errors import ConfigError, PermissionDenied, Unauthenticated
 
 
 def _read(path: Any, what: str) -> bytes:
@@ -49,6 +49,14 @@ def channel_credentials(ca: Any, cert: Any, key: Any) -> grpc.ChannelCredentials
     )
 
 
+def _rfc4514(value: str) -> str:
+    """An attribute value escaped as in an RFC 4514 name (as grpc renders x509_subject), so
+    a CN such as "risk-team,O=Bank" cannot pass for the subject CN=risk-team,O=Bank."""
+    last = len(value) - 1
+    return "".join("\\" + c if c in '"+,;<>\\' or (i == 0 and c in "# ")
+                   or (i == last and c == " ") else c for i, c in enumerate(value))
+
+
 def subjects(context: Any) -> list[str]:
     """The verified client certificate's subject (and CN=…) from an mTLS call."""
     auth = context.auth_context() or {}
@@ -56,22 +64,27 @@ def subjects(context: Any) -> list[str]:
     for key in ("x509_subject", "x509_common_name"):
         for value in auth.get(key, ()):
             text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-            out.append(text if key == "x509_subject" else f"CN={text}")
+            out.append(text if key == "x509_subject" else f"CN={_rfc4514(text)}")
     return out
 
 
 def identify(auth: Authenticator, context: Any, rpc: str, *, mtls: bool = False
              ) -> tuple[str, Principal | None]:
     """(caller name for the ledger, principal). Raises Unauthenticated/PermissionDenied.
-    Without access control or mTLS the caller is the network peer."""
+    Without access control or mTLS the caller is the network peer. A refusal carries
+    `caller`: the identity refused (token name, certificate subject) or "" if unknown."""
     if not auth.enabled and not mtls:
         return context.peer() or "", None
     found = subjects(context) if mtls else []
-    principal = auth.authenticate(bearer(context.invocation_metadata()), found)
+    try:
+        principal = auth.authenticate(bearer(context.invocation_metadata()), found)
+    except Unauthenticated as exc:  # a verified certificate still says who was refused
+        exc.caller = f"mtls:{found[0]}" if found else ""  # type: ignore[attr-defined]
+        raise
     try:
         auth.authorize(principal, rpc)
     except PermissionDenied as exc:
-        exc.caller = principal.name if principal else ""  # for the record of the refusal
+        exc.caller = principal.name if principal else ""  # type: ignore[attr-defined]
         raise
     if principal is not None:
         return principal.name, principal
