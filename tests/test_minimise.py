@@ -200,10 +200,10 @@ def test_minimised_bytes_input_is_not_stored(started: Start, models_dir: dict[st
 # ── replay of a record whose minimised input the model uses ───────────────────────────
 
 
-def test_replay_without_the_numeric_input_is_invalid_argument(
+def test_replay_without_the_numeric_input_is_a_failed_precondition(
         started: Start, models_dir: dict[str, Path], tmp_path: Path) -> None:
-    """A redacted FP32 input is stored as empty BYTES of the same shape: replay cannot
-    feed it to the model and says so with INVALID_ARGUMENT (the model's refusal)."""
+    """A redacted FP32 input is stored as empty BYTES of the same shape: replay refuses
+    with FAILED_PRECONDITION naming the minimised input, before running the model."""
     served = started(models_dir["affine"], tmp_path / "ledger.duckdb", redact_inputs=["x"])
     x = np.full((1, 4), 7.0, np.float32)
     send(served, affine_request("r-1", x))
@@ -212,15 +212,12 @@ def test_replay_without_the_numeric_input_is_invalid_argument(
     assert e["inputs"] == [{}]  # no numeric column left
     assert e["inputs_text"] == [{f"x_{i}": "" for i in range(4)}]
     code = status_of(lambda: replay(served, "r-1"))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
     ((status, message),) = served.query("SELECT status, message FROM audit_log "
                                         "WHERE detail->>'rpc' = 'Replay'")
-    assert status == "INVALID_ARGUMENT" and "model rejected the input" in message
+    assert status == "FAILED_PRECONDITION" and "x were stored hashed or redacted" in message
 
 
-@pytest.mark.xfail(strict=True, reason="replay ignores the record's `minimised` note: it runs "
-                   "the model on the hashes, answers OK with bit_identical=false (a 'changed "
-                   "decision' that is really missing data); expected FAILED_PRECONDITION")
 def test_replay_without_the_bytes_input_fails_clearly(
         started: Start, models_dir: dict[str, Path], tmp_path: Path) -> None:
     served = started(models_dir["strings"], tmp_path / "ledger.duckdb",

@@ -236,8 +236,6 @@ def test_mtls_identity_with_caller_role_may_infer(started: Start, pki: Pki, affi
     assert len(rows) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="servicer.ModelInfer records a refused call under "
-                   "the network peer, not the verified certificate subject (exc.caller)")
 def test_refused_inference_call_names_the_certificate(started: Start, pki: Pki, affine: Path,
                                                       tmp_path: Path) -> None:
     access = tmp_path / "inference-access.toml"

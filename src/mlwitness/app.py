@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -93,12 +93,13 @@ def add_health_and_reflection(server: grpc.aio.Server, services: list[str]) -> A
     return servicer
 
 
-def _stamp(path: Any) -> tuple[int, int] | None:
+def _stamp(path: Any) -> str | None:
+    """A file's content fingerprint (content, not mtime: a same-size edit within one clock
+    tick must still be noticed). Files watched here are small."""
     try:
-        st = os.stat(path)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size)
 
 
 class Sidecar:
@@ -115,15 +116,18 @@ class Sidecar:
         self.audit_port = 0
         self.metrics: Metrics | None = None
         self.metrics_port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.probe_health: Any = None
+        self.health_port = 0
         self.checks: InlineChecks | None = None
         self.baseline: Baseline | None = None
         self.audit_auth = Authenticator(_access(settings.audit_access), required_role="auditor")
         self.inference_auth = Authenticator(None, required_role="caller")
-        self._access_stamps: dict[str, tuple[int, int] | None] = {
+        self._access_stamps: dict[str, str | None] = {
             "audit": _stamp(settings.audit_access) if settings.audit_access else None,
             "inference": _stamp(settings.inference_access) if settings.inference_access
             else None}
-        self._guards_stamp: tuple[int, int] | None = None
+        self._guards_stamp: str | None = None
         self.ready = False
         self._tasks: list[asyncio.Task] = []
 
@@ -182,7 +186,8 @@ class Sidecar:
             max_request_bytes=s.max_request_bytes,
             observe=self.metrics.observe if self.metrics else None,
             checks=self.checks,
-            minimiser=Minimiser(s.redact_inputs, s.hash_inputs)
+            minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
+                                key=s.hash_key.read_bytes() if s.hash_key else None)
             if s.redact_inputs or s.hash_inputs else None,
         )
         self.inference_auth = Authenticator(_access(s.inference_access), required_role="caller")
@@ -195,7 +200,9 @@ class Sidecar:
         self.health = add_health_and_reflection(self.server, [pb.SERVICE])
         self.port = bind(self.server, s.host, s.port, s)
         await self.server.start()
+        await self.health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
         await self._start_audit()
+        await self._start_health_port()
         if self.metrics is not None:
             self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
         await self._update_health()
@@ -205,6 +212,19 @@ class Sidecar:
             "serving model %s (sha256 %s, %s) on %s:%d, ledger %s",
             s.served_name, model.sha256[:12], self.backend.mode, s.host, self.port, s.ledger,
         )
+
+    async def _start_health_port(self) -> None:
+        """Plaintext health only, for probes that cannot speak TLS (Kubernetes gRPC probes)."""
+        s = self.settings
+        if not s.health_port:
+            return
+        server = grpc.aio.server()
+        self.probe_health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.probe_health, server)
+        self.health_port = server.add_insecure_port(f"{s.host}:{s.health_port}")
+        await server.start()
+        await self.probe_health.set("liveness", health_pb2.HealthCheckResponse.SERVING)
+        self.health_server = server
 
     async def _start_audit(self) -> None:
         s = self.settings
@@ -330,6 +350,8 @@ class Sidecar:
                       else health_pb2.HealthCheckResponse.NOT_SERVING)
             for name in ("", pb.SERVICE):
                 await self.health.set(name, status)
+            if self.probe_health is not None:
+                await self.probe_health.set("", status)
         self.ready = ready
 
     async def _watch(self) -> None:
@@ -359,7 +381,10 @@ class Sidecar:
             await self.health.enter_graceful_shutdown()
         if self.audit_health is not None:
             await self.audit_health.enter_graceful_shutdown()
-        servers = [srv for srv in (self.server, self.audit_server) if srv is not None]
+        if self.probe_health is not None:
+            await self.probe_health.enter_graceful_shutdown()
+        servers = [srv for srv in (self.server, self.audit_server, self.health_server)
+                   if srv is not None]
         await asyncio.gather(*(srv.stop(grace=self.settings.drain_timeout) for srv in servers))
         for task in self._tasks:
             task.cancel()
@@ -375,7 +400,8 @@ class Sidecar:
 
     def addresses(self) -> dict[str, Any]:
         return {"event": "ready", "host": self.settings.host, "port": self.port,
-                "audit_port": self.audit_port, "metrics_port": self.metrics_port}
+                "audit_port": self.audit_port, "metrics_port": self.metrics_port,
+                "health_port": self.health_port}
 
 
 def _access(path: Any) -> Access | None:

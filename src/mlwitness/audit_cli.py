@@ -329,7 +329,7 @@ def guards(args: argparse.Namespace) -> int:
     stub = _stub(args)
     if args.set:
         text = Path(args.set).read_text()
-        request = (apb.SetGuardsRequest(json=text) if args.set.endswith(".json")
+        request = (apb.SetGuardsRequest(json=text) if Path(args.set).suffix.lower() == ".json"
                    else apb.SetGuardsRequest(toml=text))
         r = stub.SetGuards(request, timeout=args.timeout)
     else:
@@ -354,7 +354,8 @@ def drift(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    verdict = "DRIFT in " + ", ".join(r.drifted) if r.drift else "no drift"
+    verdict = ("DRIFT in " + ", ".join(r.drifted) if r.drift else
+               "no drift" if report["verdict"] == "ok" else report["verdict"].upper())
     print(f"{r.window_rows} decision rows vs {r.reference}: {verdict}")
     rows = []
     for f in report["features"]:

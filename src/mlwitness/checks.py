@@ -55,6 +55,8 @@ class InlineChecks:
         self.metrics = metrics
         self._lock = threading.Lock()
         self.replace(config)
+        if metrics is not None:
+            metrics.before_scrape(self._refresh)
 
     def replace(self, config: GuardConfig) -> None:
         """Switch to a new guard version. Rate windows restart: a new bound is judged on
@@ -64,6 +66,12 @@ class InlineChecks:
         with self._lock:
             self.config, self.guard_set, self.tracker = config, guard_set, tracker
             self._breached: set[str] = set()
+            if self.metrics is not None:  # no gauge may outlive its window or its guard
+                m = self.metrics
+                for gauge in (m.rate_estimate, m.rate_low, m.rate_high, m.rate_breach):
+                    gauge.clear()
+                for rate in config.rates:
+                    m.rate_breach.labels(rate.name).set(0.0)
 
     @property
     def sha256(self) -> str:
@@ -83,8 +91,9 @@ class InlineChecks:
         found = self.guard_set.check_outputs(rows)
         self._count(found)
         verdict.violations.extend(found)
-        if self.config.rates and not (found and self.enforcing):
-            verdict.rate_events = self._transitions(self.tracker.observe(rows))
+        tracker = self.tracker
+        if tracker.guards and not (found and self.enforcing):
+            verdict.rate_events = self._transitions(tracker, tracker.observe(rows))
         return found
 
     @property
@@ -96,10 +105,14 @@ class InlineChecks:
         if found and self.enforcing:
             raise refusal(found)
 
-    def _transitions(self, statuses: Sequence[RateStatus]) -> list[RateStatus]:
-        """Statuses of guards that just entered a breach; updates the rate metrics."""
-        events = []
+    def _transitions(self, tracker: RateTracker, statuses: Sequence[RateStatus]
+                     ) -> list[RateStatus]:
+        """Statuses of guards that just entered a breach; updates the rate metrics. Nothing
+        when `tracker` was replaced meanwhile (its windows are gone)."""
+        events: list[RateStatus] = []
         with self._lock:
+            if tracker is not self.tracker:
+                return events
             for status in statuses:
                 if self.metrics is not None:
                     self._export(status)
@@ -110,10 +123,18 @@ class InlineChecks:
                     self._breached.discard(status.guard)
         return events
 
+    def _refresh(self) -> None:
+        """Rate gauges as of now, at scrape time: a time window empties without traffic."""
+        with self._lock:
+            for status in self.tracker.status():
+                self._export(status)
+
     def _export(self, status: RateStatus) -> None:
         m = self.metrics
         if status.n:
             m.rate_estimate.labels(status.guard).set(status.estimate)
+        else:
+            m.rate_estimate.remove(status.guard)
         if status.breached or status.state == "ok":
             low, high = status.interval
             m.rate_low.labels(status.guard).set(low)

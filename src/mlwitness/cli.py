@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -117,8 +118,15 @@ def cmd_token_add(args: argparse.Namespace) -> int:
     entry = (f'\n[[tokens]]\nname = "{args.name}"\nrole = "{args.role}"\n'
              f'sha256 = "{hash_token(token)}"\n')
     Access.from_dict(tomllib.loads(text + entry), str(path))  # the file stays valid
-    path.write_text(text + entry)
-    path.chmod(0o600)
+    # Atomic and private from the first byte: a sidecar reloading the file never sees it
+    # half written (which would revoke every token) nor readable by others.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + entry)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
     print(token)
     print(f"added {args.name} ({args.role}) to {path}; the token above is shown once and "
           "not stored", file=sys.stderr)

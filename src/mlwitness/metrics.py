@@ -60,9 +60,24 @@ class _LedgerCollector(Collector):
             yield GaugeMetricFamily(name, DOCUMENTED[name], value=value)
 
 
+class _BeforeScrape(Collector):
+    """Runs hooks at the start of every scrape and yields no metric. Registered first, so
+    gauges the hooks update are read after them."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterable[Any]:
+        for hook in list(self.hooks):
+            hook()
+        return iter(())
+
+
 class Metrics:
     def __init__(self, model: str) -> None:
         self.registry = CollectorRegistry()
+        self._before_scrape = _BeforeScrape()
+        self.registry.register(self._before_scrape)
         self.model = model
         self._requests = Counter("mlwitness_requests", DOCUMENTED["mlwitness_requests_total"],
                                  ["model", "status"], registry=self.registry)
@@ -99,6 +114,10 @@ class Metrics:
             child = self._by_status[status] = self._requests.labels(self.model, status)
         child.inc()
         self._latency_model.observe(seconds)
+
+    def before_scrape(self, hook: Callable[[], None]) -> None:
+        """Call `hook` at each scrape, before any metric is read (e.g. to age gauges)."""
+        self._before_scrape.hooks.append(hook)
 
     def watch_ledger(self, writer: Any) -> None:
         self.registry.register(_LedgerCollector(writer))

@@ -2,7 +2,9 @@
 
 Some inputs are personal data the ledger should not keep as sent — a name or an account
 number. For those listed in `--hash-inputs` each value is stored as the SHA-256 (hex) of
-its bytes; for those in `--redact-inputs` it is stored as an empty value. The stored
+its bytes (HMAC-SHA-256 under `--hash-key` when given: a plain hash of a name or an
+account number can be reversed by guessing candidates); for those in `--redact-inputs` it
+is stored as an empty value. Outputs are stored as sent. The stored
 request is then re-encoded (same inputs, in order, with those tensors as BYTES of the same
 shape), the record's `detail` notes what was changed and the SHA-256 of the request as
 received — so whoever holds the original can still prove it is the one recorded.
@@ -14,6 +16,7 @@ replayed (the value is gone); hashed values can still be compared for equality.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 
@@ -26,13 +29,19 @@ from mlwitness.wire import inference as pb
 
 
 class Minimiser:
-    def __init__(self, redact: Iterable[str], hashed: Iterable[str]) -> None:
+    def __init__(self, redact: Iterable[str], hashed: Iterable[str],
+                 key: bytes | None = None) -> None:
         self.redact = frozenset(redact)
         self.hashed = frozenset(hashed)
         self.names = self.redact | self.hashed
+        self.key = key  # HMAC key: without it, hashes of guessable values can be reversed
 
     def _value(self, name: str, data: bytes) -> bytes:
-        return b"" if name in self.redact else hashlib.sha256(data).hexdigest().encode()
+        if name in self.redact:
+            return b""
+        if self.key is not None:
+            return hmac.new(self.key, data, hashlib.sha256).hexdigest().encode()
+        return hashlib.sha256(data).hexdigest().encode()
 
     def _tensor(self, tensor: Tensor) -> Tensor:
         out = np.empty(tensor.array.shape, dtype=object)
@@ -82,7 +91,8 @@ class Minimiser:
             record.inputs = inputs
         record.request = request.SerializeToString()
         record.detail = json.dumps({"minimised": {"redacted": sorted(self.redact & set(touched)),
-                                                  "hashed": sorted(self.hashed & set(touched))},
+                                                  "hashed": sorted(self.hashed & set(touched)),
+                                                  **({"keyed": True} if self.key else {})},
                                     "received_sha256": received}, sort_keys=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -123,10 +124,13 @@ class InferenceService:
 
     async def refuse(self, raw: bytes, caller: Caller, error: MlwitnessError) -> None:
         """Record a call refused before inference (e.g. missing credentials)."""
+        # Who was refused and what they sent (size and SHA-256), not the bytes themselves:
+        # an unauthenticated caller must not be able to fill the ledger.
         record = Record(received_us=_now_us(), model_name=self.model_name,
                         model_version=self.model_version, model_sha256=self.model_sha256(),
                         env_id=self.env_id, peer=caller.peer, metadata=caller.metadata_json(),
-                        request=raw if len(raw) <= self.max_request_bytes else b"")
+                        detail=json.dumps({"received_bytes": len(raw), "received_sha256":
+                                           hashlib.sha256(raw).hexdigest()}))
         await self._record_failure(record, error.status, error.message)
 
     async def _record_failure(self, record: Record, status: str, message: str) -> None:

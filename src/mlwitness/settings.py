@@ -83,6 +83,9 @@ SPECS: tuple[Spec, ...] = (
          "(0.0.0.0 in a pod)."),
     Spec("port", int, "Inference port (Open Inference Protocol v2, gRPC)."),
     Spec("audit_port", int, "Audit service port (0 disables it)."),
+    Spec("health_port", int, "Plaintext port serving only grpc.health.v1 (0: off), for "
+         "Kubernetes probes when the other ports use TLS. Service \"\" is readiness, "
+         "\"liveness\" is SERVING while the process runs."),
     Spec("metrics_port", int, "Prometheus metrics port (0 disables it)."),
     Spec("features", _csv, "Comma-separated names of the columns of the model's tabular "
          "input, e.g. income,debt_ratio,fico."),
@@ -108,6 +111,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("upstream_ca", Path, "CA (PEM) to verify the upstream server: forward over TLS."),
     Spec("upstream_cert", Path, "Client certificate (PEM) for mTLS to the upstream."),
     Spec("upstream_key", Path, "Client key (PEM) for --upstream-cert."),
+    Spec("hash_key", Path, "Secret key file for --hash-inputs: values are stored as "
+         "HMAC-SHA-256 under this key, so low-entropy values (names, account numbers) "
+         "cannot be recovered by guessing. Keep it outside the ledger's volume."),
     Spec("redact_inputs", _csv, "Comma-separated inputs or request parameters stored "
          "redacted (replaced by nothing) instead of as sent; such records cannot be "
          "replayed if the model uses them."),
@@ -149,6 +155,7 @@ class Settings:
     port: int = 8701
     audit_port: int = 8702
     metrics_port: int = 9090
+    health_port: int = 0
     features: list[str] = field(default_factory=list)
     guards: Path | None = None
     guard_mode: str = "observe"
@@ -163,6 +170,7 @@ class Settings:
     upstream_ca: Path | None = None
     upstream_cert: Path | None = None
     upstream_key: Path | None = None
+    hash_key: Path | None = None
     redact_inputs: list[str] = field(default_factory=list)
     hash_inputs: list[str] = field(default_factory=list)
     record_metadata: list[str] = field(
@@ -187,7 +195,8 @@ class Settings:
             raise ConfigError("--model is required: the ONNX file to serve or to pin")
         if not Path(self.model).is_file():
             raise ConfigError(f"model file {self.model} does not exist")
-        ports = [p for p in (self.port, self.audit_port, self.metrics_port) if p]
+        ports = [p for p in (self.port, self.audit_port, self.metrics_port, self.health_port)
+                 if p]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"ports must differ: {ports}")
         for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "max_backlog"):
@@ -195,7 +204,7 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
         for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",
                      "audit_access", "inference_access", "upstream_ca", "upstream_cert",
-                     "upstream_key"):
+                     "upstream_key", "hash_key"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"--{name} file {path} does not exist")

@@ -9,6 +9,7 @@ stored response.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -60,6 +61,7 @@ def parse_call(record: Record) -> Parsed:
                                  f"{record.message}); there is no decision to replay")
     request = pb.ModelInferRequest.FromString(record.request)
     response = pb.ModelInferResponse.FromString(record.response)
+    _check_not_minimised(record, request)
     ins = [(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]
     outs = [(t.name, t.datatype, tuple(t.shape)) for t in response.outputs]
     rows = ins[0][2][0] if ins and ins[0][2] else 0
@@ -69,6 +71,22 @@ def parse_call(record: Record) -> Parsed:
            and _raw_rows(out_layout, outs, response.raw_output_contents, rows))
     layout = (tuple(o.name for o in request.outputs), in_layout, raw, out_layout if raw else ())
     return Parsed(record, request, response, rows, layout, raw)
+
+
+def _check_not_minimised(record: Record, request: object) -> None:
+    """A model input stored hashed or redacted cannot be fed to the model again."""
+    if not record.detail or "minimised" not in record.detail:
+        return
+    note = json.loads(record.detail).get("minimised")
+    if not isinstance(note, dict):
+        raise FailedPrecondition(f"record seq {record.seq}: its request was not stored "
+                                 f"({note}); there is nothing to replay")
+    gone = {i.name for i in request.inputs} & {*note.get("redacted", []),  # type: ignore[attr-defined]
+                                               *note.get("hashed", [])}
+    if gone:
+        raise FailedPrecondition(
+            f"record seq {record.seq}: model input(s) {', '.join(sorted(gone))} were stored "
+            "hashed or redacted (data minimisation), so the decision cannot be replayed")
 
 
 def decoded(call: Parsed) -> Decoded:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,31 +52,41 @@ class AuditServicer:
         self.auth = auth or Authenticator(None, required_role="auditor")
         self.mtls = mtls
 
-    def _asker(self, name: str, raw: bytes, context: grpc.aio.ServicerContext) -> Asker:
-        """Who asks. Refused questions (no or bad credentials, wrong role) are recorded too."""
+    async def _asker(self, name: str, raw: bytes, context: grpc.aio.ServicerContext) -> Asker:
+        """Who asks — checked before the request is even read. A refused question is
+        recorded too (who, which RPC, the size and SHA-256 of what was sent: not the
+        bytes, so an anonymous caller cannot make the ledger keep large blobs)."""
         try:
             caller, _ = identify(self.auth, context, name, mtls=self.mtls)
         except MlwitnessError as exc:
             who = getattr(exc, "caller", "") or context.peer() or ""
-            with contextlib.suppress(MlwitnessError), self.service.audited(
-                    Asker(caller=who, rpc=name, raw=raw)):
-                raise exc from None
+            refused = Asker(caller=who, rpc=name, raw=b"")
+            note = {"received_bytes": len(raw),
+                    "received_sha256": hashlib.sha256(raw).hexdigest()}
+
+            def record(error: MlwitnessError = exc) -> None:
+                with contextlib.suppress(MlwitnessError), self.service.audited(refused, **note):
+                    raise error from None
+
+            await asyncio.to_thread(record)
             raise
         return Asker(caller=caller, rpc=name, raw=raw)
 
     async def GetRecord(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("GetRecord", raw, context)
         request = parse(apb.GetRecordRequest, raw)
         result = await asyncio.to_thread(self.service.get_record,
-                                         self._asker("GetRecord", raw, context),
+                                         asker,
                                          **_ref(request.ref))
         result["inputs"], result["outputs"] = rows(result["inputs"]), rows(result["outputs"])
         return apb.RecordDetail(**result).SerializeToString()
 
     async def ListRecords(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("ListRecords", raw, context)
         r = parse(apb.ListRecordsRequest, raw)
         filters = Filters(r.since_us, r.until_us, r.model, r.status, r.caller)
         items, token = await asyncio.to_thread(
-            self.service.list_records, self._asker("ListRecords", raw, context), filters,
+            self.service.list_records, asker, filters,
             r.page_size, r.page_token)
         for item in items:
             item["first_output"] = row(item["first_output"])
@@ -84,9 +95,10 @@ class AuditServicer:
         ).SerializeToString()
 
     async def Replay(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Replay", raw, context)
         r = parse(apb.ReplayRequest, raw)
         result = await asyncio.to_thread(
-            self.service.replay, self._asker("Replay", raw, context), **_ref(r.ref),
+            self.service.replay, asker, **_ref(r.ref),
             candidate_sha256=r.candidate_sha256, candidate_onnx=r.candidate_onnx)
         for key in ("recorded_outputs", "replayed_outputs"):
             result[key] = rows(result[key])
@@ -96,9 +108,10 @@ class AuditServicer:
         return apb.ReplayResponse(**result).SerializeToString()
 
     async def WhatIf(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("WhatIf", raw, context)
         r = parse(apb.WhatIfRequest, raw)
         result = await asyncio.to_thread(
-            self.service.what_if, self._asker("WhatIf", raw, context),
+            self.service.what_if, asker,
             [(o.feature, o.value) for o in r.overrides], **_ref(r.ref), row=r.row,
             all_rows=r.all_rows)
         for key in ("original_inputs", "counterfactual_inputs", "original_outputs",
@@ -107,9 +120,10 @@ class AuditServicer:
         return apb.WhatIfResponse(**result).SerializeToString()
 
     async def Sensitivity(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Sensitivity", raw, context)
         r = parse(apb.SensitivityRequest, raw)
         result = await asyncio.to_thread(
-            self.service.sensitivity, self._asker("Sensitivity", raw, context), r.feature,
+            self.service.sensitivity, asker, r.feature,
             **_ref(r.ref), start=r.start, stop=r.stop, steps=r.steps, scale=r.scale,
             values=list(r.values), row=r.row, output=r.output,
             threshold=r.threshold if r.HasField("threshold") else None)
@@ -121,9 +135,10 @@ class AuditServicer:
 
     async def ReplayRange(self, raw: bytes, context: grpc.aio.ServicerContext
                           ) -> AsyncIterator[bytes]:
+        asker = await self._asker("ReplayRange", raw, context)
         r = parse(apb.ReplayRangeRequest, raw)
         events = self.service.replay_range(
-            self._asker("ReplayRange", raw, context),
+            asker,
             Filters(r.since_us, r.until_us, r.model), r.candidate_sha256, r.candidate_onnx,
             r.max_listed)
         done = object()
@@ -131,8 +146,9 @@ class AuditServicer:
             yield _event(event).SerializeToString()
 
     async def VerifyLedger(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("VerifyLedger", raw, context)
         parse(apb.VerifyLedgerRequest, raw)
-        with self.service.audited(self._asker("VerifyLedger", raw, context)) as summary:
+        with self.service.audited(asker) as summary:
             cursor = await asyncio.to_thread(self.service.reader.cursor)  # sees all acked
             report = await asyncio.to_thread(verify, self.ledger_path, con=cursor)
             summary.update(ok=report.ok, records=report.records, head_seq=report.head_seq)
@@ -145,9 +161,10 @@ class AuditServicer:
 
 
     async def Violations(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Violations", raw, context)
         r = parse(apb.ViolationsRequest, raw)
         report = await asyncio.to_thread(
-            self.service.violations, self._asker("Violations", raw, context),
+            self.service.violations, asker,
             since_us=r.since_us, until_us=r.until_us, model=r.model)
         return apb.ViolationsResponse(
             calls=report["calls"], calls_with_violations=report["calls_with_violations"],
@@ -158,34 +175,38 @@ class AuditServicer:
         ).SerializeToString()
 
     async def GetGuards(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("GetGuards", raw, context)
         parse(apb.GetGuardsRequest, raw)
         state = await asyncio.to_thread(self.service.get_guards,
-                                        self._asker("GetGuards", raw, context))
+                                        asker)
         return _guards(state).SerializeToString()
 
     async def SetGuards(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("SetGuards", raw, context)
         r = parse(apb.SetGuardsRequest, raw)
         if bool(r.toml) == bool(r.json):
             raise InvalidInput("give the new guards as toml or as json (exactly one)")
         text, fmt = (r.toml, "toml") if r.toml else (r.json, "json")
         state = await asyncio.to_thread(self.service.set_guards,
-                                        self._asker("SetGuards", raw, context), text, fmt)
+                                        asker, text, fmt)
         return _guards(state).SerializeToString()
 
 
     async def Drift(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Drift", raw, context)
         r = parse(apb.DriftRequest, raw)
         result = await asyncio.to_thread(
-            self.service.drift, self._asker("Drift", raw, context), since_us=r.since_us,
+            self.service.drift, asker, since_us=r.since_us,
             until_us=r.until_us, model=r.model, baseline=r.baseline,
             reference_since_us=r.reference_since_us, reference_until_us=r.reference_until_us,
             features=list(r.features))
         return apb.DriftResponse(**result).SerializeToString()
 
     async def Bias(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Bias", raw, context)
         r = parse(apb.BiasRequest, raw)
         result = await asyncio.to_thread(
-            self.service.bias, self._asker("Bias", raw, context), attribute=r.attribute,
+            self.service.bias, asker, attribute=r.attribute,
             favorable=r.favorable, since_us=r.since_us, until_us=r.until_us, model=r.model,
             privileged=r.privileged)
         result["groups"] = [apb.BiasGroup(**g) for g in result["groups"]]

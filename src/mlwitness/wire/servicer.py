@@ -46,7 +46,8 @@ class InferenceServicer:
         """Who calls (raises Unauthenticated / PermissionDenied when access is required)."""
         metadata = context.invocation_metadata() or ()
         chosen = tuple(
-            (k, v) for k, v in metadata if k in self.record_metadata and isinstance(v, str)
+            (k, v) for k, v in metadata
+            if k in self.record_metadata and k != "authorization" and isinstance(v, str)
         )
         forward = tuple(
             (k, v) for k, v in metadata
@@ -62,7 +63,8 @@ class InferenceServicer:
         try:
             caller = self._caller(context, "ModelInfer")
         except MlwitnessError as exc:  # refused before inference: still on the record
-            await self.service.refuse(raw, Caller(context.peer() or ""), exc)
+            who = getattr(exc, "caller", "") or context.peer() or ""
+            await self.service.refuse(raw, Caller(who), exc)
             raise
         return await self.service.infer(raw, caller, context.time_remaining())
 
