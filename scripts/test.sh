@@ -10,4 +10,5 @@ bash scripts/setup_upstream_venv.sh          # third-party MLServer for forwardi
 if [ -f scripts/install_kubectl.sh ]; then bash scripts/install_kubectl.sh; fi
 python scripts/gen_protos.py --check
 ruff check src tests bench examples scripts
+mypy src
 python -m pytest -q "$@"

@@ -149,8 +149,10 @@ class Sidecar:
         )
         await asyncio.to_thread(self.ledger.open)
         loop = asyncio.get_running_loop()
-        self.ledger.on_failure = lambda: loop.call_soon_threadsafe(
-            lambda: asyncio.ensure_future(self._update_health()))
+        def on_failure() -> None:  # from the flusher thread: flip health now
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._update_health()))
+
+        self.ledger.on_failure = on_failure
         env = environment.fingerprint(model.providers)
         env_id = self.ledger.write(lambda con: store.put_environment(con, env))
         self.model_file = ModelFile(s.model, self._store_model)  # type: ignore[arg-type]

@@ -11,28 +11,16 @@ from typing import Any
 
 import duckdb
 
+from mlwitness.audit.reader import Filters
+
 _VIOLATION = '[{"guard": "VARCHAR", "column": "VARCHAR", "kind": "VARCHAR"}]'
 _BREACH = ('[{"guard": "VARCHAR", "state": "VARCHAR", "estimate": "DOUBLE", "low": "DOUBLE", '
            '"high": "DOUBLE", "min": "DOUBLE", "max": "DOUBLE", "n": "BIGINT"}]')
 
 
-def _window(since_us: int, until_us: int, model: str) -> tuple[str, list[Any]]:
-    clauses, params = ["kind = 'infer'"], []
-    if since_us:
-        clauses.append("received_us >= ?")
-        params.append(since_us)
-    if until_us:
-        clauses.append("received_us < ?")
-        params.append(until_us)
-    if model:
-        clauses.append("(model_name = ? OR starts_with(model_sha256, ?))")
-        params += [model, model.lower()]
-    return " AND ".join(clauses), params
-
-
 def violations_report(con: duckdb.DuckDBPyConnection, *, since_us: int = 0, until_us: int = 0,
                       model: str = "") -> dict[str, Any]:
-    where, params = _window(since_us, until_us, model)
+    where, params = Filters(since_us, until_us, model).where()
     calls, with_violations, refused = con.execute(
         f"""SELECT count(*),
                    count(*) FILTER (WHERE json_array_length(

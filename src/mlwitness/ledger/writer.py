@@ -341,7 +341,7 @@ class LedgerWriter:
                 if not (self._load_now or self._writes or self._closing):
                     self._load_cond.wait(interval)
                 self._load_now = False
-                batch = []
+                batch: list[Record] = []
                 while self._unloaded and len(batch) < self.options.load_batch:
                     batch.append(self._unloaded.popleft())
             self._run_writes()

@@ -141,7 +141,7 @@ class AuditServicer:
             asker,
             Filters(r.since_us, r.until_us, r.model), r.candidate_sha256, r.candidate_onnx,
             r.max_listed)
-        done = object()
+        done: dict[str, Any] = {}
         while (event := await asyncio.to_thread(next, events, done)) is not done:
             yield _event(event).SerializeToString()
 
