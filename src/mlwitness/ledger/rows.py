@@ -73,6 +73,66 @@ class Tabulator:
         )
 
 
+    def rows_of_many(self, calls: Sequence[Sequence | None]) -> list[Rows]:
+        """`rows` for many calls at once. Consecutive calls whose tensors have the same
+        names, dtypes and row shapes are tabulated together (one concatenation instead of
+        one conversion per call) and split back: the loader's hot loop."""
+        out: list[Rows] = []
+        group: list[Sequence] = []
+        key: tuple | None = None
+        for tensors in calls:
+            this = _layout_key(tensors) if tensors else None
+            if this is None or this != key:
+                out.extend(self._rows_group(group))
+                group = []
+            key = this
+            if this is None:
+                out.append(self.rows(tensors) if tensors else EMPTY)
+            else:
+                group.append(tensors)  # type: ignore[arg-type]
+        out.extend(self._rows_group(group))
+        return out
+
+    def _rows_group(self, group: list[Sequence]) -> list[Rows]:
+        if len(group) <= 1:
+            return [self.rows(tensors) for tensors in group]
+        merged = [
+            replace_array(first, np.concatenate([tensors[i].array for tensors in group]))
+            for i, first in enumerate(group[0])
+        ]
+        rows = self.rows(merged)
+        sizes = [tensors[0].array.shape[0] for tensors in group]
+        if rows.n != sum(sizes):
+            return [self.rows(tensors) for tensors in group]
+        result, start = [], 0
+        for n in sizes:
+            result.append(Rows(n, rows.num_names, rows.num_values[start:start + n],
+                               rows.text_names, rows.text_values[start:start + n]))
+            start += n
+        return result
+
+
+def _layout_key(tensors: Sequence) -> tuple | None:
+    """Names, dtypes and row shapes of a call's tensors when every one is a table of the
+    same row count (so calls can be stacked); else None."""
+    first = tensors[0].array
+    if first.ndim not in (1, 2):
+        return None
+    n = first.shape[0]
+    key = []
+    for tensor in tensors:
+        array = tensor.array
+        if array.ndim not in (1, 2) or array.shape[0] != n or n == 0:
+            return None
+        key.append((tensor.name, array.dtype.str, array.shape[1:]))
+    return tuple(key)
+
+
+def replace_array(tensor: Any, array: np.ndarray) -> Any:
+    """A copy of a codec Tensor holding `array` (shape follows the array)."""
+    return type(tensor)(tensor.name, tensor.datatype, tuple(array.shape), array)
+
+
 def tabular(tensors: Sequence) -> tuple[int, list[tuple[Any, np.ndarray]]] | None:
     """The tabular part of a request: (N, [(tensor, [N, k] matrix view), ...]) in tensor
     order, or None. Numeric and BYTES tensors of rank 1 or 2 sharing the first tensor's N."""

@@ -41,7 +41,7 @@ from mlwitness.errors import DataLoss, LedgerUnavailable
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger import schema
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
-from mlwitness.ledger.rows import EMPTY, Rows, Tabulator, arrow_columns
+from mlwitness.ledger.rows import Tabulator, arrow_columns
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,8 +102,13 @@ class LedgerWriter:
         self._journal = journal_mod.Journal(
             journal_mod.journal_dir(self.path), segment_bytes=self.options.segment_bytes
         )
-        self._pending: deque[tuple[Record, Any]] = deque()
-        self._wake = threading.Event()
+        # Appends from an event loop gather here until the loop runs the batch's flush.
+        self._batches: dict[asyncio.AbstractEventLoop, list[tuple[Record, Any]]] = {}
+        self._write_lock = threading.Lock()  # chain head + journal appends
+        self._sync_lock = threading.Lock()  # held by fdatasync; a segment roll waits for it
+        self._unsynced: list[tuple[Record, Any]] = []  # written, not yet fdatasync'ed
+        self._synced_at: tuple[Path, int, int] | None = None
+        self._sync_wake = threading.Event()
         self._unloaded: deque[Record] = deque()
         self._load_cond = threading.Condition()
         self._load_now = False
@@ -141,8 +146,9 @@ class LedgerWriter:
         self._journal.open(self._head_seq + 1)
         self._journal.retire(self._loaded_seq)
         self._read_root = con.cursor()
+        self._synced_at = self._journal.position()
         self._threads = [
-            threading.Thread(target=self._flush_loop, name="ledger-flusher", daemon=True),
+            threading.Thread(target=self._sync_loop, name="ledger-syncer", daemon=True),
             threading.Thread(target=self._load_loop, name="ledger-loader", daemon=True),
         ]
         for thread in self._threads:
@@ -181,12 +187,15 @@ class LedgerWriter:
             return
         self._closing = True
         if self._threads:
-            flusher, loader = self._threads
-            self._wake.set()
-            flusher.join()
-            late = list(self._pending)  # raced with shutdown: refuse, never leave hanging
-            self._pending.clear()
-            self._settle([w for _, w in late], LedgerUnavailable("the ledger is shutting down"))
+            syncer, loader = self._threads
+            self._sync_wake.set()
+            syncer.join()
+            with self._write_lock:  # raced with shutdown: refuse, never leave hanging
+                late = [w for batch in self._batches.values() for _, w in batch]
+                late += [w for _, w in self._unsynced]
+                self._batches.clear()
+                self._unsynced = []
+            self._settle(late, LedgerUnavailable("the ledger is shutting down"))
             with self._load_cond:
                 self._load_cond.notify_all()
             loader.join()
@@ -210,7 +219,7 @@ class LedgerWriter:
     @property
     def backlog(self) -> int:
         """Records appended but not yet in DuckDB."""
-        return len(self._pending) + self._durable_seq - self._loaded_seq
+        return self._head_seq - self._loaded_seq
 
     # ── appending ──────────────────────────────────────────────────────────────────────
 
@@ -221,14 +230,35 @@ class LedgerWriter:
             raise LedgerUnavailable("the ledger is shutting down")
 
     async def append(self, record: Record) -> None:
-        """Append a record; return once it is durable. Raises LedgerUnavailable."""
+        """Append a record; return once it is durable. Raises LedgerUnavailable.
+
+        Appends made while the event loop is busy with other calls gather into one batch,
+        written to the journal by one callback; in `fsync` mode one fdatasync (in the
+        syncer thread) then covers the whole batch — group commit without a thread hop
+        per call."""
         self._admit()
         if self.backlog >= self.options.max_unloaded:
             await asyncio.to_thread(self._wait_for_space)
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((record, future))
-        self._wake.set()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = []
+            loop.call_soon(self._flush_batch, loop)
+        batch.append((record, future))
         await future
+
+    def _flush_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._batches.pop(loop, [])
+        if not batch:
+            return
+        try:
+            self._write(batch)
+        except LedgerUnavailable as exc:
+            _settle_futures([f for _, f in batch], exc)
+            return
+        if self.options.durability == "write":
+            _settle_futures([f for _, f in batch], None)
 
     def append_blocking(self, record: Record, timeout: float | None = 30.0) -> None:
         """`append` for threads outside an event loop."""
@@ -236,9 +266,9 @@ class LedgerWriter:
         if self.backlog >= self.options.max_unloaded:
             self._wait_for_space()
         future: Future[None] = Future()
-        self._pending.append((record, future))
-        self._wake.set()
-        future.result(timeout)
+        self._write([(record, future)])
+        if self.options.durability == "fsync":
+            future.result(timeout)
 
     def _wait_for_space(self) -> None:
         deadline = time.monotonic() + self.options.backpressure_timeout_s
@@ -255,67 +285,103 @@ class LedgerWriter:
                     self._load_cond.notify_all()
                 self._space.wait(min(remaining, 0.05))
 
-    def _flush_loop(self) -> None:
-        sync = self.options.durability == "fsync"
+    def _write(self, batch: list[tuple[Record, Any]]) -> None:
+        """Chain and journal a batch (any thread). In `write` durability the records are
+        then durable enough; in `fsync` they wait for the syncer. Raises LedgerUnavailable."""
+        started = time.perf_counter()
+        with self._write_lock:
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                raise LedgerUnavailable("the ledger is shutting down")
+            seq, prev = self._head_seq, self._head_hash
+            frames = []
+            for record, _ in batch:
+                seq += 1
+                record.seq = seq
+                payload = encode(record)
+                record.prev_hash = prev
+                record.hash = prev = chain_hash(prev, payload)
+                frames.append(journal_mod.frame(record, payload))
+            try:
+                if self._journal.would_roll():  # closing a segment: not under an fdatasync
+                    with self._sync_lock:
+                        self._journal.append(b"".join(frames), self._head_seq + 1, seq)
+                else:
+                    self._journal.append(b"".join(frames), self._head_seq + 1, seq)
+            except OSError as exc:
+                try:  # these callers get UNAVAILABLE: their records must not appear later
+                    self._journal.discard_last_batch()
+                except OSError:
+                    log.exception("could not remove the failed batch (seq %d-%d) from the "
+                                  "journal; the next start may load records of refused calls",
+                                  self._head_seq + 1, seq)
+                raise self._fail(exc) from exc
+            self._head_seq, self._head_hash = seq, prev
+            self.stats.appended += len(batch)
+            self.stats.flushes += 1
+            self.stats.last_flush_batch = len(batch)
+            if self.options.durability == "fsync":
+                self._unsynced.extend(batch)
+                self._sync_wake.set()
+            else:
+                self._durable_seq = seq
+                self._hand_to_loader([r for r, _ in batch])
+                self._journal.retire(self._loaded_seq)
+        self.stats.flush_seconds += time.perf_counter() - started
+
+    def _fail(self, exc: OSError) -> LedgerUnavailable:
+        log.error("ledger journal failed (%s); the ledger is now unavailable", exc)
+        self._failure = LedgerUnavailable(
+            f"the ledger cannot store records ({exc.strerror or exc}); "
+            "no decisions are served until it is repaired and mlwitness restarted"
+        )
+        if self.on_failure is not None:
+            self.on_failure()
+        return self._failure
+
+    def _hand_to_loader(self, records: list[Record]) -> None:
+        with self._load_cond:
+            self._unloaded.extend(records)
+            if len(self._unloaded) >= self.options.load_batch:
+                self._load_cond.notify()
+
+    def _sync_loop(self) -> None:
+        """fdatasync whatever was written since the last one; acknowledge those records.
+        Writes go on while a sync runs, so the next sync covers all of them at once."""
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            if not self._pending:
+            if not self._closing:  # closing: drain what is left, then stop
+                self._sync_wake.wait()
+            self._sync_wake.clear()
+            with self._write_lock:
+                batch, self._unsynced = self._unsynced, []
+                position, last_seq = self._journal.position(), self._head_seq
+            if not batch:
                 if self._closing:
                     return
                 continue
-            batch = []
-            while self._pending:
-                batch.append(self._pending.popleft())
             started = time.perf_counter()
-            error = self._failure
-            if error is None:
-                error = self._write_batch(batch, sync)
-            self.stats.flushes += 1
+            try:
+                with self._sync_lock:
+                    self._journal.sync()
+            except OSError as exc:
+                with self._write_lock:
+                    error = self._fail(exc)
+                    later, self._unsynced = self._unsynced, []
+                    try:  # unacknowledged: they must not come back at the next start
+                        if self._synced_at is not None:
+                            self._journal.truncate_to(self._synced_at)
+                    except OSError:
+                        log.exception("could not cut unacknowledged records from the journal")
+                self._settle([w for _, w in batch + later], error)
+                continue
+            self._synced_at = position
+            self._durable_seq = last_seq
             self.stats.flush_seconds += time.perf_counter() - started
-            self.stats.last_flush_batch = len(batch)
-            self._settle([waiter for _, waiter in batch], error)
-            if self._closing and not self._pending:
-                self._wake.set()
-
-    def _write_batch(self, batch: list[tuple[Record, Any]], sync: bool) -> LedgerUnavailable | None:
-        seq, prev = self._head_seq, self._head_hash
-        frames = []
-        for record, _ in batch:
-            seq += 1
-            record.seq = seq
-            payload = encode(record)
-            record.prev_hash = prev
-            record.hash = prev = chain_hash(prev, payload)
-            frames.append(journal_mod.frame(record, payload))
-        try:
-            self._journal.append(b"".join(frames), self._head_seq + 1, seq)
-            if sync:
-                self._journal.sync()
-        except OSError as exc:
-            log.exception("ledger journal write failed; the ledger is now unavailable")
-            try:  # these callers get UNAVAILABLE: their records must not appear later
-                self._journal.discard_last_batch()
-            except OSError:
-                log.exception("could not remove the failed batch (seq %d-%d) from the journal; "
-                              "the next start may load records of refused calls",
-                              self._head_seq + 1, seq)
-            self._failure = LedgerUnavailable(
-                f"the ledger cannot store records ({exc.strerror or exc}); "
-                "no decisions are served until it is repaired and mlwitness restarted"
-            )
-            if self.on_failure is not None:
-                self.on_failure()
-            return self._failure
-        self._head_seq, self._head_hash = seq, prev
-        self._durable_seq = seq
-        self.stats.appended += len(batch)
-        with self._load_cond:
-            self._unloaded.extend(record for record, _ in batch)
-            if len(self._unloaded) >= self.options.load_batch:
-                self._load_cond.notify()
-        self._journal.retire(self._loaded_seq)
-        return None
+            self._hand_to_loader([r for r, _ in batch])
+            self._settle([w for _, w in batch], None)
+            with self._write_lock:
+                self._journal.retire(self._loaded_seq)
 
     @staticmethod
     def _settle(waiters: list[Any], error: BaseException | None) -> None:
@@ -376,17 +442,19 @@ class LedgerWriter:
 
     def _insert(self, batch: list[Record]) -> None:
         assert self._con is not None
-        inputs: list[Rows] = []
-        outputs: list[Rows] = []
+        tensors_in: list[Any] = []
+        tensors_out: list[Any] = []
         parameters: list[Any] = []
         for record in batch:
-            tensors_in, tensors_out, params = record.inputs, record.outputs, record.parameters
-            if tensors_in is None and tensors_out is None and self.decoder is not None:
-                tensors_in, tensors_out, params = self.decoder(record)
-            inputs.append(self.tabulator.rows(tensors_in) if tensors_in else EMPTY)
-            outputs.append(self.tabulator.rows(tensors_out) if tensors_out else EMPTY)
+            ins, outs, params = record.inputs, record.outputs, record.parameters
+            if ins is None and outs is None and self.decoder is not None:
+                ins, outs, params = self.decoder(record)
+            tensors_in.append(ins)
+            tensors_out.append(outs)
             parameters.append(list(params.items()) if params else None)
             record.inputs = record.outputs = record.parameters = None  # the bytes stay
+        inputs = self.tabulator.rows_of_many(tensors_in)
+        outputs = self.tabulator.rows_of_many(tensors_out)
         table = pa.table(
             {
                 "seq": pa.array([r.seq for r in batch], pa.int64()),
