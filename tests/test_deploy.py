@@ -1,18 +1,24 @@
 """Deployment artefacts: the container image, the kustomize manifests and the Helm chart.
 
-Every rendering (kustomize base, kustomize native-sidecar overlay, Helm chart with and
-without nativeSidecar) is validated against the Kubernetes schemas and checked for the
-same invariants: probes, non-root, volumes wired, ports distinct, audit port fenced off,
-and sidecar arguments that the real CLI accepts. kubectl (and helm, for rendering the
-chart) come from scripts/install_kubectl.sh; the chart's static checks need neither.
-No Docker engine runs here: the Dockerfile is checked line by line, and its entrypoint is
-run from a venv built the way the Dockerfile builds it.
+Every rendering (kustomize base, TLS and native-sidecar overlays, the Helm chart with its
+defaults, as a native sidecar, and with TLS, access files, guards and a baseline) is
+validated against the Kubernetes schemas and checked for the same invariants: probes on a
+plaintext port (the health port when TLS is on; liveness asks for service "liveness"),
+non-root, volumes wired (every file a flag names comes from the read-only config volume,
+the audit access file from a Secret), ports distinct, audit port fenced off, and sidecar
+arguments that the real CLI parses into valid settings. One test starts a real sidecar
+from the TLS overlay's arguments and files. kubectl (and helm, for rendering the chart)
+come from scripts/install_kubectl.sh; the chart's static checks need neither. No Docker
+engine runs here: the Dockerfile is checked line by line, and its entrypoint is run from a
+venv built the way the Dockerfile builds it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -21,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -33,7 +40,10 @@ import yaml
 
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
+from mlwitness.auth import Access
+from mlwitness.baseline import Baseline
 from mlwitness.cli import parser
+from mlwitness.guards import load_guards
 
 try:
     from tests import models
@@ -43,8 +53,10 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 KUSTOMIZE = DEPLOY / "kubernetes"
+BASE_CONFIG = KUSTOMIZE / "base" / "config"
 CHART = DEPLOY / "helm" / "mlwitness"
 DOCKERFILE = DEPLOY / "Dockerfile"
+CREDIT_BUILDER = ROOT / "examples" / "credit" / "build_model.py"
 
 KUBE_VERSION = "1.30.0"
 MIN_KUBE_VERSION = {False: "1.27.0", True: "1.29.0"}  # regular sidecar / native sidecar
@@ -52,6 +64,25 @@ MODEL_SERVER_PORTS = {8000, 8001, 8002, 8080, 8081}  # Triton, KServe
 AUDITOR_LABEL = ("mlwitness.io/auditor", "true")
 SIDECAR = "mlwitness"
 NON_SETTINGS_FLAGS = {"config"}  # --config is a flag but not a setting
+CONFIG_DIR = Path("/etc/mlwitness")
+# Settings that name a file the sidecar reads: each must come from the config volume.
+FILE_SETTINGS = (
+    "guards",
+    "baseline",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "audit_access",
+    "inference_access",
+    "upstream_ca",
+    "upstream_cert",
+    "upstream_key",
+    "hash_key",
+)
+MONITORING_FILES = ("guards", "baseline")  # from a ConfigMap; every other file from a Secret
+PLACEHOLDER_SHA256 = "0" * 64  # the example access file's entry: no token hashes to it
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+CONFIGMAP_LIMIT = 1 << 20
 
 
 def _tool(name: str) -> str | None:
@@ -67,6 +98,10 @@ def _tool(name: str) -> str | None:
 KUBECTL = _tool("kubectl")
 HELM = _tool("helm")
 INSTALL_HINT = "install it with scripts/install_kubectl.sh"
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason=f"kubectl is not installed: {INSTALL_HINT}"
+)
+needs_helm = pytest.mark.skipif(HELM is None, reason=f"helm is not installed: {INSTALL_HINT}")
 
 
 # ── rendering ──────────────────────────────────────────────────────────────────────────
@@ -115,27 +150,37 @@ class Rendering:
         (volume,) = [v for v in self.pod["volumes"] if v["name"] == name]
         return volume
 
-    def configmap_files(self) -> dict[str, str]:
-        files: dict[str, str] = {}
-        for cm in self.of_kind("ConfigMap"):
-            files.update(cm.get("data", {}))
-        return files
+    def configmaps(self) -> dict[str, dict[str, str]]:
+        return {cm["metadata"]["name"]: cm.get("data", {}) for cm in self.of_kind("ConfigMap")}
+
+    def secrets(self) -> dict[str, dict[str, bytes]]:
+        """The Secrets the rendering itself holds (kustomize's generator), decoded."""
+        found: dict[str, dict[str, bytes]] = {}
+        for secret in self.of_kind("Secret"):
+            data = {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
+            data.update({k: v.encode() for k, v in secret.get("stringData", {}).items()})
+            found[secret["metadata"]["name"]] = data
+        return found
 
 
 def _load_docs(text: str) -> tuple[dict[str, Any], ...]:
     return tuple(d for d in yaml.safe_load_all(text) if d)
 
 
-def _run(cmd: list[str]) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr}"
     return done.stdout
 
 
+def _kustomize_dir(directory: Path) -> tuple[dict[str, Any], ...]:
+    assert KUBECTL is not None
+    return _load_docs(_run([KUBECTL, "kustomize", str(directory)]))
+
+
 @cache
 def _kustomize(relative: str) -> tuple[dict[str, Any], ...]:
-    assert KUBECTL is not None
-    return _load_docs(_run([KUBECTL, "kustomize", str(KUSTOMIZE / relative)]))
+    return _kustomize_dir(KUSTOMIZE / relative)
 
 
 def _helm_cmd(*args: str, kube: str = KUBE_VERSION) -> list[str]:
@@ -158,35 +203,71 @@ def _helm(*args: str) -> tuple[dict[str, Any], ...]:
     return _load_docs(_run(_helm_cmd(*args)))
 
 
+# fmt: off
+# The kustomize base's example guards and baseline, given to the chart as a user would.
+HELM_MONITORING = (
+    "--set", "guards.enabled=true",
+    "--set-file", f"guards.toml={BASE_CONFIG / 'guards.toml'}",
+    "--set", "baseline.enabled=true",
+    "--set-file", f"baseline.json={BASE_CONFIG / 'baseline.json'}",
+)
+HELM_TLS = ("--set", "tls.enabled=true", "--set", "tls.existingSecret=mlwitness-tls")
+
 RENDERINGS = {
     # name: (tool needed, native sidecar, render)
     "kustomize-base": ("kubectl", False, lambda: _kustomize(".")),
     "kustomize-native-sidecar": ("kubectl", True, lambda: _kustomize("overlays/native-sidecar")),
+    "kustomize-tls": ("kubectl", False, lambda: _kustomize("overlays/tls")),
+    "kustomize-native-sidecar-tls": (
+        "kubectl",
+        True,
+        lambda: _kustomize("overlays/native-sidecar-tls"),
+    ),
     "helm-default": ("helm", False, lambda: _helm()),
     "helm-native-sidecar": ("helm", True, lambda: _helm("--set", "nativeSidecar=true")),
-    "helm-existing-claim-tls-tokens": (
+    "helm-everything": (
         "helm",
         False,
         lambda: _helm(
-            "--set",
-            "model.existingClaim=model-repository",
-            "--set",
-            "tls.existingSecret=mlwitness-tls",
-            "--set",
-            "auditTokens.existingSecret=mlwitness-audit-tokens",
-            "--set",
-            "networkPolicy.inferenceFrom[0].namespaceSelector.matchLabels.team=credit",
+            *HELM_MONITORING,
+            *HELM_TLS,
+            "--set", "model.existingClaim=model-repository",
+            "--set", "upstreamTls.enabled=true",
+            "--set", "upstreamTls.existingSecret=triton-client-tls",
+            "--set", "upstreamTls.clientCert=true",
+            "--set", "auditAccess.existingSecret=mlwitness-audit-access",
+            "--set", "inferenceAccess.existingSecret=mlwitness-inference-access",
+            "--set", "inferenceAccess.key=callers.toml",
+            "--set", "hashKey.existingSecret=mlwitness-hash-key",
+            "--set", "mlwitness.settings.guard_mode=enforce",
+            "--set", "mlwitness.settings.hash_inputs[0]=applicant_id",
+            "--set", "mlwitness.settings.redact_inputs[0]=applicant_name",
+            "--set", "networkPolicy.inferenceFrom[0].namespaceSelector.matchLabels.team=credit",
+        ),
+    ),
+    "helm-native-sidecar-tls-server-only": (
+        "helm",
+        True,
+        lambda: _helm(
+            "--set", "nativeSidecar=true", *HELM_TLS, "--set", "tls.clientAuth=false",
+            "--set", "mlwitness.ports.health=9100",
         ),
     ),
 }
+# fmt: on
+KUSTOMIZE_RENDERINGS = sorted(n for n in RENDERINGS if n.startswith("kustomize"))
+
+
+def _render(name: str) -> Rendering:
+    tool, native, render = RENDERINGS[name]
+    if {"kubectl": KUBECTL, "helm": HELM}[tool] is None:
+        pytest.skip(f"{tool} is not installed: {INSTALL_HINT}")
+    return Rendering(name, native, render())
 
 
 @pytest.fixture(params=sorted(RENDERINGS), ids=sorted(RENDERINGS))
 def rendering(request: pytest.FixtureRequest) -> Rendering:
-    tool, native, render = RENDERINGS[request.param]
-    if {"kubectl": KUBECTL, "helm": HELM}[tool] is None:
-        pytest.skip(f"{tool} is not installed: {INSTALL_HINT}")
-    return Rendering(request.param, native, render())
+    return _render(request.param)
 
 
 # ── the sidecar's command line, read with the real CLI ─────────────────────────────────
@@ -211,13 +292,111 @@ def _sidecar_settings(
     args = parser().parse_args(_sidecar_args(r))
     assert args.command == "serve"
     if args.config is not None:
-        name = Path(args.config).name
-        files = r.configmap_files()
-        assert name in files, f"--config {args.config} is not in any ConfigMap"
-        copy = tmp_path / name
-        copy.write_text(files[name], encoding="utf-8")
+        source = _projected_source(r, Path(args.config))
+        assert source.kind == "configMap", f"--config {args.config} is not in a ConfigMap"
+        content = _source_content(r, source)
+        assert content is not None
+        copy = tmp_path / Path(args.config).name
+        copy.write_bytes(content)
         args.config = copy
     return args, settings_mod.build(args, env={})
+
+
+def _file_settings(settings: settings_mod.Settings) -> dict[str, Path]:
+    return {n: Path(getattr(settings, n)) for n in FILE_SETTINGS if getattr(settings, n)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a file in a projected volume comes from."""
+
+    kind: str  # configMap or secret
+    name: str
+    key: str
+    optional: bool
+
+
+def _projected_source(r: Rendering, path: Path) -> Source:
+    """The one ConfigMap or Secret key that puts `path` into the sidecar's filesystem."""
+    mount = _mount(r.sidecar, path)
+    volume = r.volume(mount["name"])
+    assert "projected" in volume, f"{path} is on volume {mount['name']}, not the config volume"
+    relative = path.relative_to(mount["mountPath"]).as_posix()
+    configmaps = r.configmaps()
+    found: list[Source] = []
+    for entry in volume["projected"]["sources"]:
+        for kind in ("configMap", "secret"):
+            if kind not in entry:
+                continue
+            ref = entry[kind]
+            optional = bool(ref.get("optional", False))
+            if "items" in ref:
+                found += [
+                    Source(kind, ref["name"], item["key"], optional)
+                    for item in ref["items"]
+                    if item["path"] == relative
+                ]
+            elif kind == "configMap" and relative in configmaps.get(ref["name"], {}):
+                found.append(Source(kind, ref["name"], relative, optional))
+    assert len(found) == 1, f"{path}: expected one source in volume {mount['name']}, got {found}"
+    return found[0]
+
+
+def _projected_paths(r: Rendering, volume_name: str) -> set[str]:
+    """Every file (relative path) the projected volume holds."""
+    configmaps = r.configmaps()
+    paths: set[str] = set()
+    for entry in r.volume(volume_name)["projected"]["sources"]:
+        for kind in ("configMap", "secret"):
+            if kind not in entry:
+                continue
+            ref = entry[kind]
+            if "items" in ref:
+                paths |= {item["path"] for item in ref["items"]}
+            else:
+                assert kind == "configMap", "a Secret without items: unknown file names"
+                assert ref["name"] in configmaps, f"ConfigMap {ref['name']} is not rendered"
+                paths |= set(configmaps[ref["name"]])
+    return paths
+
+
+def _source_content(r: Rendering, source: Source) -> bytes | None:
+    """The file's bytes when the rendering holds its ConfigMap or Secret; None for a Secret
+    the user brings (TLS certificates, Helm's existingSecret)."""
+    if source.kind == "configMap":
+        data = r.configmaps()[source.name]
+        return data[source.key].encode()
+    secret = r.secrets().get(source.name)
+    if secret is None:
+        return None
+    assert source.key in secret, f"Secret {source.name} has no key {source.key}"
+    return secret[source.key]
+
+
+def _materialize(r: Rendering, settings: settings_mod.Settings, directory: Path) -> dict[str, Path]:
+    """Copies of the files the settings name, from their ConfigMap or Secret: the real bytes
+    when the rendering holds them, a stand-in for a Secret the user brings."""
+    copies: dict[str, Path] = {}
+    for name, path in _file_settings(settings).items():
+        source = _projected_source(r, path)
+        content = _source_content(r, source)
+        copy = directory / name / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(
+            content if content is not None else f"stand-in for Secret {source.name}".encode()
+        )
+        copies[name] = copy
+    return copies
+
+
+def _valid_settings(r: Rendering, tmp_path: Path) -> settings_mod.Settings:
+    """The rendered settings, with the model and every mounted file replaced by local copies,
+    through Settings.validate() as `serve` runs it."""
+    _, settings = _sidecar_settings(r, tmp_path)
+    stand_in = tmp_path / "model.onnx"
+    stand_in.write_bytes(b"onnx")
+    files = _materialize(r, settings, tmp_path / "etc")
+    return dataclasses.replace(settings, model=stand_in, **files).validate()
 
 
 def _serve_flags() -> dict[str, str]:
@@ -249,6 +428,16 @@ def _prestop_sleep(container: dict[str, Any]) -> int:
     return int(command[1])
 
 
+def _probe_port(container: dict[str, Any], probe: dict[str, Any]) -> int:
+    """The container port a probe dials (named ports resolved)."""
+    (kind,) = [k for k in ("grpc", "tcpSocket", "httpGet", "exec") if k in probe]
+    assert kind != "exec", "an exec probe checks nothing the kubelet can reach"
+    port = probe[kind]["port"]
+    if isinstance(port, str):
+        (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return int(port)
+
+
 # ── every rendering: schema validity ───────────────────────────────────────────────────
 
 
@@ -270,36 +459,72 @@ def test_every_document_validates_against_the_kubernetes_schema(rendering: Rende
 # ── every rendering: the pod ───────────────────────────────────────────────────────────
 
 
-def test_sidecar_args_are_accepted_by_the_real_cli(rendering: Rendering, tmp_path: Path) -> None:
-    args, settings = _sidecar_settings(rendering, tmp_path)
+def test_sidecar_args_build_valid_settings(rendering: Rendering, tmp_path: Path) -> None:
+    settings = _valid_settings(rendering, tmp_path)
     assert settings.upstream is not None, "the sidecar must run in forwarding mode"
     host, _, port = settings.upstream.rpartition(":")
     assert host in ("127.0.0.1", "localhost")
     assert int(port) in {p["containerPort"] for p in rendering.model_server["ports"]}
     assert settings.host == "0.0.0.0"
     assert settings.model_name, "--model-name must match the model server's model name"
-    # Settings.validate() needs the model file: run it on a stand-in, everything else real.
-    stand_in = tmp_path / "model.onnx"
-    stand_in.write_bytes(b"onnx")
-    dataclasses.replace(settings, model=stand_in).validate()
+    if settings.tls_cert is not None or settings.tls_key is not None:
+        assert settings.tls_cert and settings.tls_key, "--tls-cert and --tls-key go together"
+    if settings.upstream_cert is not None or settings.upstream_key is not None:
+        assert settings.upstream_cert and settings.upstream_key and settings.upstream_ca
 
 
-def test_sidecar_probes_use_grpc_health_on_the_inference_port(
+def test_mounted_files_load_with_the_sidecars_own_readers(
+    rendering: Rendering, tmp_path: Path
+) -> None:
+    """Guards, baseline and access files the rendering ships parse as `serve` parses them."""
+    _, settings = _sidecar_settings(rendering, tmp_path)
+    files = _materialize(rendering, settings, tmp_path / "etc")
+    for name, copy in files.items():
+        if copy.read_bytes().startswith(b"stand-in"):
+            continue  # a Secret the user brings
+        if name == "guards":
+            assert load_guards(copy).sha256
+        elif name == "baseline":
+            Baseline.from_json(copy.read_text())
+            assert copy.stat().st_size < CONFIGMAP_LIMIT
+        elif name in ("audit_access", "inference_access"):
+            Access.load(copy)
+
+
+def test_probes_use_a_plaintext_port_the_health_port_when_tls_is_on(
     rendering: Rendering, tmp_path: Path
 ) -> None:
     _, settings = _sidecar_settings(rendering, tmp_path)
     c = rendering.sidecar
-    inference = rendering.port(c, "inference")
-    assert inference == settings.port
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"] == {"port": inference}, probe
+    assert all(p in c for p in PROBES)
+    tls_ports = {settings.port, settings.audit_port} if settings.tls_cert else set()
+    if settings.tls_cert:
+        assert settings.health_port, "TLS on: the kubelet's gRPC probes need --health-port"
+        assert rendering.port(c, "health") == settings.health_port
+        expected = settings.health_port
+    else:
+        assert rendering.port(c, "inference") == settings.port
+        expected = settings.port
+    for name in PROBES:
+        port = _probe_port(c, c[name])
+        assert port == expected, (name, port)
+        assert port not in tls_ports, f"{name} dials a TLS port; kubelet probes speak plaintext"
+
+
+def test_liveness_asks_for_the_liveness_service(rendering: Rendering) -> None:
+    """Readiness (and startup) follow service "": ledger healthy and upstream ready. Liveness
+    asks for "liveness", SERVING while the process runs, so an unready model server takes
+    the pod out of the endpoints without restarting the sidecar."""
+    c = rendering.sidecar
+    assert c["livenessProbe"]["grpc"]["service"] == "liveness"
+    assert c["readinessProbe"]["grpc"].get("service", "") == ""
     startup = c["startupProbe"]
     if rendering.native:
         # The model server starts after the native sidecar's startup probe passes, and the
         # gRPC health status waits for the model server: the startup probe must not.
-        assert startup["tcpSocket"]["port"] == inference
+        assert set(startup) & {"grpc", "tcpSocket"} == {"tcpSocket"}
     else:
-        assert startup["grpc"] == {"port": inference}
+        assert startup["grpc"].get("service", "") == ""
 
 
 def test_every_container_runs_non_root_with_a_read_only_root(rendering: Rendering) -> None:
@@ -343,6 +568,10 @@ def test_ledger_is_a_per_replica_claim_mounted_where_ledger_points(
     assert mount["name"] not in {v["name"] for v in rendering.pod["volumes"]}
     policy = rendering.statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]
     assert policy == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    for name, path in _file_settings(settings).items():  # the hash key above all
+        assert _mount(rendering.sidecar, path)["name"] != mount["name"], (
+            f"--{name} must not live on the ledger's volume"
+        )
 
 
 def test_model_file_is_on_a_volume_shared_with_the_model_server(
@@ -385,11 +614,15 @@ def test_container_ports_are_distinct_and_clear_of_model_server_ports(
     names = [p["name"] for c in rendering.all_containers() for p in c.get("ports", [])]
     assert len(names) == len(set(names)), names
     sidecar = {p["name"]: p["containerPort"] for p in rendering.sidecar["ports"]}
-    assert sidecar == {
+    expected = {
         "inference": settings.port,
         "audit": settings.audit_port,
         "metrics": settings.metrics_port,
     }
+    if settings.health_port:
+        expected["health"] = settings.health_port
+    assert sidecar == expected
+    assert len(set(sidecar.values())) == len(sidecar)
     assert not set(sidecar.values()) & MODEL_SERVER_PORTS
 
 
@@ -422,21 +655,64 @@ def test_service_links_cannot_shadow_mlwitness_settings(rendering: Rendering) ->
     assert rendering.pod["automountServiceAccountToken"] is False
 
 
-def test_config_volume_holds_settings_guards_and_baselines(rendering: Rendering) -> None:
-    mount = _mount(rendering.sidecar, Path("/etc/mlwitness/guards.toml"))
-    assert mount["mountPath"] == "/etc/mlwitness" and mount["readOnly"] is True
-    sources = rendering.volume(mount["name"])["projected"]["sources"]
-    configmaps = {cm["metadata"]["name"]: cm for cm in rendering.of_kind("ConfigMap")}
-    files: set[str] = set()
-    for source in sources:
-        if "configMap" in source:
-            assert source["configMap"]["name"] in configmaps, "a ConfigMap the pod mounts"
-            files |= set(configmaps[source["configMap"]["name"]]["data"])
-    assert {"mlwitness.toml", "guards.toml", "baselines.json"} <= files
-    for source in sources:  # the optional TLS and token Secrets land in their own subfolders
-        if "secret" in source:
-            paths = [item["path"] for item in source["secret"]["items"]]
-            assert all(p.startswith(("tls/", "tokens/")) for p in paths), paths
+def test_every_file_a_flag_names_comes_from_the_read_only_config_volume(
+    rendering: Rendering, tmp_path: Path
+) -> None:
+    _, settings = _sidecar_settings(rendering, tmp_path)
+    config = parser().parse_args(_sidecar_args(rendering)).config
+    assert config == CONFIG_DIR / "mlwitness.toml"
+    mount = _mount(rendering.sidecar, config)
+    assert mount["mountPath"] == str(CONFIG_DIR) and mount["readOnly"] is True
+    read_by_flags = {"mlwitness.toml"}
+    for name, path in _file_settings(settings).items():
+        assert _mount(rendering.sidecar, path) is mount, f"--{name} {path}"
+        source = _projected_source(rendering, path)
+        expected = "configMap" if name in MONITORING_FILES else "secret"
+        assert source.kind == expected, (name, source)
+        assert not source.optional, f"--{name}: the pod must not start without the file"
+        read_by_flags.add(path.relative_to(CONFIG_DIR).as_posix())
+    # and nothing is mounted that no flag reads (a certificate nobody uses is a mistake)
+    assert _projected_paths(rendering, mount["name"]) == read_by_flags
+
+
+def test_audit_access_secret_is_mounted_where_audit_access_points(
+    rendering: Rendering, tmp_path: Path
+) -> None:
+    _, settings = _sidecar_settings(rendering, tmp_path)
+    if settings.audit_access is None:
+        # Only the chart may leave it off (auditAccess.existingSecret unset; NOTES warn).
+        assert rendering.name.startswith("helm"), "the kustomize base must lock the audit port"
+        return
+    source = _projected_source(rendering, settings.audit_access)
+    assert source.kind == "secret" and not source.optional
+    assert source.name in {s["secret"]["name"] for s in _secret_sources(rendering)}
+    if rendering.name.startswith("kustomize"):  # the base generates the example Secret
+        content = rendering.secrets()[source.name][source.key]
+        copy = tmp_path / "audit.toml"
+        copy.write_bytes(content)
+        access = Access.load(copy)
+        assert set(access.tokens) == {PLACEHOLDER_SHA256}, "the example must grant nobody"
+        assert not access.identities
+
+
+def _secret_sources(r: Rendering) -> list[dict[str, Any]]:
+    mount = _mount(r.sidecar, CONFIG_DIR / "mlwitness.toml")
+    return [s for s in r.volume(mount["name"])["projected"]["sources"] if "secret" in s]
+
+
+@pytest.mark.parametrize("name", KUSTOMIZE_RENDERINGS)
+def test_kustomize_runs_guards_baseline_and_audit_access(name: str, tmp_path: Path) -> None:
+    r = _render(name)
+    _, settings = _sidecar_settings(r, tmp_path)
+    assert settings.guards == CONFIG_DIR / "guards.toml"
+    assert settings.guard_mode == "observe"
+    assert settings.baseline == CONFIG_DIR / "baseline.json"
+    assert settings.drift_interval > 0
+    assert settings.audit_access is not None
+    tls = name.endswith("-tls")
+    assert (settings.tls_cert is not None) is tls
+    if tls:  # mTLS: callers and auditors present certificates
+        assert settings.tls_client_ca is not None and settings.health_port == 8703
 
 
 # ── every rendering: Services and the NetworkPolicy ────────────────────────────────────
@@ -471,6 +747,8 @@ def test_audit_service_selects_the_pods_and_exposes_only_the_audit_port(
         s for s in services if s["metadata"]["name"] == rendering.statefulset["spec"]["serviceName"]
     ]
     assert len(governing) == 1 and governing[0]["spec"]["clusterIP"] == "None"
+    exposed = {p.get("targetPort") for s in services for p in s["spec"]["ports"]}
+    assert "health" not in exposed and settings.health_port not in exposed
 
 
 def test_network_policy_admits_the_audit_port_only_from_auditor_namespaces(
@@ -496,6 +774,7 @@ def test_network_policy_admits_the_audit_port_only_from_auditor_namespaces(
                 labels = peer["namespaceSelector"]["matchLabels"]
                 assert labels.items() >= {AUDITOR_LABEL}
     assert audit_rules == 1
+    # The health port stays closed to other pods: the kubelet's probes need no rule.
     opened = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
     assert opened == {settings.port, settings.audit_port, settings.metrics_port}
 
@@ -503,23 +782,217 @@ def test_network_policy_admits_the_audit_port_only_from_auditor_namespaces(
 # ── kustomize specifics ────────────────────────────────────────────────────────────────
 
 
-@pytest.mark.skipif(KUBECTL is None, reason=f"kubectl is not installed: {INSTALL_HINT}")
-def test_native_sidecar_overlay_changes_only_the_sidecar() -> None:
-    base = {(d["kind"], d["metadata"]["name"]): d for d in _kustomize(".")}
-    native = {(d["kind"], d["metadata"]["name"]): d for d in _kustomize("overlays/native-sidecar")}
-    assert base.keys() == native.keys()
+def _by_key(docs: tuple[dict[str, Any], ...]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def _sidecar_of(doc: dict[str, Any]) -> dict[str, Any]:
+    pod = doc["spec"]["template"]["spec"]
+    (c,) = [c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == SIDECAR]
+    return c
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("plain", "native"),
+    [(".", "overlays/native-sidecar"), ("overlays/tls", "overlays/native-sidecar-tls")],
+)
+def test_native_sidecar_component_changes_only_the_sidecar(plain: str, native: str) -> None:
+    base = _by_key(_kustomize(plain))
+    moved = _by_key(_kustomize(native))
+    assert base.keys() == moved.keys()
     for key in base:
         if key[0] != "StatefulSet":
-            assert base[key] == native[key], key
-    pod = native[("StatefulSet", "mlwitness")]["spec"]["template"]["spec"]
-    (moved,) = [c for c in pod["initContainers"] if c["name"] == SIDECAR]
-    (original,) = [
-        c
-        for c in base[("StatefulSet", "mlwitness")]["spec"]["template"]["spec"]["containers"]
-        if c["name"] == SIDECAR
+            assert base[key] == moved[key], key
+    sts = ("StatefulSet", "mlwitness")
+    assert all(c["name"] != SIDECAR for c in moved[sts]["spec"]["template"]["spec"]["containers"])
+    after, before = _sidecar_of(moved[sts]), _sidecar_of(base[sts])
+    changed = {k for k in after.keys() | before.keys() if after.get(k) != before.get(k)}
+    assert changed == {"restartPolicy", "startupProbe"}
+    # "Listening" on the port the readiness probe uses (the health port with TLS).
+    assert after["startupProbe"]["tcpSocket"]["port"] == before["readinessProbe"]["grpc"]["port"]
+
+
+@needs_kubectl
+def test_tls_component_adds_certificates_health_port_and_moves_the_probes() -> None:
+    base = _by_key(_kustomize("."))
+    tls = _by_key(_kustomize("overlays/tls"))
+    assert base.keys() == tls.keys()
+    for key in base:
+        if key[0] != "StatefulSet":
+            assert base[key] == tls[key], key
+    sts = ("StatefulSet", "mlwitness")
+    before, after = _sidecar_of(base[sts]), _sidecar_of(tls[sts])
+    assert after["args"][: len(before["args"])] == before["args"]
+    assert set(after["args"][len(before["args"]) :]) == {
+        "--tls-cert=/etc/mlwitness/tls/tls.crt",
+        "--tls-key=/etc/mlwitness/tls/tls.key",
+        "--tls-client-ca=/etc/mlwitness/tls/ca.crt",
+        "--health-port=8703",
+    }
+    assert after["ports"] == [
+        *before["ports"],
+        {"name": "health", "containerPort": 8703, "protocol": "TCP"},
     ]
-    changed = {k for k in moved.keys() | original.keys() if moved.get(k) != original.get(k)}
-    assert changed == {"restartPolicy", "startupProbe", "livenessProbe"}
+    changed = {k for k in after.keys() | before.keys() if after.get(k) != before.get(k)}
+    assert changed == {"args", "ports", *PROBES}
+    for probe in PROBES:  # only where they dial: timing stays
+        assert {**after[probe], "grpc": None} == {**before[probe], "grpc": None}
+    pod_before = {**base[sts]["spec"]["template"]["spec"], "containers": None, "volumes": None}
+    pod_after = {**tls[sts]["spec"]["template"]["spec"], "containers": None, "volumes": None}
+    assert pod_before == pod_after
+    volumes_before = {v["name"]: v for v in base[sts]["spec"]["template"]["spec"]["volumes"]}
+    volumes_after = {v["name"]: v for v in tls[sts]["spec"]["template"]["spec"]["volumes"]}
+    sources_before = volumes_before.pop("config")["projected"]["sources"]
+    sources_after = volumes_after.pop("config")["projected"]["sources"]
+    assert volumes_before == volumes_after
+    assert sources_after[: len(sources_before)] == sources_before
+    (added,) = sources_after[len(sources_before) :]
+    assert added["secret"]["name"] == "mlwitness-tls" and "optional" not in added["secret"]
+
+
+@needs_kubectl
+def test_an_overlay_replaces_the_example_access_file_under_the_same_name(tmp_path: Path) -> None:
+    """Users swap the placeholder Secret for their own from an overlay; the name has no hash
+    suffix, so the pod mounts theirs and a later change reaches the pod without a restart."""
+    access = tmp_path / "audit-access.toml"
+    digest = hashlib.sha256(b"not a real token").hexdigest()
+    access.write_text(f'[[tokens]]\nname = "alice"\nrole = "auditor"\nsha256 = "{digest}"\n')
+    base = os.path.relpath(KUSTOMIZE / "base", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [base],
+                "secretGenerator": [
+                    {
+                        "name": "mlwitness-audit-access",
+                        "behavior": "replace",
+                        "files": ["access.toml=audit-access.toml"],
+                    }
+                ],
+            }
+        )
+    )
+    r = Rendering("user-overlay", False, _kustomize_dir(tmp_path))
+    _, settings = _sidecar_settings(r, tmp_path)
+    assert settings.audit_access is not None
+    source = _projected_source(r, settings.audit_access)
+    assert source.name == "mlwitness-audit-access"
+    assert r.secrets()[source.name][source.key] == access.read_bytes()
+
+
+def _build_demo_model(directory: Path) -> Path:
+    _run([sys.executable, str(CREDIT_BUILDER), "--out-dir", str(directory)])
+    return directory / "credit.onnx"
+
+
+def test_example_guards_and_baseline_come_from_the_demo_model(tmp_path: Path) -> None:
+    """base/config/ holds what `mlwitness baseline` and `mlwitness guards suggest` make from
+    the demo model: regenerate them when examples/credit changes."""
+    model = _build_demo_model(tmp_path)
+    baseline = json.loads((BASE_CONFIG / "baseline.json").read_text())
+    assert baseline["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert baseline["settings"]["sample_size"] <= 500, "keep the ConfigMap small"
+    guards = (BASE_CONFIG / "guards.toml").read_text()
+    assert re.search(r"^# Guards suggested from baseline [0-9a-f]{64}$", guards, re.M)
+    config = load_guards(BASE_CONFIG / "guards.toml")
+    features = tomllib.loads((BASE_CONFIG / "mlwitness.toml").read_text())["features"]
+    inputs = {name for name in config.to_dict().get("features", {})}
+    assert set(features) <= inputs
+    files = (BASE_CONFIG / "guards.toml", BASE_CONFIG / "baseline.json")
+    assert sum(p.stat().st_size for p in files) < CONFIGMAP_LIMIT
+
+
+def test_no_real_token_is_shipped() -> None:
+    access = Access.load(BASE_CONFIG / "audit-access.toml")
+    assert set(access.tokens) == {PLACEHOLDER_SHA256} and not access.identities
+    text = (BASE_CONFIG / "audit-access.toml").read_text()
+    assert "mlwitness token add" in text
+    for path in DEPLOY.rglob("*"):
+        if path.is_file():
+            assert not re.search(r"mlw_[A-Za-z0-9_-]{20,}", path.read_text(errors="replace")), path
+
+
+@needs_kubectl
+def test_tls_overlay_sidecar_probes_in_plaintext_and_serves_callers_over_mtls(
+    tmp_path: Path,
+) -> None:
+    """The TLS overlay's own arguments and files, in a real sidecar: the health port answers
+    the kubelet in plaintext (readiness NOT_SERVING while the upstream is down, liveness
+    SERVING), the inference port answers only mTLS, and the example access file locks the
+    audit port. Guards and the baseline are on the ledger."""
+    try:
+        import security_support as sec
+        from sidecar import closed_port, free_ports, read_ledger, start_sidecar
+    except ImportError:
+        from tests import security_support as sec
+        from tests.sidecar import closed_port, free_ports, read_ledger, start_sidecar
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from mlwitness.protocol import audit_pb2
+
+    r = _render("kustomize-tls")
+    _, settings = _sidecar_settings(r, tmp_path)
+    files = _materialize(r, settings, tmp_path / "etc")
+    pki = sec.make_pki(tmp_path / "pki")
+    files["tls_cert"].write_bytes(pki.server.cert_pem)
+    files["tls_key"].write_bytes(pki.server.key_pem)
+    files["tls_client_ca"].write_bytes(pki.ca.cert.read_bytes())
+    port, audit_port, health_port = free_ports(3)
+    ledger = tmp_path / "mlwitness-0.duckdb"
+    live = dataclasses.replace(
+        settings,
+        **files,
+        model=_build_demo_model(tmp_path / "model"),
+        host="127.0.0.1",
+        port=port,
+        audit_port=audit_port,
+        health_port=health_port,
+        metrics_port=0,
+        ledger=ledger,
+        upstream=f"127.0.0.1:{closed_port()}",  # the model server is not up (yet)
+        durability="write",
+        drain_timeout=1.0,
+    )
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+
+    def check(channel: grpc.Channel, service: str) -> int:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+    running = start_sidecar(live)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as probe:
+            assert check(probe, "liveness") == serving
+            assert check(probe, "") == not_serving
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plaintext:
+            with pytest.raises(grpc.RpcError) as refused:
+                check(plaintext, "liveness")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        with sec.channel(f"127.0.0.1:{port}", ca=pki.ca.cert, client=pki.risk_team) as mtls:
+            assert check(mtls, "liveness") == serving
+        channel, stub = sec.audit_stub(
+            f"127.0.0.1:{audit_port}", ca=pki.ca.cert, client=pki.risk_team
+        )
+        with channel:
+            status = sec.status_of(
+                lambda: stub.ListRecords(audit_pb2.ListRecordsRequest(page_size=1), timeout=10)
+            )
+        assert status == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        running.stop()
+    baseline = json.loads((BASE_CONFIG / "baseline.json").read_text())
+    rows = read_ledger(ledger, "SELECT sha256, json FROM baselines")
+    assert [json.loads(text) for _, text in rows] == [baseline]
+    admin = read_ledger(ledger, "SELECT detail FROM entries WHERE kind = 'admin'")
+    actions = {d["action"]: d for d in (json.loads(text) for (text,) in admin)}
+    assert actions["baseline"]["sha256"] == rows[0][0]
+    assert actions["guards"]["mode"] == "observe"
+    assert actions["guards"]["sha256"] == load_guards(BASE_CONFIG / "guards.toml").sha256
 
 
 # ── Helm: static checks (no helm binary needed) ────────────────────────────────────────
@@ -546,6 +1019,9 @@ def test_values_schema_accepts_the_default_values() -> None:
     schema = _schema()
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.Draft7Validator(schema).validate(_values())
+    ports = _values()["mlwitness"]["ports"]
+    assert ports["health"] == 8703
+    assert len(set(ports.values())) == len(ports) and not set(ports.values()) & MODEL_SERVER_PORTS
 
 
 @pytest.mark.parametrize(
@@ -553,9 +1029,17 @@ def test_values_schema_accepts_the_default_values() -> None:
     [
         (("mlwitness", "ports", "audit"), 8001),  # Triton's gRPC port
         (("mlwitness", "ports", "inference"), 8080),  # KServe's
+        (("mlwitness", "ports", "health"), 8081),  # KServe's
         (("mlwitness", "settings", "drain_timeout"), 5),  # a flag: mlwitness.drainTimeout
+        (("mlwitness", "settings", "tls_cert"), "/x.crt"),  # a flag: tls.*
+        (("mlwitness", "settings", "guards"), "/x.toml"),  # a flag: guards.enabled
         (("mlwitness", "settings", "no_such_setting"), 1),
         (("mlwitness", "settings", "durability"), "sometimes"),
+        (("mlwitness", "settings", "guard_mode"), "block"),
+        (("mlwitness", "settings", "hash_inputs"), "applicant_id"),  # a list
+        (("mlwitness", "settings", "drift_interval"), -1),
+        (("tls", "enabled"), "yes"),
+        (("auditTokens",), {"existingSecret": "old-name"}),
         (("nativeSidecar",), "yes"),
         (("typo_at_top_level",), True),
     ],
@@ -584,6 +1068,7 @@ def test_schema_settings_are_the_serve_settings_not_set_as_flags() -> None:
     assert not allowed & as_flags, "a setting is either a flag or in mlwitness.toml, not both"
     missing = serve - allowed - as_flags
     assert not missing, f"add to values.schema.json (mlwitness.settings): {sorted(missing)}"
+    assert set(FILE_SETTINGS) <= as_flags, "file paths are the chart's to set (its mounts)"
 
 
 def _template_files() -> list[Path]:
@@ -612,14 +1097,22 @@ def test_every_top_level_value_is_in_the_readme_table() -> None:
         assert f"`{key}" in readme, f"deploy/README.md does not document `{key}`"
 
 
-# ── Helm: rendering with the real helm ─────────────────────────────────────────────────
+def test_readme_sizing_section_has_measured_figures() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    sizing = readme.split("## Sizing the ledger", 1)[1].split("\n## ", 1)[0]
+    assert "To be measured" not in sizing
+    assert "python bench/bench_ledger_size.py" in sizing
+    assert re.search(r"\d+ bytes per record", sizing)
+    assert (ROOT / "bench" / "bench_ledger_size.py").is_file()
 
-needs_helm = pytest.mark.skipif(HELM is None, reason=f"helm is not installed: {INSTALL_HINT}")
+
+# ── Helm: rendering with the real helm ─────────────────────────────────────────────────
 
 
 @needs_helm
 def test_chart_lints_strictly() -> None:
     _run([HELM, "lint", "--strict", str(CHART)])  # type: ignore[list-item]
+    _run([HELM, "lint", "--strict", str(CHART), *HELM_MONITORING, *HELM_TLS])  # type: ignore[list-item]
 
 
 @needs_helm
@@ -633,9 +1126,18 @@ def test_chart_lints_strictly() -> None:
             "must exceed",
         ),
         (["--set", "nativeSidecar=true"], "1.28.0", "nativeSidecar needs Kubernetes >= 1.29"),
-        (["--set", "mlwitness.ports.metrics=8702"], KUBE_VERSION, "three different ports"),
+        (["--set", "mlwitness.ports.metrics=8702"], KUBE_VERSION, "four different ports"),
+        (["--set", "mlwitness.ports.health=8701"], KUBE_VERSION, "four different ports"),
         (["--set", "mlwitness.ports.audit=8001"], KUBE_VERSION, "mlwitness.ports.audit"),
         (["--set", "mlwitness.settings.drain_timeout=5"], KUBE_VERSION, "drain_timeout"),
+        (["--set", "tls.enabled=true"], KUBE_VERSION, "tls.enabled needs tls.existingSecret"),
+        (
+            ["--set", "upstreamTls.enabled=true"],
+            KUBE_VERSION,
+            "upstreamTls.enabled needs upstreamTls.existingSecret",
+        ),
+        (["--set", "guards.enabled=true"], KUBE_VERSION, "guards.enabled needs the guard file"),
+        (["--set", "baseline.enabled=true"], KUBE_VERSION, "baseline.enabled needs the baseline"),
     ],
 )
 def test_chart_refuses_unsafe_values(args: list[str], kube: str, message: str) -> None:
@@ -645,12 +1147,37 @@ def test_chart_refuses_unsafe_values(args: list[str], kube: str, message: str) -
 
 
 @needs_helm
-def test_chart_config_changes_roll_the_pods() -> None:
+def test_chart_refuses_a_baseline_too_large_for_a_configmap(tmp_path: Path) -> None:
+    big = tmp_path / "baseline.json"
+    big.write_text(json.dumps({"sample": list(range(200_000))}))
+    args = ["--set", "baseline.enabled=true", "--set-file", f"baseline.json={big}"]
+    done = subprocess.run(_helm_cmd(*args), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "a ConfigMap holds at most 1 MiB" in done.stderr, done.stderr
+
+
+@needs_helm
+def test_chart_config_changes_roll_the_pods(tmp_path: Path) -> None:
     def checksum(*args: str) -> str:
         (sts,) = [d for d in _helm(*args) if d["kind"] == "StatefulSet"]
         return sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
     assert checksum() != checksum("--set", "mlwitness.settings.log_level=debug")
+    edited = tmp_path / "guards.toml"
+    edited.write_text((BASE_CONFIG / "guards.toml").read_text() + "\n# edited\n")
+    assert checksum(*HELM_MONITORING) != checksum(
+        *HELM_MONITORING, "--set-file", f"guards.toml={edited}"
+    )
+
+
+@needs_helm
+def test_chart_without_tls_opens_no_health_port(tmp_path: Path) -> None:
+    r = Rendering("helm-default", False, _helm())
+    _, settings = _sidecar_settings(r, tmp_path)
+    assert settings.health_port == 0 and settings.tls_cert is None
+    assert "health" not in {p["name"] for p in r.sidecar["ports"]}
+    (files,) = r.configmaps().values()
+    assert set(files) == {"mlwitness.toml"}, "no guards or baseline unless enabled"
 
 
 # ── the container image ────────────────────────────────────────────────────────────────

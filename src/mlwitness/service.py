@@ -56,7 +56,7 @@ _ID_COUNTER = itertools.count(1)
 def new_request_id() -> str:
     """A request id for a caller that sent none: random per process, then a counter
     (cheaper than uuid4 on every call, and still unique across restarts)."""
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"  # 32 hex digits, like a UUID's
 
 
 class InferenceService:

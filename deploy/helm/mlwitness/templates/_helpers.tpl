@@ -55,15 +55,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.model.fetch.enabled (not .Values.model.existingClaim) }}true{{ end }}
 {{- end }}
 
+{{/* Whether the sidecar's ports use TLS; the probes then use the plaintext health port. */}}
+{{- define "mlwitness.tls" -}}
+{{- if .Values.tls.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The port the kubelet's gRPC probes dial: the health port with TLS, else inference. */}}
+{{- define "mlwitness.probePort" -}}
+{{- if include "mlwitness.tls" . }}{{ .Values.mlwitness.ports.health }}{{ else }}{{ .Values.mlwitness.ports.inference }}{{ end }}
+{{- end }}
+
 {{/*
-Checks that JSON schema cannot express: the sidecar's ports must not collide with the
-model server's, and the grace period must leave room for preStop + drain (in native
-sidecar mode, after the model server has stopped).
+Checks that JSON schema cannot express: the sidecar's ports must differ from each other
+and from the model server's, the grace period must leave room for preStop + drain (in
+native sidecar mode, after the model server has stopped), and every enabled file must
+have a source.
 */}}
 {{- define "mlwitness.validate" -}}
-{{- $sidecar := list (int .Values.mlwitness.ports.inference) (int .Values.mlwitness.ports.audit) (int .Values.mlwitness.ports.metrics) }}
-{{- if ne (len (uniq $sidecar)) 3 }}
-{{- fail (printf "mlwitness.ports must be three different ports, got %v" $sidecar) }}
+{{- $p := .Values.mlwitness.ports }}
+{{- $sidecar := list (int $p.inference) (int $p.audit) (int $p.metrics) (int $p.health) }}
+{{- if ne (len (uniq $sidecar)) 4 }}
+{{- fail (printf "mlwitness.ports must be four different ports (inference, audit, metrics, health), got %v" $sidecar) }}
 {{- end }}
 {{- range .Values.modelServer.ports }}
 {{- if has (int .containerPort) $sidecar }}
@@ -84,6 +96,22 @@ sidecar mode, after the model server has stopped).
 {{- if and .Values.nativeSidecar (not (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version)) }}
 {{- fail (printf "nativeSidecar needs Kubernetes >= 1.29 (this cluster: %s)" .Capabilities.KubeVersion.Version) }}
 {{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs tls.existingSecret: a Secret with tls.crt, tls.key (and ca.crt for tls.clientAuth)" }}
+{{- end }}
+{{- if and .Values.upstreamTls.enabled (not .Values.upstreamTls.existingSecret) }}
+{{- fail "upstreamTls.enabled needs upstreamTls.existingSecret: a Secret with ca.crt (and tls.crt, tls.key for upstreamTls.clientCert)" }}
+{{- end }}
+{{- if and .Values.guards.enabled (not (trim .Values.guards.toml)) }}
+{{- fail "guards.enabled needs the guard file: --set-file guards.toml=guards.toml (mlwitness guards suggest)" }}
+{{- end }}
+{{- if and .Values.baseline.enabled (not (trim .Values.baseline.json)) }}
+{{- fail "baseline.enabled needs the baseline: --set-file baseline.json=baseline.json (mlwitness baseline)" }}
+{{- end }}
+{{- $files := add (len .Values.guards.toml) (len .Values.baseline.json) }}
+{{- if gt $files 1000000 }}
+{{- fail (printf "guards.toml + baseline.json are %d bytes; a ConfigMap holds at most 1 MiB (mlwitness baseline --sample-size makes it smaller)" $files) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -93,6 +121,7 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
 {{- define "mlwitness.container" -}}
 {{- $ports := .Values.mlwitness.ports -}}
 {{- $probes := .Values.mlwitness.probes -}}
+{{- $probePort := include "mlwitness.probePort" . -}}
 - name: mlwitness
   image: {{ include "mlwitness.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -113,6 +142,36 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     - --audit-port={{ $ports.audit }}
     - --metrics-port={{ $ports.metrics }}
     - --drain-timeout={{ .Values.mlwitness.drainTimeout }}
+    {{- if .Values.guards.enabled }}
+    - --guards=/etc/mlwitness/guards.toml
+    {{- end }}
+    {{- if .Values.baseline.enabled }}
+    - --baseline=/etc/mlwitness/baseline.json
+    {{- end }}
+    {{- if .Values.tls.enabled }}
+    - --tls-cert=/etc/mlwitness/tls/tls.crt
+    - --tls-key=/etc/mlwitness/tls/tls.key
+    {{- if .Values.tls.clientAuth }}
+    - --tls-client-ca=/etc/mlwitness/tls/ca.crt
+    {{- end }}
+    - --health-port={{ $ports.health }}
+    {{- end }}
+    {{- if .Values.upstreamTls.enabled }}
+    - --upstream-ca=/etc/mlwitness/upstream-tls/ca.crt
+    {{- if .Values.upstreamTls.clientCert }}
+    - --upstream-cert=/etc/mlwitness/upstream-tls/tls.crt
+    - --upstream-key=/etc/mlwitness/upstream-tls/tls.key
+    {{- end }}
+    {{- end }}
+    {{- if .Values.auditAccess.existingSecret }}
+    - --audit-access=/etc/mlwitness/access/audit.toml
+    {{- end }}
+    {{- if .Values.inferenceAccess.existingSecret }}
+    - --inference-access=/etc/mlwitness/access/inference.toml
+    {{- end }}
+    {{- if .Values.hashKey.existingSecret }}
+    - --hash-key=/etc/mlwitness/hash-key/hash.key
+    {{- end }}
     {{- range .Values.mlwitness.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -127,27 +186,29 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     - {name: inference, containerPort: {{ $ports.inference }}, protocol: TCP}
     - {name: audit, containerPort: {{ $ports.audit }}, protocol: TCP}
     - {name: metrics, containerPort: {{ $ports.metrics }}, protocol: TCP}
+    {{- if .Values.tls.enabled }}
+    - {name: health, containerPort: {{ $ports.health }}, protocol: TCP}
+    {{- end }}
+  # grpc.health.v1 on the inference port, or with TLS on the plaintext health port (the
+  # kubelet's gRPC probes cannot speak TLS). Service "" is readiness: SERVING once the
+  # ledger is healthy and the upstream ready, NOT_SERVING from SIGTERM on. Service
+  # "liveness" is SERVING while the process runs: an unready model server takes the pod
+  # out of the endpoints but does not restart the sidecar.
   startupProbe:
     {{- if .Values.nativeSidecar }}
     # The model server starts only once this passes, and the gRPC health status waits for
     # the model server: probe "listening" instead.
-    tcpSocket: {port: {{ $ports.inference }}}
+    tcpSocket: {port: {{ $probePort }}}
     {{- else }}
-    grpc: {port: {{ $ports.inference }}}
+    grpc: {port: {{ $probePort }}}
     {{- end }}
     {{- toYaml $probes.startup | nindent 4 }}
   readinessProbe:
-    grpc: {port: {{ $ports.inference }}}
+    grpc: {port: {{ $probePort }}}
     {{- toYaml $probes.readiness | nindent 4 }}
   livenessProbe:
-    grpc: {port: {{ $ports.inference }}}
-    {{- if .Values.nativeSidecar }}
-    {{- $startupBudget := mul (int $probes.startup.periodSeconds) (int $probes.startup.failureThreshold) }}
-    {{- $nativeThreshold := max (int $probes.liveness.failureThreshold) (div $startupBudget (int $probes.liveness.periodSeconds)) }}
-    {{- toYaml (merge (dict "failureThreshold" $nativeThreshold) $probes.liveness) | nindent 4 }}
-    {{- else }}
+    grpc: {port: {{ $probePort }}, service: liveness}
     {{- toYaml $probes.liveness | nindent 4 }}
-    {{- end }}
   {{- if .Values.mlwitness.preStopSleepSeconds }}
   lifecycle:
     preStop:
