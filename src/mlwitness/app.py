@@ -93,6 +93,25 @@ def add_health_and_reflection(server: grpc.aio.Server, services: list[str]) -> A
     return servicer
 
 
+def _known_columns(tabulator: Tabulator, signature: Signature) -> set[str]:
+    """Column names the ledger will give this model's inputs and outputs."""
+    names: set[str] = set()
+    for spec in (*signature.inputs, *signature.outputs):
+        width = spec.shape[1] if len(spec.shape) == 2 and spec.shape[1] > 0 else 1
+        names.update(tabulator.column_names(spec.name, width, len(spec.shape)))
+    return names
+
+
+def _warn_unknown(what: str, columns: list[str], known: set[str]) -> None:
+    """Guards or baseline columns that match no model column would silently never fire
+    (request parameters are the legitimate exception: they are not known in advance)."""
+    unknown = sorted(set(columns) - known)
+    if unknown:
+        log.warning("%s names columns the model has none of: %s (known: %s). They apply only "
+                    "to request parameters of that name; check --features.", what,
+                    ", ".join(unknown), ", ".join(sorted(known)))
+
+
 def _stamp(path: Any) -> str | None:
     """A file's content fingerprint (content, not mtime: a same-size edit within one clock
     tick must still be noticed). Files watched here are small."""
@@ -173,8 +192,10 @@ class Sidecar:
             self.metrics.watch_ledger(self.ledger)
         if s.baseline:
             await self._store_baseline(s.baseline)
+        known = _known_columns(self.ledger.tabulator, model.signature)
         if s.guards:
             config = load_guards(s.guards)
+            _warn_unknown("guard file", [*config.features, *config.outputs], known)
             self.checks = InlineChecks(config, s.guard_mode, self.ledger.tabulator, self.metrics)
             self._guards_stamp = _stamp(s.guards)
             await self.record_guards(config, source=str(s.guards), caller="startup")
@@ -255,6 +276,10 @@ class Sidecar:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"--baseline {path} is not a baseline file: {exc}") from exc
         self.baseline = baseline
+        assert self.model_file is not None
+        _warn_unknown("baseline", [c for c in baseline.columns if c != baseline.label],
+                      _known_columns(
+            self.ledger.tabulator, OnnxModel(self.model_file.onnx).signature))
         sha = self.ledger.write(lambda con: store_baseline(con, baseline, Path(path).name))
         now = time.time_ns() // 1000
         await self.ledger.append(Record(
@@ -275,22 +300,33 @@ class Sidecar:
 
             def compute(until: int) -> Any:
                 ledger.sync()
-                return drift_report(ledger.cursor(), baseline,
-                                    since_us=until - int(s.drift_window * 1e6), until_us=until)
+                cursor = ledger.cursor()
+                try:
+                    return drift_report(cursor, baseline, until_us=until,
+                                        since_us=until - int(s.drift_window * 1e6))
+                finally:
+                    cursor.close()
 
             try:
                 report = await asyncio.to_thread(compute, now)
             except Exception:
                 log.exception("periodic drift computation failed")
                 continue
+            # Replace, don't accumulate: a column without data this time shows nothing.
+            metrics.drift_score.clear()
+            metrics.drift_detected.clear()
+            detected: dict[str, float] = {}
             for feature in report.features:
                 for statistic in ("psi", "ks_statistic", "js_distance", "wasserstein",
                                   "chi2_pvalue", "linf"):
                     value = feature.statistics.get(statistic)
                     if isinstance(value, int | float):
                         metrics.drift_score.labels(feature.name, statistic).set(value)
-                metrics.drift_detected.labels(feature.name).set(
-                    1.0 if feature.verdict == "drift" else 0.0)
+                # a column analysed both ways (label) drifts if either view does
+                hit = 1.0 if feature.verdict == "drift" else 0.0
+                detected[feature.name] = max(detected.get(feature.name, 0.0), hit)
+            for name, value in detected.items():
+                metrics.drift_detected.labels(name).set(value)
 
     def _reload_access(self) -> None:
         """Pick up edited access files (token rotation) without a restart."""

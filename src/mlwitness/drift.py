@@ -27,8 +27,11 @@ NULL, NaN and ±inf values are *missing*: counted, never binned or tested.
 Verdicts (:class:`Thresholds`, defaults in brackets): a numeric column drifts when
 PSI > ``psi`` [0.2], or KS p < ``ks_pvalue`` [0.01] *and* KS D > ``ks_statistic`` [0.1]
 (significant *and* large: with a million rows a negligible shift is significant), or JS >
-``js`` [0.1]. A categorical column drifts when χ² p < ``chi2_pvalue`` [0.01] *and* L∞ >
-``linf`` [0.1]. Other verdicts: ``no_data`` (no value in the window), ``no_reference``,
+``js`` [0.1]; the PSI and JS rules count only when a χ² test of the binned counts against
+the reference proportions is significant (p < ``chi2_pvalue``), since on a window of a
+few hundred rows sampling noise alone exceeds them. A categorical column drifts when
+χ² p < ``chi2_pvalue`` [0.01] *and* L∞ > ``linf`` [0.1]. Other verdicts: ``no_data``
+(no value in the window), ``no_reference``,
 ``insufficient_data`` (fewer than ``min_count`` [30] values: statistics shown, no call).
 The report's verdict is ``drift`` if any column drifts, else ``ok``; ``no_data`` for an
 empty window, ``no_reference`` when the reference has no data for any analysed column.
@@ -375,10 +378,15 @@ def _numeric(col: _Column, values: np.ndarray, bins: np.ndarray, t: Thresholds
         "edges": col.edges.tolist(), "counts": bins.tolist(),
         "reference_counts": col.ref_bins.tolist(), "reference_sample": int(col.ref_sorted.size),
     }
+    # PSI and JS are effect sizes: on a small window sampling noise alone exceeds them, so
+    # they count only when the binned counts also differ significantly (χ², same bins).
+    binned = stats.chi2_goodness_of_fit(bins, col.ref_bins)
+    s["binned_chi2_pvalue"] = binned.pvalue
+    significant = binned.pvalue < t.chi2_pvalue
     reasons = [name for name, hit in (
-        ("psi", s["psi"] > t.psi),
+        ("psi", s["psi"] > t.psi and significant),
         ("ks", ks.pvalue < t.ks_pvalue and ks.statistic > t.ks_statistic),
-        ("js", s["js_distance"] > t.js),
+        ("js", s["js_distance"] > t.js and significant),
     ) if hit]
     return s, reasons
 
