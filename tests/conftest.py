@@ -200,3 +200,22 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for process in started:
         process.close()
+
+
+# ── the audit tests' shared ledger (one per test module: module scope) ────────────────
+
+@pytest.fixture(scope="module")
+def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A ledger of recorded credit decisions (tests/audit_support.py), per test module."""
+    from audit_support import recorded_ledger
+
+    return recorded_ledger(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def audit_sidecar(tmp_path_factory: pytest.TempPathFactory, audit_ledger: Any) -> Iterator[Any]:
+    """A sidecar with its audit port, serving a copy of `audit_ledger`."""
+    from audit_support import sidecar_on_copy
+
+    with sidecar_on_copy(tmp_path_factory, audit_ledger) as side:
+        yield side

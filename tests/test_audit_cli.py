@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,9 @@ from audit_support import (
     AuditLedger,
     credit_output_rows,
     credit_run,
-    recorded_ledger,
     run_cli,
-    sidecar_on_copy,
 )
 from sidecar import mlwitness_command
-
-
-@pytest.fixture(scope="module")
-def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> AuditLedger:
-    return recorded_ledger(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def audit_sidecar(tmp_path_factory: pytest.TempPathFactory,
-                  audit_ledger: AuditLedger) -> Iterator[AuditedSidecar]:
-    with sidecar_on_copy(tmp_path_factory, audit_ledger) as side:
-        yield side
 
 
 def cli(side: AuditedSidecar, *args: str, code: int = 0) -> str:

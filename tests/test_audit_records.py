@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -21,26 +21,12 @@ from audit_support import (
     credit_output_rows,
     credit_row,
     read_only,
-    recorded_ledger,
     ref,
     rpc_error,
-    sidecar_on_copy,
     values,
 )
 
 from mlwitness.protocol import audit_pb2 as apb
-
-
-@pytest.fixture(scope="module")
-def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> AuditLedger:
-    return recorded_ledger(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def audit_sidecar(tmp_path_factory: pytest.TempPathFactory,
-                  audit_ledger: AuditLedger) -> Iterator[AuditedSidecar]:
-    with sidecar_on_copy(tmp_path_factory, audit_ledger) as side:
-        yield side
 
 
 def list_all(side: AuditedSidecar, page_size: int = 1000, **filters: object) -> list[str]:

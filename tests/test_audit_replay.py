@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -23,29 +22,15 @@ from audit_support import (
     credit_output_rows,
     credit_run,
     read_only,
-    recorded_ledger,
     ref,
     rpc_error,
     sha256_file,
-    sidecar_on_copy,
     start_audited_sidecar,
     values,
 )
 from upstream_server import run_mlserver, upstream_venv
 
 from mlwitness.protocol import audit_pb2 as apb
-
-
-@pytest.fixture(scope="module")
-def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> AuditLedger:
-    return recorded_ledger(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def audit_sidecar(tmp_path_factory: pytest.TempPathFactory,
-                  audit_ledger: AuditLedger) -> Iterator[AuditedSidecar]:
-    with sidecar_on_copy(tmp_path_factory, audit_ledger) as side:
-        yield side
 
 
 def replay(side: AuditedSidecar, request_id: str = "", seq: int = 0,

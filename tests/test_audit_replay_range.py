@@ -6,7 +6,6 @@ directly on the same inputs, never from the service itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -19,8 +18,6 @@ from audit_support import (
     Call,
     credit_row,
     credit_run,
-    recorded_ledger,
-    sidecar_on_copy,
     start_audited_sidecar,
     values,
 )
@@ -31,18 +28,6 @@ try:
     from tests import models as test_models
 except ImportError:  # tests/ is on sys.path, not a package
     import models as test_models  # type: ignore[no-redef]
-
-
-@pytest.fixture(scope="module")
-def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> AuditLedger:
-    return recorded_ledger(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def audit_sidecar(tmp_path_factory: pytest.TempPathFactory,
-                  audit_ledger: AuditLedger) -> Iterator[AuditedSidecar]:
-    with sidecar_on_copy(tmp_path_factory, audit_ledger) as side:
-        yield side
 
 
 def replay_range(side: AuditedSidecar, **request: object

@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import grpc
-import pytest
 from audit_support import (
     AuditedSidecar,
     AuditLedger,
     audit_server,
     read_only,
-    recorded_ledger,
     ref,
     rpc_error,
-    sidecar_on_copy,
     start_audited_sidecar,
     stub_for,
 )
@@ -34,18 +30,6 @@ from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.protocol import audit_pb2_grpc
 
 SERVICE = "mlwitness.audit.v1.AuditService"
-
-
-@pytest.fixture(scope="module")
-def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> AuditLedger:
-    return recorded_ledger(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def audit_sidecar(tmp_path_factory: pytest.TempPathFactory,
-                  audit_ledger: AuditLedger) -> Iterator[AuditedSidecar]:
-    with sidecar_on_copy(tmp_path_factory, audit_ledger) as side:
-        yield side
 
 
 def ask_everything(stub: audit_pb2_grpc.AuditServiceStub, ledger: AuditLedger

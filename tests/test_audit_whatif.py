@@ -17,10 +17,8 @@ from audit_support import (
     credit_output_rows,
     credit_row,
     credit_run,
-    recorded_ledger,
     ref,
     rpc_error,
-    sidecar_on_copy,
     start_audited_sidecar,
     values,
 )
@@ -33,18 +31,6 @@ except ImportError:  # tests/ is on sys.path, not a package
     import models as test_models  # type: ignore[no-redef]
 
 INCOME, DEBT_RATIO, FICO = 0, 1, 2
-
-
-@pytest.fixture(scope="module")
-def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> AuditLedger:
-    return recorded_ledger(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def audit_sidecar(tmp_path_factory: pytest.TempPathFactory,
-                  audit_ledger: AuditLedger) -> Iterator[AuditedSidecar]:
-    with sidecar_on_copy(tmp_path_factory, audit_ledger) as side:
-        yield side
 
 
 @pytest.fixture(scope="module")
