@@ -9,6 +9,7 @@ from examples/credit into a temp dir):
     b        bench/bare_server.py: grpc.aio + onnxruntime in-process, no ledger
     a        mlwitness serve, embedded, --durability fsync (the default: durable ledger)
     a_write  mlwitness serve, embedded, --durability write (acked once in the OS)
+    a_guards mlwitness serve, embedded, fsync, with a suggested guard file (observe mode)
     c0       bench/bare_server.py called directly, measured in the same slot as c, on the
              same process that c then forwards to
     c        mlwitness serve --upstream <that bare server> (forwarding, fsync)
@@ -52,6 +53,7 @@ LABELS = {
     "b": "(b)  bare server, no ledger",
     "a": "(a)  sidecar embedded, fsync",
     "a_write": "(a') sidecar embedded, write",
+    "a_guards": "(g)  sidecar fsync + guards, observe",
     "c0": "(c0) bare server, direct",
     "c": "(c)  sidecar forwarding -> (c0)",
 }
@@ -175,7 +177,25 @@ def bare(model: Path, work: Path, tag: str) -> Server:
     )
 
 
-def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = "") -> Server:
+FEATURES = "income,debt_ratio,fico,age,years_employed,open_loans"
+
+
+def guard_files(work: Path) -> list[str]:
+    """`--features/--guards/--baseline` for the guarded configuration: a baseline of the
+    demo training set and the guard file `mlwitness guards suggest` drafts from it."""
+    baseline, guards = work / "baseline.json", work / "guards.toml"
+    if not guards.exists():
+        cli = [sys.executable, "-m", "mlwitness"]
+        subprocess.run([*cli, "baseline", str(work / "train.csv"), "--model",
+                        str(work / "credit.onnx"), "--label", "approved", "--out",
+                        str(baseline)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*cli, "guards", "suggest", str(baseline), "--out", str(guards)],
+                       check=True, stdout=subprocess.DEVNULL)
+    return ["--features", FEATURES, "--guards", str(guards), "--guard-mode", "observe"]
+
+
+def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = "",
+            extra: list[str] | None = None) -> Server:
     ledger = work / f"{tag}.duckdb"
     argv = [
         sys.executable,
@@ -197,6 +217,7 @@ def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = 
     ]
     if upstream:
         argv += ["--upstream", upstream]
+    argv += extra or []
     server = Server(tag, argv, work / f"{tag}.log")
     server.ledger = ledger  # type: ignore[attr-defined]
     return server
@@ -376,8 +397,9 @@ def one_config(
             measure(pool, server, "b", rnd, args, run)
         finally:
             server.stop()
-    elif config in ("a", "a_write"):
-        server = sidecar(model, work, tag, "fsync" if config == "a" else "write")
+    elif config in ("a", "a_write", "a_guards"):
+        server = sidecar(model, work, tag, "write" if config == "a_write" else "fsync",
+                         extra=guard_files(work) if config == "a_guards" else None)
         try:
             acked, calls = measure(pool, server, config, rnd, args, run)
         except BaseException:
@@ -415,7 +437,8 @@ def _points(run: Run, config: str, conc: int) -> dict[int, Point]:
 
 def report(run: Run, args: argparse.Namespace) -> dict[str, object]:
     configs = [
-        c for c in ("b", "a", "a_write", "c0", "c") if any(p.config == c for p in run.points)
+        c for c in ("b", "a", "a_write", "a_guards", "c0", "c")
+        if any(p.config == c for p in run.points)
     ]
     print()
     print(
@@ -469,6 +492,7 @@ def report(run: Run, args: argparse.Namespace) -> dict[str, object]:
         (f"(a) p99 - (b) p99, c={hi}", "a", "b", hi, p99, "<=", 3.0, " ms"),
         (f"(a) p50 - (b) p50, c={lo}", "a", "b", lo, p50, "<=", 0.5, " ms"),
         (f"(a')/(b) throughput, c={hi}", "a_write", "b", hi, ratio, None, None, "x"),
+        (f"(g)/(a) throughput, c={hi}", "a_guards", "a", hi, ratio, ">=", 0.90, "x"),
         (f"(a') p50 - (b) p50, c={lo}", "a_write", "b", lo, p50, None, None, " ms"),
         (f"(c)/(c0) throughput, c={hi}", "c", "c0", hi, ratio, None, None, "x"),
         (f"(c) p50 - (c0) p50, c={lo}", "c", "c0", lo, p50, None, None, " ms"),
@@ -516,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--configs",
         default="b,a,a_write,c",
-        help="comma-separated subset of b,a,a_write,c (c includes c0)",
+        help="comma-separated subset of b,a,a_write,a_guards,c (c includes c0)",
     )
     parser.add_argument(
         "--processes",
