@@ -12,6 +12,7 @@ record names the guard version (SHA-256) that judged it.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -37,12 +38,19 @@ class Verdict:
     rate_events: list[RateStatus]
 
     def to_json(self) -> str:
+        if not self.violations and not self.rate_events:  # the common case: one string
+            return _clean_verdict(self.guards_sha256)
         data: dict[str, Any] = {"guards": self.guards_sha256}
         if self.violations:
             data["violations"] = [v.to_dict() for v in self.violations]
         if self.rate_events:
             data["rate_breaches"] = [s.to_dict() for s in self.rate_events]
         return json.dumps(data, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _clean_verdict(guards_sha256: str) -> str:
+    return json.dumps({"guards": guards_sha256}, sort_keys=True)
 
 
 class InlineChecks:

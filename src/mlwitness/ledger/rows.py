@@ -9,6 +9,7 @@ Other tensors (images, sequences) stay in the request/response bytes only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,10 +67,10 @@ class Tabulator:
                 num_cols.append(matrix.astype(np.float64, copy=False))
         return Rows(
             n,
-            _unique(num_names),
-            np.hstack(num_cols) if num_cols else np.zeros((n, 0)),
-            _unique(text_names),
-            np.hstack(text_cols) if text_cols else np.zeros((n, 0), dtype=object),
+            _unique(tuple(num_names)),
+            _stack(num_cols, n, np.float64),
+            _unique(tuple(text_names)),
+            _stack(text_cols, n, object),
         )
 
 
@@ -178,7 +179,14 @@ def _as_text(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
-def _unique(names: list[str]) -> tuple[str, ...]:
+def _stack(columns: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
+    if len(columns) == 1:  # the common case: one tabular tensor, no copy
+        return columns[0]
+    return np.hstack(columns) if columns else np.zeros((n, 0), dtype=dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
     seen: dict[str, int] = {}
     result = []
     for name in names:
