@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlwitness.codec import DATATYPES, Tensor, decode_inputs, decode_outputs
-from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError
+from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator, numeric_layout
 from mlwitness.runtime import OnnxModel
@@ -87,6 +87,33 @@ def _check_not_minimised(record: Record, request: object) -> None:
         raise FailedPrecondition(
             f"record seq {record.seq}: model input(s) {', '.join(sorted(gone))} were stored "
             "hashed or redacted (data minimisation), so the decision cannot be replayed")
+
+
+def _raw_rows(layout: tuple, specs: list[tuple[str, str, tuple[int, ...]]],
+              raws: Sequence[bytes], rows: int) -> bool:
+    """Every tensor numeric (not BOOL), in raw contents, with `rows` rows and exactly the
+    bytes its shape needs; names unique."""
+    row_bytes = _row_bytes(layout)
+    if row_bytes is None or rows < 1 or len(raws) != len(specs):
+        return False
+    return all(shape[0] == rows and len(data) == rows * size
+               for (_, _, shape), data, size in zip(specs, raws, row_bytes, strict=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _row_bytes(layout: tuple) -> tuple[int, ...] | None:
+    """Bytes per row of each tensor of a (name, datatype, shape[1:]) layout, or None when
+    the layout cannot be read in bulk."""
+    if not layout or len({name for name, _, _ in layout}) != len(layout):
+        return None
+    sizes = []
+    for _, datatype, inner in layout:
+        info = DATATYPES.get(datatype)
+        if info is None or info.dtype is None or info.dtype.kind not in "iuf" or (
+                inner and min(inner) < 0):
+            return None
+        sizes.append(math.prod(inner) * info.size)
+    return tuple(sizes)
 
 
 def decoded(call: Parsed) -> Decoded:
@@ -327,144 +354,3 @@ def sweep_values(start: float, stop: float, steps: int, scale: str,
     if not np.all(np.isfinite(points)):
         raise InvalidInput("sweep values must be finite numbers")
     return points
-
-
-# ── traffic replay: many recorded calls in one run ──────────────────────────────────────
-
-
-@dataclass
-class Outcome:
-    """One record replayed: bit-identical or not, the largest absolute difference, and
-    (row, recorded decision, replayed decision) for every row whose decision changed."""
-
-    record: Record
-    identical: bool
-    max_abs_diff: float
-    flips: list[tuple[int, str, str]]
-    rows: int
-
-
-def outcome(record: Record, recorded: Sequence[Tensor], replayed: Sequence[Tensor],
-            rule: DecisionRule, rows: int) -> Outcome:
-    diffs = compare(recorded, replayed)
-    identical = all(d.identical for d in diffs)
-    flips: list[tuple[int, str, str]] = []
-    if not identical:
-        before, after = rule.decisions(recorded), rule.decisions(replayed)
-        flips = [(i, a, b) for i, (a, b) in enumerate(zip(before, after, strict=False))
-                 if a != b]
-    return Outcome(record, identical, max((d.max_abs_diff for d in diffs), default=0.0),
-                   flips, rows)
-
-
-def _raw_rows(layout: tuple, specs: list[tuple[str, str, tuple[int, ...]]],
-              raws: Sequence[bytes], rows: int) -> bool:
-    """Every tensor numeric (not BOOL), in raw contents, with `rows` rows and exactly the
-    bytes its shape needs; names unique."""
-    row_bytes = _row_bytes(layout)
-    if row_bytes is None or rows < 1 or len(raws) != len(specs):
-        return False
-    return all(shape[0] == rows and len(data) == rows * size
-               for (_, _, shape), data, size in zip(specs, raws, row_bytes, strict=True))
-
-
-@functools.lru_cache(maxsize=256)
-def _row_bytes(layout: tuple) -> tuple[int, ...] | None:
-    """Bytes per row of each tensor of a (name, datatype, shape[1:]) layout, or None when
-    the layout cannot be read in bulk."""
-    if not layout or len({name for name, _, _ in layout}) != len(layout):
-        return None
-    sizes = []
-    for _, datatype, inner in layout:
-        info = DATATYPES.get(datatype)
-        if info is None or info.dtype is None or info.dtype.kind not in "iuf" or (
-                inner and min(inner) < 0):
-            return None
-        sizes.append(math.prod(inner) * info.size)
-    return tuple(sizes)
-
-
-def _stack(spec: Any, parts: list[bytes], total: int) -> Tensor:
-    dtype = DATATYPES[spec.datatype].dtype
-    array = np.frombuffer(b"".join(parts), dtype=dtype).reshape(total, *spec.shape[1:])
-    return Tensor(spec.name, spec.datatype, tuple(array.shape), array)
-
-
-def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per row: are the bytes identical (NaN payloads, -0.0 and all)?"""
-    n = a.shape[0]
-    return np.all(a.reshape(n, -1).view(np.uint8) == b.reshape(n, -1).view(np.uint8), axis=1)
-
-
-def replay_rows(model: OnnxModel, calls: list[Parsed], rule: DecisionRule
-                ) -> list[Outcome | str] | None:
-    """Replay calls that share one raw numeric layout (`Parsed.raw`) with one onnxruntime
-    run over all their rows, compared with the recorded outputs in bulk. A call whose rows
-    come back different is run again on its own, as it was served — a batch can round
-    differently (onnxruntime's one-row MatMul takes another path) — and judged on that.
-    Returns None when the model's outputs do not line up with the recorded ones (the
-    caller then replays one call at a time); raises MlwitnessError if the model refuses
-    the batch. A call that fails on its own gives a string: why."""
-    first = calls[0]
-    bounds = np.cumsum([0, *(c.rows for c in calls)])
-    starts, total = bounds[:-1], int(bounds[-1])
-    inputs = [_stack(spec, [c.request.raw_input_contents[i] for c in calls], total)
-              for i, spec in enumerate(first.request.inputs)]
-    requested = [o.name for o in first.request.outputs]
-    replayed = {t.name: t.array for t in model.run(inputs, requested)}
-    recorded = {spec.name: _stack(spec, [c.response.raw_output_contents[i] for c in calls],
-                                  total) for i, spec in enumerate(first.response.outputs)}
-    for name, old in recorded.items():
-        new = replayed.get(name)
-        if new is None or new.dtype != old.array.dtype or new.shape != old.array.shape:
-            return None
-    same = np.ones(len(calls), dtype=bool)
-    for name, old in recorded.items():
-        same &= np.logical_and.reduceat(_rows_equal(old.array, replayed[name]), starts)
-    failed: dict[int, str] = {}
-    names = list(replayed)
-    for i in np.flatnonzero(~same):
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        try:  # the session itself: this runs for every call of a differing candidate
-            alone = model.session.run(names, {t.name: t.array[lo:hi] for t in inputs})
-        except Exception:  # noqa: BLE001 — OnnxModel.run says why, in our terms
-            try:
-                model.run([replace(t, shape=(hi - lo, *t.shape[1:]), array=t.array[lo:hi])
-                           for t in inputs], requested)
-                reason = "onnxruntime failed on this call alone"
-            except MlwitnessError as exc:
-                reason = exc.message
-            failed[int(i)] = f"seq {calls[i].record.seq}: {reason}"
-            continue
-        for name, array in zip(names, alone, strict=True):
-            target = replayed[name]
-            if array.shape != target[lo:hi].shape or array.dtype != target.dtype:
-                return None
-            if not target.flags.writeable:
-                target = replayed[name] = target.copy()
-            target[lo:hi] = array
-    identical = np.ones(len(calls), dtype=bool)
-    max_abs = np.zeros(len(calls))
-    for name, old in recorded.items():
-        new = replayed[name]
-        identical &= np.logical_and.reduceat(_rows_equal(old.array, new), starts)
-        a = old.array.reshape(total, -1).astype(np.float64)
-        b = new.reshape(total, -1).astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            delta = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
-        max_abs = np.maximum(max_abs, np.maximum.reduceat(delta.max(axis=1, initial=0.0),
-                                                          starts))
-    flips: dict[int, list[tuple[int, str, str]]] = {}
-    if not identical.all():
-        old_tensors = list(recorded.values())
-        new_tensors = [replace(t, array=replayed[t.name]) for t in old_tensors]
-        kind, before = rule.keys(old_tensors)
-        after = rule.keys(new_tensors)[1]
-        for row in np.flatnonzero(before != after):
-            at = int(np.searchsorted(bounds, row, side="right")) - 1
-            flips.setdefault(at, []).append((int(row - bounds[at]),
-                                             rule.text(kind, before[row]),
-                                             rule.text(kind, after[row])))
-    return [failed[i] if i in failed else
-            Outcome(c.record, bool(identical[i]), float(max_abs[i]), flips.get(i, []), c.rows)
-            for i, c in enumerate(calls)]

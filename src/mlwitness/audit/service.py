@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mlwitness.audit import replay as rp
+from mlwitness.audit import traffic
 from mlwitness.audit.reader import Filters, LedgerReader, StoredRecord, detail_json
 from mlwitness.baseline import latest_baseline, load_baseline
 from mlwitness.bias import bias_report
@@ -411,7 +412,7 @@ class AuditService:
             yield {"summary": result}
 
     def _replay_batch(self, records: list[Record], candidate: str, rule: rp.DecisionRule
-                      ) -> Iterator[rp.Outcome | str]:
+                      ) -> Iterator[traffic.Outcome | str]:
         """Replay records, running rows of the same model and layout together. Yields an
         Outcome per record, or why it could not be replayed."""
         groups: dict[tuple, list[rp.Parsed]] = {}
@@ -430,19 +431,20 @@ class AuditService:
                     yield f"seq {call.record.seq}: {exc.message}"
                 continue
             batchable = all(s.shape and s.shape[0] == -1 for s in model.signature.inputs)
-            chunks = _chunks(calls, REPLAY_BATCH_ROWS) if batchable else [[c] for c in calls]
+            chunks = (traffic.chunks(calls, REPLAY_BATCH_ROWS) if batchable
+                      else [[c] for c in calls])
             for chunk in chunks:
                 outcomes = None
                 if layout[2]:  # raw numeric contents: read and compare in bulk
                     try:
-                        outcomes = rp.replay_rows(model, chunk, rule)
+                        outcomes = traffic.replay_rows(model, chunk, rule)
                     except MlwitnessError as exc:
                         outcomes = [f"seq {c.record.seq}: {exc.message}" for c in chunk]
                 yield from outcomes if outcomes is not None else self._replay_calls(
                     model, chunk, rule)
 
     def _replay_calls(self, model: OnnxModel, chunk: list[rp.Parsed], rule: rp.DecisionRule
-                      ) -> Iterator[rp.Outcome | str]:
+                      ) -> Iterator[traffic.Outcome | str]:
         """The general way: decode each call, run the chunk's rows together, and judge a
         call whose outputs differ on a run of its own."""
         items: list[tuple[Record, rp.Decoded]] = []
@@ -455,7 +457,7 @@ class AuditService:
             return
         requested = items[0][1].requested
         try:
-            outputs = _run_concatenated(model, [c for _, c in items], requested)
+            outputs = traffic.run_concatenated(model, [c for _, c in items], requested)
         except MlwitnessError as exc:
             for record, _ in items:
                 yield f"seq {record.seq}: {exc.message}"
@@ -463,7 +465,7 @@ class AuditService:
         for (record, done), replayed in zip(items, outputs, strict=True):
             rows = done.inputs[0].array.shape[0] if done.inputs and done.inputs[0].array.ndim \
                 else 1
-            result = rp.outcome(record, done.outputs, replayed, rule, rows)
+            result = traffic.outcome(record, done.outputs, replayed, rule, rows)
             if len(items) > 1 and not result.identical:
                 # A batched run may round differently; judge this call on its own.
                 try:
@@ -471,7 +473,7 @@ class AuditService:
                 except MlwitnessError as exc:
                     yield f"seq {record.seq}: {exc.message}"
                     continue
-                result = rp.outcome(record, done.outputs, alone, rule, rows)
+                result = traffic.outcome(record, done.outputs, alone, rule, rows)
             yield result
 
 
@@ -479,44 +481,6 @@ def rp_row(tensor: rp.Tensor, row: int, repeat: int) -> rp.Tensor:
     """Row `row` of a tensor, repeated `repeat` times along the batch dimension."""
     array = np.repeat(tensor.array[row:row + 1], repeat, axis=0)
     return rp.Tensor(tensor.name, tensor.datatype, array.shape, array)
-
-
-def _chunks(calls: list[rp.Parsed], rows: int) -> list[list[rp.Parsed]]:
-    chunks: list[list[rp.Parsed]] = []
-    current: list[rp.Parsed] = []
-    size = 0
-    for item in calls:
-        n = max(item.rows, 1)
-        if current and size + n > rows:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += n
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _run_concatenated(model: OnnxModel, calls: list[rp.Decoded], requested: list[str]
-                      ) -> list[list[rp.Tensor]]:
-    """Run many calls' rows in one onnxruntime call; split the outputs back per call."""
-    if len(calls) == 1:
-        return [model.run(calls[0].inputs, requested)]
-    inputs = []
-    for position, first in enumerate(calls[0].inputs):
-        array = np.concatenate([c.inputs[position].array for c in calls])
-        inputs.append(rp.Tensor(first.name, first.datatype, array.shape, array))
-    outputs = model.run(inputs, requested)
-    sizes = [c.inputs[0].array.shape[0] for c in calls]
-    bounds = np.cumsum([0, *sizes])
-    split = []
-    for i in range(len(calls)):
-        part = []
-        for tensor in outputs:
-            array = tensor.array[bounds[i]:bounds[i + 1]]
-            part.append(rp.Tensor(tensor.name, tensor.datatype, array.shape, array))
-        split.append(part)
-    return split
 
 
 def store_model_with(writer_write: Callable[[Callable], Any]) -> Callable[[bytes], str]:

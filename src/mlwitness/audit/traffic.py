@@ -1,0 +1,171 @@
+"""Traffic replay: many recorded calls re-run in one onnxruntime run and judged in bulk.
+
+`AuditService.replay_range` groups recorded calls by model and layout, cuts them into
+chunks, and replays each chunk here: calls whose tensors are all numeric raw contents are
+stacked, run and compared row by row without decoding (`replay_rows`); the others are
+decoded and run concatenated (`run_concatenated`). A call that differs in a batch is
+judged on a run of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from mlwitness.audit.replay import DecisionRule, Decoded, Parsed, compare
+from mlwitness.codec import DATATYPES, Tensor
+from mlwitness.errors import MlwitnessError
+from mlwitness.ledger.record import Record
+from mlwitness.runtime import OnnxModel
+
+
+@dataclass
+class Outcome:
+    """One record replayed: bit-identical or not, the largest absolute difference, and
+    (row, recorded decision, replayed decision) for every row whose decision changed."""
+
+    record: Record
+    identical: bool
+    max_abs_diff: float
+    flips: list[tuple[int, str, str]]
+    rows: int
+
+
+def outcome(record: Record, recorded: Sequence[Tensor], replayed: Sequence[Tensor],
+            rule: DecisionRule, rows: int) -> Outcome:
+    diffs = compare(recorded, replayed)
+    identical = all(d.identical for d in diffs)
+    flips: list[tuple[int, str, str]] = []
+    if not identical:
+        before, after = rule.decisions(recorded), rule.decisions(replayed)
+        flips = [(i, a, b) for i, (a, b) in enumerate(zip(before, after, strict=False))
+                 if a != b]
+    return Outcome(record, identical, max((d.max_abs_diff for d in diffs), default=0.0),
+                   flips, rows)
+
+
+def _stack(spec: Any, parts: list[bytes], total: int) -> Tensor:
+    dtype = DATATYPES[spec.datatype].dtype
+    array = np.frombuffer(b"".join(parts), dtype=dtype).reshape(total, *spec.shape[1:])
+    return Tensor(spec.name, spec.datatype, tuple(array.shape), array)
+
+
+def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row: are the bytes identical (NaN payloads, -0.0 and all)?"""
+    n = a.shape[0]
+    return np.all(a.reshape(n, -1).view(np.uint8) == b.reshape(n, -1).view(np.uint8), axis=1)
+
+
+def replay_rows(model: OnnxModel, calls: list[Parsed], rule: DecisionRule
+                ) -> list[Outcome | str] | None:
+    """Replay calls that share one raw numeric layout (`Parsed.raw`) with one onnxruntime
+    run over all their rows, compared with the recorded outputs in bulk. A call whose rows
+    come back different is run again on its own, as it was served — a batch can round
+    differently (onnxruntime's one-row MatMul takes another path) — and judged on that.
+    Returns None when the model's outputs do not line up with the recorded ones (the
+    caller then replays one call at a time); raises MlwitnessError if the model refuses
+    the batch. A call that fails on its own gives a string: why."""
+    first = calls[0]
+    bounds = np.cumsum([0, *(c.rows for c in calls)])
+    starts, total = bounds[:-1], int(bounds[-1])
+    inputs = [_stack(spec, [c.request.raw_input_contents[i] for c in calls], total)
+              for i, spec in enumerate(first.request.inputs)]
+    requested = [o.name for o in first.request.outputs]
+    replayed = {t.name: t.array for t in model.run(inputs, requested)}
+    recorded = {spec.name: _stack(spec, [c.response.raw_output_contents[i] for c in calls],
+                                  total) for i, spec in enumerate(first.response.outputs)}
+    for name, old in recorded.items():
+        new = replayed.get(name)
+        if new is None or new.dtype != old.array.dtype or new.shape != old.array.shape:
+            return None
+    same = np.ones(len(calls), dtype=bool)
+    for name, old in recorded.items():
+        same &= np.logical_and.reduceat(_rows_equal(old.array, replayed[name]), starts)
+    failed: dict[int, str] = {}
+    names = list(replayed)
+    for i in np.flatnonzero(~same):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        try:  # the session itself: this runs for every call of a differing candidate
+            alone = model.session.run(names, {t.name: t.array[lo:hi] for t in inputs})
+        except Exception:  # noqa: BLE001 — OnnxModel.run says why, in our terms
+            try:
+                model.run([replace(t, shape=(hi - lo, *t.shape[1:]), array=t.array[lo:hi])
+                           for t in inputs], requested)
+                reason = "onnxruntime failed on this call alone"
+            except MlwitnessError as exc:
+                reason = exc.message
+            failed[int(i)] = f"seq {calls[i].record.seq}: {reason}"
+            continue
+        for name, array in zip(names, alone, strict=True):
+            target = replayed[name]
+            if array.shape != target[lo:hi].shape or array.dtype != target.dtype:
+                return None
+            if not target.flags.writeable:
+                target = replayed[name] = target.copy()
+            target[lo:hi] = array
+    identical = np.ones(len(calls), dtype=bool)
+    max_abs = np.zeros(len(calls))
+    for name, old in recorded.items():
+        new = replayed[name]
+        identical &= np.logical_and.reduceat(_rows_equal(old.array, new), starts)
+        a = old.array.reshape(total, -1).astype(np.float64)
+        b = new.reshape(total, -1).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            delta = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
+        max_abs = np.maximum(max_abs, np.maximum.reduceat(delta.max(axis=1, initial=0.0),
+                                                          starts))
+    flips: dict[int, list[tuple[int, str, str]]] = {}
+    if not identical.all():
+        old_tensors = list(recorded.values())
+        new_tensors = [replace(t, array=replayed[t.name]) for t in old_tensors]
+        kind, before = rule.keys(old_tensors)
+        after = rule.keys(new_tensors)[1]
+        for row in np.flatnonzero(before != after):
+            at = int(np.searchsorted(bounds, row, side="right")) - 1
+            flips.setdefault(at, []).append((int(row - bounds[at]),
+                                             rule.text(kind, before[row]),
+                                             rule.text(kind, after[row])))
+    return [failed[i] if i in failed else
+            Outcome(c.record, bool(identical[i]), float(max_abs[i]), flips.get(i, []), c.rows)
+            for i, c in enumerate(calls)]
+
+
+def chunks(calls: list[Parsed], rows: int) -> list[list[Parsed]]:
+    chunks: list[list[Parsed]] = []
+    current: list[Parsed] = []
+    size = 0
+    for item in calls:
+        n = max(item.rows, 1)
+        if current and size + n > rows:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def run_concatenated(model: OnnxModel, calls: list[Decoded], requested: list[str]
+                      ) -> list[list[Tensor]]:
+    """Run many calls' rows in one onnxruntime call; split the outputs back per call."""
+    if len(calls) == 1:
+        return [model.run(calls[0].inputs, requested)]
+    inputs = []
+    for position, first in enumerate(calls[0].inputs):
+        array = np.concatenate([c.inputs[position].array for c in calls])
+        inputs.append(Tensor(first.name, first.datatype, array.shape, array))
+    outputs = model.run(inputs, requested)
+    sizes = [c.inputs[0].array.shape[0] for c in calls]
+    bounds = np.cumsum([0, *sizes])
+    split = []
+    for i in range(len(calls)):
+        part = []
+        for tensor in outputs:
+            array = tensor.array[bounds[i]:bounds[i + 1]]
+            part.append(Tensor(tensor.name, tensor.datatype, array.shape, array))
+        split.append(part)
+    return split
