@@ -179,7 +179,7 @@ class Settings:
     max_request_bytes: int = 64 << 20
     max_concurrent_rpcs: int = 1024
     ort_threads: int = 1
-    load_interval: float = 0.2
+    load_interval: float = 1.0
     max_backlog: int = 200_000
     drain_timeout: float = 20.0
     log_level: str = "info"

@@ -56,7 +56,7 @@ TensorDecoder = Callable[[Record], tuple[list[Any], list[Any], dict[str, str]]]
 @dataclass(frozen=True)
 class WriterOptions:
     durability: str = "fsync"
-    load_interval_s: float = 0.2
+    load_interval_s: float = 1.0
     load_batch: int = 8192
     max_unloaded: int = 200_000
     backpressure_timeout_s: float = 5.0
