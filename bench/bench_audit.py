@@ -35,7 +35,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import shutil
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import basics  # bench/machine.py (scripts run from bench/)
 
 from mlwitness.codec import encode_inputs, tensor_from_array
 from mlwitness.ledger import environment, store
@@ -69,22 +69,12 @@ def machine() -> dict[str, str]:
     import grpc
     import onnxruntime
 
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "uname": " ".join(platform.uname()),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": platform.python_version(),
+        **basics(),
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
         "duckdb": duckdb.__version__,
         "grpcio": grpc.__version__,
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }
 
 

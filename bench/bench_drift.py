@@ -38,6 +38,7 @@ from types import ModuleType
 
 import duckdb
 import numpy as np
+from machine import cpu_model  # bench/machine.py (scripts run from bench/)
 
 from mlwitness.baseline import Baseline, build_baseline
 from mlwitness.codec import tensor_from_array
@@ -62,14 +63,7 @@ def credit_builder() -> ModuleType:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     mem = ""
     try:

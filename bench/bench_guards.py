@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from machine import cpu_model  # bench/machine.py (scripts run from bench/)
+
 from mlwitness.codec import tensor_from_array  # noqa: E402
 from mlwitness.guards import GuardSet, suggest  # noqa: E402
 from mlwitness.ledger.rows import Rows, Tabulator  # noqa: E402
@@ -103,14 +105,7 @@ def per_call_us(fn: Callable[[int], object], seconds: float, repeats: int) -> fl
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (
         f"{cpu}; {os.cpu_count()} CPUs; {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}; numpy {np.__version__}"

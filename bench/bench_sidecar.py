@@ -31,7 +31,6 @@ import atexit
 import importlib.metadata
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load import Job, LoadPool, LoadResult  # noqa: E402
+from machine import basics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BARE = REPO / "bench" / "bare_server.py"
@@ -67,24 +67,12 @@ def machine() -> dict[str, str]:
     import grpc
     import onnxruntime
 
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "uname": " ".join(platform.uname()),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": platform.python_version(),
+        **basics(),
         "onnxruntime": onnxruntime.__version__,
         "grpcio": grpc.__version__,
         "duckdb": duckdb.__version__,
         "tritonclient": importlib.metadata.version("tritonclient"),
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "source": source_revision(),
     }
 
