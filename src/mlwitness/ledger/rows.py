@@ -74,43 +74,49 @@ class Tabulator:
         )
 
 
-    def rows_of_many(self, calls: Sequence[Sequence | None]) -> list[Rows]:
-        """`rows` for many calls at once. Consecutive calls whose tensors have the same
-        names, dtypes and row shapes are tabulated together (one concatenation instead of
-        one conversion per call) and split back: the loader's hot loop."""
-        out: list[Rows] = []
-        group: list[Sequence] = []
+    def map_columns(self, calls: Sequence[Sequence | None]) -> tuple[pa.Array, pa.Array]:
+        """The `entries` columns of many calls' tensors: (numeric, text), each a
+        LIST(MAP(VARCHAR, ...)) array with one list of row maps per call. The loader's hot
+        path: a run of consecutive calls whose tensors share names, dtypes and row shapes
+        (the usual traffic of one model) is built with a few numpy operations, not a Python
+        loop per call, so the loader holds the GIL briefly."""
+        numeric: list[pa.Array] = []
+        text: list[pa.Array] = []
+        run: list[Sequence] = []
         key: tuple | None = None
         for tensors in calls:
             this = _layout_key(tensors) if tensors else None
-            if this is None or this != key:
-                out.extend(self._rows_group(group))
-                group = []
+            if run and this != key:
+                self._add_run(run, numeric, text)
+                run = []
             key = this
             if this is None:
-                out.append(self.rows(tensors) if tensors else EMPTY)
+                rows = [self.rows(tensors) if tensors else EMPTY]
+                numeric.append(_list_of_maps(rows, text=False))
+                text.append(_list_of_maps(rows, text=True))
             else:
-                group.append(tensors)  # type: ignore[arg-type]
-        out.extend(self._rows_group(group))
-        return out
+                run.append(tensors)  # type: ignore[arg-type]
+        if run:
+            self._add_run(run, numeric, text)
+        return _concat(numeric, pa.float64()), _concat(text, pa.string())
 
-    def _rows_group(self, group: list[Sequence]) -> list[Rows]:
-        if len(group) <= 1:
-            return [self.rows(tensors) for tensors in group]
+    def _add_run(self, run: list[Sequence], numeric: list[pa.Array], text: list[pa.Array]) -> None:
         merged = [
-            replace_array(first, np.concatenate([tensors[i].array for tensors in group]))
-            for i, first in enumerate(group[0])
+            replace_array(first, np.concatenate([tensors[i].array for tensors in run]))
+            for i, first in enumerate(run[0])
         ]
         rows = self.rows(merged)
-        sizes = [tensors[0].array.shape[0] for tensors in group]
-        if rows.n != sum(sizes):
-            return [self.rows(tensors) for tensors in group]
-        result, start = [], 0
-        for n in sizes:
-            result.append(Rows(n, rows.num_names, rows.num_values[start:start + n],
-                               rows.text_names, rows.text_values[start:start + n]))
-            start += n
-        return result
+        sizes = np.fromiter((tensors[0].array.shape[0] for tensors in run), np.int64, len(run))
+        if rows.n != int(sizes.sum()):  # not one table after all: call by call
+            per_call = [self.rows(tensors) for tensors in run]
+            numeric.append(_list_of_maps(per_call, text=False))
+            text.append(_list_of_maps(per_call, text=True))
+            return
+        list_offsets = pa.array(np.concatenate(([0], np.cumsum(sizes))), pa.int32())
+        numeric.append(_uniform_maps(list_offsets, rows.n, rows.num_names,
+                                     rows.num_values, pa.float64()))
+        text.append(_uniform_maps(list_offsets, rows.n, rows.text_names,
+                                  rows.text_values, pa.string()))
 
 
 def _layout_key(tensors: Sequence) -> tuple | None:
@@ -223,11 +229,30 @@ def _list_of_maps(per_record: Sequence[Rows], text: bool) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(list_offsets, type=pa.int32()), maps)
 
 
-def arrow_columns(inputs: Sequence[Rows], outputs: Sequence[Rows]) -> dict[str, pa.Array]:
-    """The four decoded columns of the `entries` table for a batch of records."""
-    return {
-        "inputs": _list_of_maps(inputs, text=False),
-        "inputs_text": _list_of_maps(inputs, text=True),
-        "outputs": _list_of_maps(outputs, text=False),
-        "outputs_text": _list_of_maps(outputs, text=True),
-    }
+def _uniform_maps(list_offsets: pa.Array, n: int, names: tuple[str, ...],
+                  matrix: np.ndarray, item_type: pa.DataType) -> pa.Array:
+    """LIST(MAP) for calls whose rows all have the same column names: row r's map holds
+    `names` with the values of matrix[r]; `list_offsets` splits the rows between calls."""
+    width = len(names)
+    map_offsets = pa.array(np.arange(n + 1, dtype=np.int64) * width, pa.int32())
+    keys = pa.array(names, pa.string()).take(pa.array(np.tile(np.arange(width), n)))
+    flat = matrix.reshape(-1)
+    items = pa.array(flat.tolist() if item_type == pa.string() else flat, type=item_type)
+    maps = pa.MapArray.from_arrays(map_offsets, keys, items)
+    return pa.ListArray.from_arrays(list_offsets, maps)
+
+
+def _concat(chunks: list[pa.Array], item_type: pa.DataType) -> pa.Array:
+    if not chunks:
+        return pa.array([], pa.list_(pa.map_(pa.string(), item_type)))
+    return chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
+
+
+def arrow_columns(inputs: Sequence[Sequence | None], outputs: Sequence[Sequence | None],
+                  tabulator: Tabulator) -> dict[str, pa.Array]:
+    """The four decoded columns of the `entries` table for a batch of records, from each
+    record's input and output tensors (None: nothing decoded)."""
+    numeric_in, text_in = tabulator.map_columns(inputs)
+    numeric_out, text_out = tabulator.map_columns(outputs)
+    return {"inputs": numeric_in, "inputs_text": text_in,
+            "outputs": numeric_out, "outputs_text": text_out}

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +48,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DURABILITY_MODES = ("fsync", "write")
+
+# The loader builds its Arrow table TABLE_CHUNK records at a time and sleeps LOADER_YIELD_S
+# between chunks: the GIL goes back to the event loop at least every ~1 ms of loader work.
+TABLE_CHUNK = 256
+LOADER_YIELD_S = 0.0002
+
+# Record fields stored as they are, with their Arrow types.
+_RECORD_COLUMNS = (
+    ("seq", pa.int64()), ("kind", pa.string()), ("request_id", pa.string()),
+    ("received_us", pa.int64()), ("responded_us", pa.int64()), ("model_name", pa.string()),
+    ("model_version", pa.string()), ("model_sha256", pa.string()), ("env_id", pa.string()),
+    ("peer", pa.string()), ("metadata", pa.string()), ("status", pa.string()),
+    ("message", pa.string()), ("violations", pa.string()), ("detail", pa.string()),
+    ("request", pa.binary()), ("response", pa.binary()), ("prev_hash", pa.binary()),
+    ("hash", pa.binary()),
+)
 
 # Decodes a record's request/response bytes into tensors when they are not in memory
 # (records replayed from the journal at start-up): (inputs, outputs, request parameters).
@@ -449,7 +466,24 @@ class LedgerWriter:
             self._space.notify_all()
 
     def _insert(self, batch: list[Record]) -> None:
+        """Insert records into DuckDB in one statement. The Arrow table is built a chunk at
+        a time with a pause between chunks, so the event loop never waits long for the GIL
+        behind a large load (DuckDB's own work runs without the GIL)."""
         assert self._con is not None
+        tables = []
+        for start in range(0, len(batch), TABLE_CHUNK):
+            if start:
+                time.sleep(LOADER_YIELD_S)
+            tables.append(self._table(batch[start : start + TABLE_CHUNK]))
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        con = self._con
+        con.register("_ledger_batch", table)
+        try:
+            con.execute("INSERT INTO entries BY NAME SELECT * FROM _ledger_batch")
+        finally:
+            con.unregister("_ledger_batch")
+
+    def _table(self, batch: list[Record]) -> pa.Table:
         tensors_in: list[Any] = []
         tensors_out: list[Any] = []
         parameters: list[Any] = []
@@ -461,39 +495,13 @@ class LedgerWriter:
             tensors_out.append(outs)
             parameters.append(list(params.items()) if params else None)
             record.inputs = record.outputs = record.parameters = None  # the bytes stay
-        inputs = self.tabulator.rows_of_many(tensors_in)
-        outputs = self.tabulator.rows_of_many(tensors_out)
-        table = pa.table(
-            {
-                "seq": pa.array([r.seq for r in batch], pa.int64()),
-                "kind": [r.kind for r in batch],
-                "request_id": [r.request_id for r in batch],
-                "received_us": pa.array([r.received_us for r in batch], pa.int64()),
-                "responded_us": pa.array([r.responded_us for r in batch], pa.int64()),
-                "model_name": [r.model_name for r in batch],
-                "model_version": [r.model_version for r in batch],
-                "model_sha256": [r.model_sha256 for r in batch],
-                "env_id": [r.env_id for r in batch],
-                "peer": [r.peer for r in batch],
-                "metadata": [r.metadata for r in batch],
-                "status": [r.status for r in batch],
-                "message": [r.message for r in batch],
-                "violations": [r.violations for r in batch],
-                "detail": [r.detail for r in batch],
-                "request": pa.array([r.request for r in batch], pa.binary()),
-                "response": pa.array([r.response for r in batch], pa.binary()),
-                "prev_hash": pa.array([r.prev_hash for r in batch], pa.binary()),
-                "hash": pa.array([r.hash for r in batch], pa.binary()),
-                **arrow_columns(inputs, outputs),
-                "parameters": pa.array(parameters, pa.map_(pa.string(), pa.string())),
-            }
-        )
-        con = self._con
-        con.register("_ledger_batch", table)
-        try:
-            con.execute("INSERT INTO entries BY NAME SELECT * FROM _ledger_batch")
-        finally:
-            con.unregister("_ledger_batch")
+        columns = {
+            name: pa.array(list(map(attrgetter(name), batch)), kind)
+            for name, kind in _RECORD_COLUMNS
+        }
+        columns.update(arrow_columns(tensors_in, tensors_out, self.tabulator))
+        columns["parameters"] = pa.array(parameters, pa.map_(pa.string(), pa.string()))
+        return pa.table(columns)
 
     # ── other writes, reads and barriers ───────────────────────────────────────────────
 
