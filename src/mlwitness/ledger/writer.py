@@ -1,13 +1,17 @@
 """The one writer of a ledger: group commit through the journal, DuckDB loaded behind it.
 
-    append(record) ──► pending ──► flusher thread ──► journal (write + fdatasync) ──► ack
-                                        │ seq, prev_hash, hash assigned here, in order
-                                        ▼
-                                   loader thread ──► DuckDB (one Arrow batch per transaction)
+    append(record) ──► the loop's batch ──► journal (write + fdatasync) ──► ack
+                                              │ seq, prev_hash, hash assigned here, in order
+                                              ▼
+                                 loader thread ──► DuckDB (one Arrow batch per transaction)
 
 * **No decision without a record.** `append` returns only after the record's journal frame
-  is written and — in `fsync` durability, the default — flushed to disk. Everything that
-  arrived while the previous flush ran shares the next one (group commit).
+  is written and — in `fsync` durability, the default — flushed to disk.
+* **Group commit on the event loop.** Appends from an event loop gather into one batch, and
+  the loop itself writes and fdatasyncs it: no thread has to win the GIL back to acknowledge
+  a commit (that hand-back was the ledger's largest cost). Under concurrency the batch stays
+  open for a short linger so that one fdatasync covers several calls; a lone caller never
+  waits (see `_Linger`).
 * **One writer.** Only the loader thread touches the read-write DuckDB connection; other
   DuckDB writes (models, environments, guards) are handed to it with `write`. Readers get
   their own cursors from `cursor()`.
@@ -78,10 +82,9 @@ class WriterOptions:
     max_unloaded: int = 200_000
     backpressure_timeout_s: float = 5.0
     segment_bytes: int = 64 << 20
-    # Under concurrency (records arrived while the previous fdatasync ran), the syncer
-    # waits this long for more before the next one: fewer, larger group commits. A lone
-    # caller never waits.
-    group_commit_wait_s: float = 0.0003
+    # Under concurrency an event loop's batch stays open this long before its fdatasync, so
+    # that one flush covers several calls; a lone caller never waits (see _Linger).
+    group_commit_linger_s: float = 0.0006
 
 
 @dataclass
@@ -125,11 +128,9 @@ class LedgerWriter:
         )
         # Appends from an event loop gather here until the loop runs the batch's flush.
         self._batches: dict[asyncio.AbstractEventLoop, list[tuple[Record, Any]]] = {}
-        self._write_lock = threading.Lock()  # chain head + journal appends
-        self._sync_lock = threading.Lock()  # held by fdatasync; a segment roll waits for it
-        self._unsynced: list[tuple[Record, Any]] = []  # written, not yet fdatasync'ed
-        self._synced_at: tuple[Path, int, int] | None = None
-        self._sync_wake = threading.Event()
+        self._linger = _Linger(self.options.group_commit_linger_s
+                               if self.options.durability == "fsync" else 0.0)
+        self._write_lock = threading.Lock()  # chain head + journal write and flush
         self._unloaded: deque[Record] = deque()
         self._load_cond = threading.Condition()
         self._load_now = False
@@ -167,9 +168,7 @@ class LedgerWriter:
         self._journal.open(self._head_seq + 1)
         self._journal.retire(self._loaded_seq)
         self._read_root = con.cursor()
-        self._synced_at = self._journal.position()
         self._threads = [
-            threading.Thread(target=self._sync_loop, name="ledger-syncer", daemon=True),
             threading.Thread(target=self._load_loop, name="ledger-loader", daemon=True),
         ]
         for thread in self._threads:
@@ -208,15 +207,11 @@ class LedgerWriter:
             return
         self._closing = True
         if self._threads:
-            syncer, loader = self._threads
-            self._sync_wake.set()
-            syncer.join()
+            (loader,) = self._threads
             with self._write_lock:  # raced with shutdown: refuse, never leave hanging
                 late = [w for batch in self._batches.values() for _, w in batch]
-                late += [w for _, w in self._unsynced]
                 self._batches.clear()
-                self._unsynced = []
-            self._settle(late, LedgerUnavailable("the ledger is shutting down"))
+            _settle_elsewhere(late, LedgerUnavailable("the ledger is shutting down"))
             with self._load_cond:
                 self._load_cond.notify_all()
             loader.join()
@@ -253,10 +248,8 @@ class LedgerWriter:
     async def append(self, record: Record) -> None:
         """Append a record; return once it is durable. Raises LedgerUnavailable.
 
-        Appends made while the event loop is busy with other calls gather into one batch,
-        written to the journal by one callback; in `fsync` mode one fdatasync (in the
-        syncer thread) then covers the whole batch — group commit without a thread hop
-        per call."""
+        Appends from one event loop gather into one batch, which the loop writes and (in
+        `fsync` mode) flushes with one fdatasync: group commit without a thread hop."""
         self._admit()
         if self.backlog >= self.options.max_unloaded:
             await asyncio.to_thread(self._wait_for_space)
@@ -265,31 +258,36 @@ class LedgerWriter:
         batch = self._batches.get(loop)
         if batch is None:
             batch = self._batches[loop] = []
-            loop.call_soon(self._flush_batch, loop)
+            linger = self._linger.seconds
+            if linger > 0:
+                loop.call_later(linger, self._flush_batch, loop, batch)
+            else:
+                loop.call_soon(self._flush_batch, loop, batch)
         batch.append((record, future))
         await future
 
-    def _flush_batch(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._batches.pop(loop, [])
-        if not batch:
-            return
+    def _flush_batch(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
+        if self._batches.get(loop) is not batch:
+            return  # taken and refused by close()
+        del self._batches[loop]
         try:
             self._write(batch)
         except LedgerUnavailable as exc:
             _settle_futures([f for _, f in batch], exc)
             return
-        if self.options.durability == "write":
-            _settle_futures([f for _, f in batch], None)
+        except Exception as exc:  # a bug: fail these calls rather than leave them hanging
+            log.exception("writing a ledger batch failed")
+            _settle_futures([f for _, f in batch], exc)
+            return
+        self._linger.observe(len(batch))
+        _settle_futures([f for _, f in batch], None)
 
-    def append_blocking(self, record: Record, timeout: float | None = 30.0) -> None:
-        """`append` for threads outside an event loop."""
+    def append_blocking(self, record: Record) -> None:
+        """`append` for threads outside an event loop (one journal flush per call)."""
         self._admit()
         if self.backlog >= self.options.max_unloaded:
             self._wait_for_space()
-        future: Future[None] = Future()
-        self._write([(record, future)])
-        if self.options.durability == "fsync":
-            future.result(timeout)
+        self._write([(record, None)])
 
     def _wait_for_space(self) -> None:
         deadline = time.monotonic() + self.options.backpressure_timeout_s
@@ -307,8 +305,9 @@ class LedgerWriter:
                 self._space.wait(min(remaining, 0.05))
 
     def _write(self, batch: list[tuple[Record, Any]]) -> None:
-        """Chain and journal a batch (any thread). In `write` durability the records are
-        then durable enough; in `fsync` they wait for the syncer. Raises LedgerUnavailable."""
+        """Chain, journal and (in `fsync` durability) fdatasync a batch, in the calling
+        thread; then the records are durable and go to the loader. Raises
+        LedgerUnavailable, and then none of the batch is in the journal."""
         started = time.perf_counter()
         with self._write_lock:
             if self._failure is not None:
@@ -325,11 +324,9 @@ class LedgerWriter:
                 record.hash = prev = chain_hash(prev, payload)
                 frames.append(journal_mod.frame(record, payload))
             try:
-                if self._journal.would_roll():  # closing a segment: not under an fdatasync
-                    with self._sync_lock:
-                        self._journal.append(b"".join(frames), self._head_seq + 1, seq)
-                else:
-                    self._journal.append(b"".join(frames), self._head_seq + 1, seq)
+                self._journal.append(b"".join(frames), self._head_seq + 1, seq)
+                if self.options.durability == "fsync":
+                    self._journal.sync()
             except OSError as exc:
                 try:  # these callers get UNAVAILABLE: their records must not appear later
                     self._journal.discard_last_batch()
@@ -339,16 +336,12 @@ class LedgerWriter:
                                   self._head_seq + 1, seq)
                 raise self._fail(exc) from exc
             self._head_seq, self._head_hash = seq, prev
+            self._durable_seq = seq
             self.stats.appended += len(batch)
             self.stats.flushes += 1
             self.stats.last_flush_batch = len(batch)
-            if self.options.durability == "fsync":
-                self._unsynced.extend(batch)
-                self._sync_wake.set()
-            else:
-                self._durable_seq = seq
-                self._hand_to_loader([r for r, _ in batch])
-                self._journal.retire(self._loaded_seq)
+            self._hand_to_loader([r for r, _ in batch])
+            self._journal.retire(self._loaded_seq)
         self.stats.flush_seconds += time.perf_counter() - started
 
     def _fail(self, exc: OSError) -> LedgerUnavailable:
@@ -367,62 +360,6 @@ class LedgerWriter:
             if len(self._unloaded) >= self.options.load_batch:
                 self._load_cond.notify()
 
-    def _sync_loop(self) -> None:
-        """fdatasync whatever was written since the last one; acknowledge those records.
-        Writes go on while a sync runs, so the next sync covers all of them at once."""
-        busy = False  # did records arrive while the last fdatasync ran?
-        while True:
-            if not self._closing:  # closing: drain what is left, then stop
-                self._sync_wake.wait()
-                if busy and self.options.group_commit_wait_s > 0:
-                    time.sleep(self.options.group_commit_wait_s)
-            self._sync_wake.clear()
-            with self._write_lock:
-                batch, self._unsynced = self._unsynced, []
-                position, last_seq = self._journal.position(), self._head_seq
-            if not batch:
-                if self._closing:
-                    return
-                continue
-            started = time.perf_counter()
-            try:
-                with self._sync_lock:
-                    self._journal.sync()
-            except OSError as exc:
-                with self._write_lock:
-                    error = self._fail(exc)
-                    later, self._unsynced = self._unsynced, []
-                    try:  # unacknowledged: they must not come back at the next start
-                        if self._synced_at is not None:
-                            self._journal.truncate_to(self._synced_at)
-                    except OSError:
-                        log.exception("could not cut unacknowledged records from the journal")
-                self._settle([w for _, w in batch + later], error)
-                continue
-            self._synced_at = position
-            self._durable_seq = last_seq
-            busy = bool(self._unsynced)
-            self.stats.flush_seconds += time.perf_counter() - started
-            self._hand_to_loader([r for r, _ in batch])
-            self._settle([w for _, w in batch], None)
-            with self._write_lock:
-                self._journal.retire(self._loaded_seq)
-
-    @staticmethod
-    def _settle(waiters: list[Any], error: BaseException | None) -> None:
-        by_loop: dict[Any, list[asyncio.Future]] = {}
-        for waiter in waiters:
-            if isinstance(waiter, asyncio.Future):
-                by_loop.setdefault(waiter.get_loop(), []).append(waiter)
-            elif error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-        for loop, futures in by_loop.items():
-            # A closed loop raises RuntimeError: nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle_futures, futures, error)
-
     # ── loading into DuckDB ────────────────────────────────────────────────────────────
 
     def _load_loop(self) -> None:
@@ -438,7 +375,7 @@ class LedgerWriter:
             self._run_writes()
             if batch:
                 self._load(batch)
-            elif self._closing and not self._threads[0].is_alive() and not self._unloaded:
+            elif self._closing and not self._unloaded:
                 self._run_writes()
                 return
             with self._load_cond:
@@ -563,6 +500,45 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, fn: Callable[[Any], T]) -> T
         raise
     con.execute("COMMIT")
     return result
+
+
+class _Linger:
+    """How long an event loop's batch stays open before its flush (adaptive group commit).
+
+    Off at first, so a lone caller is flushed at the end of the loop iteration it ran in.
+    When a flush finds two or more records in a batch, calls are overlapping: from then on
+    a batch stays open `limit` seconds so that one fdatasync covers the calls arriving
+    meanwhile (each flush blocks the loop about as long as one fdatasync, so batching is
+    what keeps the loop serving). After LONE_FLUSHES lingering batches in a row held one
+    record only, nobody was joining them: lingering stops."""
+
+    LONE_FLUSHES = 3
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.seconds = 0.0
+        self._lone = 0
+
+    def observe(self, batch_size: int) -> None:
+        if self.limit <= 0:
+            return
+        if batch_size > 1:
+            self.seconds, self._lone = self.limit, 0
+        elif self.seconds > 0:
+            self._lone += 1
+            if self._lone >= self.LONE_FLUSHES:
+                self.seconds, self._lone = 0.0, 0
+
+
+def _settle_elsewhere(waiters: list[Any], error: BaseException) -> None:
+    """Fail futures of any event loop from any thread."""
+    by_loop: dict[Any, list[asyncio.Future]] = {}
+    for waiter in waiters:
+        by_loop.setdefault(waiter.get_loop(), []).append(waiter)
+    for loop, futures in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_futures, futures, error)
 
 
 def _settle_futures(futures: list[asyncio.Future], error: BaseException | None) -> None:
