@@ -170,7 +170,7 @@ class Sidecar:
         )
         await asyncio.to_thread(self.ledger.open)
         loop = asyncio.get_running_loop()
-        def on_failure() -> None:  # from the flusher thread: flip health now
+        def on_failure() -> None:  # from the failing writer thread: flip health now
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._update_health()))
 
         self.ledger.on_failure = on_failure

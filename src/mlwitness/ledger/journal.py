@@ -114,7 +114,7 @@ def _check_frame(data: bytes, offset: int) -> bool | None:
 
 
 class Journal:
-    """Appends frames to segment files. Used by one thread only (the ledger's flusher)."""
+    """Appends frames to segment files. Used under the ledger writer's write lock only."""
 
     def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20) -> None:
         self.directory = directory

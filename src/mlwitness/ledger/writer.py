@@ -123,7 +123,8 @@ class LedgerWriter:
         self.tabulator = tabulator or Tabulator()
         self.decoder = decoder
         self.stats = WriterStats()
-        # Called from the flusher thread once, when the ledger fails (e.g. to flip health).
+        # Called once when the ledger fails, from the thread whose journal write or flush
+        # failed (e.g. to flip health).
         self.on_failure: Callable[[], None] | None = None
         self.chain_id = ""
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -240,6 +241,11 @@ class LedgerWriter:
     def head(self) -> tuple[int, bytes]:
         """(seq, hash) of the last durable record."""
         return self._durable_seq, self._head_hash
+
+    @property
+    def linger_s(self) -> float:
+        """How long the next event-loop batch stays open before its flush (0: none)."""
+        return self._linger.seconds
 
     @property
     def backlog(self) -> int:
