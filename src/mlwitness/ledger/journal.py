@@ -162,26 +162,6 @@ class Journal:
         assert self._fd is not None, "journal not open"
         os.fdatasync(self._fd)
 
-    def would_roll(self) -> bool:
-        """Whether the next `append` starts a new segment (closing the active one)."""
-        return self._size >= self.segment_bytes
-
-    def position(self) -> tuple[Path, int, int]:
-        """(active segment, size, last seq): where the journal ends now."""
-        return self._segments[-1].path, self._size, self._segments[-1].last_seq
-
-    def truncate_to(self, position: tuple[Path, int, int]) -> None:
-        """Cut the journal back to `position` (records after it were never acknowledged).
-        A segment started after it holds only such records and is emptied."""
-        assert self._fd is not None, "journal not open"
-        path, size, last_seq = position
-        if self._segments[-1].path != path:
-            size, last_seq = 0, self._segments[-1].first_seq - 1
-        os.ftruncate(self._fd, size)
-        os.fsync(self._fd)
-        self._size = size
-        self._segments[-1].last_seq = last_seq
-
     def discard_last_batch(self) -> None:
         """Cut the active segment back to where the last `append` began, and flush. For a
         batch whose write or flush failed: it was never acknowledged, so its frames must not

@@ -290,7 +290,7 @@ class LedgerWriter:
             return  # taken and refused by close()
         del self._batches[loop]
         try:
-            self._write(batch)
+            self._write([record for record, _ in batch])
         except LedgerUnavailable as exc:
             _settle_futures([f for _, f in batch], exc)
             return
@@ -306,7 +306,7 @@ class LedgerWriter:
         self._admit()
         if self.backlog >= self.options.max_unloaded:
             self._wait_for_space()
-        self._write([(record, None)])
+        self._write([record])
 
     def _wait_for_space(self) -> None:
         deadline = time.monotonic() + self.options.backpressure_timeout_s
@@ -323,7 +323,7 @@ class LedgerWriter:
                     self._load_cond.notify_all()
                 self._space.wait(min(remaining, 0.05))
 
-    def _write(self, batch: list[tuple[Record, Any]]) -> None:
+    def _write(self, batch: list[Record]) -> None:
         """Chain, journal and (in `fsync` durability) fdatasync a batch, in the calling
         thread; then the records are durable and go to the loader. Raises
         LedgerUnavailable, and then none of the batch is in the journal."""
@@ -335,7 +335,7 @@ class LedgerWriter:
                 raise LedgerUnavailable("the ledger is shutting down")
             seq, prev = self._head_seq, self._head_hash
             frames = []
-            for record, _ in batch:
+            for record in batch:
                 seq += 1
                 record.seq = seq
                 payload = encode(record)
@@ -359,7 +359,7 @@ class LedgerWriter:
             self.stats.appended += len(batch)
             self.stats.flushes += 1
             self.stats.last_flush_batch = len(batch)
-            self._hand_to_loader([r for r, _ in batch])
+            self._hand_to_loader(batch)
             self._journal.retire(self._loaded_seq)
         self.stats.flush_seconds += time.perf_counter() - started
 
