@@ -53,15 +53,17 @@ T = TypeVar("T")
 
 DURABILITY_MODES = ("fsync", "write")
 
-# The loader builds its Arrow table TABLE_CHUNK records at a time (~2 ms of Python).
+# The loader builds its Arrow table TABLE_CHUNK records at a time (~0.5 ms of Python).
 # While calls are being served it then sleeps twice as long as the chunk took (at least
 # LOADER_YIELD_S), so the event loop keeps the GIL most of the time: without this, loading
 # a second's records stalled every call for tens of ms. A loader that has fallen behind
-# (more than one load_batch waiting) stops yielding until it has caught up. Smaller chunks
-# cost more than they save: at 64 records, per-column overhead in Arrow and DuckDB's scan
-# of many small batches took 17.7 µs a record against 9.6 µs at 512, and the loader's
-# share of a core under c=8 load went from 0.074 to 0.108, with no better tail latency.
-TABLE_CHUNK = 512
+# (more than one load_batch waiting) stops yielding until it has caught up. The chunk size
+# trades the loader's cost against the stall each chunk causes. Tabulating and inserting
+# 4,000 records took 17.7 µs a record in chunks of 64 (per-column overhead in Arrow, and
+# DuckDB scans many small batches slowly), 12.8 µs at 128 and 9.6 µs at 512. Alternating
+# runs at c=8 gave p99 4.9-5.0 ms at 64, 4.1-4.4 ms at 128 and 5.4-6.2 ms at 512, with
+# 128 and 512 at similar throughput, above 64. One unchunked build stalls calls for ~45 ms.
+TABLE_CHUNK = 128
 LOADER_YIELD_S = 0.0002
 SERVING_WINDOW_S = 0.05  # "calls are being served": a batch was written this recently
 
