@@ -62,8 +62,11 @@ def test_overlapping_calls_share_flushes_and_lose_nothing(writer: LedgerWriter) 
         assert mine == [f"c{n}-{i}" for i in range(10)]
 
 
-def test_lingering_starts_with_overlap_and_stops_when_callers_are_alone(tmp_path: Path) -> None:
-    writer = LedgerWriter(tmp_path / "ledger.duckdb")
+@pytest.mark.parametrize("durability", ["fsync", "write"])
+def test_lingering_starts_with_overlap_and_stops_when_callers_are_alone(
+    tmp_path: Path, durability: str
+) -> None:
+    writer = LedgerWriter(tmp_path / "ledger.duckdb", WriterOptions(durability=durability))
     writer.open()
     try:
         async def main() -> tuple[float, float]:
