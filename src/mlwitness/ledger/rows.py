@@ -10,12 +10,15 @@ Other tensors (images, sequences) stay in the request/response bytes only.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from mlwitness.ledger.record import Record
 
 MAX_COLUMNS_PER_TENSOR = 256
 
@@ -256,3 +259,44 @@ def arrow_columns(inputs: Sequence[Sequence | None], outputs: Sequence[Sequence 
     numeric_out, text_out = tabulator.map_columns(outputs)
     return {"inputs": numeric_in, "inputs_text": text_in,
             "outputs": numeric_out, "outputs_text": text_out}
+
+
+# Record fields stored in `entries` as they are, with their Arrow types.
+_RECORD_COLUMNS = (
+    ("seq", pa.int64()), ("kind", pa.string()), ("request_id", pa.string()),
+    ("received_us", pa.int64()), ("responded_us", pa.int64()), ("model_name", pa.string()),
+    ("model_version", pa.string()), ("model_sha256", pa.string()), ("env_id", pa.string()),
+    ("peer", pa.string()), ("metadata", pa.string()), ("status", pa.string()),
+    ("message", pa.string()), ("violations", pa.string()), ("detail", pa.string()),
+    ("request", pa.binary()), ("response", pa.binary()), ("prev_hash", pa.binary()),
+    ("hash", pa.binary()),
+)
+
+# Decodes a record's request/response bytes into tensors when they are not in memory
+# (records replayed from the journal at start-up): (inputs, outputs, request parameters).
+TensorDecoder = Callable[[Record], tuple[list[Any], list[Any], dict[str, str]]]
+
+
+def record_table(
+    records: list[Record], tabulator: Tabulator, decoder: TensorDecoder | None = None
+) -> pa.Table:
+    """The `entries` rows of chained records, as one Arrow table. Each record's in-memory
+    tensors are released once tabulated (its request and response bytes stay)."""
+    tensors_in: list[Any] = []
+    tensors_out: list[Any] = []
+    parameters: list[Any] = []
+    for record in records:
+        ins, outs, params = record.inputs, record.outputs, record.parameters
+        if ins is None and outs is None and decoder is not None:
+            ins, outs, params = decoder(record)
+        tensors_in.append(ins)
+        tensors_out.append(outs)
+        parameters.append(list(params.items()) if params else None)
+        record.inputs = record.outputs = record.parameters = None
+    columns = {
+        name: pa.array(list(map(attrgetter(name), records)), kind)
+        for name, kind in _RECORD_COLUMNS
+    }
+    columns.update(arrow_columns(tensors_in, tensors_out, tabulator))
+    columns["parameters"] = pa.array(parameters, pa.map_(pa.string(), pa.string()))
+    return pa.table(columns)

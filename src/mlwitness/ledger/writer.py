@@ -11,7 +11,7 @@
   the loop itself writes and fdatasyncs it: no thread has to win the GIL back to acknowledge
   a commit (that hand-back was the ledger's largest cost). Under concurrency the batch stays
   open for a short linger so that one write (and fdatasync) covers several calls; a lone
-  caller never waits (see `_Linger`).
+  caller never waits (see `Linger` in ledger/commit.py).
 * **One writer.** Only the loader thread touches the read-write DuckDB connection; other
   DuckDB writes (models, environments, guards) are handed to it with `write`. Readers get
   their own cursors from `cursor()`.
@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -35,7 +34,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,8 +43,9 @@ import pyarrow as pa
 from mlwitness.errors import DataLoss, LedgerUnavailable
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger import schema
+from mlwitness.ledger.commit import Batch, Linger, settle_elsewhere, settle_futures
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
-from mlwitness.ledger.rows import Tabulator, arrow_columns
+from mlwitness.ledger.rows import Tabulator, TensorDecoder, record_table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,22 +66,6 @@ TABLE_CHUNK = 128
 LOADER_YIELD_S = 0.0002
 SERVING_WINDOW_S = 0.05  # "calls are being served": a batch was written this recently
 
-# Record fields stored as they are, with their Arrow types.
-_RECORD_COLUMNS = (
-    ("seq", pa.int64()), ("kind", pa.string()), ("request_id", pa.string()),
-    ("received_us", pa.int64()), ("responded_us", pa.int64()), ("model_name", pa.string()),
-    ("model_version", pa.string()), ("model_sha256", pa.string()), ("env_id", pa.string()),
-    ("peer", pa.string()), ("metadata", pa.string()), ("status", pa.string()),
-    ("message", pa.string()), ("violations", pa.string()), ("detail", pa.string()),
-    ("request", pa.binary()), ("response", pa.binary()), ("prev_hash", pa.binary()),
-    ("hash", pa.binary()),
-)
-
-# Decodes a record's request/response bytes into tensors when they are not in memory
-# (records replayed from the journal at start-up): (inputs, outputs, request parameters).
-TensorDecoder = Callable[[Record], tuple[list[Any], list[Any], dict[str, str]]]
-
-
 @dataclass(frozen=True)
 class WriterOptions:
     durability: str = "fsync"
@@ -93,7 +76,7 @@ class WriterOptions:
     segment_bytes: int = 64 << 20
     # Under concurrency an event loop's batch stays open this long before its flush, so that
     # one journal write (and fdatasync) covers several calls; a lone caller never waits
-    # (see _Linger). Both durability modes linger: in `write` mode one flush per call cost
+    # (see commit.Linger). Both durability modes linger: in `write` mode one flush per call cost
     # more than the wait (c=8: 4,117-4,688 calls/s without, 4,872-4,940 with).
     group_commit_linger_s: float = 0.0006
     # DuckDB worker threads (SET threads); 0 leaves DuckDB's default (one per core).
@@ -141,8 +124,8 @@ class LedgerWriter:
             journal_mod.journal_dir(self.path), segment_bytes=self.options.segment_bytes
         )
         # Appends from an event loop gather here until the loop runs the batch's flush.
-        self._batches: dict[asyncio.AbstractEventLoop, _Batch] = {}
-        self._linger = _Linger(self.options.group_commit_linger_s)
+        self._batches: dict[asyncio.AbstractEventLoop, Batch] = {}
+        self._linger = Linger(self.options.group_commit_linger_s)
         self._write_lock = threading.Lock()  # chain head + journal write and flush
         self._unloaded: deque[Record] = deque()
         self._load_cond = threading.Condition()
@@ -227,7 +210,7 @@ class LedgerWriter:
             with self._write_lock:  # raced with shutdown: refuse, never leave hanging
                 late = [w for batch in self._batches.values() for _, w in batch]
                 self._batches.clear()
-            _settle_elsewhere(late, LedgerUnavailable("the ledger is shutting down"))
+            settle_elsewhere(late, LedgerUnavailable("the ledger is shutting down"))
             with self._load_cond:
                 self._load_cond.notify_all()
             loader.join()
@@ -278,7 +261,7 @@ class LedgerWriter:
         future = loop.create_future()
         batch = self._batches.get(loop)
         if batch is None:
-            batch = self._batches[loop] = _Batch()
+            batch = self._batches[loop] = Batch()
             linger = self._linger.seconds
             if linger > 0:
                 batch.timer = loop.call_later(linger, self._flush_batch, loop, batch)
@@ -291,21 +274,21 @@ class LedgerWriter:
             self._flush_batch(loop, batch)
         await future
 
-    def _flush_batch(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> None:
+    def _flush_batch(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
         if self._batches.get(loop) is not batch:
             return  # taken and refused by close()
         del self._batches[loop]
         try:
             self._write([record for record, _ in batch])
         except LedgerUnavailable as exc:
-            _settle_futures([f for _, f in batch], exc)
+            settle_futures([f for _, f in batch], exc)
             return
         except Exception as exc:  # a bug: fail these calls rather than leave them hanging
             log.exception("writing a ledger batch failed")
-            _settle_futures([f for _, f in batch], exc)
+            settle_futures([f for _, f in batch], exc)
             return
         self._linger.observe(len(batch), lingered=batch.timer is not None and not batch.early)
-        _settle_futures([f for _, f in batch], None)
+        settle_futures([f for _, f in batch], None)
 
     def append_blocking(self, record: Record) -> None:
         """`append` for threads outside an event loop (one journal flush per call)."""
@@ -435,7 +418,8 @@ class LedgerWriter:
         tables = []
         for start in range(0, len(batch), TABLE_CHUNK):
             began = time.perf_counter()
-            tables.append(self._table(batch[start : start + TABLE_CHUNK]))
+            tables.append(record_table(batch[start : start + TABLE_CHUNK], self.tabulator,
+                                       self.decoder))
             serving = began - self._written_at < SERVING_WINDOW_S
             if serving and self.backlog <= self.options.load_batch:
                 time.sleep(max(LOADER_YIELD_S, 2 * (time.perf_counter() - began)))
@@ -446,26 +430,6 @@ class LedgerWriter:
             con.execute("INSERT INTO entries BY NAME SELECT * FROM _ledger_batch")
         finally:
             con.unregister("_ledger_batch")
-
-    def _table(self, batch: list[Record]) -> pa.Table:
-        tensors_in: list[Any] = []
-        tensors_out: list[Any] = []
-        parameters: list[Any] = []
-        for record in batch:
-            ins, outs, params = record.inputs, record.outputs, record.parameters
-            if ins is None and outs is None and self.decoder is not None:
-                ins, outs, params = self.decoder(record)
-            tensors_in.append(ins)
-            tensors_out.append(outs)
-            parameters.append(list(params.items()) if params else None)
-            record.inputs = record.outputs = record.parameters = None  # the bytes stay
-        columns = {
-            name: pa.array(list(map(attrgetter(name), batch)), kind)
-            for name, kind in _RECORD_COLUMNS
-        }
-        columns.update(arrow_columns(tensors_in, tensors_out, self.tabulator))
-        columns["parameters"] = pa.array(parameters, pa.map_(pa.string(), pa.string()))
-        return pa.table(columns)
 
     # ── other writes, reads and barriers ───────────────────────────────────────────────
 
@@ -527,77 +491,3 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, fn: Callable[[Any], T]) -> T
         raise
     con.execute("COMMIT")
     return result
-
-
-class _Batch(list):
-    """(record, future) pairs waiting for one flush, and the timer that will flush them."""
-
-    timer: asyncio.TimerHandle | None = None
-    early = False  # flushed before its timer
-
-
-class _Linger:
-    """How long an event loop's batch stays open before its flush (adaptive group commit).
-
-    Off at first, so a lone caller is flushed at the end of the loop iteration it ran in.
-    When a flush finds two or more records in a batch, calls are overlapping: from then on
-    a batch stays open up to `limit` seconds so that one flush covers the calls arriving
-    meanwhile (each flush blocks the loop for its write and fdatasync and costs its own
-    callbacks, so batching is what keeps the loop serving). A batch that reaches `expected` records, the
-    most that any of the last RECENT full lingers gathered but at least EARLY_MIN, is
-    flushed at once: it already spreads its fdatasync thin, and waiting longer would only
-    add latency. (Flushing small batches early measured worse: at 8 callers, 3,700-3,960
-    against 4,300-4,360 calls/s.) After LONE_FLUSHES full lingers in a row gathered one
-    record only, nobody was joining them: lingering stops."""
-
-    LONE_FLUSHES = 3
-    RECENT = 8
-    EARLY_MIN = 16
-    UNKNOWN = 1 << 30
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.seconds = 0.0
-        self.expected = self.UNKNOWN
-        self._lone = 0
-        self._recent: deque[int] = deque(maxlen=self.RECENT)
-
-    def observe(self, batch_size: int, *, lingered: bool) -> None:
-        """After a flush of `batch_size` records; `lingered`: it waited the full linger."""
-        if self.limit <= 0:
-            return
-        if not lingered:
-            if batch_size > 1 and self.seconds == 0:  # overlapping calls: start lingering
-                self.seconds, self._lone = self.limit, 0
-            return
-        self._recent.append(batch_size)
-        self.expected = max(self.EARLY_MIN, max(self._recent))
-        if batch_size > 1:
-            self._lone = 0
-            return
-        self._lone += 1
-        if self._lone >= self.LONE_FLUSHES:
-            self.seconds, self._lone = 0.0, 0
-            self.expected = self.UNKNOWN
-            self._recent.clear()
-
-
-def _settle_elsewhere(waiters: list[Any], error: BaseException) -> None:
-    """Fail futures of any event loop from any thread."""
-    by_loop: dict[Any, list[asyncio.Future]] = {}
-    for waiter in waiters:
-        by_loop.setdefault(waiter.get_loop(), []).append(waiter)
-    for loop, futures in by_loop.items():
-        # A closed loop raises RuntimeError: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle_futures, futures, error)
-
-
-def _settle_futures(futures: list[asyncio.Future], error: BaseException | None) -> None:
-    for future in futures:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
