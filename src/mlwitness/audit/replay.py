@@ -354,3 +354,9 @@ def sweep_values(start: float, stop: float, steps: int, scale: str,
     if not np.all(np.isfinite(points)):
         raise InvalidInput("sweep values must be finite numbers")
     return points
+
+
+def row_of(tensor: Tensor, row: int, repeat: int) -> Tensor:
+    """Row `row` of a tensor, repeated `repeat` times along the batch dimension."""
+    array = np.repeat(tensor.array[row:row + 1], repeat, axis=0)
+    return Tensor(tensor.name, tensor.datatype, array.shape, array)

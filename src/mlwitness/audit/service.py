@@ -37,7 +37,6 @@ from mlwitness.violations import violations_report
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5
-REPLAY_BATCH_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -223,21 +222,21 @@ class AuditService:
                 raise InvalidInput(f"row {row} is out of range: the request has {n} rows")
             model = self._model(stored.record.model_sha256)
             # The recorded row repeated once per point, the feature swept down the batch.
-            base = [rp_row(t, row, len(points)) for t in call.inputs]
+            base = [rp.row_of(t, row, len(points)) for t in call.inputs]
             swept = rp.with_values(base, [(index, column, points)], None)
             if model.signature.inputs and all(
                 s.shape and s.shape[0] == -1 for s in model.signature.inputs
             ):
                 outputs = model.run(swept, call.requested)
             else:  # fixed batch size: one point at a time
-                parts = [model.run([rp_row(t, i, 1) for t in swept], call.requested)
+                parts = [model.run([rp.row_of(t, i, 1) for t in swept], call.requested)
                          for i in range(len(points))]
                 outputs = [rp.Tensor(p[0].name, p[0].datatype, (len(points), *p[0].shape[1:]),
                                      np.concatenate([q.array for q in p]))
                            for p in zip(*parts, strict=True)]
             rule = rp.DecisionRule(output, threshold)
             decisions = rule.decisions(outputs)
-            recorded = rule.decisions(model.run([rp_row(t, row, 1) for t in call.inputs],
+            recorded = rule.decisions(model.run([rp.row_of(t, row, 1) for t in call.inputs],
                                                 call.requested))
             rows = rp.row_dicts(outputs)
             flips = [
@@ -375,7 +374,7 @@ class AuditService:
             listed = 0
             rule = rp.DecisionRule()
             for batch in self.reader.window(filters):
-                for outcome in self._replay_batch(batch, candidate, rule):
+                for outcome in traffic.replay_batch(batch, candidate, rule, self._model):
                     counts["records"] += 1
                     if isinstance(outcome, str):
                         counts["failed"] += 1
@@ -410,77 +409,6 @@ class AuditService:
                           failures=failures)
             summary.update({k: v for k, v in result.items() if k != "failures"})
             yield {"summary": result}
-
-    def _replay_batch(self, records: list[Record], candidate: str, rule: rp.DecisionRule
-                      ) -> Iterator[traffic.Outcome | str]:
-        """Replay records, running rows of the same model and layout together. Yields an
-        Outcome per record, or why it could not be replayed."""
-        groups: dict[tuple, list[rp.Parsed]] = {}
-        for record in records:
-            try:
-                call = rp.parse_call(record)
-            except Exception as exc:  # noqa: BLE001 — reported per record
-                yield f"seq {record.seq}: {getattr(exc, 'message', exc)}"
-                continue
-            groups.setdefault((candidate or record.model_sha256, call.layout), []).append(call)
-        for (sha, layout), calls in groups.items():
-            try:
-                model = self._model(sha)
-            except MlwitnessError as exc:
-                for call in calls:
-                    yield f"seq {call.record.seq}: {exc.message}"
-                continue
-            batchable = all(s.shape and s.shape[0] == -1 for s in model.signature.inputs)
-            chunks = (traffic.chunks(calls, REPLAY_BATCH_ROWS) if batchable
-                      else [[c] for c in calls])
-            for chunk in chunks:
-                outcomes = None
-                if layout[2]:  # raw numeric contents: read and compare in bulk
-                    try:
-                        outcomes = traffic.replay_rows(model, chunk, rule)
-                    except MlwitnessError as exc:
-                        outcomes = [f"seq {c.record.seq}: {exc.message}" for c in chunk]
-                yield from outcomes if outcomes is not None else self._replay_calls(
-                    model, chunk, rule)
-
-    def _replay_calls(self, model: OnnxModel, chunk: list[rp.Parsed], rule: rp.DecisionRule
-                      ) -> Iterator[traffic.Outcome | str]:
-        """The general way: decode each call, run the chunk's rows together, and judge a
-        call whose outputs differ on a run of its own."""
-        items: list[tuple[Record, rp.Decoded]] = []
-        for call in chunk:
-            try:
-                items.append((call.record, rp.decoded(call)))
-            except MlwitnessError as exc:
-                yield f"seq {call.record.seq}: {exc.message}"
-        if not items:
-            return
-        requested = items[0][1].requested
-        try:
-            outputs = traffic.run_concatenated(model, [c for _, c in items], requested)
-        except MlwitnessError as exc:
-            for record, _ in items:
-                yield f"seq {record.seq}: {exc.message}"
-            return
-        for (record, done), replayed in zip(items, outputs, strict=True):
-            rows = done.inputs[0].array.shape[0] if done.inputs and done.inputs[0].array.ndim \
-                else 1
-            result = traffic.outcome(record, done.outputs, replayed, rule, rows)
-            if len(items) > 1 and not result.identical:
-                # A batched run may round differently; judge this call on its own.
-                try:
-                    alone = model.run(done.inputs, requested)
-                except MlwitnessError as exc:
-                    yield f"seq {record.seq}: {exc.message}"
-                    continue
-                result = traffic.outcome(record, done.outputs, alone, rule, rows)
-            yield result
-
-
-def rp_row(tensor: rp.Tensor, row: int, repeat: int) -> rp.Tensor:
-    """Row `row` of a tensor, repeated `repeat` times along the batch dimension."""
-    array = np.repeat(tensor.array[row:row + 1], repeat, axis=0)
-    return rp.Tensor(tensor.name, tensor.datatype, array.shape, array)
 
 
 def store_model_with(writer_write: Callable[[Callable], Any]) -> Callable[[bytes], str]:

@@ -1,25 +1,27 @@
 """Traffic replay: many recorded calls re-run in one onnxruntime run and judged in bulk.
 
-`AuditService.replay_range` groups recorded calls by model and layout, cuts them into
-chunks, and replays each chunk here: calls whose tensors are all numeric raw contents are
-stacked, run and compared row by row without decoding (`replay_rows`); the others are
-decoded and run concatenated (`run_concatenated`). A call that differs in a batch is
-judged on a run of its own.
+`replay_batch` groups recorded calls by model and layout, cuts them into chunks, and
+replays each chunk: calls whose tensors are all numeric raw contents are stacked, run and
+compared row by row without decoding (`replay_rows`); the others are decoded and run
+concatenated (`replay_calls`, `run_concatenated`). A call that differs in a batch is
+judged on a run of its own. `AuditService.replay_range` drives it and counts the results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from mlwitness.audit.replay import DecisionRule, Decoded, Parsed, compare
+from mlwitness.audit.replay import DecisionRule, Decoded, Parsed, compare, decoded, parse_call
 from mlwitness.codec import DATATYPES, Tensor
 from mlwitness.errors import MlwitnessError
 from mlwitness.ledger.record import Record
 from mlwitness.runtime import OnnxModel
+
+BATCH_ROWS = 8192  # rows per onnxruntime run when a model takes any batch size
 
 
 @dataclass
@@ -169,3 +171,69 @@ def run_concatenated(model: OnnxModel, calls: list[Decoded], requested: list[str
             part.append(Tensor(tensor.name, tensor.datatype, array.shape, array))
         split.append(part)
     return split
+
+
+def replay_batch(records: list[Record], candidate: str, rule: DecisionRule,
+                 model_for: Callable[[str], OnnxModel]) -> Iterator[Outcome | str]:
+    """Replay records (on `candidate`, or each on its recorded model), running rows of the
+    same model and layout together. Yields an Outcome per record, or why it could not be
+    replayed. `model_for(sha256)` loads a model (raising MlwitnessError)."""
+    groups: dict[tuple, list[Parsed]] = {}
+    for record in records:
+        try:
+            call = parse_call(record)
+        except Exception as exc:  # noqa: BLE001 — reported per record
+            yield f"seq {record.seq}: {getattr(exc, 'message', exc)}"
+            continue
+        groups.setdefault((candidate or record.model_sha256, call.layout), []).append(call)
+    for (sha, layout), calls in groups.items():
+        try:
+            model = model_for(sha)
+        except MlwitnessError as exc:
+            for call in calls:
+                yield f"seq {call.record.seq}: {exc.message}"
+            continue
+        batchable = all(s.shape and s.shape[0] == -1 for s in model.signature.inputs)
+        pieces = chunks(calls, BATCH_ROWS) if batchable else [[c] for c in calls]
+        for chunk in pieces:
+            outcomes = None
+            if layout[2]:  # raw numeric contents: read and compare in bulk
+                try:
+                    outcomes = replay_rows(model, chunk, rule)
+                except MlwitnessError as exc:
+                    outcomes = [f"seq {c.record.seq}: {exc.message}" for c in chunk]
+            yield from outcomes if outcomes is not None else replay_calls(model, chunk, rule)
+
+
+def replay_calls(model: OnnxModel, chunk: list[Parsed], rule: DecisionRule
+                 ) -> Iterator[Outcome | str]:
+    """The general way: decode each call, run the chunk's rows together, and judge a
+    call whose outputs differ on a run of its own."""
+    items: list[tuple[Record, Decoded]] = []
+    for call in chunk:
+        try:
+            items.append((call.record, decoded(call)))
+        except MlwitnessError as exc:
+            yield f"seq {call.record.seq}: {exc.message}"
+    if not items:
+        return
+    requested = items[0][1].requested
+    try:
+        outputs = run_concatenated(model, [c for _, c in items], requested)
+    except MlwitnessError as exc:
+        for record, _ in items:
+            yield f"seq {record.seq}: {exc.message}"
+        return
+    for (record, done), replayed in zip(items, outputs, strict=True):
+        rows = done.inputs[0].array.shape[0] if done.inputs and done.inputs[0].array.ndim \
+            else 1
+        result = outcome(record, done.outputs, replayed, rule, rows)
+        if len(items) > 1 and not result.identical:
+            # A batched run may round differently; judge this call on its own.
+            try:
+                alone = model.run(done.inputs, requested)
+            except MlwitnessError as exc:
+                yield f"seq {record.seq}: {exc.message}"
+                continue
+            result = outcome(record, done.outputs, alone, rule, rows)
+        yield result
