@@ -9,7 +9,8 @@ entries are read as numbers. A text value under a min/max guard is read as a num
 ("not_numeric" if it is not one).
 
 The guard-file API (`FieldGuard`, `GuardConfig`, `load_guards`, `loads_guards`,
-`dumps_toml`, `suggest`, `suggest_toml`, `baseline_id`) is re-exported from here.
+`dumps_toml` from `mlwitness.guardfile`; `suggest`, `suggest_toml`, `baseline_id` from
+`mlwitness.guard_suggestions`) is re-exported from here.
 """
 
 from __future__ import annotations
@@ -22,16 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlwitness.errors import GuardViolation
+from mlwitness.guard_suggestions import baseline_id, suggest, suggest_toml
 from mlwitness.guardfile import (
     FieldGuard,
     GuardConfig,
     _number_or_none,
-    baseline_id,
     dumps_toml,
     load_guards,
     loads_guards,
-    suggest,
-    suggest_toml,
 )
 
 if TYPE_CHECKING:
