@@ -10,19 +10,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
+from mlwitness.audit_client import DEFAULT_TARGET, stub
 from mlwitness.errors import InvalidInput
 from mlwitness.protocol import audit_pb2 as apb
-from mlwitness.protocol import audit_pb2_grpc
-
-DEFAULT_TARGET = "127.0.0.1:8702"
 
 
 def parse_time(text: str | None) -> int:
@@ -72,60 +68,10 @@ def _json(message: Any) -> str:
                                     always_print_fields_with_no_presence=True), indent=2)
 
 
-class _Token(grpc.AuthMetadataPlugin):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __call__(self, context: Any, callback: Any) -> None:
-        callback((("authorization", f"Bearer {self.token}"),), None)
-
-
-def _read_token(args: argparse.Namespace) -> str | None:
-    path = args.token_file or os.environ.get("MLWITNESS_TOKEN_FILE")
-    if path:
-        return Path(path).expanduser().read_text().strip()
-    return os.environ.get("MLWITNESS_TOKEN") or None
-
-
-def _stub(args: argparse.Namespace) -> audit_pb2_grpc.AuditServiceStub:
-    target = args.target or os.environ.get("MLWITNESS_AUDIT_TARGET") or DEFAULT_TARGET
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    token = _read_token(args)
-    if args.ca or args.cert:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=Path(args.ca).read_bytes() if args.ca else None,
-            private_key=Path(args.key).read_bytes() if args.key else None,
-            certificate_chain=Path(args.cert).read_bytes() if args.cert else None)
-        if token:
-            credentials = grpc.composite_channel_credentials(
-                credentials, grpc.metadata_call_credentials(_Token(token)))
-        channel = grpc.secure_channel(target, credentials, options=options)
-        return audit_pb2_grpc.AuditServiceStub(channel)
-    channel = grpc.insecure_channel(target, options=options)
-    if token:  # plaintext: attach the token per call (only sensible on a trusted network)
-        channel = grpc.intercept_channel(channel, _TokenInterceptor(token))
-    return audit_pb2_grpc.AuditServiceStub(channel)
-
-
-class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    def __init__(self, token: str) -> None:
-        self.header = ("authorization", f"Bearer {token}")
-
-    def _details(self, details: Any) -> Any:
-        metadata = [*(details.metadata or ()), self.header]
-        return details._replace(metadata=metadata)
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
-
-
 # ── commands ────────────────────────────────────────────────────────────────────────────
 
 def show(args: argparse.Namespace) -> int:
-    r = _stub(args).GetRecord(apb.GetRecordRequest(ref=_ref(args.record)), timeout=args.timeout)
+    r = stub(args).GetRecord(apb.GetRecordRequest(ref=_ref(args.record)), timeout=args.timeout)
     if args.json:
         print(_json(r))
         return 0
@@ -146,13 +92,13 @@ def show(args: argparse.Namespace) -> int:
 
 
 def records(args: argparse.Namespace) -> int:
-    stub = _stub(args)
+    client = stub(args)
     request = apb.ListRecordsRequest(
         since_us=parse_time(args.since), until_us=parse_time(args.until), model=args.model or "",
         status=args.status or "", caller=args.caller or "", page_size=min(args.limit, 1000))
     shown: list[apb.RecordSummary] = []
     while len(shown) < args.limit:
-        page = stub.ListRecords(request, timeout=args.timeout)
+        page = client.ListRecords(request, timeout=args.timeout)
         shown.extend(page.records)
         if not page.next_page_token:
             break
@@ -171,7 +117,7 @@ def replay(args: argparse.Namespace) -> int:
     request = apb.ReplayRequest(ref=_ref(args.record))
     if args.candidate:
         request.candidate_onnx = Path(args.candidate).read_bytes()
-    r = _stub(args).Replay(request, timeout=args.timeout)
+    r = stub(args).Replay(request, timeout=args.timeout)
     if args.json:
         print(_json(r))
         return 0 if r.bit_identical else 1
@@ -206,7 +152,7 @@ def _overrides(items: list[str]) -> list[apb.Override]:
 
 
 def whatif(args: argparse.Namespace) -> int:
-    r = _stub(args).WhatIf(apb.WhatIfRequest(
+    r = stub(args).WhatIf(apb.WhatIfRequest(
         ref=_ref(args.record), overrides=_overrides(args.set), row=args.row,
         all_rows=args.all_rows), timeout=args.timeout)
     if args.json:
@@ -231,7 +177,7 @@ def sensitivity(args: argparse.Namespace) -> int:
         row=args.row, output=args.output or "")
     if args.threshold is not None:
         request.threshold = args.threshold
-    r = _stub(args).Sensitivity(request, timeout=args.timeout)
+    r = stub(args).Sensitivity(request, timeout=args.timeout)
     if args.json:
         print(_json(r))
         return 0
@@ -253,7 +199,7 @@ def replay_range(args: argparse.Namespace) -> int:
         request.candidate_onnx = Path(args.candidate).read_bytes()
     tty = sys.stderr.isatty()
     summary = None
-    for event in _stub(args).ReplayRange(request, timeout=args.timeout):
+    for event in stub(args).ReplayRange(request, timeout=args.timeout):
         kind = event.WhichOneof("event")
         if kind == "progress" and tty and not args.json:
             p = event.progress
@@ -289,7 +235,7 @@ def replay_range(args: argparse.Namespace) -> int:
 
 
 def verify_remote(args: argparse.Namespace) -> int:
-    r = _stub(args).VerifyLedger(apb.VerifyLedgerRequest(), timeout=args.timeout)
+    r = stub(args).VerifyLedger(apb.VerifyLedgerRequest(), timeout=args.timeout)
     if args.json:
         print(_json(r))
     else:
@@ -302,7 +248,7 @@ def verify_remote(args: argparse.Namespace) -> int:
 
 
 def violations(args: argparse.Namespace) -> int:
-    r = _stub(args).Violations(apb.ViolationsRequest(
+    r = stub(args).Violations(apb.ViolationsRequest(
         since_us=parse_time(args.since), until_us=parse_time(args.until),
         model=args.model or ""), timeout=args.timeout)
     if args.json:
@@ -326,14 +272,14 @@ def violations(args: argparse.Namespace) -> int:
 
 
 def guards(args: argparse.Namespace) -> int:
-    stub = _stub(args)
+    client = stub(args)
     if args.set:
         text = Path(args.set).read_text()
         request = (apb.SetGuardsRequest(json=text) if Path(args.set).suffix.lower() == ".json"
                    else apb.SetGuardsRequest(toml=text))
-        r = stub.SetGuards(request, timeout=args.timeout)
+        r = client.SetGuards(request, timeout=args.timeout)
     else:
-        r = stub.GetGuards(apb.GetGuardsRequest(), timeout=args.timeout)
+        r = client.GetGuards(apb.GetGuardsRequest(), timeout=args.timeout)
     if args.json:
         print(_json(r))
     elif not r.active:
@@ -349,7 +295,7 @@ def drift(args: argparse.Namespace) -> int:
         model=args.model or "", baseline=args.baseline or "",
         reference_since_us=parse_time(args.reference_since),
         reference_until_us=parse_time(args.reference_until), features=args.features or [])
-    r = _stub(args).Drift(request, timeout=args.timeout)
+    r = stub(args).Drift(request, timeout=args.timeout)
     report = json.loads(r.report_json)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -374,7 +320,7 @@ def drift(args: argparse.Namespace) -> int:
 
 
 def bias(args: argparse.Namespace) -> int:
-    r = _stub(args).Bias(apb.BiasRequest(
+    r = stub(args).Bias(apb.BiasRequest(
         attribute=args.attribute, favorable=args.favorable, since_us=parse_time(args.since),
         until_us=parse_time(args.until), model=args.model or "",
         privileged=args.privileged or ""), timeout=args.timeout)
