@@ -5,6 +5,9 @@ with the same N) become N rows; each row maps column names to values: `income` â
 52000.0. A [N] or [N, 1] tensor gives one column named after the tensor; [N, k] gives k
 columns, named by the configured feature names for that tensor or `name_0 â€¦ name_{k-1}`.
 Other tensors (images, sequences) stay in the request/response bytes only.
+
+`record_table` turns a batch of chained records (their fields and decoded tensors) into
+the Arrow table the ledger writer inserts into `entries`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@
   the loop itself writes and fdatasyncs it: no thread has to win the GIL back to acknowledge
   a commit (that hand-back was the ledger's largest cost). Under concurrency the batch stays
   open for a short linger so that one write (and fdatasync) covers several calls; a lone
-  caller never waits (see `Linger` in ledger/commit.py).
+  caller is flushed at once, and after a burst lingering stops within three flushes that
+  found nobody else (see `Linger` in ledger/commit.py).
 * **One writer.** Only the loader thread touches the read-write DuckDB connection; other
   DuckDB writes (models, environments, guards) are handed to it with `write`. Readers get
   their own cursors from `cursor()`.
@@ -75,9 +76,10 @@ class WriterOptions:
     backpressure_timeout_s: float = 5.0
     segment_bytes: int = 64 << 20
     # Under concurrency an event loop's batch stays open this long before its flush, so that
-    # one journal write (and fdatasync) covers several calls; a lone caller never waits
-    # (see commit.Linger). Both durability modes linger: in `write` mode one flush per call cost
-    # more than the wait (c=8: 4,117-4,688 calls/s without, 4,872-4,940 with).
+    # one journal write (and fdatasync) covers several calls; a lone caller is not held back
+    # once lingering has stopped (see commit.Linger). Both durability modes linger: in
+    # `write` mode one flush per call cost more than the wait (c=8: 4,117-4,688 calls/s
+    # without, 4,872-4,940 with).
     group_commit_linger_s: float = 0.0006
     # DuckDB worker threads (SET threads); 0 leaves DuckDB's default (one per core).
     duckdb_threads: int = 0
