@@ -36,13 +36,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-from sidecar import RunningSidecar, free_ports, mlwitness_command, raw_rpc, start_sidecar
+from sidecar import (
+    Served,
+    mlwitness_command,
+    raw_rpc,
+    start_with_audit_port,
+)
 from tritonclient.utils import np_to_triton_dtype
 
 from mlwitness.codec import decode_outputs, encode_inputs, tensor_from_array
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.protocol import audit_pb2_grpc
-from mlwitness.settings import Settings
 from mlwitness.wire import inference as pb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,26 +153,13 @@ def ref(request_id: str = "", seq: int = 0) -> apb.RecordRef:
 
 
 @dataclass
-class AuditedSidecar:
+class AuditedSidecar(Served):
     """A running sidecar (inference and audit ports) and clients of both."""
 
-    running: RunningSidecar
     client: grpcclient.InferenceServerClient
     inference_channel: grpc.Channel
     channel: grpc.Channel  # to the audit port
     stub: audit_pb2_grpc.AuditServiceStub
-
-    @property
-    def address(self) -> str:
-        return self.running.address
-
-    @property
-    def audit_address(self) -> str:
-        return f"127.0.0.1:{self.running.sidecar.audit_port}"
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.running.ledger_path
 
     def infer(self, x: np.ndarray, request_id: str, caller: str = "",
               model_name: str = "credit") -> dict[str, np.ndarray]:
@@ -202,14 +193,11 @@ class AuditedSidecar:
                       metadata=metadata)
         return {t.name: t.array for t in decode_outputs(pb.ModelInferResponse.FromString(raw))}
 
-    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
-        return self.running.query(sql, params or [])
-
     def stop(self) -> None:
         self.client.close()
         self.channel.close()
         self.inference_channel.close()
-        self.running.stop()
+        super().stop()
 
 
 def start_audited_sidecar(model: Path, ledger: Path, **overrides: Any) -> AuditedSidecar:
@@ -223,19 +211,11 @@ def start_audited_sidecar(model: Path, ledger: Path, **overrides: Any) -> Audite
                                    drain_timeout=5.0, model_name="credit",
                                    features=list(credit_builder().FEATURES))
     values_.update(overrides)
-    error: BaseException | None = None
-    for _ in range(5):
-        (audit_port,) = free_ports(1)
-        try:
-            running = start_sidecar(Settings(**{**values_, "audit_port": audit_port}))
-        except RuntimeError as exc:  # grpc: the port was taken between probe and bind
-            error = exc
-            continue
-        channel = grpc.insecure_channel(f"127.0.0.1:{audit_port}")
-        return AuditedSidecar(running, grpcclient.InferenceServerClient(running.address),
-                              grpc.insecure_channel(running.address), channel,
-                              audit_pb2_grpc.AuditServiceStub(channel))
-    raise RuntimeError(f"could not bind an audit port: {error}")
+    running = start_with_audit_port(values_)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.sidecar.audit_port}")
+    return AuditedSidecar(running, grpcclient.InferenceServerClient(running.address),
+                          grpc.insecure_channel(running.address), channel,
+                          audit_pb2_grpc.AuditServiceStub(channel))
 
 
 # ── the recorded ledger every audit test reads ─────────────────────────────────────────

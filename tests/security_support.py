@@ -13,7 +13,7 @@ import datetime as dt
 import io
 import ipaddress
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sidecar import RunningSidecar, free_ports, start_sidecar
+from sidecar import Served, start_sidecar, start_with_audit_port
 from tritonclient.utils import InferenceServerException
 
 from mlwitness import cli
@@ -155,48 +155,14 @@ def make_pki(directory: Path) -> Pki:
 # ── sidecars with their audit port ─────────────────────────────────────────────────────
 
 
-@dataclass
-class Served:
-    """A running sidecar and the addresses of its inference and audit ports."""
-
-    running: RunningSidecar
-
-    @property
-    def address(self) -> str:
-        return self.running.address
-
-    @property
-    def audit_address(self) -> str:
-        return f"127.0.0.1:{self.running.sidecar.audit_port}"
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.running.ledger_path
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.running.query(sql, params)
-
-    def stop(self) -> None:
-        self.running.stop()
-
-
 def serve(model: Path, ledger: Path, *, audit: bool = True, **overrides: Any) -> Served:
     """A sidecar on 127.0.0.1 (inference port 0). Settings.audit_port = 0 disables the audit
-    server, so with `audit` it takes a port that was free a moment ago, retrying if someone
-    took it in between (as tests/audit_support.py does)."""
+    server; with `audit` it gets a free one (`start_with_audit_port`)."""
     values: dict[str, Any] = dict(model=Path(model), ledger=Path(ledger), host="127.0.0.1",
                                   port=0, audit_port=0, metrics_port=0, durability="write",
                                   drain_timeout=2.0)
     values.update(overrides)
-    error: BaseException | None = None
-    for _ in range(5):
-        if audit:
-            (values["audit_port"],) = free_ports(1)
-        try:
-            return Served(start_sidecar(Settings(**values)))
-        except RuntimeError as exc:  # grpc: the port was taken between probe and bind
-            error = exc
-    raise RuntimeError(f"could not bind an audit port: {error}")
+    return Served(start_with_audit_port(values) if audit else start_sidecar(Settings(**values)))
 
 
 @contextlib.contextmanager

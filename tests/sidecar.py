@@ -153,6 +153,45 @@ def start_sidecar(settings: Settings, sidecar_class: type[Sidecar] = Sidecar) ->
     return RunningSidecar(sidecar, loop, thread)
 
 
+def start_with_audit_port(values: dict[str, Any]) -> RunningSidecar:
+    """`start_sidecar(Settings(**values))` with the audit server on a port that was free a
+    moment ago (audit_port = 0 disables it), retrying with another port if someone took it
+    in between."""
+    error: BaseException | None = None
+    for _ in range(5):
+        (audit_port,) = free_ports(1)
+        try:
+            return start_sidecar(Settings(**{**values, "audit_port": audit_port}))
+        except RuntimeError as exc:  # grpc: the port was taken between probe and bind
+            error = exc
+    raise RuntimeError(f"could not bind an audit port: {error}")
+
+
+@dataclass
+class Served:
+    """A running sidecar and the addresses of its inference and audit ports."""
+
+    running: RunningSidecar
+
+    @property
+    def address(self) -> str:
+        return self.running.address
+
+    @property
+    def audit_address(self) -> str:
+        return f"127.0.0.1:{self.running.sidecar.audit_port}"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.running.ledger_path
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.running.query(sql, params)
+
+    def stop(self) -> None:
+        self.running.stop()
+
+
 # ── `mlwitness serve` as a subprocess ──────────────────────────────────────────────────
 
 
