@@ -18,8 +18,10 @@ from typing import Any
 import grpc
 
 from mlwitness.protocol import audit_pb2_grpc
+from mlwitness.settings import Settings
 
-DEFAULT_TARGET = "127.0.0.1:8702"
+# Where `mlwitness serve` puts its audit service by default.
+DEFAULT_TARGET = f"{Settings.host}:{Settings.audit_port}"
 
 
 class _Token(grpc.AuthMetadataPlugin):
