@@ -112,6 +112,28 @@ def test_sigkill_under_load_loses_no_acknowledged_call(
     assert json.loads(final.stdout)["records"] == report["head_seq"] + 1
 
 
+def test_sigkill_before_any_call_then_again_after_calls_loses_nothing(
+    serve_process, affine_model: Path, tmp_path: Path
+) -> None:
+    """A start creates the journal segment the next record goes to. Killed before any call,
+    that empty segment is still there at the next start, named for the same seq: the new
+    run must not lose the segment it then writes to (it once unlinked it as "loaded")."""
+    ledger = tmp_path / "twice.duckdb"
+    assert serve_process(affine_model, ledger).kill() == -9
+    server = serve_process(affine_model, ledger)
+    with grpcclient.InferenceServerClient(server.address) as client:
+        for i in range(5):
+            client.infer("affine_fp32", affine_input(), request_id=f"r{i}")
+    assert server.kill() == -9
+
+    report = json.loads(run_verify(ledger, "--json").stdout)
+    assert (report["head_seq"], report["records"] + report["journal_records"]) == (5, 5)
+    restarted = serve_process(affine_model, ledger)
+    assert restarted.terminate() == 0
+    ids = [r[0] for r in read_ledger(ledger, "SELECT request_id FROM records ORDER BY seq")]
+    assert ids == [f"r{i}" for i in range(5)]
+
+
 # ── SIGTERM ────────────────────────────────────────────────────────────────────────────
 
 

@@ -131,6 +131,12 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         for path in _segments(self.directory):
             first = int(path.stem)
+            if first >= next_seq:
+                # Created by a run that crashed before writing a record to it (records
+                # from `first` on would have been loaded, and next_seq be past them). It may
+                # bear the name of the segment this run starts: never keep it as "loaded".
+                path.unlink()
+                continue
             self._segments.append(Segment(path, first, next_seq - 1))
         self._roll(next_seq)
 
