@@ -332,7 +332,7 @@ class LedgerWriter:
                 payload = encode(record)
                 record.prev_hash = prev
                 record.hash = prev = chain_hash(prev, payload)
-                frames.append(journal_mod.frame(record, payload))
+                frames.append(journal_mod.frame(record, payload, self._head_seq + 1))
             try:
                 self._journal.append(b"".join(frames), self._head_seq + 1, seq)
                 if self.options.durability == "fsync":
