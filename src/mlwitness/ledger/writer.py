@@ -325,6 +325,7 @@ class LedgerWriter:
             if self._closing:
                 raise LedgerUnavailable("the ledger is shutting down")
             seq, prev = self._head_seq, self._head_hash
+            first = seq + 1
             frames = []
             for record in batch:
                 seq += 1
@@ -332,9 +333,9 @@ class LedgerWriter:
                 payload = encode(record)
                 record.prev_hash = prev
                 record.hash = prev = chain_hash(prev, payload)
-                frames.append(journal_mod.frame(record, payload, self._head_seq + 1))
+                frames.append(journal_mod.frame(record, payload, first))
             try:
-                self._journal.append(b"".join(frames), self._head_seq + 1, seq)
+                self._journal.append(b"".join(frames), first, seq)
                 if self.options.durability == "fsync":
                     self._journal.sync()
             except OSError as exc:
