@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
 import grpc
 import numpy as np
 import pytest
@@ -22,6 +23,9 @@ from sidecar import RunningSidecar, read_ledger, run_verify
 from tritonclient.utils import InferenceServerException
 
 from mlwitness.ledger import journal as journal_module
+from mlwitness.ledger.record import Record
+from mlwitness.ledger.verify import verify
+from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 
 X1 = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
 
@@ -287,3 +291,63 @@ def test_full_backlog_makes_callers_wait_never_drops(
             client.infer("affine_fp32", affine_input(), request_id=f"bp-{i}", client_timeout=8)
     assert time.monotonic() - started < 5  # a full backlog triggers a load at once
     assert sidecar.query("SELECT count(*) FROM records") == [(20,)]
+
+
+# ── the loader and the journal's housekeeping ──────────────────────────────────────────
+
+
+class RefusingWriter(LedgerWriter):
+    """DuckDB refuses every batch holding seq 3: the fault is injected by subclassing, as
+    FailingJournal does, and the rest of the writer is the real one."""
+
+    def _insert(self, batch: list[Record]) -> None:
+        if any(record.seq == 3 for record in batch):
+            raise duckdb.IOException("IO Error: could not write to the database file")
+        super()._insert(batch)
+
+
+def test_a_load_that_fails_at_shutdown_leaves_no_gap(tmp_path: Path) -> None:
+    path = tmp_path / "gap.duckdb"
+    writer = RefusingWriter(path, WriterOptions(load_batch=2))
+    writer.open()
+    for i in range(6):
+        writer.append_blocking(Record(request_id=f"r{i + 1}"))
+    writer.close()  # loads 1-2, gives up on 3-4: it must not load 5-6 past the hole
+
+    report = verify(path)
+    assert not report.problems, report.problems
+    assert (report.records, report.journal_records, report.head_seq) == (2, 4, 6)
+
+    writer = LedgerWriter(path)  # DuckDB works again: the journal tail is loaded
+    writer.open()
+    writer.close()
+    report = verify(path)
+    assert not report.problems and (report.records, report.journal_records) == (6, 0)
+
+
+def test_a_journal_segment_that_cannot_be_deleted_fails_no_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    path = tmp_path / "stuck.duckdb"
+    writer = LedgerWriter(path, WriterOptions(segment_bytes=2_000, load_batch=4))
+    writer.open()
+    for i in range(60):  # many small segments
+        writer.append_blocking(Record(request_id=f"r{i}"))
+    writer.sync()  # all loaded: the next write retires every segment but the active one
+    writer.append_blocking(Record(request_id="r60"))
+    assert writer.healthy
+    assert "cannot delete loaded journal segment" in caplog.text
+    assert len(list(journal_module.journal_dir(path).glob("*.wal"))) > 2  # kept, not lost
+    monkeypatch.undo()
+    writer.close()
+    rows = writer_rows(path)
+    assert rows == [(i + 1, f"r{i}", "OK") for i in range(61)]
+    assert not journal_module.journal_dir(path).exists()
+
+
+def writer_rows(path: Path) -> list[tuple]:
+    return read_ledger(path, "SELECT seq, request_id, status FROM entries ORDER BY seq")

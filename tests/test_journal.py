@@ -7,6 +7,7 @@ or a bad disk would, and read them back with `journal.read`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 class Chain:
     """Writes chained records to a journal in batches, as the ledger writer does."""
 
-    def __init__(self, directory: Path, segment_bytes: int = 64 << 20) -> None:
-        self.journal = journal.Journal(directory, segment_bytes=segment_bytes)
+    def __init__(self, directory: Path, segment_bytes: int = 64 << 20,
+                 synced: bool = True) -> None:
+        self.journal = journal.Journal(directory, segment_bytes=segment_bytes, synced=synced)
         self.journal.open(1)
         self.seq, self.prev = 0, genesis_hash("test")
         self.extents: list[tuple[int, int]] = []  # (start, end) byte range of each batch
@@ -136,6 +138,23 @@ def test_damage_before_a_later_batch_is_data_loss(tmp_path: Path) -> None:
     assert len(path.read_bytes()) == len(before)  # nothing was cut away
 
 
+def test_write_durability_ends_at_the_first_hole_after_a_power_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # --durability write acknowledges batches before fdatasync, so a power cut can keep a
+    # later batch and lose an earlier one: the segment ends at the hole, with a warning.
+    chain = Chain(tmp_path, synced=False)
+    chain.batch(3)
+    chain.batch(3)
+    chain.batch(2)
+    path = chain.segment()
+    start, end = chain.extents[1]
+    damage(path, start, end)  # batch 4-6 never reached the disk; batch 7-8 did
+    assert seqs(tmp_path, repair=True) == [1, 2, 3]
+    assert "with --durability write" in caplog.text
+    assert seqs(tmp_path) == [1, 2, 3]  # truncated
+
+
 def test_damage_in_an_earlier_segment_is_data_loss(tmp_path: Path) -> None:
     chain = Chain(tmp_path, segment_bytes=2_000)
     while len(chain.journal._segments) < 3:
@@ -153,11 +172,14 @@ def test_a_whole_earlier_segment_ends_at_its_zeros(tmp_path: Path) -> None:
     assert seqs(tmp_path) == list(range(1, chain.seq + 1))
 
 
-def test_an_unknown_format_is_refused_and_an_unwritten_header_is_empty(tmp_path: Path) -> None:
+@pytest.mark.parametrize("left", [b"", b"MLW", journal.HEADER, bytes(9), bytes(4096)])
+def test_an_unknown_format_is_refused_and_an_unwritten_header_is_empty(
+    tmp_path: Path, left: bytes
+) -> None:
     chain = Chain(tmp_path)
     chain.batch(2)
     empty = tmp_path / f"{chain.seq + 1:020d}.wal"
-    empty.write_bytes(journal.HEADER[:3])  # created; the crash came before its header was
+    empty.write_bytes(left)  # created; the crash came before its header was on disk
     assert seqs(tmp_path) == [1, 2]
     chain.segment().write_bytes(b"\x00\x00\x00\x10" + chain.segment().read_bytes()[4:])
     with pytest.raises(DataLoss, match="bad header"):
@@ -171,3 +193,53 @@ def test_a_failed_batch_is_cut_back_out(tmp_path: Path) -> None:
     chain.journal.discard_last_batch()  # its write or fdatasync failed: never acknowledged
     chain.journal.close()
     assert seqs(tmp_path) == [1, 2, 3]
+
+
+def test_a_segment_retired_while_being_read_is_skipped(tmp_path: Path) -> None:
+    # verify reads the journal of a live sidecar, whose loader deletes a segment once its
+    # records are in DuckDB: a listed segment that is gone by the time it is read is skipped
+    chain = Chain(tmp_path, segment_bytes=2_000)
+    while len(chain.journal._segments) < 3:
+        chain.batch(4)
+    second = chain.journal._segments[1]
+    records = journal.read(tmp_path)
+    assert next(records).seq == 1  # the segments are listed now
+    second.path.unlink()
+    rest = [r.seq for r in records]
+    assert rest == [s for s in range(2, chain.seq + 1)
+                    if not second.first_seq <= s <= second.last_seq]
+
+
+def test_a_segment_that_cannot_be_created_leaves_the_old_one_active(tmp_path: Path) -> None:
+    chain = Chain(tmp_path, segment_bytes=2_000)
+    while chain.journal._size < 2_000:
+        chain.batch(4)
+    old = chain.segment()
+    blocker = tmp_path / f"{chain.seq + 1:020d}.wal"
+    blocker.mkdir()  # the next segment's name is taken: opening it fails
+    with pytest.raises(IsADirectoryError):
+        chain.batch(1)
+    fd = chain.journal._fd
+    assert fd is not None and os.fstat(fd).st_ino == old.stat().st_ino
+    chain.journal.close()
+    blocker.rmdir()
+    assert seqs(tmp_path)[-1] == chain.seq - 1  # everything before the failed batch
+
+
+def test_a_loaded_segment_that_cannot_be_deleted_is_kept_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = Chain(tmp_path, segment_bytes=2_000)
+    while len(chain.journal._segments) < 2:
+        chain.batch(4)
+    first = chain.journal._segments[0]
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    chain.journal.retire(chain.seq)  # raises nothing: the batch it follows was durable
+    assert first.path.exists() and chain.journal._segments[0] is first
+    monkeypatch.undo()
+    chain.journal.retire(chain.seq)
+    assert not first.path.exists()

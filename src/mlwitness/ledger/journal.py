@@ -7,13 +7,15 @@ whatever the journal holds beyond DuckDB's last record.
 
 Segment files are named after the first seq they hold (`00000000000000000042.wal`):
 
-    b"MLWJRNL2" ‖ frame ‖ frame ‖ … ‖ zeros to the end of the file
+    b"MLWJRNL2" ‖ durability ‖ frame ‖ frame ‖ … ‖ zeros to the end of the file
 
     frame = "MLWF" ‖ u32 payload length ‖ u32 CRC-32 of the rest ‖ u64 batch seq
             ‖ prev_hash ‖ hash ‖ payload
 
 with `payload` the record's canonical encoding and `batch seq` the first seq of the group
-commit the frame was written in (one write, one fdatasync).
+commit the frame was written in (one write, one fdatasync). `durability` is one byte: F
+when every batch was fdatasync'ed before it was acknowledged, W for `--durability write`.
+A new segment's header is flushed before any frame goes into it.
 
 **Zeros ahead.** The writer extends a segment with zeros a megabyte (EXTEND_BYTES) at a
 time, ahead of its frames, so most batches overwrite blocks the file already has. Their
@@ -30,12 +32,16 @@ sound frame among them belongs to that same last batch (its batch seq). An unsou
 followed by any frame of a later batch is damage to records that were acknowledged: it is
 reported as DataLoss, never skipped, as is any damage in an earlier segment (each was
 flushed whole before the next began). As in any write-ahead log, damage confined to the
-very last batch looks the same as a torn write and is dropped with it.
+very last batch looks the same as a torn write and is dropped with it. A W segment was
+never flushed batch by batch, so after a power cut any number of its last batches may be
+torn: it ends at its first unsound frame, with a warning for what follows (the trade
+`--durability write` documents).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import zlib
@@ -46,7 +52,11 @@ from pathlib import Path
 from mlwitness.errors import DataLoss
 from mlwitness.ledger.record import HASH_SIZE, Record, decode
 
+log = logging.getLogger(__name__)
+
 HEADER = b"MLWJRNL2"
+SYNCED, UNSYNCED = b"F", b"W"  # the header's durability byte
+_HEADER_SIZE = len(HEADER) + 1
 MAGIC = b"MLWF"
 _FRAME = struct.Struct(">4sIIq")  # magic, payload length, CRC-32, batch seq
 _SIZES = struct.Struct(">II")
@@ -70,6 +80,7 @@ class Segment:
     path: Path
     first_seq: int
     last_seq: int
+    stuck: bool = False  # a loaded segment that could not be deleted (warned once)
 
 
 def _segments(directory: Path) -> list[Path]:
@@ -107,14 +118,18 @@ def read(directory: Path, *, repair: bool = False) -> Iterator[Record]:
     """
     paths = _segments(directory)
     for index, path in enumerate(paths):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue  # retired since the listing: its records were in DuckDB first
         last_segment = index == len(paths) - 1
-        if not data.startswith(HEADER):
-            if last_segment and HEADER.startswith(data):
-                continue  # created, but a crash came before its first flush: nothing in it
+        durability = data[len(HEADER) : _HEADER_SIZE]
+        if not data.startswith(HEADER) or durability not in (SYNCED, UNSYNCED):
+            if last_segment and _never_written(data):
+                continue  # created, but a crash came before its header was on disk
             raise DataLoss(f"journal segment {path} is not an mlwitness journal of this "
                            "version (bad header). Keep the file and run `mlwitness verify`.")
-        offset = len(HEADER)
+        offset = _HEADER_SIZE
         batch_seq, last_seq = 0, int(path.stem) - 1
         while offset < len(data):
             found = _sound(data, offset)
@@ -137,16 +152,29 @@ def read(directory: Path, *, repair: bool = False) -> Iterator[Record]:
             continue  # zeros (or nothing) after the last frame: the segment's end
         torn_batches = {batch_seq, last_seq + 1}  # the batch in flight, wherever it began
         later = _later_batch(data, offset, torn_batches)
-        if not last_segment or later is not None:
+        if not last_segment or (later is not None and durability == SYNCED):
             where = f"; a frame of batch {later} follows" if later is not None else ""
             raise DataLoss(
                 f"journal segment {path} is damaged at byte {offset}{where}; acknowledged "
                 "records may be affected. Keep the file and run `mlwitness verify`."
             )
+        if later is not None:
+            log.warning("journal segment %s ends at byte %d, after seq %d: later batches "
+                        "were written with --durability write and did not all reach the "
+                        "disk (a power cut or kernel crash); they are dropped",
+                        path, offset, last_seq)
         if repair:
             with open(path, "r+b") as handle:
                 handle.truncate(offset)
                 os.fsync(handle.fileno())
+
+
+def _never_written(data: bytes) -> bool:
+    """Whether a segment's bytes are what a crash leaves of one whose header never reached
+    the disk: nothing, zeros, or a piece of the header."""
+    if len(data) < _HEADER_SIZE and HEADER.startswith(data[: len(HEADER)]):
+        return True
+    return not data.strip(b"\0")
 
 
 def _later_batch(data: bytes, offset: int, torn_batches: set[int]) -> int | None:
@@ -164,6 +192,19 @@ def _later_batch(data: bytes, offset: int, torn_batches: set[int]) -> int | None
     return None
 
 
+def _remove(segment: Segment) -> bool:
+    """Delete a loaded segment's file; on failure warn (once per segment) and say so."""
+    try:
+        segment.path.unlink(missing_ok=True)
+    except OSError as exc:
+        if not segment.stuck:
+            log.warning("cannot delete loaded journal segment %s (%s); will retry",
+                        segment.path, exc.strerror or exc)
+        segment.stuck = True
+        return False
+    return True
+
+
 def _write_at(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -175,9 +216,11 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
 class Journal:
     """Appends frames to segment files. Used under the ledger writer's write lock only."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20,
+                 synced: bool = True) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
+        self._header = HEADER + (SYNCED if synced else UNSYNCED)
         self._segments: list[Segment] = []
         self._fd: int | None = None
         self._size = 0
@@ -201,13 +244,22 @@ class Journal:
         self._roll(next_seq)
 
     def _roll(self, next_seq: int) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
+        """Make a new segment the active one. The new file and its flushed header come
+        first: if anything fails, the old segment stays open and active."""
         path = self.directory / f"{next_seq:020d}{_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        _write_at(self._fd, HEADER, 0)
-        self._size = self._end = len(HEADER)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            _write_at(fd, self._header, 0)
+            os.fdatasync(fd)
+            if self._fd is not None:
+                os.fsync(self._fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        self._size = self._end = len(self._header)
         self._segments.append(Segment(path, next_seq, next_seq - 1))
         _fsync_dir(self.directory)
 
@@ -244,27 +296,24 @@ class Journal:
         self._segments[-1].last_seq = last_seq
 
     def retire(self, loaded_upto: int) -> None:
-        """Delete segments, other than the active one, whose records are all loaded."""
-        keep = []
-        for segment in self._segments[:-1]:
-            if segment.last_seq <= loaded_upto:
-                segment.path.unlink(missing_ok=True)
-            else:
-                keep.append(segment)
+        """Delete segments, other than the active one, whose records are all loaded. Best
+        effort: it runs after a batch is durable, so a failure here must not fail the batch;
+        a segment that cannot be deleted is tried again at the next retire."""
+        keep = [s for s in self._segments[:-1] if s.last_seq > loaded_upto or not _remove(s)]
         self._segments = keep + self._segments[-1:]
 
     def close(self, *, remove_if_loaded_upto: int | None = None) -> None:
         """Close the active segment; with `remove_if_loaded_upto` covering every record,
         delete all segments (a clean shutdown leaves no journal behind)."""
         if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         if remove_if_loaded_upto is not None and all(
             s.last_seq <= remove_if_loaded_upto for s in self._segments
         ):
-            for segment in self._segments:
-                segment.path.unlink(missing_ok=True)
-            self._segments = []
+            self._segments = [s for s in self._segments if not _remove(s)]
             with contextlib.suppress(OSError):
                 self.directory.rmdir()

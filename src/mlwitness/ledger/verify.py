@@ -90,6 +90,14 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
     """Verify the ledger file at `path` and its journal tail. The file is opened read-only
     unless `con`, a cursor on it (e.g. from the process that writes it), is given."""
     report = VerifyReport(ledger=str(path))
+    # The journal first: a live writer loads records into DuckDB and only then deletes
+    # their journal segment, so read in this order every record is in one or the other.
+    tail: list[Record] = []
+    unreadable: Exception | None = None
+    try:
+        tail.extend(journal.read(journal.journal_dir(path)))
+    except Exception as exc:  # damaged journal: report it, don't crash the verifier
+        unreadable = exc
     own = con is None
     if own:
         con = schema.connect(path, read_only=True)
@@ -109,18 +117,17 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
     finally:
         if own:
             con.close()
-    try:
-        for record in journal.read(journal.journal_dir(path)):
-            if record.seq < expected_seq:
-                continue
-            problem = _check(record, expected_seq, prev)
-            if problem is not None and not report.problems:
-                report.problems.append(Problem(problem.seq, f"journal: {problem.what}"))
-            report.journal_records += 1
-            expected_seq = record.seq + 1
-            prev = record.hash
-    except Exception as exc:  # damaged journal: report it, don't crash the verifier
-        report.problems.append(Problem(expected_seq, f"journal unreadable: {exc}"))
+    for record in tail:
+        if record.seq < expected_seq:
+            continue
+        problem = _check(record, expected_seq, prev)
+        if problem is not None and not report.problems:
+            report.problems.append(Problem(problem.seq, f"journal: {problem.what}"))
+        report.journal_records += 1
+        expected_seq = record.seq + 1
+        prev = record.hash
+    if unreadable is not None:
+        report.problems.append(Problem(expected_seq, f"journal unreadable: {unreadable}"))
     report.head_seq = expected_seq - 1
     report.head_hash = prev.hex()
     if expect_head is not None:

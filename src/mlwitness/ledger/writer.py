@@ -123,7 +123,8 @@ class LedgerWriter:
         self._read_root: duckdb.DuckDBPyConnection | None = None
         self._read_lock = threading.Lock()
         self._journal = journal_mod.Journal(
-            journal_mod.journal_dir(self.path), segment_bytes=self.options.segment_bytes
+            journal_mod.journal_dir(self.path), segment_bytes=self.options.segment_bytes,
+            synced=self.options.durability == "fsync",
         )
         # Appends from an event loop gather here until the loop runs the batch's flush.
         self._batches: dict[asyncio.AbstractEventLoop, Batch] = {}
@@ -384,26 +385,30 @@ class LedgerWriter:
                 while self._unloaded and len(batch) < self.options.load_batch:
                     batch.append(self._unloaded.popleft())
             self._run_writes()
-            if batch:
-                self._load(batch)
-            elif self._closing and not self._unloaded:
+            if batch and not self._load(batch):
+                self._run_writes()
+                return  # closing and DuckDB refuses: the rest stays in the journal, unskipped
+            if not batch and self._closing and not self._unloaded:
                 self._run_writes()
                 return
             with self._load_cond:
                 self._load_cond.notify_all()
 
-    def _load(self, batch: list[Record]) -> None:
+    def _load(self, batch: list[Record]) -> bool:
+        """Insert a batch into DuckDB, retrying until it succeeds. Only while closing does it
+        give up (after three attempts) and return False: then neither this batch nor any
+        later one may be loaded, or DuckDB would skip records the journal still holds."""
         started = time.perf_counter()
         attempts = 0
         while True:
             try:
                 self._insert(batch)
                 break
-            except duckdb.Error:
+            except Exception:  # a DuckDB error, or a bug: retry rather than let the loader die
                 attempts += 1
                 log.exception("loading %d records into DuckDB failed; retrying", len(batch))
                 if self._closing and attempts >= 3:
-                    return  # they stay in the journal; the next start loads them
+                    return False  # they stay in the journal; the next start loads them
                 time.sleep(0.5)
         self._loaded_seq = batch[-1].seq
         self.stats.loads += 1
@@ -412,6 +417,7 @@ class LedgerWriter:
         self.stats.last_load_batch = len(batch)
         with self._space:
             self._space.notify_all()
+        return True
 
     def _insert(self, batch: list[Record]) -> None:
         """Insert records into DuckDB in one statement. The Arrow table is built a chunk at
