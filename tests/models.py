@@ -156,10 +156,24 @@ def build_fp16(path: Path) -> Path:
     )
 
 
+def build_shared_batch(path: Path) -> Path:
+    """a FLOAT [N,2], b FLOAT [N,1] -> z FLOAT [N,2] = a * b. Both inputs name their batch
+    dim N, as exporters do: a request must give it one size."""
+    nodes = [helper.make_node("Mul", ["a", "b"], ["z"])]
+    return _save(
+        path,
+        "shared_batch",
+        nodes,
+        [("a", TensorProto.FLOAT, ["N", 2]), ("b", TensorProto.FLOAT, ["N", 1])],
+        [("z", TensorProto.FLOAT, ["N", 2])],
+    )
+
+
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "affine_fp32": build_affine_fp32,
     "all_dtypes": build_all_dtypes,
     "strings": build_strings,
     "fixed_shape": build_fixed_shape,
     "fp16": build_fp16,
+    "shared_batch": build_shared_batch,
 }

@@ -125,6 +125,21 @@ def _bytes_huge_shape() -> Request:
     return request
 
 
+def _bytes_not_utf8() -> Request:
+    request = Request(model_name="strings")
+    request.inputs.add(name="category", datatype="BYTES", shape=[2])
+    request.raw_input_contents.append(
+        (3).to_bytes(4, "little") + b"red" + (2).to_bytes(4, "little") + b"\xff\xfe"
+    )
+    return request
+
+
+def _shared_dim_two_sizes() -> Request:
+    request = Request(model_name="shared_batch")
+    fp32(request, "a", np.ones((2, 2), np.float32))
+    return fp32(request, "b", np.ones((3, 1), np.float32))
+
+
 def _requested(*names: str) -> Request:
     request = fp32(affine(), "x", X)
     for name in names:
@@ -278,6 +293,26 @@ CASES: dict[str, tuple[str, Callable[[], Request], grpc.StatusCode, tuple[str, .
         grpc.StatusCode.INVALID_ARGUMENT,
         ("requested twice",),
     ),
+    "bytes_not_utf8_for_a_string_input": (
+        "strings",
+        _bytes_not_utf8,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'category'", "BYTES element [1] is not UTF-8", "the model takes strings"),
+    ),
+    "named_dim_with_two_sizes": (
+        "shared_batch",
+        _shared_dim_two_sizes,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'b' has shape [3, 1]", "dim 'N' is 2 in input 'a'"),
+    ),
+    # The name is echoed in the message: cut to fit a gRPC status, the same text in the
+    # answer and on the ledger (uncut, clients got RESOURCE_EXHAUSTED "Stream removed").
+    "model_name_of_20_kb": (
+        "affine_fp32",
+        lambda: fp32(Request(model_name="m" * 20_000), "x", X),
+        grpc.StatusCode.NOT_FOUND,
+        ("unknown model 'mmm", "(cut from 20"),
+    ),
 }
 
 
@@ -294,6 +329,9 @@ def good_request(model: str) -> Request:
         return fp32(request, "x", np.ones((1, 3), np.float32))
     if model == "fp16":
         return fp32(request, "h", np.ones((1, 2), np.float16), "FP16")
+    if model == "shared_batch":
+        fp32(request, "a", np.ones((2, 2), np.float32))
+        return fp32(request, "b", np.ones((2, 1), np.float32))
     request.inputs.add(name="category", datatype="BYTES", shape=[1])
     request.raw_input_contents.append((3).to_bytes(4, "little") + b"red")
     return request

@@ -15,10 +15,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import CreditModel, SidecarFactory
-from sidecar import RunningSidecar, raw_rpc
+from conftest import SLOW_IO, CreditModel, SidecarFactory, SlowModel
+from sidecar import RunningSidecar, raw_rpc, read_ledger
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
+from mlwitness.backends.embedded import INLINE_ELEMENTS
 from mlwitness.codec import decode_outputs, encode_inputs, tensor_from_array
 from mlwitness.wire import inference as pb
 
@@ -351,3 +353,27 @@ def test_metadata_calls_are_not_recorded(
     client.is_server_ready()
     client.infer("affine_fp32", triton_inputs({"x": np.ones((1, 4), np.float32)}))
     assert sidecar.query("SELECT count(*) FROM entries") == [(1,)]
+
+
+def test_a_deadline_passing_during_the_first_model_run_is_recorded_as_such(
+    make_sidecar: SidecarFactory, slow_model: SlowModel
+) -> None:
+    # A fresh sidecar does not know what a run costs yet. Its first run once went inline on
+    # the event loop, which then saw the caller's deadline only after recording OK: the
+    # ledger claimed an answer the caller never got, and every other call waited meanwhile.
+    sidecar = make_sidecar(slow_model.path)
+    x = np.ones((INLINE_ELEMENTS // SLOW_IO, SLOW_IO), np.float32)  # small enough for inline
+    runs_for = len(x) * slow_model.seconds_per_row
+    assert runs_for > 0.2, "the slow model is too fast here to outlast a deadline"
+    with grpcclient.InferenceServerClient(sidecar.address) as client:
+        tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("slow", [tensor], request_id="late", client_timeout=runs_for / 4)
+        assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert client.is_server_live(client_timeout=0.5)  # the model runs off the loop
+    sidecar.stop()  # waits for the run to end and its record to land
+    assert read_ledger(sidecar.ledger_path,
+                       "SELECT status FROM records WHERE request_id = 'late'") == [
+        ("DEADLINE_EXCEEDED",)
+    ]

@@ -6,6 +6,11 @@ gRPC statuses, and the ledger records `status` by the same name. Nothing here im
 
 from __future__ import annotations
 
+# A status message travels in a gRPC trailer, percent-encoded; clients refuse trailers
+# over 8-16 KiB. Messages that echo a caller's names or list a wide signature are cut to
+# this many UTF-8 bytes, so the caller and the ledger get the same text.
+MESSAGE_BYTES = 1024
+
 
 class MlwitnessError(Exception):
     """Base class. `status` is a grpc.StatusCode name; `message` is for a person to act on."""
@@ -13,8 +18,18 @@ class MlwitnessError(Exception):
     status = "INTERNAL"
 
     def __init__(self, message: str) -> None:
+        message = fitted(message)
         super().__init__(message)
         self.message = message
+
+
+def fitted(message: str) -> str:
+    """`message`, cut to MESSAGE_BYTES (saying so) when longer."""
+    data = message.encode()
+    if len(data) <= MESSAGE_BYTES:
+        return message
+    kept = data[:MESSAGE_BYTES].decode(errors="ignore")
+    return f"{kept}… (cut from {len(data)} bytes)"
 
 
 class InvalidInput(MlwitnessError):
@@ -39,6 +54,12 @@ class TooLarge(MlwitnessError):
     """The request exceeds a configured size limit."""
 
     status = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(MlwitnessError):
+    """The caller's deadline passed before the answer was ready."""
+
+    status = "DEADLINE_EXCEEDED"
 
 
 class LedgerUnavailable(MlwitnessError):
@@ -83,7 +104,8 @@ class UpstreamError(MlwitnessError):
     """An upstream model server answered with an error; its code is kept as is."""
 
     def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
+        Exception.__init__(self, message)
+        self.message = message  # as the upstream sent it: it already fit a gRPC status
         self.status = status
 
 

@@ -59,7 +59,13 @@ def _to_ort(tensor: Tensor) -> np.ndarray:
     if tensor.datatype == "BYTES":  # onnxruntime wants str for tensor(string)
         out = np.empty(tensor.array.shape, dtype=object)
         for index, value in np.ndenumerate(tensor.array):
-            out[index] = value.decode("utf-8", "surrogateescape")
+            try:
+                out[index] = value.decode("utf-8")
+            except UnicodeDecodeError as exc:  # tensor(string) holds text only
+                raise InvalidInput(
+                    f"input '{tensor.name}': BYTES element {list(index)} is not UTF-8 text "
+                    f"({exc.reason} at byte {exc.start}); the model takes strings"
+                ) from exc
         return out
     return tensor.array
 

@@ -26,7 +26,13 @@ from google.protobuf.message import DecodeError
 from mlwitness.backends import Backend, Call
 from mlwitness.checks import InlineChecks
 from mlwitness.codec import Tensor, decode_inputs, decode_outputs
-from mlwitness.errors import InvalidInput, MlwitnessError, ModelNotFound, TooLarge
+from mlwitness.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    MlwitnessError,
+    ModelNotFound,
+    TooLarge,
+)
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
@@ -124,6 +130,12 @@ class InferenceService:
             log.exception("ModelInfer failed unexpectedly")
             await self._record_failure(record, "INTERNAL", "internal error")
             raise
+        if timeout is not None and time.monotonic() - started >= timeout:
+            # It ran past the caller's deadline without yielding (an inline model run), so
+            # the caller already has DEADLINE_EXCEEDED: the record must not say OK.
+            error = DeadlineExceeded("the caller's deadline passed before the answer")
+            await self._record_failure(record, error.status, error.message)
+            raise error
         record.response = response
         record.responded_us = _now_us()
         if self.minimiser is not None:

@@ -4,7 +4,7 @@ the checks a request must pass against it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlwitness.codec import Tensor, datatype_from_onnx
@@ -16,6 +16,9 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    # The ONNX graph's names of symbolic dims ("batch", "N"; None for the others). A name
+    # used by several inputs stands for one size (exporters name the batch dim this way).
+    dim_names: tuple[str | None, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
         return f"{self.name} ({self.datatype} {list(self.shape)})"
@@ -39,6 +42,7 @@ class Signature:
                     node.name,
                     datatype_from_onnx(node.type),
                     tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape),
+                    tuple(d if isinstance(d, str) else None for d in node.shape),
                 )
                 for node in nodes
             )
@@ -81,6 +85,22 @@ class Signature:
             if not spec.accepts_shape(tensor.shape):
                 raise InvalidInput(f"input '{tensor.name}' has shape {list(tensor.shape)}; "
                                    f"the model expects {list(spec.shape)} (-1: any size)")
+        self._check_shared_dims(tensors)
+
+    def _check_shared_dims(self, tensors: Sequence[Tensor]) -> None:
+        seen: dict[str, tuple[str, int]] = {}  # dim name -> (first input with it, its size)
+        for tensor in tensors:
+            spec = self.input(tensor.name)
+            assert spec is not None
+            for dim, size in zip(spec.dim_names, tensor.shape, strict=False):
+                if dim is None:
+                    continue
+                first, first_size = seen.setdefault(dim, (tensor.name, size))
+                if size != first_size:
+                    raise InvalidInput(
+                        f"input '{tensor.name}' has shape {list(tensor.shape)}; the model's "
+                        f"dim '{dim}' is {first_size} in input '{first}', and must be the "
+                        "same size in every input that has it")
 
     def check_outputs(self, names: Sequence[str]) -> None:
         known = {s.name for s in self.outputs}
@@ -91,6 +111,10 @@ class Signature:
         if len(set(names)) != len(names):
             raise InvalidInput("an output is requested twice")
 
-    @staticmethod
-    def _list(specs: Sequence[TensorSpec]) -> str:
-        return ", ".join(s.describe() for s in specs)
+    LISTED = 20  # a message names at most this many tensors of a wide signature
+
+    @classmethod
+    def _list(cls, specs: Sequence[TensorSpec]) -> str:
+        listed = ", ".join(s.describe() for s in specs[: cls.LISTED])
+        more = len(specs) - cls.LISTED
+        return f"{listed} and {more} more (see ModelMetadata)" if more > 0 else listed

@@ -16,7 +16,8 @@ from mlwitness.wire import inference as pb
 # with it every other call, health checks and a graceful stop); small, cheap ones run
 # inline, which is faster. The expectation is a moving average of the model's measured
 # seconds per input element, so a model that is costly per element (small input, heavy
-# graph) stops running inline after its first slow call.
+# graph) stops running inline after its first slow call. The first call, whose cost is not
+# known yet, runs in a thread too.
 INLINE_ELEMENTS = 1 << 16
 INLINE_SECONDS = 0.001
 _COST_WEIGHT = 0.2  # weight of the newest measurement in the moving average
@@ -46,7 +47,8 @@ class EmbeddedBackend:
         requested = [o.name for o in call.request.outputs]
         signature.check_outputs(requested)
         size = sum(t.array.size for t in call.inputs)
-        if size > INLINE_ELEMENTS or size * self.seconds_per_element > INLINE_SECONDS:
+        cost = size * self.seconds_per_element  # 0 before the first run: cost unknown
+        if size > INLINE_ELEMENTS or cost == 0 or cost > INLINE_SECONDS:
             outputs = await asyncio.to_thread(self._run_timed, call, requested, size)
         else:
             outputs = self._run_timed(call, requested, size)
