@@ -179,6 +179,7 @@ def test_verify(audit_sidecar: AuditedSidecar) -> None:
     (["sensitivity", "a05", "--feature", "fico", "--from", "1", "--to", "2", "--steps", "1"],
      ["INVALID_ARGUMENT", "steps"]),
     (["records", "--since", "last tuesday"], ["cannot read time"]),
+    (["show", "seq:abc"], ["after 'seq:' comes a sequence number"]),
 ])
 def test_errors_exit_2_with_the_reason(audit_sidecar: AuditedSidecar, args: list[str],
                                        words: list[str]) -> None:

@@ -21,7 +21,11 @@ from audit_support import (
     start_audited_sidecar,
     values,
 )
+from onnx import TensorProto, helper, numpy_helper
 
+from mlwitness.audit import service as audit_service
+from mlwitness.audit.reader import Filters, LedgerReader
+from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.protocol import audit_pb2 as apb
 
 try:
@@ -229,3 +233,63 @@ def test_unknown_candidate_fails_the_whole_run(audit_sidecar: AuditedSidecar) ->
     with pytest.raises(grpc.RpcError) as info:
         replay_range(audit_sidecar, candidate_sha256="0" * 64)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_replay_range_abandoned_midway_is_on_the_trail_as_cancelled(
+    audit_ledger: AuditLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A caller that cancels the stream closes the service's generator: the question's trail
+    # record must say CANCELLED, not OK with an empty result.
+    monkeypatch.setattr(audit_service, "PROGRESS_EVERY_S", 0.0)  # an event per batch
+    writer = LedgerWriter(audit_ledger.copy(tmp_path))
+    writer.open()
+    try:
+        service = audit_service.AuditService(LedgerReader(writer.cursor, writer.sync),
+                                             trail=writer.append_blocking)
+        events = service.replay_range(audit_service.Asker(rpc="ReplayRange"), Filters())
+        assert "progress" in next(events)
+        events.close()
+        writer.sync()
+        trail = writer.cursor().execute(
+            "SELECT status, message FROM entries WHERE kind = 'audit' ORDER BY seq DESC LIMIT 1"
+        ).fetchall()
+        assert trail == [("CANCELLED", "the caller cancelled the question")]
+    finally:
+        writer.close()
+
+
+def replayed_alike(model: Path, tmp_path: Path, name: str, calls: list[dict[str, np.ndarray]]
+                   ) -> None:
+    """Serve `model`, make `calls`, then Replay one and ReplayRange all: each identical."""
+    side = start_audited_sidecar(model, tmp_path / "ledger.duckdb", model_name=name,
+                                 features=[])
+    try:
+        for i, tensors in enumerate(calls):
+            side.infer_tensors(name, f"t{i}", **tensors)
+        replayed = side.stub.Replay(apb.ReplayRequest(ref=apb.RecordRef(request_id="t1")),
+                                    timeout=60)
+        assert replayed.bit_identical, replayed.outputs
+        summary, _ = replay_range(side)
+        assert (summary.records, summary.identical, summary.failed) == (len(calls), len(calls), 0)
+    finally:
+        side.stop()
+
+
+def test_records_with_a_text_output_replay_identical(tmp_path: Path) -> None:
+    # BYTES outputs are numpy object arrays: compared by value, not by object address
+    model = test_models.build_strings(tmp_path / "strings.onnx")
+    replayed_alike(model, tmp_path, "strings",
+                   [{"category": np.array([b"red", f"n{i}".encode()], object)} for i in range(3)])
+
+
+def test_records_with_a_scalar_output_replay_identical(tmp_path: Path) -> None:
+    # a 0-d output has no rows: such a model's calls cannot be stacked into one run
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["score"], keepdims=0),
+             helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)]
+    model = test_models._save(tmp_path / "scalar.onnx", "scalar", nodes,
+                              [("x", TensorProto.FLOAT, [None, 4])],
+                              [("score", TensorProto.FLOAT, [None]),
+                               ("total", TensorProto.FLOAT, [])], [axes])
+    replayed_alike(model, tmp_path, "scalar",
+                   [{"x": np.full((2, 4), i, np.float32)} for i in range(3)])

@@ -185,11 +185,26 @@ def test_what_if_on_integer_and_boolean_inputs(dtypes_sidecar: AuditedSidecar) -
          "i64_out": 15, "flag_out": 0},
         {"f64_out_0": -2.5, "f64_out_1": 5.0, "f64_out_2": 6.0, "i32_out_0": 4, "i32_out_1": 41,
          "i64_out": 18, "flag_out": 1}]
-    for feature, value, words in (("i32_0", 1.5, "integers"), ("flag", 1.0, "boolean")):
+    for feature, value, words in (("i32_0", 1.5, "integers"), ("flag", 1.0, "boolean"),
+                                  ("i32_0", 3e9, "int32: 3000000000.0 is outside"),
+                                  ("i64", 1e19, "int64: 1e+19 is outside")):
         with pytest.raises(grpc.RpcError) as info:
             what_if(dtypes_sidecar, "d1", (feature, value))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert words in info.value.details()
+
+
+def test_sensitivity_refuses_values_the_input_cannot_hold(dtypes_sidecar: AuditedSidecar,
+                                                         ) -> None:
+    # Cast silently, 3e10 became -2147483648 in the model while the answer said 3e10.
+    err = rpc_error(dtypes_sidecar.stub.Sensitivity, apb.SensitivityRequest(
+        ref=ref("d1"), feature="i32_0", values=[1, 2, 3e10]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'i32' is int32" in err.details() and "outside" in err.details()
+    err = rpc_error(dtypes_sidecar.stub.Sensitivity, apb.SensitivityRequest(
+        ref=ref("d1"), feature="i32_0", values=[1, 2], threshold=float("nan")))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "threshold nan is not a finite number" in err.details()
 
 
 # ── sensitivity ─────────────────────────────────────────────────────────────────────────

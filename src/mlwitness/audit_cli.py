@@ -43,6 +43,9 @@ def _when(us: int) -> str:
 
 def _ref(text: str) -> apb.RecordRef:
     if text.startswith("seq:"):
+        if not text[4:].isdigit():
+            raise InvalidInput(f"record {text!r}: after 'seq:' comes a sequence number, "
+                               "e.g. seq:42")
         return apb.RecordRef(seq=int(text[4:]))
     return apb.RecordRef(request_id=text)
 

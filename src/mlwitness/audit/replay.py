@@ -96,7 +96,7 @@ def _raw_rows(layout: tuple, specs: list[tuple[str, str, tuple[int, ...]]],
     row_bytes = _row_bytes(layout)
     if row_bytes is None or rows < 1 or len(raws) != len(specs):
         return False
-    return all(shape[0] == rows and len(data) == rows * size
+    return all(len(shape) >= 1 and shape[0] == rows and len(data) == rows * size
                for (_, _, shape), data, size in zip(specs, raws, row_bytes, strict=True))
 
 
@@ -142,8 +142,10 @@ def compare(recorded: Sequence[Tensor], replayed: Sequence[Tensor]) -> list[Outp
         if new is None:
             diffs.append(OutputDiff(old.name, False, math.inf, math.inf, int(old.array.size)))
             continue
-        same = (old.datatype == new.datatype and old.shape == new.shape
-                and old.array.tobytes() == new.array.tobytes())
+        same = old.datatype == new.datatype and old.shape == new.shape and (
+            # BYTES arrays hold Python objects: compare the values, not their addresses
+            old.array.tolist() == new.array.tolist() if old.array.dtype == object
+            else old.array.tobytes() == new.array.tobytes())
         if same:
             diffs.append(OutputDiff(old.name, True))
             continue
@@ -176,6 +178,10 @@ class DecisionRule:
 
     output: str = ""
     threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise InvalidInput(f"threshold {self.threshold} is not a finite number")
 
     def describe(self, outputs: Sequence[Tensor]) -> str:
         return self._pick(outputs)[1]
@@ -280,14 +286,29 @@ def with_values(inputs: Sequence[Tensor], changes: Sequence[tuple[int, int, np.n
         tensor = out[tensor_index]
         array = np.array(tensor.array, copy=True)
         matrix = array.reshape(array.shape[0], -1)
-        if array.dtype.kind in "iu" and np.any(np.asarray(value) != np.floor(value)):
-            raise InvalidInput(f"input '{tensor.name}' holds integers; {value} is not one")
         if array.dtype.kind == "b":
             raise InvalidInput(f"input '{tensor.name}' is boolean and cannot be overridden")
+        _check_fits(tensor.name, array.dtype, value)
         target = slice(None) if rows is None else list(rows)
         matrix[target, column] = value
         out[tensor_index] = replace(tensor, array=array)
     return out
+
+
+def _check_fits(name: str, dtype: np.dtype, value: np.ndarray | float) -> None:
+    """Raise InvalidInput unless every value is representable in the input's dtype: numpy
+    would otherwise wrap an integer or turn a float into inf, and the model would be fed
+    something other than what the auditor asked about."""
+    values = np.asarray(value, dtype=np.float64)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if np.any(values != np.floor(values)):
+            raise InvalidInput(f"input '{name}' holds integers; {value} is not one")
+        if np.any((values < info.min) | (values > info.max)):
+            raise InvalidInput(f"input '{name}' is {dtype.name}: {value} is outside "
+                               f"[{info.min}, {info.max}]")
+    elif dtype.kind == "f" and np.any(np.isfinite(values) & ~np.isfinite(values.astype(dtype))):
+        raise InvalidInput(f"input '{name}' is {dtype.name}: {value} is too large for it")
 
 
 # ── the replayer ────────────────────────────────────────────────────────────────────────

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,9 @@ class AuditService:
             raise
         except Exception:
             record.status, record.message = "INTERNAL", "internal error"
+            raise
+        except BaseException:  # cancelled: the task, or a streamed question's generator
+            record.status, record.message = "CANCELLED", "the caller cancelled the question"
             raise
         finally:
             record.responded_us = time.time_ns() // 1000
@@ -357,7 +360,7 @@ class AuditService:
 
     def replay_range(self, asker: Asker, filters: Filters, candidate_sha256: str = "",
                      candidate_onnx: bytes = b"", max_listed: int = 100
-                     ) -> Iterator[dict[str, Any]]:
+                     ) -> Generator[dict[str, Any], None, None]:
         """Yield {"progress"|"changed"|"summary": {...}} events."""
         what = dict(filters=filters.__dict__, candidate_sha256=candidate_sha256,
                     max_listed=max_listed)

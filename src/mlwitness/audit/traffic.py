@@ -193,7 +193,9 @@ def replay_batch(records: list[Record], candidate: str, rule: DecisionRule,
             for call in calls:
                 yield f"seq {call.record.seq}: {exc.message}"
             continue
-        batchable = all(s.shape and s.shape[0] == -1 for s in model.signature.inputs)
+        signature = model.signature  # rows stack and split only along a dynamic first dim
+        batchable = all(s.shape and s.shape[0] == -1
+                        for s in (*signature.inputs, *signature.outputs))
         pieces = chunks(calls, BATCH_ROWS) if batchable else [[c] for c in calls]
         for chunk in pieces:
             outcomes = None

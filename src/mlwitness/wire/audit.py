@@ -142,8 +142,21 @@ class AuditServicer:
             Filters(r.since_us, r.until_us, r.model), r.candidate_sha256, r.candidate_onnx,
             r.max_listed)
         done: dict[str, Any] = {}
-        while (event := await asyncio.to_thread(next, events, done)) is not done:
-            yield _event(event).SerializeToString()
+        step: asyncio.Future | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(asyncio.to_thread(next, events, done))
+                event = await asyncio.shield(step)
+                step = None
+                if event is done:
+                    return
+                yield _event(event).SerializeToString()
+        finally:
+            # Cancelled: let the replay thread finish its step, then close the generator
+            # off the loop, so the question's trail record (CANCELLED) is written there.
+            if step is not None:
+                await asyncio.wait([step])
+            await asyncio.to_thread(events.close)
 
     async def VerifyLedger(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("VerifyLedger", raw, context)
