@@ -6,6 +6,7 @@ the fault with a Journal subclass whose writes raise, and nothing else is replac
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import threading
@@ -351,3 +352,39 @@ def test_a_journal_segment_that_cannot_be_deleted_fails_no_call(
 
 def writer_rows(path: Path) -> list[tuple]:
     return read_ledger(path, "SELECT seq, request_id, status FROM entries ORDER BY seq")
+
+
+class HeldLoader(LedgerWriter):
+    """A loader that waits for `release` before each insert: the backlog stays full."""
+
+    release = threading.Event()
+
+    def _insert(self, batch: list[Record]) -> None:
+        self.release.wait(30)
+        super()._insert(batch)
+
+
+def test_a_caller_cancelled_while_the_backlog_is_full_still_gets_its_record(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "full.duckdb"
+    writer = HeldLoader(path, WriterOptions(max_unloaded=1, backpressure_timeout_s=20))
+    writer.open()
+
+    async def scenario() -> None:
+        await writer.append(Record(request_id="fills"))
+        waiting = asyncio.create_task(writer.append(Record(request_id="gave-up")))
+        await asyncio.sleep(0.2)  # it now waits for space
+        assert not waiting.done()
+        waiting.cancel()
+        await asyncio.sleep(0.1)
+        writer.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        writer.release.set()
+        writer.close()
+    assert [r[1] for r in writer_rows(path)] == ["fills", "gave-up"]

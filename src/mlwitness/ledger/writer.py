@@ -259,7 +259,13 @@ class LedgerWriter:
         `fsync` mode) flushes with one fdatasync: group commit without a thread hop."""
         self._admit()
         if self.backlog >= self.options.max_unloaded:
-            await asyncio.to_thread(self._wait_for_space)
+            try:
+                await asyncio.to_thread(self._wait_for_space)
+            except asyncio.CancelledError:
+                # The caller gave up while the backlog was full. Its call was made, so its
+                # record still goes in (as when a caller leaves during the flush).
+                await asyncio.shield(self.append(record))
+                raise
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         batch = self._batches.get(loop)
