@@ -187,7 +187,10 @@ def test_what_if_on_integer_and_boolean_inputs(dtypes_sidecar: AuditedSidecar) -
          "i64_out": 18, "flag_out": 1}]
     for feature, value, words in (("i32_0", 1.5, "integers"), ("flag", 1.0, "boolean"),
                                   ("i32_0", 3e9, "int32: 3000000000.0 is outside"),
-                                  ("i64", 1e19, "int64: 1e+19 is outside")):
+                                  ("i64", 1e19, "int64: 1e+19 is outside"),
+                                  # 2**63 is one past int64's max, though float64 rounds
+                                  # that max up to it
+                                  ("i64", 2.0**63, "is outside [-9223372036854775808, ")):
         with pytest.raises(grpc.RpcError) as info:
             what_if(dtypes_sidecar, "d1", (feature, value))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

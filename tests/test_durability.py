@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import grpc
@@ -313,11 +314,12 @@ def test_a_load_that_fails_at_shutdown_leaves_no_gap(tmp_path: Path) -> None:
     writer.open()
     for i in range(6):
         writer.append_blocking(Record(request_id=f"r{i + 1}"))
-    writer.close()  # loads 1-2, gives up on 3-4: it must not load 5-6 past the hole
+    writer.close()  # gives up on the batch holding 3: must not load any batch past it
 
     report = verify(path)
     assert not report.problems, report.problems
-    assert (report.records, report.journal_records, report.head_seq) == (2, 4, 6)
+    assert report.records <= 2 and report.records + report.journal_records == 6
+    assert report.head_seq == 6
 
     writer = LedgerWriter(path)  # DuckDB works again: the journal tail is loaded
     writer.open()
@@ -357,7 +359,9 @@ def writer_rows(path: Path) -> list[tuple]:
 class HeldLoader(LedgerWriter):
     """A loader that waits for `release` before each insert: the backlog stays full."""
 
-    release = threading.Event()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
 
     def _insert(self, batch: list[Record]) -> None:
         self.release.wait(30)

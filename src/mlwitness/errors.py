@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # A status message travels in a gRPC trailer, percent-encoded; clients refuse trailers
 # over 8-16 KiB. Messages that echo a caller's names or list a wide signature are cut to
-# this many UTF-8 bytes, so the caller and the ledger get the same text.
+# this many UTF-8 bytes, plus a note saying so; the caller and the ledger get the same text.
 MESSAGE_BYTES = 1024
 
 

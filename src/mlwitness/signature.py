@@ -55,13 +55,6 @@ class Signature:
             for kind, specs in (("inputs", self.inputs), ("outputs", self.outputs))
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Signature:
-        def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(i["name"], i["datatype"], tuple(i["shape"])) for i in items)
-
-        return cls(specs(data["inputs"]), specs(data["outputs"]))
-
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)
 

@@ -304,7 +304,10 @@ def _check_fits(name: str, dtype: np.dtype, value: np.ndarray | float) -> None:
         info = np.iinfo(dtype)
         if np.any(values != np.floor(values)):
             raise InvalidInput(f"input '{name}' holds integers; {value} is not one")
-        if np.any((values < info.min) | (values > info.max)):
+        # powers of two are exact in float64, where int64's max (2**63 - 1) is not
+        low, high = (-(2.0 ** (info.bits - 1)), 2.0 ** (info.bits - 1)) if dtype.kind == "i" \
+            else (0.0, 2.0 ** info.bits)
+        if np.any((values < low) | (values >= high)):
             raise InvalidInput(f"input '{name}' is {dtype.name}: {value} is outside "
                                f"[{info.min}, {info.max}]")
     elif dtype.kind == "f" and np.any(np.isfinite(values) & ~np.isfinite(values.astype(dtype))):

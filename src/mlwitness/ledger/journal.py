@@ -32,7 +32,10 @@ sound frame among them belongs to that same last batch (its batch seq). An unsou
 followed by any frame of a later batch is damage to records that were acknowledged: it is
 reported as DataLoss, never skipped, as is any damage in an earlier segment (each was
 flushed whole before the next began). As in any write-ahead log, damage confined to the
-very last batch looks the same as a torn write and is dropped with it. A W segment was
+very last batch looks the same as a torn write and is dropped with it. (The scan looks for
+the frame magic in the torn bytes, which hold callers' payloads: one that carried a whole,
+CRC-sound frame of a later batch would be reported as DataLoss, never silently skipped.)
+A W segment was
 never flushed batch by batch, so after a power cut any number of its last batches may be
 torn: it ends at its first unsound frame, with a warning for what follows (the trade
 `--durability write` documents).
@@ -244,15 +247,16 @@ class Journal:
         self._roll(next_seq)
 
     def _roll(self, next_seq: int) -> None:
-        """Make a new segment the active one. The new file and its flushed header come
-        first: if anything fails, the old segment stays open and active."""
+        """Make a new segment the active one. The old segment is flushed whole before the
+        new file exists (in `write` durability that is its only flush), and the new one's
+        header before any frame: if anything fails, the old segment stays the active one."""
+        if self._fd is not None:
+            os.fsync(self._fd)
         path = self.directory / f"{next_seq:020d}{_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
             _write_at(fd, self._header, 0)
             os.fdatasync(fd)
-            if self._fd is not None:
-                os.fsync(self._fd)
         except OSError:
             os.close(fd)
             raise

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -264,7 +265,8 @@ class LedgerWriter:
             except asyncio.CancelledError:
                 # The caller gave up while the backlog was full. Its call was made, so its
                 # record still goes in (as when a caller leaves during the flush).
-                await asyncio.shield(self.append(record))
+                with contextlib.suppress(LedgerUnavailable):  # logged by the writer
+                    await asyncio.shield(self.append(record))
                 raise
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -412,7 +414,11 @@ class LedgerWriter:
                 break
             except Exception:  # a DuckDB error, or a bug: retry rather than let the loader die
                 attempts += 1
-                log.exception("loading %d records into DuckDB failed; retrying", len(batch))
+                if attempts == 1:
+                    log.exception("loading %d records into DuckDB failed; retrying", len(batch))
+                elif attempts % 20 == 0:
+                    log.error("loading %d records into DuckDB still fails (%d attempts)",
+                              len(batch), attempts)
                 if self._closing and attempts >= 3:
                     return False  # they stay in the journal; the next start loads them
                 time.sleep(0.5)
