@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,6 +24,7 @@ from audit_support import (
     read_only,
     ref,
     rpc_error,
+    start_audited_sidecar,
     values,
 )
 
@@ -212,3 +214,41 @@ def test_records_recorded_outputs_match_the_callers_view(
         assert np.array_equal(
             np.array([[row[f] for f in audit_ledger.models.features]
                       for row in map(values, r.inputs)], np.float32), call.x)
+
+
+def test_a_request_id_on_several_records_is_refused_naming_each_seq(
+    tmp_path: Path, audit_ledger: AuditLedger
+) -> None:
+    """A caller retried with the same id (or reuses ids): GetRecord, Replay, WhatIf and
+    Sensitivity refuse to pick one, and say which seqs to ask for instead."""
+    models = audit_ledger.models
+    side = start_audited_sidecar(models.v1, tmp_path / "ledger.duckdb")
+    try:
+        x = models.rows(2, seed=11)
+        side.infer(x[:1], "loan-42")
+        side.infer(x[1:], "loan-42")
+        side.infer(x[:1], "loan-43")
+        seqs = [r.seq for r in side.stub.ListRecords(
+            apb.ListRecordsRequest(), timeout=30).records if r.request_id == "loan-42"]
+        assert len(seqs) == 2
+        feature = models.features[0]
+        for call, request in [
+            (side.stub.GetRecord, apb.GetRecordRequest(ref=ref("loan-42"))),
+            (side.stub.Replay, apb.ReplayRequest(ref=ref("loan-42"))),
+            (side.stub.WhatIf, apb.WhatIfRequest(
+                ref=ref("loan-42"), overrides=[apb.Override(feature=feature, value=1.0)])),
+            (side.stub.Sensitivity, apb.SensitivityRequest(
+                ref=ref("loan-42"), feature=feature, start=0.0, stop=1.0)),
+        ]:
+            err = rpc_error(call, request)
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert all(f"seq:{s} OK" in err.details() for s in seqs), err.details()
+        # each one is still reachable by seq, and an id on one record still resolves
+        for seq, row in zip(sorted(seqs), x, strict=True):
+            r = side.stub.GetRecord(apb.GetRecordRequest(ref=ref(seq=seq)), timeout=30)
+            assert r.request_id == "loan-42"
+            assert [values(v)[models.features[0]] for v in r.inputs] == [float(row[0])]
+        assert side.stub.GetRecord(apb.GetRecordRequest(ref=ref("loan-43")),
+                                   timeout=30).request_id == "loan-43"
+    finally:
+        side.stop()

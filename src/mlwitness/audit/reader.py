@@ -16,9 +16,11 @@ from typing import Any
 
 import duckdb
 
-from mlwitness.errors import InvalidInput, RecordNotFound
+from mlwitness.errors import FailedPrecondition, InvalidInput, RecordNotFound
 from mlwitness.ledger import store
 from mlwitness.ledger.record import Record
+
+AMBIGUOUS_LISTED = 5  # records listed when a request id names several
 
 _RECORD_COLUMNS = (
     "seq, kind, request_id, received_us, responded_us, model_name, model_version, "
@@ -104,26 +106,49 @@ class LedgerReader:
         return self._cursor()
 
     def get(self, request_id: str = "", seq: int = 0, *, rows: bool = True) -> StoredRecord:
-        """One record by request id (the first with it) or seq; `rows=False` skips the
-        decoded per-row columns (replay reads the request and response bytes only)."""
+        """One record by request id or seq; `rows=False` skips the decoded per-row columns
+        (replay reads the request and response bytes only).
+
+        A request id names whatever the caller sent, so several records may carry it (a
+        retry after UNAVAILABLE, a client that reuses ids). Picking one of them would answer
+        a question about a decision the auditor did not mean: that is FailedPrecondition,
+        listing each record's seq and status so the auditor can ask for `seq:N`."""
         if not request_id and seq <= 0:
             raise InvalidInput("give a request id or a positive seq")
-        column, key = ("request_id", request_id) if request_id else ("seq", seq)
+        if request_id:
+            seq = self._seq_of(request_id)
         extra = ", inputs, inputs_text, outputs, outputs_text" if rows else ""
-        sql = (f"SELECT {_RECORD_COLUMNS}{extra} FROM entries WHERE {column} = ? "
-               "ORDER BY seq LIMIT 1")
+        sql = f"SELECT {_RECORD_COLUMNS}{extra} FROM entries WHERE seq = ?"
         # Records never change once stored, so one found without waiting for the loader is
         # the answer; only a miss needs the barrier (it may be acknowledged, not yet loaded).
-        found = self._cursor().execute(sql, [key]).fetchall()
+        found = self._cursor().execute(sql, [seq]).fetchall()
         if not found:
-            found = self.cursor().execute(sql, [key]).fetchall()
+            found = self.cursor().execute(sql, [seq]).fetchall()
         if not found:
-            raise RecordNotFound(f"no record with {column.replace('_', ' ')} {key!r}")
+            raise RecordNotFound(f"no record with seq {seq}")
         row = found[0]
         if not rows:
             return StoredRecord(_record(row))
         return StoredRecord(_record(row[:19]), _merge_rows(row[19], row[20]),
                             _merge_rows(row[21], row[22]))
+
+    def _seq_of(self, request_id: str) -> int:
+        """The seq of the one record with this request id. Always behind the barrier: a
+        retry's record may be acknowledged and not yet loaded."""
+        found = self.cursor().execute(
+            "SELECT seq, status FROM entries WHERE request_id = ? ORDER BY seq LIMIT ?",
+            [request_id, AMBIGUOUS_LISTED + 1],
+        ).fetchall()
+        if not found:
+            raise RecordNotFound(f"no record with request id {request_id!r}")
+        if len(found) > 1:
+            listed = ", ".join(f"seq:{s} {status}" for s, status in found[:AMBIGUOUS_LISTED])
+            more = " and more" if len(found) > AMBIGUOUS_LISTED else ""
+            raise FailedPrecondition(
+                f"request id {request_id!r} names more than one record ({listed}{more}); "
+                "ask for one by seq:N"
+            )
+        return found[0][0]
 
     def list(self, filters: Filters, page_size: int = 50, page_token: str = ""
              ) -> tuple[list[dict[str, Any]], str]:
