@@ -96,6 +96,11 @@ def test_replay_exits_0_when_identical_and_1_on_a_differing_candidate(
     assert "DIFFERENT" in table and "decisions changed (label) in rows [3, 8]" in table
     assert f"replayed on    {audit_ledger.models.sha_v2}" in table
 
+    # a model already in the ledger's store, by a prefix of its hash
+    stored = f"sha256:{audit_ledger.models.sha_v2[:10]}"
+    assert f"replayed on    {audit_ledger.models.sha_v2}" in cli(
+        audit_sidecar, "replay", "a16", "--candidate", stored, code=1)
+
     data = cli_json(audit_sidecar, "replay", "a16", "--candidate", candidate, code=1)
     assert isinstance(data, dict)
     assert data["bit_identical"] is False and data["decisions_changed"] == [3, 8]

@@ -229,6 +229,34 @@ def test_replay_on_an_unknown_candidate_sha_is_a_failed_precondition(
     assert "ab" * 32 in err.details() and "model store" in err.details()
 
 
+@pytest.mark.parametrize("form", ["upper", "prefix", "padded prefix"])
+def test_a_candidate_sha_may_be_any_case_or_a_prefix_as_audit_show_prints_it(
+    audit_sidecar: AuditedSidecar, audit_ledger: AuditLedger, form: str
+) -> None:
+    sha = audit_ledger.models.sha_v2
+    given = {"upper": sha.upper(), "prefix": sha[:12], "padded prefix": f" {sha[:7]} "}[form]
+    r = replay(audit_sidecar, "a16", candidate_sha256=given)
+    assert not r.bit_identical and r.replayed_model_sha256 == sha
+
+
+@pytest.mark.parametrize("given, code, words", [
+    ("abc", grpc.StatusCode.INVALID_ARGUMENT, "prefix of at least 6"),
+    ("xyz" * 4, grpc.StatusCode.INVALID_ARGUMENT, "not a model SHA-256"),
+    ("f" * 65, grpc.StatusCode.INVALID_ARGUMENT, "not a model SHA-256"),
+    ("000000", grpc.StatusCode.FAILED_PRECONDITION, "starting 000000"),
+])
+def test_a_candidate_sha_that_names_no_stored_model_says_why(
+    audit_sidecar: AuditedSidecar, audit_ledger: AuditLedger,
+    given: str, code: grpc.StatusCode, words: str,
+) -> None:
+    if given == "000000":
+        assert not any(s.startswith(given) for s in
+                       (audit_ledger.models.sha_v1, audit_ledger.models.sha_v2))
+    err = rpc_error(audit_sidecar.stub.Replay,
+                    apb.ReplayRequest(ref=ref("a16"), candidate_sha256=given))
+    assert err.code() == code and words in err.details(), err.details()
+
+
 def test_uploaded_candidate_that_is_not_onnx_is_invalid(
     audit_sidecar: AuditedSidecar,
 ) -> None:

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import grpc
 import numpy as np
 import onnxruntime
@@ -18,6 +19,8 @@ from conftest import CreditModel, SidecarFactory
 from sidecar import RunningSidecar, raw_rpc, read_ledger, run_verify
 from tritonclient.grpc import service_pb2
 
+from mlwitness.errors import FailedPrecondition, InvalidInput
+from mlwitness.ledger import schema, store
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 
 COLUMNS = (
@@ -352,3 +355,22 @@ def test_records_are_queryable_while_serving(sidecar: RunningSidecar) -> None:
         ("live-1",),
         ("live-2",),
     ]
+
+
+def test_a_model_hash_prefix_resolves_only_when_one_stored_model_has_it(
+    tmp_path: Path,
+) -> None:
+    """store.resolve_model on a real ledger file holding two models whose hashes share
+    their first 8 digits (rows written as the writer would, with made-up digests)."""
+    con = duckdb.connect(str(tmp_path / "ledger.duckdb"))
+    schema.create(con)
+    shas = ["abcdef01" + "0" * 56, "abcdef01" + "1" * 56]
+    for sha in shas:
+        con.execute("INSERT INTO models VALUES (?, 'm', '1', ?, '{}', 0)", [sha, b"x"])
+    assert store.resolve_model(con, "ABCDEF011") == shas[1]
+    assert store.resolve_model(con, shas[0].upper()) == shas[0]
+    with pytest.raises(InvalidInput, match="several"):
+        store.resolve_model(con, "abcdef01")
+    with pytest.raises(FailedPrecondition, match="starting abcdef02"):
+        store.resolve_model(con, "abcdef02")
+    con.close()

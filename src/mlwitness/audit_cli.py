@@ -50,6 +50,15 @@ def _ref(text: str) -> apb.RecordRef:
     return apb.RecordRef(request_id=text)
 
 
+def _set_candidate(request: Any, text: str) -> None:
+    """`--candidate`: an ONNX file to upload, or `sha256:HEX` for a model already in the
+    ledger's store (the full hash or a prefix of it, as `audit show` prints)."""
+    if text.startswith("sha256:"):
+        request.candidate_sha256 = text[len("sha256:"):]
+    else:
+        request.candidate_onnx = Path(text).read_bytes()
+
+
 def _row_text(row: apb.Row) -> str:
     parts = []
     for value in row.values:
@@ -119,7 +128,7 @@ def records(args: argparse.Namespace) -> int:
 def replay(args: argparse.Namespace) -> int:
     request = apb.ReplayRequest(ref=_ref(args.record))
     if args.candidate:
-        request.candidate_onnx = Path(args.candidate).read_bytes()
+        _set_candidate(request, args.candidate)
     r = stub(args).Replay(request, timeout=args.timeout)
     if args.json:
         print(_json(r))
@@ -199,7 +208,7 @@ def replay_range(args: argparse.Namespace) -> int:
                                      until_us=parse_time(args.until), model=args.model or "",
                                      max_listed=args.max_listed)
     if args.candidate:
-        request.candidate_onnx = Path(args.candidate).read_bytes()
+        _set_candidate(request, args.candidate)
     tty = sys.stderr.isatty()
     summary = None
     for event in stub(args).ReplayRange(request, timeout=args.timeout):
@@ -374,7 +383,8 @@ def add_commands(sub: Any) -> None:
     p = command("replay", replay, "replay a record on the exact model that made it; exit 1 "
                 "if the outputs differ")
     p.add_argument("record", help=record_help)
-    p.add_argument("--candidate", help="replay on this ONNX file instead")
+    p.add_argument("--candidate", help="replay on this ONNX file, or on the stored model "
+                   "sha256:HEX (a prefix will do), instead of the recorded model")
     p = command("whatif", whatif, "replay with features changed")
     p.add_argument("record", help=record_help)
     p.add_argument("--set", action="append", default=[], metavar="FEATURE=VALUE",
@@ -396,7 +406,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--since", help="from this time (UTC)")
     p.add_argument("--until", help="before this time (UTC)")
     p.add_argument("--model", help="model name or SHA-256 prefix")
-    p.add_argument("--candidate", help="replay on this ONNX file instead of the recorded model")
+    p.add_argument("--candidate", help="replay on this ONNX file, or on the stored model "
+                   "sha256:HEX (a prefix will do), instead of the recorded model")
     p.add_argument("--max-listed", type=int, default=100, help="changed decisions to list")
     command("verify", verify_remote, "verify the ledger through the audit service")
     p = command("violations", violations, "which guards fired, how often; rate breaches")

@@ -206,6 +206,10 @@ class LedgerReader:
                 self._models.popitem(last=False)
         return model
 
+    def resolve_model(self, text: str) -> str:
+        """The full SHA-256 of the stored model a hash or hash prefix names (any case)."""
+        return store.resolve_model(self._cursor(), text)
+
     def environment(self, env_id: str) -> dict[str, Any]:
         """An environment fingerprint by id (content-addressed, so cached for good)."""
         if not env_id:

@@ -132,7 +132,7 @@ class AuditService:
             sha = self.store_model(onnx)  # evidence first: the bytes the answer rests on
             self.models.get(sha, lambda: onnx)
             return sha
-        return sha256
+        return self.reader.resolve_model(sha256) if sha256 else ""
 
     def _names(self, stored: StoredRecord) -> list[str]:
         first = stored.inputs[0] if stored.inputs else {}

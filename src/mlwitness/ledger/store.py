@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 
-from mlwitness.errors import DataLoss, FailedPrecondition
+from mlwitness.errors import DataLoss, FailedPrecondition, InvalidInput
 from mlwitness.ledger import environment
 
 
@@ -47,6 +47,32 @@ def get_model(con: duckdb.DuckDBPyConnection, sha256: str) -> StoredModel:
     if hashlib.sha256(onnx).hexdigest() != sha256:
         raise DataLoss(f"stored bytes of model {sha256} no longer match their SHA-256")
     return StoredModel(sha256, row[0], row[1], onnx, json.loads(row[3]))
+
+
+MIN_PREFIX = 6  # hex digits of a model hash an auditor may abbreviate it to
+
+
+def resolve_model(con: duckdb.DuckDBPyConnection, text: str) -> str:
+    """The full SHA-256 of the stored model that `text` names: the hash in any case, or a
+    prefix of at least MIN_PREFIX hex digits (as `audit list --model` takes and `audit show`
+    prints). Raises InvalidInput for text that is not such a hash or prefix, or a prefix
+    shared by several models; FailedPrecondition when no stored model matches."""
+    sha = text.strip().lower()
+    if not (MIN_PREFIX <= len(sha) <= 64) or any(c not in "0123456789abcdef" for c in sha):
+        raise InvalidInput(f"{text[:80]!r} is not a model SHA-256 (64 hex digits) or a "
+                           f"prefix of at least {MIN_PREFIX}")
+    if len(sha) == 64:
+        return sha
+    found = [r[0] for r in con.execute(
+        "SELECT sha256 FROM models WHERE starts_with(sha256, ?) ORDER BY sha256 LIMIT 6", [sha]
+    ).fetchall()]
+    if not found:
+        raise FailedPrecondition(f"no model in the ledger's model store has a SHA-256 "
+                                 f"starting {sha}")
+    if len(found) > 1:
+        raise InvalidInput(f"{sha} is the start of several stored models' SHA-256 "
+                           f"({', '.join(f[:16] for f in found[:5])}...); give more digits")
+    return str(found[0])
 
 
 def put_environment(con: duckdb.DuckDBPyConnection, env: dict[str, Any]) -> str:
