@@ -169,6 +169,19 @@ def build_shared_batch(path: Path) -> Path:
     )
 
 
+def build_argmax_rows(path: Path) -> Path:
+    """x FLOAT [N,M] -> best INT64 [N] = the column of each row's largest value. Both dims
+    are dynamic; onnxruntime cannot take the arg-max of a row with no columns (M = 0)."""
+    nodes = [helper.make_node("ArgMax", ["x"], ["best"], axis=1, keepdims=0)]
+    return _save(
+        path,
+        "argmax_rows",
+        nodes,
+        [("x", TensorProto.FLOAT, ["N", "M"])],
+        [("best", TensorProto.INT64, ["N"])],
+    )
+
+
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "affine_fp32": build_affine_fp32,
     "all_dtypes": build_all_dtypes,
@@ -176,4 +189,5 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "fixed_shape": build_fixed_shape,
     "fp16": build_fp16,
     "shared_batch": build_shared_batch,
+    "argmax_rows": build_argmax_rows,
 }

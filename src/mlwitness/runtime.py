@@ -50,6 +50,11 @@ class OnnxModel:
             text = str(exc)
             if "INVALID_ARGUMENT" in text or "Invalid" in type(exc).__name__:
                 raise InvalidInput(f"the model rejected the input: {_short(text)}") from exc
+            empty = next((t for t in inputs if 0 in t.array.shape), None)
+            if empty is not None:  # the caller's empty tensor, not a fault of the model
+                raise InvalidInput(
+                    f"the model cannot run on input '{empty.name}' with shape "
+                    f"{list(empty.array.shape)} (no elements): {_short(text)}") from exc
             raise ModelError(f"the model failed: {_short(text)}") from exc
         return [tensor_from_array(name, np.asarray(value)) for name, value in zip(names, results,
                                                                                   strict=True)]
