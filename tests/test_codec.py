@@ -435,6 +435,10 @@ def test_rejects_typed_values_out_of_range_for_narrow_ints(datatype, value, mess
         ([1], b"\x0a\x00\x00\x00abc", "BYTES element 0 says 10 bytes, 3 remain"),
         ([2], b"\x01\x00\x00\x00abcd", "BYTES raw contents hold 1 elements, expected 2"),
         ([1], b"\x01\x00\x00\x00abc", "2 trailing bytes after the 1 BYTES elements"),
+        ([3], b"\x01\x00\x00\x00a\x09\x00\x00\x00bc\x00\x00\x00\x00",
+         "BYTES element 1 says 9 bytes, 6 remain"),
+        ([3], b"\x02\x00\x00\x00ab\x00\x00\x00\x00\x01\x00",
+         "BYTES raw contents hold 2 elements, expected 3"),
         ([0], b"\x00\x00\x00\x00", "4 trailing bytes after the 0 BYTES elements"),
     ],
 )

@@ -20,6 +20,8 @@ import numpy as np
 
 from mlwitness.errors import InvalidInput
 
+_U32_LE = struct.Struct("<I")
+
 
 @dataclass(frozen=True)
 class DatatypeInfo:
@@ -213,26 +215,41 @@ def _view(data: bytes, dtype: np.dtype[Any] | None) -> np.ndarray:
 
 
 def _split_bytes(data: bytes, count: int, label: str) -> np.ndarray:
+    """The elements of BYTES raw contents: each a 4-byte little-endian length, then that
+    many bytes. The loop is kept tight (it runs on the event loop, ~0.1 µs an element);
+    the checks that name the bad element run only once the fast path has failed."""
     if 4 * count > len(data):  # checked before allocating: the shape is the sender's claim
         raise InvalidInput(
             f"{label}: BYTES raw contents hold {len(data)} bytes, too few for {count} elements "
             "(each needs a 4-byte length prefix)"
         )
-    out = np.empty(count, dtype=object)
+    size = len(data)
+    unpack = _U32_LE.unpack_from
+    items: list[bytes] = []
+    append = items.append
     pos = 0
-    for i in range(count):
-        if pos + 4 > len(data):
+    try:
+        for _ in range(count):
+            start = pos + 4
+            pos = start + unpack(data, pos)[0]
+            if pos > size:
+                break
+            append(data[start:pos])
+    except struct.error:  # fewer than 4 bytes left for a length prefix
+        pass
+    if len(items) < count:
+        i = len(items)
+        at = sum(4 + len(item) for item in items)
+        if at + 4 > size:
             raise InvalidInput(f"{label}: BYTES raw contents hold {i} elements, expected {count}")
-        (length,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if pos + length > len(data):
-            left = len(data) - pos
-            raise InvalidInput(f"{label}: BYTES element {i} says {length} bytes, {left} remain")
-        out[i] = data[pos : pos + length]
-        pos += length
-    if pos != len(data):
-        extra = len(data) - pos
-        raise InvalidInput(f"{label}: {extra} trailing bytes after the {count} BYTES elements")
+        (length,) = unpack(data, at)
+        raise InvalidInput(f"{label}: BYTES element {i} says {length} bytes, "
+                           f"{size - at - 4} remain")
+    if pos != size:
+        raise InvalidInput(f"{label}: {size - pos} trailing bytes after the {count} BYTES "
+                           "elements")
+    out = np.empty(count, dtype=object)
+    out[:] = items
     return out
 
 

@@ -61,18 +61,24 @@ class OnnxModel:
 
 
 def _to_ort(tensor: Tensor) -> np.ndarray:
-    if tensor.datatype == "BYTES":  # onnxruntime wants str for tensor(string)
-        out = np.empty(tensor.array.shape, dtype=object)
-        for index, value in np.ndenumerate(tensor.array):
+    if tensor.datatype != "BYTES":
+        return tensor.array
+    # onnxruntime wants str for tensor(string); tensor(string) holds text only
+    flat = tensor.array.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    try:
+        out[:] = [value.decode("utf-8") for value in flat]
+    except UnicodeDecodeError:
+        for index, value in np.ndenumerate(tensor.array):  # find it, to name it
             try:
-                out[index] = value.decode("utf-8")
-            except UnicodeDecodeError as exc:  # tensor(string) holds text only
+                value.decode("utf-8")
+            except UnicodeDecodeError as exc:
                 raise InvalidInput(
                     f"input '{tensor.name}': BYTES element {list(index)} is not UTF-8 text "
                     f"({exc.reason} at byte {exc.start}); the model takes strings"
                 ) from exc
-        return out
-    return tensor.array
+        raise
+    return out.reshape(tensor.array.shape)
 
 
 def _short(text: str) -> str:
