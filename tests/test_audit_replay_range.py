@@ -6,6 +6,7 @@ directly on the same inputs, never from the service itself.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import duckdb
@@ -256,6 +257,37 @@ def test_a_replay_range_abandoned_midway_is_on_the_trail_as_cancelled(
         assert trail == [("CANCELLED", "the caller cancelled the question")]
     finally:
         writer.close()
+
+
+def test_a_replay_range_cancelled_by_its_grpc_caller_is_on_the_trail_as_cancelled(
+    tmp_path: Path, audit_ledger: AuditLedger
+) -> None:
+    """The wire layer: a real client cancels the stream after its first event. The stream
+    is long (every changed decision listed, each read back by seq), so the cancel lands
+    mid-stream; the question's trail record must then say CANCELLED."""
+    models = audit_ledger.models
+    side = start_audited_sidecar(models.v1, tmp_path / "ledger.duckdb")
+    try:
+        for i in range(60):
+            side.infer(models.rows(64, seed=200 + i), f"c{i}")
+        stream = side.stub.ReplayRange(apb.ReplayRangeRequest(
+            candidate_onnx=models.v2.read_bytes(), max_listed=100_000), timeout=60)
+        assert next(stream).WhichOneof("event") in ("changed", "progress")
+        stream.cancel()
+        sql = ("SELECT status, message FROM entries WHERE kind = 'audit' "
+               "AND json_extract_string(detail, '$.rpc') = 'ReplayRange'")
+        deadline = time.monotonic() + 30
+        trail = side.query(sql)
+        while not trail and time.monotonic() < deadline:
+            time.sleep(0.05)
+            trail = side.query(sql)
+        assert trail == [("CANCELLED", "the caller cancelled the question")]
+        # the service goes on answering; the whole stream is long, as the premise needs
+        summary, changed = replay_range(side, candidate_onnx=models.v2.read_bytes(),
+                                        max_listed=100_000)
+        assert counts(summary)[:2] == (60, 60 * 64) and len(changed) >= 50
+    finally:
+        side.stop()
 
 
 def replayed_alike(model: Path, tmp_path: Path, name: str, calls: list[dict[str, np.ndarray]]
