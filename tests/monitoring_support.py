@@ -195,6 +195,19 @@ class Scrape:
         return {name for name, _ in self.samples}
 
 
+def violation_deltas(before: Scrape, after: Scrape) -> dict[tuple[str, str, str], float]:
+    name = "mlwitness_guard_violations_total"
+    old = before.labelled(name)
+    deltas = {}
+    for labels, value in after.labelled(name).items():
+        d = dict(labels)
+        delta = value - old.get(labels, 0.0)
+        if delta:
+            deltas[(d["guard"], d["column"], d["kind"])] = delta
+    return deltas
+
+
+
 @dataclass
 class Outcome:
     """One ModelInfer call as the client saw it."""

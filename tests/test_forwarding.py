@@ -8,6 +8,7 @@ pinned by its new hash.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -369,3 +370,40 @@ def test_replaced_model_file_is_pinned_by_its_new_hash(
         (sha, bytes(onnx)) for sha, onnx in sidecar.query("SELECT sha256, onnx FROM models")
     )
     assert stored == {old_sha: old_bytes, new_sha: new_bytes}
+
+
+# ── guards in front of an upstream ─────────────────────────────────────────────────────
+
+
+def _fp32_in_fp64_contents(request_id: str, x0: float) -> bytes:
+    """FP32 values sent in `contents.fp64_contents`: mlwitness cannot decode them (the
+    protocol puts FP32 in fp32_contents), while MLServer takes the first field that is set."""
+    request = service_pb2.ModelInferRequest(model_name=MODEL, id=request_id)
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp64_contents.extend([x0, 0.0, 0.0, 0.0])
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("mode", ["enforce", "observe"])
+def test_inputs_the_guards_cannot_read_are_refused_in_enforce_and_marked_in_observe(
+    make_sidecar: SidecarFactory, mlserver: UpstreamServer, affine_model: Path,
+    tmp_path: Path, mode: str,
+) -> None:
+    guards = tmp_path / "guards.toml"
+    guards.write_text("version = 1\n[features.x_0]\nmin = 0.0\n")
+    front = make_sidecar(affine_model, upstream=mlserver.grpc_address, guards=guards,
+                         guard_mode=mode)
+    payload = _fp32_in_fp64_contents("sneaky", -1000.0)
+    assert call(mlserver.grpc_address, payload)  # the upstream itself would answer it
+    if mode == "enforce":
+        err = error_of(front.address, payload)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "refused by guards: the inputs could not be decoded" in err.details()
+        assert "fp64_contents" in err.details() or "FP32" in err.details(), err.details()
+    else:
+        assert service_pb2.ModelInferResponse.FromString(call(front.address, payload)).outputs
+    ((status, violations),) = wait_for_rows(
+        front, "SELECT status, violations FROM entries WHERE request_id = 'sneaky'")
+    verdict = json.loads(violations)
+    assert status == ("INVALID_ARGUMENT" if mode == "enforce" else "OK")
+    assert verdict["unchecked"] and verdict.get("refused", False) == (mode == "enforce")

@@ -22,6 +22,7 @@ from mlwitness.guards import (
     Violation,
     dumps_toml,
     load_guards,
+    loads_guards,
     refusal,
     suggest,
     suggest_toml,
@@ -645,3 +646,42 @@ def test_rate_tracker_is_thread_safe() -> None:
         t.join()
     [s] = tracker.status()
     assert (s.n, s.successes) == (4 * 2000 * 4, 4 * 2000 * 2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bulk_counts_agree_with_judging_every_cell_and_the_list_is_its_first_part(
+    seed: int,
+) -> None:
+    """Many rows: breaking cells are counted by numpy, and the listed ones judged one by
+    one (the reference semantics). Both must agree on NaN, ±inf, bounds and sets."""
+    config = loads_guards(
+        "version = 1\n"
+        "[features.income]\nmin = 1000.0\nmax = 250000.0\n"
+        "[features.debt_ratio]\nmax = 1.5\nallow_nan = true\n"
+        "[features.fico]\nmin = 300.0\nmax = 850.0\n"
+        "[features.open_loans]\nallowed = ['0', '1', '2', '3']\n"
+        "[features.age_band]\nallowed = ['18-25', '26-40']\n"
+    )
+    guards = GuardSet(config)
+    rng = np.random.default_rng(seed)
+    n = 400
+    x = np.tile(np.array(IN_RANGE, np.float32), (n, 1))
+    specials = np.array([np.nan, np.inf, -np.inf, 999.0, 1000.0, 250000.0, 250001.0, 1.5,
+                         1.6, 299.9, 850.0, 4.0, 3.0, -0.0], np.float32)
+    mask = rng.random(x.shape) < 0.3
+    x[mask] = rng.choice(specials, size=int(mask.sum()))
+    bands = list(rng.choice(["18-25", "26-40", "61+", ""], size=n))
+    rows = request_rows(x.tolist(), bands)
+    everything = guards.judge_inputs(rows, limit=None)
+    judged: dict[tuple[str, str, str], int] = {}
+    for v in everything.listed:
+        judged[(v.guard, v.column, v.kind)] = judged.get((v.guard, v.column, v.kind), 0) + 1
+    assert everything.counts == judged and everything.total > 100
+    assert {k[2] for k in judged} >= {"below_min", "above_max", "nan", "unseen_category"}
+    def plain(found: list[Violation]) -> list[dict]:  # NaN values compare as "nan"
+        return [v.to_dict() for v in found]
+
+    first = guards.judge_inputs(rows, limit=7)
+    assert plain(first.listed) == plain(everything.listed[:7])
+    assert first.counts == everything.counts
+    assert plain(guards.check_inputs(rows)) == plain(everything.listed)

@@ -23,6 +23,7 @@ from monitoring_support import (
     edited,
     monitoring_kit,
     sidecar_pool,
+    violation_deltas,
     wait_for,
     wilson,
 )
@@ -43,18 +44,6 @@ def kit(tmp_path_factory: pytest.TempPathFactory, credit_model: Any) -> Monitori
 def start(kit: MonitoringKit, tmp_path: Path) -> Iterator[Start]:
     with sidecar_pool(kit, tmp_path) as start:
         yield start
-
-
-def violation_deltas(before: Scrape, after: Scrape) -> dict[tuple[str, str, str], float]:
-    name = "mlwitness_guard_violations_total"
-    old = before.labelled(name)
-    deltas = {}
-    for labels, value in after.labelled(name).items():
-        d = dict(labels)
-        delta = value - old.get(labels, 0.0)
-        if delta:
-            deltas[(d["guard"], d["column"], d["kind"])] = delta
-    return deltas
 
 
 def documented_name(sample: str) -> str:

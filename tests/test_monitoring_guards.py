@@ -31,9 +31,14 @@ from monitoring_support import (
     now_us,
     rate_states,
     sidecar_pool,
+    violation_deltas,
     wait_for,
 )
 
+from mlwitness.checks import InlineChecks
+from mlwitness.codec import tensor_from_array
+from mlwitness.guards import loads_guards
+from mlwitness.ledger.rows import Tabulator
 from mlwitness.protocol import audit_pb2 as apb
 
 INCOME, DEBT_RATIO, FICO = 0, 1, 2
@@ -108,6 +113,21 @@ def show(bound: float) -> str:
 def refusal_message(parts: list[str]) -> str:
     more = f"; and {len(parts) - 3} more" if len(parts) > 3 else ""
     return "refused by guards: " + "; ".join(parts[:3]) + more
+
+
+def verdict(sha: str, violations: list[dict[str, Any]], *, refused: bool = False
+            ) -> dict[str, Any]:
+    """A record's `violations` JSON as the checks write it: every violation listed (up to
+    100), counted by guard, column and kind, and whether the call was refused for them."""
+    counted: dict[tuple[str, str, str], int] = {}
+    for v in violations:
+        key = (v["guard"], v["column"], v["kind"])
+        counted[key] = counted.get(key, 0) + 1
+    out: dict[str, Any] = {"guards": sha, "violations": violations, "counts": [
+        {"guard": g, "column": c, "kind": k, "n": n} for (g, c, k), n in sorted(counted.items())]}
+    if refused:
+        out["refused"] = True
+    return out
 
 
 def startup_guards(side: MonitoredSidecar) -> dict[str, Any]:
@@ -207,7 +227,7 @@ def test_suggested_guards_catch_out_of_range_nan_and_unseen_category(
             assert grpc_code(call.error) == "INVALID_ARGUMENT"
             assert call.error.message() == messages[name]
             assert (entry["status"], entry["message"]) == ("INVALID_ARGUMENT", messages[name])
-            assert entry["violations"] == {"guards": sha, "violations": expected_inputs[name]}
+            assert entry["violations"] == verdict(sha, expected_inputs[name], refused=True)
             assert entry["output_rows"] in (None, 0)  # refused before the model ran
         else:
             assert call.error is None, call.error
@@ -215,8 +235,7 @@ def test_suggested_guards_catch_out_of_range_nan_and_unseen_category(
             np.testing.assert_array_equal(call.outputs["probabilities"], direct["probabilities"])
             expected_outputs = judge("outputs", guards["outputs"], output_rows(direct))
             assert entry["status"] == "OK" and entry["message"] == ""
-            assert entry["violations"] == {
-                "guards": sha, "violations": expected_inputs[name] + expected_outputs}
+            assert entry["violations"] == verdict(sha, expected_inputs[name] + expected_outputs)
     if mode == "observe":  # a NaN input gives NaN probabilities: the output guards see it
         assert [v["column"] for v in side.entry("nan")["violations"]["violations"]] == [
             "debt_ratio", "probabilities_0", "probabilities_1"]
@@ -261,7 +280,7 @@ def test_hand_edited_output_bound_catches_outputs(kit: MonitoringKit, start: Sta
     call = side.call(x, "tight-output")
     entry = side.entry("tight-output")
     sha = startup_guards(side)["sha256"]
-    assert entry["violations"] == {"guards": sha, "violations": expected}
+    assert entry["violations"] == verdict(sha, expected, refused=mode == "enforce")
     if mode == "enforce":
         message = refusal_message([
             f"row {r}: probabilities_1 = {float(p1[r])!r} is above max 0.5 "
@@ -420,9 +439,9 @@ def test_guards_replaced_through_the_api_and_by_editing_the_file(
     again = side.stub.SetGuards(apb.SetGuardsRequest(toml=shown.toml), timeout=30)
     assert again.sha256 == second  # the TOML GetGuards shows is the same version
     side.infer(income, "after-api")
-    assert side.entry("after-api")["violations"] == {"guards": second, "violations": [
+    assert side.entry("after-api")["violations"] == verdict(second, [
         {"row": 0, "column": "income", "value": 150000.0, "kind": "above_max",
-         "bound": 100000.0, "guard": "features.income"}]}
+         "bound": 100000.0, "guard": "features.income"}])
 
     # Invalid guards are refused and change nothing.
     broken = "version = 1\n[features.income\nmin = 0\n"
@@ -456,9 +475,9 @@ def test_guards_replaced_through_the_api_and_by_editing_the_file(
     low_fico = x[1:2].copy()
     low_fico[0, FICO] = 650.0
     side.infer(low_fico, "after-file", {"age_band": str(bands[1])})
-    assert side.entry("after-file")["violations"] == {"guards": third, "violations": [
+    assert side.entry("after-file")["violations"] == verdict(third, [
         {"row": 0, "column": "fico", "value": 650.0, "kind": "below_min", "bound": 700.0,
-         "guard": "features.fico"}]}
+         "guard": "features.fico"}])
 
     # A broken file is not loaded: the guards in force stay.
     caplog.clear()
@@ -513,3 +532,108 @@ def test_set_guards_without_guards_is_a_failed_precondition(kit: MonitoringKit,
     assert side.entry("unguarded")["violations"] is None
     assert side.admin_records("guards") == []
     side.stop_and_verify()
+
+
+# ── many violations, minimised inputs, malformed calls, a guard change mid-call ─────────
+
+
+@pytest.mark.parametrize("mode", ["enforce", "observe"])
+def test_a_batch_of_thousands_of_violations_is_counted_exactly_and_listed_briefly(
+    kit: MonitoringKit, start: Start, mode: str
+) -> None:
+    side = start(guards=kit.guards_path, guard_mode=mode)
+    x, _ = kit.in_range(3000, seed=61)
+    x[:, INCOME] = 1e9  # every row above max income
+    x[::2, FICO] = 1.0  # every other row below min fico
+    before = side.scrape()
+    outcome = side.call(x, "flood", {"age_band": "26-40"})
+    entry = side.entry("flood")
+    v = entry["violations"]
+    assert len(v["violations"]) == 100 and v["unlisted"] == 4500 - 100
+    assert v["violations"][:3] == [
+        {"row": 0, "column": "income", "value": 1e9, "kind": "above_max",
+         "bound": kit.guards()["features"]["income"]["max"], "guard": "features.income"},
+        {"row": 0, "column": "fico", "value": 1.0, "kind": "below_min",
+         "bound": kit.guards()["features"]["fico"]["min"], "guard": "features.fico"},
+        {"row": 1, "column": "income", "value": 1e9, "kind": "above_max",
+         "bound": kit.guards()["features"]["income"]["max"], "guard": "features.income"}]
+    assert v["counts"] == [
+        {"guard": "features.fico", "column": "fico", "kind": "below_min", "n": 1500},
+        {"guard": "features.income", "column": "income", "kind": "above_max", "n": 3000}]
+    assert len(json.dumps(v)) < 30_000
+    if mode == "enforce":
+        assert outcome.error is not None and grpc_code(outcome.error) == "INVALID_ARGUMENT"
+        assert outcome.error.message().endswith("; and 4497 more")
+    else:
+        assert outcome.error is None
+    report = side.stub.Violations(apb.ViolationsRequest(), timeout=30)
+    refused = 1 if mode == "enforce" else 0
+    assert violation_counts(report) >= {
+        ("features.income", "income", "above_max", 3000, refused),
+        ("features.fico", "fico", "below_min", 1500, refused)}
+    assert (report.calls_with_violations, report.refused) == (1, refused)
+    deltas = {k: v for k, v in violation_deltas(before, side.scrape()).items()
+              if k[0].startswith("features.")}
+    assert deltas == {("features.income", "income", "above_max"): 3000.0,
+                      ("features.fico", "fico", "below_min"): 1500.0}
+
+
+def test_minimised_inputs_are_judged_but_their_values_never_stored_or_echoed(
+    kit: MonitoringKit, start: Start
+) -> None:
+    """`--redact-inputs input --hash-inputs age_band`: the guards still judge the values
+    (enforce refuses), but neither the refusal message nor the record holds them."""
+    side = start(guards=kit.guards_path, guard_mode="enforce", redact_inputs=["input"],
+                 hash_inputs=["age_band"])
+    x, _ = kit.in_range(2, seed=62)
+    x[1, INCOME] = 987654321.0
+    outcome = side.call(x, "private", {"age_band": "Jane Doe 1970"})
+    assert outcome.error is not None and grpc_code(outcome.error) == "INVALID_ARGUMENT"
+    message = outcome.error.message()
+    assert "row 1: income (withheld: a minimised input) is above max" in message
+    assert "request parameter: age_band (withheld: a minimised input) is not an allowed" \
+        in message
+    rows = side.running.query(
+        "SELECT message, violations, request, detail FROM entries WHERE request_id = 'private'")
+    stored = repr(rows)
+    for secret in ("987654321", "9.87654321e+08", "Jane Doe"):
+        assert secret not in stored and secret not in message
+    found = {(v["column"], v["kind"], v.get("withheld")) for v in
+             json.loads(rows[0][1])["violations"]}
+    assert found == {("income", "above_max", True), ("age_band", "unseen_category", True)}
+
+
+@pytest.mark.parametrize("mode", ["enforce", "observe"])
+def test_a_malformed_call_is_refused_as_malformed_before_any_guard_judges_it(
+    kit: MonitoringKit, start: Start, mode: str
+) -> None:
+    side = start(guards=kit.guards_path, guard_mode=mode)
+    x = np.full((1, len(kit.features) + 1), 1e9, np.float32)  # one column too many
+    outcome = side.call(x, "wide")
+    assert outcome.error is not None and grpc_code(outcome.error) == "INVALID_ARGUMENT"
+    assert "has shape [1, 7]" in outcome.error.message()
+    assert "refused by guards" not in outcome.error.message()
+    assert side.entry("wide")["violations"] is None
+    report = side.stub.Violations(apb.ViolationsRequest(), timeout=30)
+    assert (report.calls_with_violations, report.refused) == (0, 0)
+
+
+def test_a_call_is_judged_whole_by_the_guard_version_that_checked_its_inputs(
+    kit: MonitoringKit,
+) -> None:
+    """InlineChecks, directly: guards replaced between a call's input and output checks
+    (a file reload or SetGuards while the model ran) do not judge its outputs."""
+    first = loads_guards("version = 1\n[outputs.probabilities_1]\nmax = 1.0\n")
+    second = loads_guards("version = 1\n[outputs.probabilities_1]\nmax = -1.0\n")
+    checks = InlineChecks(first, "enforce", Tabulator({"input": list(kit.features)}))
+    x, _ = kit.in_range(3, seed=63)
+    inputs = [tensor_from_array("input", x)]
+    outputs = [tensor_from_array(k, v) for k, v in kit.run_model(x).items()]
+    verdict = checks.before(inputs, None)
+    checks.replace(second)
+    found = checks.after(verdict, outputs)
+    assert not found and verdict.guards_sha256 == first.sha256
+    checks.refuse(verdict, found.counts)  # nothing to refuse
+    later = checks.before(inputs, None)
+    assert later.guards_sha256 == second.sha256
+    assert checks.after(later, outputs).total == 3

@@ -18,10 +18,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mlwitness.guards import GuardConfig, GuardSet, Violation, refusal
+from mlwitness.errors import GuardViolation
+from mlwitness.guards import LISTED, Findings, GuardConfig, GuardSet, Violation, refusal
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.rates import RateStatus, RateTracker
@@ -31,20 +32,52 @@ GUARD_MODES = ("observe", "enforce")
 
 @dataclass
 class Verdict:
-    """What the checks found for one call, ready for the record's `violations` column."""
+    """What the checks found for one call, ready for the record's `violations` column.
 
-    guards_sha256: str
-    violations: list[Violation]
-    rate_events: list[RateStatus]
+    It keeps the guard set (and rate windows) that judged the call's inputs, so that its
+    outputs are judged by the same version even if the guards are replaced meanwhile."""
+
+    guard_set: GuardSet
+    tracker: RateTracker
+    violations: list[Violation] = field(default_factory=list)  # the first LISTED
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # all of them
+    rate_events: list[RateStatus] = field(default_factory=list)
+    refused: bool = False
+    unchecked: str = ""  # why the inputs were not checked (forwarding: undecodable)
+
+    @property
+    def guards_sha256(self) -> str:
+        return self.guard_set.sha256
+
+    def add(self, found: Findings, withheld: frozenset[str] = frozenset()) -> None:
+        listed = found.listed
+        if withheld:
+            listed = [replace(v, withheld=True) if v.column in withheld else v for v in listed]
+        room = LISTED - len(self.violations)
+        self.violations.extend(listed[:room])
+        for key, n in found.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
     def to_json(self) -> str:
-        if not self.violations and not self.rate_events:  # the common case: one string
-            return _clean_verdict(self.guards_sha256)
+        if not (self.counts or self.rate_events or self.refused or self.unchecked):
+            return _clean_verdict(self.guards_sha256)  # the common case: one string
         data: dict[str, Any] = {"guards": self.guards_sha256}
-        if self.violations:
+        if self.counts:
             data["violations"] = [v.to_dict() for v in self.violations]
+            data["counts"] = [{"guard": g, "column": c, "kind": k, "n": n}
+                              for (g, c, k), n in sorted(self.counts.items())]
+            if self.total > len(self.violations):
+                data["unlisted"] = self.total - len(self.violations)
         if self.rate_events:
             data["rate_breaches"] = [s.to_dict() for s in self.rate_events]
+        if self.refused:
+            data["refused"] = True
+        if self.unchecked:
+            data["unchecked"] = self.unchecked
         return json.dumps(data, sort_keys=True)
 
 
@@ -85,33 +118,61 @@ class InlineChecks:
     def sha256(self) -> str:
         return self.config.sha256
 
-    def before(self, inputs: Sequence[Any], parameters: dict[str, str] | None) -> Verdict:
-        """Check a call's inputs (and request parameters)."""
-        guard_set = self.guard_set
-        found = guard_set.check_inputs(self.tabulator.rows(inputs), parameters)
+    def before(self, inputs: Sequence[Any] | None, parameters: dict[str, str] | None, *,
+               withheld: frozenset[str] = frozenset(), unchecked: str = "") -> Verdict:
+        """Check a call's inputs (and request parameters). `inputs` None: they could not be
+        decoded (`unchecked` says why), so no input guard can pass them: in enforce mode
+        the call is refused, in observe mode the record says they went unchecked.
+        `withheld`: tensor and parameter names whose values are minimised, never shown."""
+        with self._lock:
+            verdict = Verdict(self.guard_set, self.tracker)
+        if inputs is None:
+            verdict.unchecked = unchecked or "the inputs could not be decoded"
+            return verdict
+        found = verdict.guard_set.judge_inputs(self.tabulator.rows(inputs), parameters)
+        verdict.add(found, self._columns(inputs, withheld) | withheld if withheld else withheld)
         self._count(found)
-        return Verdict(guard_set.sha256, found, [])
+        return verdict
 
-    def after(self, verdict: Verdict, outputs: Sequence[Any]) -> list[Violation]:
-        """Check a call's outputs and feed the rate bounds; return the output violations
-        (also added to the verdict)."""
+    def after(self, verdict: Verdict, outputs: Sequence[Any]) -> Findings:
+        """Check a call's outputs with the guards that checked its inputs, and feed the
+        rate bounds; return the output violations (also added to the verdict)."""
         rows = self.tabulator.rows(outputs)
-        found = self.guard_set.check_outputs(rows)
+        found = verdict.guard_set.judge_outputs(rows)
         self._count(found)
-        verdict.violations.extend(found)
-        tracker = self.tracker
+        verdict.add(found)
+        tracker = verdict.tracker
         if tracker.guards and not (found and self.enforcing):
             verdict.rate_events = self._transitions(tracker, tracker.observe(rows))
         return found
+
+    def _columns(self, inputs: Sequence[Any], names: frozenset[str]) -> frozenset[str]:
+        """The row columns that the tensors named in `names` become."""
+        out: set[str] = set()
+        for tensor in inputs:
+            if tensor.name in names:
+                shape = tensor.array.shape
+                width = shape[1] if len(shape) == 2 else 1
+                out.update(self.tabulator.column_names(tensor.name, width, len(shape)))
+        return frozenset(out)
 
     @property
     def enforcing(self) -> bool:
         return self.mode == "enforce"
 
-    def refuse(self, found: Sequence[Violation]) -> None:
-        """In enforce mode, refuse a call with these violations (GuardViolation)."""
-        if found and self.enforcing:
-            raise refusal(found)
+    def refuse(self, verdict: Verdict, found: dict[tuple[str, str, str], int]) -> None:
+        """In enforce mode, refuse a call (GuardViolation) with the violations counted in
+        `found`, or whose inputs feature guards could not check; mark its verdict refused."""
+        if not self.enforcing:
+            return
+        if verdict.unchecked and verdict.guard_set.config.features and not verdict.refused:
+            verdict.refused = True
+            raise GuardViolation(f"refused by guards: the inputs could not be decoded to "
+                                 f"check them ({verdict.unchecked})")
+        if found:
+            verdict.refused = True
+            shown = [v for v in verdict.violations if (v.guard, v.column, v.kind) in found]
+            raise refusal(shown, total=sum(found.values()))
 
     def _transitions(self, tracker: RateTracker, statuses: Sequence[RateStatus]
                      ) -> list[RateStatus]:
@@ -149,11 +210,11 @@ class InlineChecks:
             m.rate_high.labels(status.guard).set(high)
         m.rate_breach.labels(status.guard).set(1.0 if status.breached else 0.0)
 
-    def _count(self, found: Sequence[Violation]) -> None:
+    def _count(self, found: Findings) -> None:
         if self.metrics is None:
             return
-        for v in found:
-            self.metrics.violations.labels(v.guard, v.column, v.kind).inc()
+        for (guard, column, kind), n in found.counts.items():
+            self.metrics.violations.labels(guard, column, kind).inc(n)
 
     def status(self) -> list[RateStatus]:
         return self.tracker.status()

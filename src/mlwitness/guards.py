@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FieldGuard",
+    "Findings",
     "GuardConfig",
     "GuardSet",
     "Violation",
@@ -63,12 +64,14 @@ class Violation:
     kind: str
     bound: float | tuple[str, ...] | None
     guard: str
+    withheld: bool = False  # the value is of a minimised input: never shown or stored
 
     def message(self) -> str:
         if self.kind == "missing":
             return f"{self.column} is missing (guard {self.guard} has required = true)"
         where = "request parameter" if self.row is None else f"row {self.row}"
-        head = f"{where}: {self.column} = {_show(self.value)}"
+        value = "(withheld: a minimised input)" if self.withheld else f"= {_show(self.value)}"
+        head = f"{where}: {self.column} {value}"
         if self.kind in ("below_min", "above_max"):
             side = "below min" if self.kind == "below_min" else "above max"
             return f"{head} is {side} {_show(self.bound)} (guard {self.guard})"
@@ -82,11 +85,11 @@ class Violation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: non-finite numbers become the strings "nan", "inf", "-inf"."""
-        value = self.value
+        value = None if self.withheld else self.value
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)
         bound = list(self.bound) if isinstance(self.bound, tuple) else self.bound
-        return {
+        out = {
             "row": self.row,
             "column": self.column,
             "value": value,
@@ -94,6 +97,26 @@ class Violation:
             "bound": bound,
             "guard": self.guard,
         }
+        if self.withheld:
+            out["withheld"] = True
+        return out
+
+
+@dataclass
+class Findings:
+    """What one check found: every violation counted by (guard, column, kind), the first
+    `limit` of them (by row, then column) listed. A batch of 100,000 bad rows must not
+    become 100,000 objects on the event loop and megabytes of JSON on the ledger."""
+
+    listed: list[Violation]
+    counts: dict[tuple[str, str, str], int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
 
 
 def _show(value: Any) -> str:
@@ -107,11 +130,17 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def refusal(violations: Sequence[Violation], limit: int = 3) -> GuardViolation:
-    """The error an enforcing server raises (INVALID_ARGUMENT), naming the first few."""
+def refusal(violations: Sequence[Violation], limit: int = 3,
+            total: int | None = None) -> GuardViolation:
+    """The error an enforcing server raises (INVALID_ARGUMENT), naming the first few of
+    `total` violations (default: all those given)."""
+    total = len(violations) if total is None else total
     shown = "; ".join(v.message() for v in violations[:limit])
-    more = f"; and {len(violations) - limit} more" if len(violations) > limit else ""
+    more = f"; and {total - limit} more" if total > limit else ""
     return GuardViolation(f"refused by guards: {shown}{more}")
+
+
+LISTED = 100  # violations a call's record lists (all are counted)
 
 
 class _Rule:
@@ -194,9 +223,11 @@ class _Plan:
         ]
         self.width = width
 
-    def suspects(self, x: np.ndarray) -> list[tuple[int, int]]:
-        """(row, column) of every numeric cell that may break its rule, row-major; judged
-        by `_Rule.judge`. One row is scanned in plain Python (faster than numpy at n = 1)."""
+    def suspects(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | list[tuple[int, int]]:
+        """(row, column) of numeric cells that may break their rule, row-major. One row is
+        scanned in plain Python (faster than numpy at n = 1) and gives a list of every
+        column, for `_Rule.judge` to decide; more rows give (rows, columns) arrays of
+        exactly the cells that break their rule."""
         if x.shape[0] == 1:
             row = x[0].tolist()
             for j, lo, hi, nan_ok, numbers in self.scalar:
@@ -217,7 +248,26 @@ class _Plan:
         if clean:
             return []
         rows, cols = np.nonzero(~ok)
-        return list(zip(rows.tolist(), cols.tolist(), strict=True))
+        return rows, cols
+
+    def kinds(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray
+              ) -> dict[tuple[str, str, str], int]:
+        """Counts by (guard, column, kind) of the breaking cells `suspects` found, worked
+        out column by column as `_Rule.judge` would."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for j in np.unique(cols).tolist():
+            rule = self.rule_at[j]
+            values = x[rows[cols == j], j]
+            nan = np.isnan(values)
+            if rule.allowed is not None:
+                found = {"nan": nan, "unseen_category": ~nan}
+            else:
+                found = {"nan": nan, "below_min": values < rule.lo, "above_max": values > rule.hi}
+            for kind, mask in found.items():
+                n = int(np.count_nonzero(mask))
+                if n:
+                    counts[(rule.guard, rule.name, kind)] = n
+        return counts
 
 
 def _member(column: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -244,48 +294,84 @@ class GuardSet:
         self, rows: Rows, parameters: Mapping[str, Any] | None = None
     ) -> list[Violation]:
         """Violations of feature guards by a request's rows and parameters, by row then column."""
-        return self._check(self._features, True, rows, parameters)
+        return self.judge_inputs(rows, parameters, limit=None).listed
 
     def check_outputs(self, rows: Rows) -> list[Violation]:
         """Violations of output guards by a response's rows, by row then column."""
-        return self._check(self._outputs, False, rows, None)
+        return self.judge_outputs(rows, limit=None).listed
+
+    def judge_inputs(self, rows: Rows, parameters: Mapping[str, Any] | None = None, *,
+                     limit: int | None = LISTED) -> Findings:
+        """Feature-guard violations: all counted, the first `limit` listed (None: all)."""
+        return self._check(self._features, True, rows, parameters, limit)
+
+    def judge_outputs(self, rows: Rows, *, limit: int | None = LISTED) -> Findings:
+        """Output-guard violations: all counted, the first `limit` listed (None: all)."""
+        return self._check(self._outputs, False, rows, None, limit)
 
     def _check(
-        self, rules: list[_Rule], inputs: bool, rows: Rows, parameters: Mapping[str, Any] | None
-    ) -> list[Violation]:
+        self, rules: list[_Rule], inputs: bool, rows: Rows, parameters: Mapping[str, Any] | None,
+        limit: int | None,
+    ) -> Findings:
         if not rules:
-            return []
+            return Findings([], {})
         key = (inputs, rows.num_names, rows.text_names)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > 64:
                 self._plans.clear()
             plan = self._plans[key] = _Plan(rules, rows.num_names, rows.text_names)
+        cap = math.inf if limit is None else limit
         found: list[tuple[int, int, Violation]] = []
+        counts: dict[tuple[str, str, str], int] = {}
         if plan.numeric and rows.n:
             x = rows.num_values
-            for r, j in plan.suspects(x):
-                self._add(found, r, j, plan.rule_at[j], x[r, j].item())
+            suspects = plan.suspects(x)
+            if isinstance(suspects, list):  # one row: judged cell by cell
+                for r, j in suspects:
+                    self._add(found, counts, cap, r, j, plan.rule_at[j], x[r, j].item())
+            else:  # exactly the breaking cells: counted in bulk, the first few judged
+                at_rows, at_cols = suspects
+                for (guard, column, kind), n in plan.kinds(x, at_rows, at_cols).items():
+                    counts[(guard, column, kind)] = counts.get((guard, column, kind), 0) + n
+                shown = at_rows.size if limit is None else min(limit, at_rows.size)
+                for r, j in zip(at_rows[:shown].tolist(), at_cols[:shown].tolist(), strict=True):
+                    rule = plan.rule_at[j]
+                    verdict = rule.judge(x[r, j].item())
+                    if verdict is not None:
+                        found.append((r, j, Violation(r, rule.name, x[r, j].item(), *verdict,
+                                                      rule.guard)))
         for j, rule in plan.text:
             col = rows.text_values[:, j]
             if rule.allowed is not None and rule.allowed_set.issuperset(col):
                 continue
+            listed = 0
             for r, value in enumerate(col.tolist()):
-                self._add(found, r, plan.width + j, rule, value)
+                listed += self._add(found, counts, cap - listed, r, plan.width + j, rule, value)
         for rule in plan.absent:
             if parameters and rule.name in parameters:
                 value = parameters[rule.name]
                 if isinstance(value, bool) or not isinstance(value, str | int | float):
                     value = str(value)
-                self._add(found, -1, 0, rule, value)
+                self._add(found, counts, cap, -1, 0, rule, value)
             elif rule.required:
+                counts[(rule.guard, rule.name, "missing")] = 1
                 found.append((-1, 0, Violation(None, rule.name, None, "missing", None, rule.guard)))
         found.sort(key=lambda item: item[:2])
-        return [v for _, _, v in found]
+        return Findings([v for _, _, v in found[:limit]], counts)
 
     @staticmethod
-    def _add(found: list, row: int, pos: int, rule: _Rule, value: Any) -> None:
+    def _add(found: list, counts: dict, room: float, row: int, pos: int, rule: _Rule,
+             value: Any) -> int:
+        """Judge one value: count a violation, and list it while there is room. Returns 1
+        when it was listed."""
         verdict = rule.judge(value)
-        if verdict is not None:
-            at = None if row < 0 else row
-            found.append((row, pos, Violation(at, rule.name, value, *verdict, rule.guard)))
+        if verdict is None:
+            return 0
+        key = (rule.guard, rule.name, verdict[0])
+        counts[key] = counts.get(key, 0) + 1
+        if room <= 0:
+            return 0
+        at = None if row < 0 else row
+        found.append((row, pos, Violation(at, rule.name, value, *verdict, rule.guard)))
+        return 1

@@ -185,27 +185,37 @@ class InferenceService:
             record.model_version = request.model_version
         self.check_model(request.model_name, request.model_version)
         inputs: list[Tensor] | None
+        undecodable = ""
         try:
             inputs = decode_inputs(request)
-        except InvalidInput:
+        except InvalidInput as exc:
             if self.backend.mode == "embedded":
                 raise
             inputs = None  # the upstream judges the request; we keep its bytes
+            undecodable = exc.message
         record.inputs = inputs
         checks = self.checks
         verdict = None
-        if checks is not None and inputs is not None:
-            verdict = checks.before(inputs, record.parameters)
-            record.violations = verdict.to_json()
-            checks.refuse(verdict.violations)
+        if checks is not None:
+            if inputs is not None:
+                self.backend.check(request, inputs)  # a malformed call is refused as such
+            withheld = self.minimiser.names if self.minimiser is not None else frozenset()
+            verdict = checks.before(inputs, record.parameters, withheld=withheld,
+                                    unchecked=undecodable)
+            try:
+                checks.refuse(verdict, verdict.counts)
+            finally:
+                record.violations = verdict.to_json()
         result = await self.backend.infer(
-            Call(request, raw, inputs, record.request_id, timeout, caller.forward)
+            Call(request, raw, inputs, record.request_id, timeout, caller.forward,
+                 checked=checks is not None)
         )
         record.outputs = result.outputs
         if checks is not None and verdict is not None:
-            found = checks.after(verdict, result.outputs)
-            record.violations = verdict.to_json()
-            checks.refuse(found)
+            try:
+                checks.refuse(verdict, checks.after(verdict, result.outputs).counts)
+            finally:
+                record.violations = verdict.to_json()
         return result.response
 
 

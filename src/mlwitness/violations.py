@@ -1,8 +1,9 @@
 """Guard violations and rate-bound breaches over a window of the ledger, in SQL.
 
 Each inference record's `violations` column is JSON written by the inline checks:
-{"guards": sha, "violations": [{guard, column, kind, row, value, bound}, …],
-"rate_breaches": [{guard, state, estimate, low, high, min, max, n, …}, …]}.
+{"guards": sha, "violations": [{guard, column, kind, row, value, bound}, …] (the first
+100), "counts": [{guard, column, kind, n}, …] (all), "unlisted": k, "refused": true,
+"unchecked": why, "rate_breaches": [{guard, state, estimate, low, high, min, max, n, …}, …]}.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import duckdb
 
 from mlwitness.audit.reader import Filters
 
-_VIOLATION = '[{"guard": "VARCHAR", "column": "VARCHAR", "kind": "VARCHAR"}]'
+_VIOLATION = '[{"guard": "VARCHAR", "column": "VARCHAR", "kind": "VARCHAR", "n": "BIGINT"}]'
+# A record's violations counted by guard, column and kind: its "counts" (every one, while
+# "violations" lists the first 100), or for records written before counts were kept, its
+# listed violations one by one. "refused" marks a call refused for them (enforce mode);
+# older records had no mark, and their refusals are the non-OK ones with violations.
+_COUNTS = ("COALESCE(json_extract(NULLIF(violations, ''), '$.counts'), "
+           "json_extract(NULLIF(violations, ''), '$.violations'))")
+_REFUSED = ("COALESCE(json_extract(NULLIF(violations, ''), '$.refused')::BOOLEAN, "
+            "json_extract(NULLIF(violations, ''), '$.counts') IS NULL AND status <> 'OK')")
 _BREACH = ('[{"guard": "VARCHAR", "state": "VARCHAR", "estimate": "DOUBLE", "low": "DOUBLE", '
            '"high": "DOUBLE", "min": "DOUBLE", "max": "DOUBLE", "n": "BIGINT"}]')
 
@@ -23,18 +32,16 @@ def violations_report(con: duckdb.DuckDBPyConnection, *, since_us: int = 0, unti
     where, params = Filters(since_us, until_us, model).where()
     calls, with_violations, refused = con.execute(
         f"""SELECT count(*),
-                   count(*) FILTER (WHERE json_array_length(
-                       json_extract(NULLIF(violations, ''), '$.violations')) > 0),
-                   count(*) FILTER (WHERE status <> 'OK' AND json_array_length(
-                       json_extract(NULLIF(violations, ''), '$.violations')) > 0)
+                   count(*) FILTER (WHERE json_array_length({_COUNTS}) > 0),
+                   count(*) FILTER (WHERE json_array_length({_COUNTS}) > 0 AND {_REFUSED})
             FROM entries WHERE {where}""", params).fetchall()[0]
     counts = con.execute(
         f"""WITH v AS (
-                SELECT seq, status, unnest(from_json(
-                    json_extract(NULLIF(violations, ''), '$.violations'), '{_VIOLATION}')) AS v
+                SELECT seq, {_REFUSED} AS refused,
+                       unnest(from_json({_COUNTS}, '{_VIOLATION}')) AS v
                 FROM entries WHERE {where})
-            SELECT v.guard, v.column, v.kind, count(*),
-                   count(DISTINCT seq) FILTER (WHERE status <> 'OK'), min(seq), max(seq)
+            SELECT v.guard, v.column, v.kind, sum(COALESCE(v.n, 1))::BIGINT,
+                   count(DISTINCT seq) FILTER (WHERE refused), min(seq), max(seq)
             FROM v GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3""", params).fetchall()
     breaches = con.execute(
         f"""WITH b AS (

@@ -28,6 +28,7 @@ class Call:
     request_id: str  # the caller's id, or the one mlwitness assigned
     timeout: float | None  # seconds left of the caller's deadline
     metadata: tuple[tuple[str, str], ...]  # caller metadata to pass on
+    checked: bool = False  # `Backend.check` already passed it
 
 
 class Backend(Protocol):
@@ -38,6 +39,11 @@ class Backend(Protocol):
     mode: str  # "embedded" or "forwarding"
 
     async def infer(self, call: Call) -> Inference: ...
+
+    def check(self, request: Any, inputs: list[Tensor]) -> None:
+        """Refuse a request the model cannot take (InvalidInput), before guards judge it:
+        a malformed call is answered as malformed, not as a guard breach."""
+        ...
 
     async def ready(self) -> bool: ...
 

@@ -4,10 +4,12 @@ message — comes back unchanged."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from mlwitness.backends import Call, Inference
-from mlwitness.codec import decode_outputs
+from mlwitness.codec import Tensor, decode_outputs
 from mlwitness.errors import BackendUnavailable, UpstreamError
 from mlwitness.wire import inference as pb
 
@@ -53,6 +55,9 @@ class UpstreamBackend:
             )
         except grpc.aio.AioRpcError as exc:
             raise UpstreamError(exc.code().name, exc.details() or "") from exc
+
+    def check(self, request: Any, inputs: list[Tensor]) -> None:
+        """Nothing: the upstream judges the request (and its errors are passed back)."""
 
     async def infer(self, call: Call) -> Inference:
         response = await self._call("ModelInfer", call.raw, call.timeout, call.metadata)
