@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
+from mlwitness.checks import InlineChecks, unknown_names
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import ConfigError, GuardViolation
 from mlwitness.guards import (
@@ -370,9 +371,9 @@ def test_sha256_is_the_content_not_the_spelling(tmp_path: Path) -> None:
         ("[features.x]\nallow_nan = 'no'\n", "'allow_nan' must be true or false"),
         ("[features.x]\nmin = nan\n", "features.x: 'min' must be a number"),
         ('[[rates]]\nname="r"\noutput="label"\nequals="1"\nmin=0.2\nwindow=0\n',
-         "rates[0] (r): 'window' must be a positive integer, got 0"),
+         "rates[0] (r): 'window' must be an integer from 1 to 10,000,000 decisions, got 0"),
         ('[[rates]]\nname="r"\noutput="label"\nequals="1"\nmin=0.2\nwindow=-5\n',
-         "'window' must be a positive integer"),
+         "'window' must be an integer from 1 to"),
         ('[[rates]]\nname="r"\noutput="label"\nequals="1"\nmin=0.2\nwindow_seconds=0\n',
          "'window_seconds' must be positive"),
         ('[[rates]]\nname="r"\noutput="label"\nequals="1"\nmin=0.2\nwindow=10\nconfidence=1\n',
@@ -407,6 +408,55 @@ def test_config_errors_name_the_problem(tmp_path: Path, body: str, message: str)
         load_guards(path)
     assert caught.value.message.startswith(f"{path}: ")
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"version": 1, "features": {"x": {"min": 1' + "0" * 400 + '}}}',
+         "features.x: 'min' must be finite"),
+        ('{"version": 1, "features": {"\\ud800": {"min": 0}}}', "is not valid Unicode text"),
+        ('{"version": 1, "rates": [{"name": "r", "output": "s", "at_least": 0, "max": 1, '
+         '"window": 1' + "0" * 30 + "}]}", "'window' must be an integer from 1 to 10,000,000"),
+        ('{"version": 1, "rates": [{"name": "r", "output": "s", "at_least": 0, "max": 1, '
+         '"window_seconds": 1e12}]}', "'window_seconds' must be at most"),
+    ],
+)  # fmt: skip
+def test_json_guards_beyond_what_can_be_held_are_config_errors(text: str, message: str) -> None:
+    """Through SetGuards these were INTERNAL (OverflowError, UnicodeEncodeError) or a
+    gigabyte allocation."""
+    with pytest.raises(ConfigError) as caught:
+        loads_guards(text, "json")
+    assert message in caught.value.message and len(caught.value.message) < 300
+
+
+def test_a_guard_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "guards.toml"
+    path.write_bytes("version = 1\n# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_guards(path)
+
+
+def test_guards_naming_no_model_column_are_warned_at_every_replacement(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    columns = ({"income", "fico"}, {"label", "score"})
+    typo = loads_guards('version = 1\n[features.incmoe]\nmin = 0\n[outputs.scroe]\nmax = 1\n'
+                        '[[rates]]\nname = "high"\noutput = "scroe"\nat_least = 0.5\n'
+                        'max = 0.9\nwindow = 100\n')
+    assert unknown_names(typo, *columns) == [
+        "feature guards incmoe name no input column (known: fico, income); they judge only "
+        "request parameters of that name. Check --features.",
+        "output guards scroe name no output column (known: label, score); they never judge "
+        "anything.",
+        "rate guards high (output 'scroe') name no output column (known: label, score); they "
+        "never judge anything."]
+    good = loads_guards("version = 1\n[features.income]\nmin = 0\n")
+    checks = InlineChecks(good, "observe", TABULATOR, columns=columns)
+    with caplog.at_level("WARNING", logger="mlwitness.checks"):
+        assert checks.replace(typo) == unknown_names(typo, *columns)
+        assert checks.replace(good) == []
+    assert sum("rate guards high" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_config_errors_for_version_and_unreadable_file(tmp_path: Path) -> None:
@@ -685,3 +735,17 @@ def test_bulk_counts_agree_with_judging_every_cell_and_the_list_is_its_first_par
     assert plain(first.listed) == plain(everything.listed[:7])
     assert first.counts == everything.counts
     assert plain(guards.check_inputs(rows)) == plain(everything.listed)
+
+
+@pytest.mark.parametrize("content", [b"income,fico\n1,2\n", b"[]", "{\"é\": 1}".encode("latin-1")])
+def test_guards_suggest_on_a_file_that_is_no_baseline_exits_2_saying_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    from mlwitness.cli import main
+
+    path = tmp_path / "train.csv"
+    path.write_bytes(content)
+    assert main(["guards", "suggest", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a baseline" in err and "mlwitness baseline TRAIN.csv" in err
+    assert "Traceback" not in err

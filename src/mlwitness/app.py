@@ -96,8 +96,12 @@ def add_health_and_reflection(server: grpc.aio.Server, services: list[str]) -> A
 
 def _known_columns(tabulator: Tabulator, signature: Signature) -> set[str]:
     """Column names the ledger will give this model's inputs and outputs."""
+    return _columns_of(tabulator, signature.inputs) | _columns_of(tabulator, signature.outputs)
+
+
+def _columns_of(tabulator: Tabulator, specs: Any) -> set[str]:
     names: set[str] = set()
-    for spec in (*signature.inputs, *signature.outputs):
+    for spec in specs:
         width = spec.shape[1] if len(spec.shape) == 2 and spec.shape[1] > 0 else 1
         names.update(tabulator.column_names(spec.name, width, len(spec.shape)))
     return names
@@ -194,11 +198,13 @@ class Sidecar:
             self.metrics.watch_ledger(self.ledger)
         if s.baseline:
             await self._store_baseline(s.baseline)
-        known = _known_columns(self.ledger.tabulator, model.signature)
         if s.guards:
             config = load_guards(s.guards)
-            _warn_unknown("guard file", [*config.features, *config.outputs], known)
-            self.checks = InlineChecks(config, s.guard_mode, self.ledger.tabulator, self.metrics)
+            tabulator = self.ledger.tabulator
+            self.checks = InlineChecks(
+                config, s.guard_mode, tabulator, self.metrics,
+                columns=(_columns_of(tabulator, model.signature.inputs),
+                         _columns_of(tabulator, model.signature.outputs)))
             self._guards_stamp = _stamp(s.guards)
             await self.record_guards(config, source=str(s.guards), caller="startup")
         service = InferenceService(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 import time
 import uuid
@@ -26,6 +27,8 @@ from mlwitness.guards import LISTED, Findings, GuardConfig, GuardSet, Violation,
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.rates import RateStatus, RateTracker
+
+log = logging.getLogger(__name__)
 
 GUARD_MODES = ("observe", "enforce")
 
@@ -88,20 +91,28 @@ def _clean_verdict(guards_sha256: str) -> str:
 
 class InlineChecks:
     def __init__(self, config: GuardConfig, mode: str, tabulator: Tabulator,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None,
+                 columns: tuple[set[str], set[str]] | None = None) -> None:
+        """`columns`: the model's (input, output) column names, to warn about guards that
+        name none of them (at start-up and at every replacement)."""
         if mode not in GUARD_MODES:
             raise ValueError(f"guard mode must be one of {GUARD_MODES}")
         self.mode = mode
         self.tabulator = tabulator
         self.metrics = metrics
+        self.columns = columns
         self._lock = threading.Lock()
         self.replace(config)
         if metrics is not None:
             metrics.before_scrape(self._refresh)
 
-    def replace(self, config: GuardConfig) -> None:
-        """Switch to a new guard version. Rate windows restart: a new bound is judged on
-        decisions made under it."""
+    def replace(self, config: GuardConfig) -> list[str]:
+        """Switch to a new guard version; return (and log) warnings about guards that name
+        no column of the model. Rate windows restart: a new bound is judged on decisions
+        made under it."""
+        warnings = unknown_names(config, *self.columns) if self.columns is not None else []
+        for warning in warnings:
+            log.warning("guards %s: %s", config.sha256[:12], warning)
         guard_set = GuardSet(config)
         tracker = RateTracker(config.rates)
         with self._lock:
@@ -113,6 +124,7 @@ class InlineChecks:
                     gauge.clear()
                 for rate in config.rates:
                     m.rate_breach.labels(rate.name).set(0.0)
+        return warnings
 
     @property
     def sha256(self) -> str:
@@ -218,6 +230,27 @@ class InlineChecks:
 
     def status(self) -> list[RateStatus]:
         return self.tracker.status()
+
+
+def unknown_names(config: GuardConfig, inputs: set[str], outputs: set[str]) -> list[str]:
+    """Guards that name no column of the model, and so never judge anything (a feature
+    guard may still judge a request parameter of that name)."""
+    warnings = []
+    features = sorted(set(config.features) - inputs)
+    if features:
+        warnings.append(f"feature guards {', '.join(features)} name no input column (known: "
+                        f"{', '.join(sorted(inputs))}); they judge only request parameters of "
+                        "that name. Check --features.")
+    names = sorted(set(config.outputs) - outputs)
+    if names:
+        warnings.append(f"output guards {', '.join(names)} name no output column (known: "
+                        f"{', '.join(sorted(outputs))}); they never judge anything.")
+    rates = sorted(f"{r.name} (output {r.output!r})" for r in config.rates
+                   if r.output not in outputs)
+    if rates:
+        warnings.append(f"rate guards {', '.join(rates)} name no output column (known: "
+                        f"{', '.join(sorted(outputs))}); they never judge anything.")
+    return warnings
 
 
 def guard_record(config: GuardConfig, *, mode: str, source: str, caller: str) -> Record:

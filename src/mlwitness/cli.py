@@ -21,7 +21,7 @@ import grpc
 
 from mlwitness import __version__, audit_cli
 from mlwitness import settings as settings_mod
-from mlwitness.errors import InvalidInput, MlwitnessError
+from mlwitness.errors import ConfigError, InvalidInput, MlwitnessError
 
 
 def _setup_logging(level: str) -> None:
@@ -81,7 +81,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_guards_suggest(args: argparse.Namespace) -> int:
     from mlwitness.guards import suggest_toml
 
-    baseline = json.loads(Path(args.baseline).read_text())
+    try:
+        baseline = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{args.baseline}: not a baseline JSON file as `mlwitness "
+                          f"baseline` writes ({exc}); make one with: mlwitness baseline "
+                          "TRAIN.csv --out baseline.json") from None
+    if not isinstance(baseline, dict) or not ({"features", "columns"} & set(baseline)):
+        raise ConfigError(f"{args.baseline}: not a baseline (no 'columns' or 'features'); "
+                          "make one with: mlwitness baseline TRAIN.csv --out baseline.json")
     text = suggest_toml(baseline, margin=args.margin)
     if args.out:
         Path(args.out).write_text(text)

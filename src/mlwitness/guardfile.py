@@ -129,6 +129,7 @@ class GuardConfig:
             for name in entries:
                 if not isinstance(name, str) or not name:
                     raise ConfigError(f"{section}: names must be non-empty strings")
+                _require_text(name, f"{section}: the name {name!r}")
             sections[section] = {
                 name: FieldGuard.from_dict(guard, f"{section}.{name}")
                 for name, guard in entries.items()
@@ -137,6 +138,9 @@ class GuardConfig:
         if not isinstance(raw_rates, list):
             raise ConfigError("rates: expected an array of [[rates]] tables")
         rates = tuple(RateGuard.from_dict(r, f"rates[{i}]") for i, r in enumerate(raw_rates))
+        for i, rate in enumerate(rates):
+            for text in (rate.name, rate.output, rate.equals or ""):
+                _require_text(text, f"rates[{i}]: {text!r}")
         names = [r.name for r in rates]
         for name in names:
             if names.count(name) > 1:
@@ -157,6 +161,15 @@ class GuardConfig:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _require_text(text: str, where: str) -> None:
+    """Names and values end up hashed and stored as UTF-8: a lone surrogate (possible in
+    JSON's \\uD800 escapes) cannot be."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{where} is not valid Unicode text") from None
 
 
 def _canonical(data: Any) -> str:
@@ -180,6 +193,9 @@ def load_guards(path: str | Path) -> GuardConfig:
         return loads_guards(path.read_text(encoding="utf-8"), fmt)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read guard file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the guard file "
+                          "as UTF-8") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc.message}") from None
 

@@ -110,9 +110,10 @@ class RateGuard:
         if (window is None) == (seconds is None):
             raise ConfigError(f"{where}: set exactly one of 'window' or 'window_seconds'")
         if window is not None and (
-            isinstance(window, bool) or not isinstance(window, int) or window <= 0
+            isinstance(window, bool) or not isinstance(window, int) or not 0 < window <= MAX_WINDOW
         ):
-            raise ConfigError(f"{where}: 'window' must be a positive integer, got {window!r}")
+            raise ConfigError(f"{where}: 'window' must be an integer from 1 to {MAX_WINDOW:,} "
+                              f"decisions, got {_shown(window)}")
         if seconds is not None:
             seconds = require_number(seconds, f"{where}: 'window_seconds'")
             if seconds <= 0:
@@ -123,6 +124,9 @@ class RateGuard:
         min_samples = data.get("min_samples", 100)
         if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
             raise ConfigError(f"{where}: 'min_samples' must be an integer >= 1")
+        if seconds is not None and seconds > MAX_WINDOW_SECONDS:
+            raise ConfigError(f"{where}: 'window_seconds' must be at most "
+                              f"{MAX_WINDOW_SECONDS:,} (a year), got {seconds:g}")
         if window is not None and min_samples > window:
             raise ConfigError(
                 f"{where}: 'min_samples' {min_samples} exceeds 'window' {window}; "
@@ -138,13 +142,28 @@ class RateGuard:
         return {key: value for key, value in items.items() if value is not None}
 
 
+MAX_WINDOW = 10_000_000  # decisions in a count window: one byte each in memory
+MAX_WINDOW_SECONDS = 366 * 86_400
+
+
 def require_number(value: Any, where: str) -> float:
     """`value` as a float; ConfigError (naming `where`) unless it is a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if math.isinf(value):
-        raise ConfigError(f"{where} must be finite, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float64
+        raise ConfigError(f"{where} must be finite, got {_shown(value)}") from None
+    if math.isnan(number):
+        raise ConfigError(f"{where} must be a number, got {_shown(value)}")
+    if math.isinf(number):
+        raise ConfigError(f"{where} must be finite, got {_shown(value)}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 @lru_cache(maxsize=8192)

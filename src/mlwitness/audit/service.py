@@ -285,8 +285,8 @@ class AuditService:
             if self.trail is not None:
                 self.trail(guard_record(config, mode=self.checks.mode,
                                         source="audit API", caller=asker.caller))
-            self.checks.replace(config)
-            summary.update(sha256=config.sha256)
+            warnings = self.checks.replace(config)
+            summary.update(sha256=config.sha256, **({"warnings": warnings} if warnings else {}))
             return self._guards_state()
 
     def _guards_state(self) -> dict[str, Any]:
