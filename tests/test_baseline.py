@@ -49,8 +49,10 @@ def read_columns(path: Path) -> dict[str, list[str]]:
 def test_numeric_statistics_equal_numpy(baseline: Baseline, train_csv: Path) -> None:
     columns = read_columns(train_csv)
     assert baseline.n_rows == len(columns["income"])
+    assert baseline.settings["feature_dtype"] == "FP32"  # the credit model's input
     for name in ("income", "debt_ratio", "fico", "age", "years_employed", "open_loans"):
-        x = np.array([float(v) for v in columns[name]])
+        # profiled as the model receives them: each value rounded to float32
+        x = np.array([float(v) for v in columns[name]]).astype(np.float32).astype(np.float64)
         profile = baseline.columns[name]
         num = profile.numeric
         assert num is not None

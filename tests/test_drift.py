@@ -307,3 +307,36 @@ def test_analytics_modules_import_neither_grpc_nor_scipy_eagerly() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_decimal_ties_sent_as_fp32_do_not_drift_against_their_own_training_set(
+    tmp_path: Path,
+) -> None:
+    """Rate tiers like 0.7 are float32(0.7) < 0.7 on the ledger. Profiled as the model
+    receives them (FP32), unchanged traffic is `ok`; profiled as float64 text, the ties
+    land on the wrong side of their bin edges and the same traffic 'drifts'."""
+    rng = np.random.default_rng(5)
+    tiers = np.array([0.05, 0.07, 0.1, 0.3, 0.7])
+    train = tmp_path / "train.csv"
+    n = 20_000
+    train.write_text("rate,util\n" + "".join(
+        f"{a},{b}\n" for a, b in zip(rng.choice(tiers, n), np.round(rng.uniform(0, 1, n), 2),
+                                     strict=True)))
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"),
+                          tabulator=Tabulator({"input": ["rate", "util"]}))
+    writer.open()
+    for i in range(10):
+        x = np.column_stack([rng.choice(tiers, 500),
+                             np.round(rng.uniform(0, 1, 500), 2)]).astype(np.float32)
+        writer.append_blocking(Record(request_id=f"t{i}", received_us=(i + 1) * SECOND,
+                                      model_name="tiers", inputs=[tensor_from_array("input", x)]))
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        as_sent = drift_report(con, build_baseline(train, feature_dtype="FP32"))
+        as_text = drift_report(con, build_baseline(train, feature_dtype="FP64"))
+    finally:
+        con.close()
+    assert as_sent.verdict == "ok", [(f.name, f.verdict, f.reasons) for f in as_sent.features]
+    assert entry(as_text, "rate").verdict == "drift"  # what FP64 profiling got wrong

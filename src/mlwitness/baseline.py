@@ -83,7 +83,7 @@ class Baseline:
     columns: dict[str, ColumnProfile]  # every column of the data file
     outputs: dict[str, ColumnProfile] = field(default_factory=dict)
     model: dict[str, str] | None = None  # file, sha256, input
-    settings: dict[str, int] = field(default_factory=dict)  # bins, sample_size, seed
+    settings: dict[str, Any] = field(default_factory=dict)  # bins, sample_size, seed, …
     _sha256: str = field(default="", init=False, repr=False, compare=False)
 
     def to_json(self) -> str:
@@ -218,6 +218,7 @@ def _quote(name: str) -> str:
 def build_baseline(
     data: Path, *, model: Path | None = None, features: list[str] | None = None,
     label: str | None = None, bins: int = 10, sample_size: int = 20000, seed: int = 0,
+    feature_dtype: str | None = None,
 ) -> Baseline:
     """Profile ``data`` (CSV or Parquet) and, with ``model``, the model's outputs on it.
 
@@ -225,10 +226,17 @@ def build_baseline(
     (default: the numeric columns except ``label``, in file order), cast to the input's
     datatype, NULL as NaN. Raises InvalidInput for a missing file or column, or when the
     number of features does not match the model input's width.
+
+    The features are profiled as the model receives them: rounded to ``feature_dtype``
+    (default: the model input's datatype, e.g. FP32; FP64 without a model). The ledger
+    holds the values callers sent in that datatype, and float32(0.7) < 0.7: a baseline
+    of the float64 text values would put such values on the wrong side of a bin edge and
+    report drift on unchanged traffic.
     """
     data = Path(data)
     if sample_size < 1:
         raise InvalidInput(f"sample_size must be positive, got {sample_size}")
+    rounding = _feature_rounding(model, feature_dtype)
     rng = np.random.default_rng(seed)
     con = duckdb.connect()
     try:
@@ -244,6 +252,12 @@ def build_baseline(
         ).fetchnumpy() if numeric else {}
         arrays = dict(zip(numeric, (np.asarray(v, np.float64) for v in matrix.values()),
                           strict=True))
+        if features is None:
+            features = [c for c in numeric if c != label]
+        if rounding is not None:
+            for name in features:
+                if name in arrays:
+                    arrays[name] = arrays[name].astype(rounding).astype(np.float64)
         columns: dict[str, ColumnProfile] = {}
         for name, is_num in described:
             if is_num:
@@ -256,8 +270,6 @@ def build_baseline(
                 columns[name] = profile_text(np.asarray(next(iter(text.values())), object))
     finally:
         con.close()
-    if features is None:
-        features = [c for c in numeric if c != label]
     unknown = [f for f in features if f not in arrays]
     if unknown:
         raise InvalidInput(f"features {unknown} are not numeric columns of {data.name}; "
@@ -266,13 +278,34 @@ def build_baseline(
         source={"file": data.name, "sha256": _file_sha256(data), "format": fmt},
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         n_rows=n_rows, feature_names=list(features), label=label, columns=columns,
-        settings={"bins": bins, "sample_size": sample_size, "seed": seed},
+        settings={"bins": bins, "sample_size": sample_size, "seed": seed,
+                  "feature_dtype": _DTYPE_NAMES.get(rounding, "FP64")},
     )
     if model is not None:
         x = np.column_stack([arrays[f] for f in features]) if features else np.zeros((n_rows, 0))
         baseline.model, baseline.outputs = _profile_model(Path(model), x, bins=bins,
                                                           sample_size=sample_size, rng=rng)
     return baseline
+
+
+_ROUNDINGS = {"FP16": np.float16, "FP32": np.float32, "FP64": None}
+_DTYPE_NAMES = {np.float16: "FP16", np.float32: "FP32"}
+
+
+def _feature_rounding(model: Path | None, feature_dtype: str | None) -> Any:
+    """The numpy type features are rounded through (None: float64, no rounding)."""
+    if feature_dtype is None and model is not None:
+        from mlwitness.runtime import OnnxModel
+
+        specs = OnnxModel(Path(model).read_bytes()).signature.inputs
+        feature_dtype = specs[0].datatype if len(specs) == 1 else None
+        return _ROUNDINGS.get(feature_dtype or "FP64")  # integer inputs: left as read
+    if feature_dtype is None:
+        return None
+    if feature_dtype.upper() not in _ROUNDINGS:
+        raise InvalidInput(f"feature dtype must be one of {', '.join(_ROUNDINGS)}, "
+                           f"got {feature_dtype!r}")
+    return _ROUNDINGS[feature_dtype.upper()]
 
 
 def _profile_model(

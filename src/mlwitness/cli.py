@@ -71,7 +71,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     features = [f.strip() for f in args.features.split(",")] if args.features else None
     baseline = build_baseline(Path(args.data), model=Path(args.model) if args.model else None,
                               features=features, label=args.label, bins=args.bins,
-                              sample_size=args.sample_size)
+                              sample_size=args.sample_size, feature_dtype=args.feature_dtype)
     Path(args.out).write_text(baseline.to_json())
     print(f"wrote {args.out}: baseline {baseline.sha256} of {baseline.n_rows} rows, "
           f"{len(baseline.columns)} columns, {len(baseline.outputs)} model outputs")
@@ -221,6 +221,9 @@ def parser() -> argparse.ArgumentParser:
     baseline.add_argument("--features", help="model input columns in order (default: the "
                           "numeric columns except --label)")
     baseline.add_argument("--label", help="the training label column (kept out of features)")
+    baseline.add_argument("--feature-dtype", choices=["FP16", "FP32", "FP64"],
+                          help="round features to the datatype callers send them in before "
+                          "profiling (default: the model input's, or FP64 without --model)")
     baseline.add_argument("--out", default="baseline.json", help="output JSON file")
     baseline.add_argument("--bins", type=int, default=10, help="histogram bins per feature")
     baseline.add_argument("--sample-size", type=int, default=20000,
