@@ -40,9 +40,10 @@ class Fed:
     since_us: int
     until_us: int
     x: np.ndarray  # [n, 6]
-    bands: np.ndarray
+    bands: np.ndarray  # per row
     label: np.ndarray
     p1: np.ndarray
+    record_bands: np.ndarray  # per record: a request parameter counts once per request
 
 
 @dataclass
@@ -58,7 +59,7 @@ def feed(writer: LedgerWriter, model: OnnxModel, data: dict[str, np.ndarray], fe
          t0: int, model_name: str = "credit", batch: int = 25) -> Fed:
     """One record per `batch` rows of one age band (a request's parameters are per request)."""
     x32 = np.column_stack([data[f] for f in features]).astype(np.float32)
-    xs, bands, labels, p1s = [], [], [], []
+    xs, bands, labels, p1s, record_bands = [], [], [], [], []
     t = t0
     for band in sorted(set(data["age_band"].tolist())):
         rows = np.flatnonzero(data["age_band"] == band)
@@ -74,10 +75,11 @@ def feed(writer: LedgerWriter, model: OnnxModel, data: dict[str, np.ndarray], fe
             t += 1
             xs.append(x.astype(np.float64))
             bands += [band] * len(x)
+            record_bands.append(band)
             labels.append(outputs[0].array.astype(np.float64))
             p1s.append(outputs[1].array[:, 1].astype(np.float64))
     return Fed(t0, t, np.vstack(xs), np.array(bands, object), np.concatenate(labels),
-               np.concatenate(p1s))
+               np.concatenate(p1s), np.array(record_bands, object))
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +207,7 @@ def test_every_statistic_matches_scipy_on_the_recorded_values(
         assert s["std_shift_in_std"] == pytest.approx((std - ref_std) / ref_std, **TOL)
 
     for name, values, freq in (
-        ("age_band", fed.bands, ledger.baseline.columns["age_band"].categorical),
+        ("age_band", fed.record_bands, ledger.baseline.columns["age_band"].categorical),
         ("label", fed.label.astype(int).astype(str),
          ledger.baseline.outputs["label"].categorical),
     ):
@@ -289,6 +291,44 @@ def test_feature_selection_and_thresholds(con: Any, ledger: Ledger) -> None:
                         model="credit")
     assert {f.verdict for f in tiny.features} == {"insufficient_data"}  # 25 < 30 rows
     assert not math.isnan(entry(tiny, "income").statistics["psi"])
+    assert tiny.verdict == "insufficient_data"  # nothing judged is not "ok"
+
+
+def test_columns_restricts_inputs_and_outputs_alike(con: Any, ledger: Ledger) -> None:
+    report = report_for(con, ledger, "shifted", columns=["income", "probabilities_1"])
+    assert [(f.name, f.role) for f in report.features] == [
+        ("income", "input"), ("probabilities_1", "output")]
+    with pytest.raises(InvalidInput, match=r"columns \['nope'\] are not in the reference"):
+        report_for(con, ledger, "shifted", columns=["nope"])
+
+
+def test_a_window_reference_is_tested_as_a_sample_and_must_be_big_enough(
+    con: Any, ledger: Ledger
+) -> None:
+    """A reference window is a sample as much as the tested window: χ² of the 2×k table
+    (scipy's chi2_contingency), not goodness of fit to its proportions taken as exact. A
+    150-row reference gave false drift on the same distribution before."""
+    ref, tested = ledger.windows["in_distribution"], ledger.windows["in_distribution_2"]
+    # records go band by band: compare the youngest band's first 6 records (150 rows)
+    # with all of its records in another window of the same distribution
+    young = str(sorted(set(tested.record_bands.tolist()))[0])
+    assert set(ref.record_bands[:6].tolist()) == {young}
+    small = Window(ref.since_us, ref.since_us + 6)
+    records = int(np.sum(tested.record_bands == young))
+    report = drift_report(con, small, since_us=tested.since_us,
+                          until_us=tested.since_us + records, model="credit")
+    assert report.rows > 250
+    assert report.verdict == "ok", [(f.name, f.verdict, f.reasons) for f in report.features]
+    for name in ledger.features:
+        s = entry(report, name).statistics
+        table = np.array([s["reference_counts"], s["counts"]])
+        table = table[:, table.sum(axis=0) > 0]
+        expected = ss.chi2_contingency(table, correction=False)
+        assert s["binned_chi2_pvalue"] == pytest.approx(expected.pvalue, **TOL)
+    band = entry(report, "age_band", "categorical")  # 6 records name a band: too few
+    assert (band.verdict, band.reference_count) == ("insufficient_data", 6)
+    assert band.statistics["chi2_test"] == "two_sample"
+    assert band.statistics["counted_per"] == "record"
 
 
 def test_report_is_json(con: Any, ledger: Ledger) -> None:
@@ -340,3 +380,46 @@ def test_decimal_ties_sent_as_fp32_do_not_drift_against_their_own_training_set(
         con.close()
     assert as_sent.verdict == "ok", [(f.name, f.verdict, f.reasons) for f in as_sent.features]
     assert entry(as_text, "rate").verdict == "drift"  # what FP64 profiling got wrong
+
+
+def test_a_minimised_parameter_is_not_judged_against_its_plain_training_values(
+    tmp_path: Path,
+) -> None:
+    """--hash-inputs age_band stores hashes: against the baseline's plain bands every
+    value would be 'unseen' and the column would always drift. It is reported as
+    `minimised` instead, and the report judges the rest."""
+    from mlwitness.codec import encode_inputs
+    from mlwitness.minimise import Minimiser
+    from mlwitness.wire import inference as pb
+
+    rng = np.random.default_rng(0)
+    bands = np.array(["18-25", "26-40", "41-60", "61+"])
+    train = tmp_path / "train.csv"
+    train.write_text("x,age_band\n" + "".join(
+        f"{a:.5f},{b}\n" for a, b in zip(rng.normal(size=3000), rng.choice(bands, 3000),
+                                         strict=True)))
+    minimiser = Minimiser(redact=[], hashed=["age_band"], key=b"k" * 32)
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"),
+                          tabulator=Tabulator({"input": ["x"]}))
+    writer.open()
+    for i in range(200):
+        band, x = str(rng.choice(bands)), rng.normal(size=(1, 1)).astype(np.float32)
+        request = pb.ModelInferRequest(model_name="m")
+        request.parameters["age_band"].string_param = band
+        inputs = [tensor_from_array("input", x)]
+        encode_inputs(request, inputs, raw=True)
+        record = Record(request_id=f"r{i}", received_us=(i + 1) * SECOND, model_name="m",
+                        inputs=inputs, parameters={"age_band": band},
+                        request=request.SerializeToString())
+        minimiser.apply(record)
+        writer.append_blocking(record)
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        report = drift_report(con, build_baseline(train))
+    finally:
+        con.close()
+    assert [(f.name, f.verdict) for f in report.features] == [
+        ("x", "ok"), ("age_band", "minimised")]
+    assert report.verdict == "ok"

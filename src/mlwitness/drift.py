@@ -22,6 +22,10 @@ p-value and Wasserstein-1 of the window's finite values against the reference sa
 ``window − reference`` and that divided by the reference std. Categorical: χ² goodness of
 fit of the window's counts to the reference proportions (categories unseen in the
 reference are floored and listed) and the L∞ distance of the two frequency vectors.
+Against a reference *window* every χ² test is two-sample (homogeneity of the 2×k table):
+that reference is a sample as much as the window. A categorical input that comes from the
+request parameters is counted once per record (the rows of one call share it). Inputs the
+window's records store minimised (hashed or redacted) get the verdict ``minimised``.
 NULL, NaN and ±inf values are *missing*: counted, never binned or tested.
 
 Verdicts (:class:`Thresholds`, defaults in brackets): a numeric column drifts when
@@ -32,9 +36,11 @@ the reference proportions is significant (p < ``chi2_pvalue``), since on a windo
 few hundred rows sampling noise alone exceeds them. A categorical column drifts when
 χ² p < ``chi2_pvalue`` [0.01] *and* L∞ > ``linf`` [0.1]. Other verdicts: ``no_data``
 (no value in the window), ``no_reference``,
-``insufficient_data`` (fewer than ``min_count`` [30] values: statistics shown, no call).
-The report's verdict is ``drift`` if any column drifts, else ``ok``; ``no_data`` for an
-empty window, ``no_reference`` when the reference has no data for any analysed column.
+``insufficient_data`` (fewer than ``min_count`` [30] values in the window or the
+reference: statistics shown, no call). The report's verdict is ``drift`` if any column
+drifts, else ``ok`` if any column was judged ``ok``; otherwise ``insufficient_data`` or
+``no_data``; ``no_data`` for an empty window, ``no_reference`` when the reference has no
+data for any analysed column.
 
 For small shifts JS (base 2) ≈ sqrt(PSI / (8 ln 2)): the JS rule fires from PSI ≈ 0.055.
 """
@@ -51,6 +57,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from mlwitness import stats
 from mlwitness.audit.reader import Filters
@@ -123,6 +130,8 @@ class _Column:
     ref_mean: float = math.nan
     ref_std: float = math.nan
     ref_freq: dict[str, int] = field(default_factory=dict)  # categorical
+    two_sample: bool = False  # the reference is a sample too (a window): χ² of a 2×k table
+    per_record: bool = False  # counted once per record (a request parameter), not per row
 
     @property
     def numeric_source(self) -> bool:  # outputs are categorical from numbers too (label)
@@ -144,12 +153,14 @@ def _extract(con: duckdb.DuckDBPyConnection, filters: Filters, columns: list[_Co
             select.append(f"{col.role[0]}[{name}] AS n{k}")
         if col.kind == "categorical":
             select.append(f"{col.role[0]}t[{name}] AS t{k}")
-            if col.role == "input":
-                select.append(f"p[{name}] AS p{k}")
+            if col.role == "input":  # a request parameter: once per record, not per row
+                select.append(f"CASE WHEN r = 1 THEN p[{name}] END AS p{k}")
     where, params = filters.where()
-    sql = (f"SELECT {', '.join(select) or 'NULL AS _none'} FROM (SELECT unnest(inputs) AS i, "
-           "unnest(inputs_text) AS it, unnest(outputs) AS o, unnest(outputs_text) AS ot, "
-           f"parameters AS p FROM entries WHERE {where} AND status = 'OK')")
+    sql = (f"SELECT (r = 1) AS _first, {', '.join(select) or 'NULL AS _none'} FROM ("
+           "SELECT unnest(inputs) AS i, unnest(inputs_text) AS it, unnest(outputs) AS o, "
+           "unnest(outputs_text) AS ot, unnest(generate_series(1, greatest(len(inputs), "
+           "len(inputs_text), len(outputs), len(outputs_text)))) AS r, parameters AS p "
+           f"FROM entries WHERE {where} AND status = 'OK')")
     return con.sql(sql, params=params).to_arrow_table()
 
 
@@ -169,7 +180,7 @@ def _aggregate(con: duckdb.DuckDBPyConnection, table: pa.Table, columns: list[_C
             select.append(f"histogram({binned}) FILTER (WHERE isfinite(n{k}))")
             params += interior
         elif col.role == "input":
-            select += [f"histogram(coalesce(t{k}, p{k}))", "NULL"]
+            select += [f"histogram(t{k})", f"histogram(p{k})"]
         else:
             select += [f"histogram(t{k})", f"histogram(n{k}) FILTER (WHERE isfinite(n{k}))"]
     if not select:
@@ -188,6 +199,11 @@ def _aggregate(con: duckdb.DuckDBPyConnection, table: pa.Table, columns: list[_C
             for index, count in (next(row) or {}).items():
                 counts[int(index)] = count
             out[col.key] = counts
+        elif col.role == "input":  # a text input column, or else a request parameter
+            text, parameter = next(row) or {}, next(row) or {}
+            out[col.key] = {str(k): int(v) for k, v in (text or parameter).items()}
+            if not text and parameter:
+                col.per_record = True
         else:
             text, numbers = next(row) or {}, next(row) or {}
             out[col.key] = {str(k): int(v) for k, v in text.items()}
@@ -290,6 +306,7 @@ def _from_window(con: duckdb.DuckDBPyConnection, filters: Filters, bins: int,
             and np.unique(values).size <= MAX_CATEGORIES
         ):
             continue
+        col.two_sample = True
         keep.append(col)
     binned = [c for c in keep if c.kind == "categorical" or c.edges is not None]
     aggregates = _aggregate(con, table, binned)
@@ -306,36 +323,45 @@ def drift_report(
     con: duckdb.DuckDBPyConnection, reference: Baseline | Window, *, since_us: int = 0,
     until_us: int = 0, model: str = "", features: list[str] | None = None,
     outputs: list[str] | None = None, thresholds: Thresholds | None = None, bins: int = 10,
+    columns: list[str] | None = None,
 ) -> DriftReport:
     """Drift of the window ``[since_us, until_us)`` (model name or SHA-256 prefix
     ``model``) against ``reference``. ``features`` / ``outputs`` restrict the analysed
     input / output columns (default: every one the reference has; the baseline's label
-    column is not an input). ``bins`` only applies to a reference window (quantile edges
-    of its values). ``con`` may be read-only."""
+    column is not an input); ``columns`` restricts both at once, by name. ``bins`` only
+    applies to a reference window (quantile edges of its values). ``con`` may be
+    read-only."""
     t = thresholds or Thresholds()
     filters = Filters(since_us=since_us, until_us=until_us, model=model)
     ref_info: dict[str, Any]
     if isinstance(reference, Baseline):
-        columns = _from_baseline(reference, features, outputs)
+        analysed = _from_baseline(reference, features, outputs)
         ref_info = {"kind": "baseline", "sha256": reference.sha256, "source": reference.source}
     else:
         ref_filters = Filters(since_us=reference.since_us, until_us=reference.until_us,
                               model=model if reference.model is None else reference.model)
-        columns = _from_window(con, ref_filters, bins, features, outputs)
+        analysed = _from_window(con, ref_filters, bins, features, outputs)
         ref_info = {"kind": "window", "since_us": ref_filters.since_us,
                     "until_us": ref_filters.until_us, "model": ref_filters.model}
-    table = _extract(con, filters, columns)
+    if columns is not None:
+        analysed = _only(analysed, columns)
+    table = _extract(con, filters, analysed)
     rows = table.num_rows
-    live = [c for c in columns if c.ref_count > 0]
+    records = int(pa.compute.sum(table.column("_first")).as_py() or 0) if rows else 0
+    minimised = _minimised(con, filters)
+    live = [c for c in analysed if c.ref_count > 0]
     aggregates = _aggregate(con, table, live)
 
     def analyse(col: _Column) -> FeatureDrift:
         values = _values(table, f"n{col.key}") if col.kind == "numeric" else None
         agg: Any = aggregates.get(col.key)
         count = values.size if values is not None else sum((agg or {}).values())
-        result = FeatureDrift(col.name, col.role, col.kind, int(count), rows - int(count),
+        base = records if col.per_record else rows
+        result = FeatureDrift(col.name, col.role, col.kind, int(count), base - int(count),
                               col.ref_count, "ok")
-        if count == 0:
+        if col.role == "input" and col.name in minimised:
+            result.verdict = "minimised"  # stored hashed or empty: not the values sent
+        elif count == 0:
             result.verdict = "no_data"
         elif col.ref_count == 0:
             result.verdict = "no_reference"
@@ -343,19 +369,58 @@ def drift_report(
             result.statistics, result.reasons = (
                 _numeric(col, values, agg, t) if values is not None
                 else _categorical(col, agg, t))
-            if count < t.min_count:
+            if col.per_record:
+                result.statistics["counted_per"] = "record"
+            if count < t.min_count or col.ref_count < t.min_count:
                 result.verdict = "insufficient_data"
             elif result.reasons:
                 result.verdict = "drift"
         return result
 
-    workers = min(len(columns), os.cpu_count() or 1) if rows >= 100_000 else 1
+    workers = min(len(analysed), os.cpu_count() or 1) if rows >= 100_000 else 1
     with ThreadPoolExecutor(max(workers, 1)) as pool:  # numpy releases the GIL
-        results = list(pool.map(analyse, columns))
-    verdict = "no_data" if rows == 0 else "no_reference" if not live else (
-        "drift" if any(r.verdict == "drift" for r in results) else "ok")
+        results = list(pool.map(analyse, analysed))
     window = {"since_us": since_us, "until_us": until_us, "model": model}
-    return DriftReport(window, ref_info, rows, verdict, t, results)
+    return DriftReport(window, ref_info, rows, _overall(rows, live, results), t, results)
+
+
+def _overall(rows: int, live: list[_Column], results: list[FeatureDrift]) -> str:
+    """The report's verdict: `ok` only when some column was judged and none drifted."""
+    verdicts = {r.verdict for r in results}
+    if rows == 0:
+        return "no_data"
+    if not live:
+        return "no_reference"
+    if "drift" in verdicts:
+        return "drift"
+    if "ok" in verdicts:
+        return "ok"
+    return "insufficient_data" if "insufficient_data" in verdicts else "no_data"
+
+
+def _only(analysed: list[_Column], names: list[str]) -> list[_Column]:
+    """The analysed columns named in `names` (inputs or outputs); InvalidInput for a name
+    the reference does not have."""
+    have = {c.name for c in analysed}
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise InvalidInput(f"columns {unknown} are not in the reference; it has "
+                           f"{sorted(have)}")
+    wanted = set(names)
+    return [c for c in analysed if c.name in wanted]
+
+
+def _minimised(con: duckdb.DuckDBPyConnection, filters: Filters) -> set[str]:
+    """Inputs and parameters the window's records store hashed or redacted (their
+    `detail` says so): their stored values are not the ones sent."""
+    where, params = filters.where()
+    row = con.execute(
+        "SELECT list_distinct(flatten(list(coalesce(CAST(json_extract(detail, "
+        "'$.minimised.hashed') AS VARCHAR[]), []) || coalesce(CAST(json_extract(detail, "
+        "'$.minimised.redacted') AS VARCHAR[]), [])))) FROM entries "
+        f"WHERE {where} AND status = 'OK' AND detail LIKE '%\"minimised\"%'", params
+    ).fetchall()
+    return set(row[0][0] or []) if row else set()
 
 
 def _numeric(col: _Column, values: np.ndarray, bins: np.ndarray, t: Thresholds
@@ -380,7 +445,8 @@ def _numeric(col: _Column, values: np.ndarray, bins: np.ndarray, t: Thresholds
     }
     # PSI and JS are effect sizes: on a small window sampling noise alone exceeds them, so
     # they count only when the binned counts also differ significantly (χ², same bins).
-    binned = stats.chi2_goodness_of_fit(bins, col.ref_bins)
+    binned = (stats.chi2_contingency(np.vstack([col.ref_bins, bins])) if col.two_sample
+              else stats.chi2_goodness_of_fit(bins, col.ref_bins))
     s["binned_chi2_pvalue"] = binned.pvalue
     significant = binned.pvalue < t.chi2_pvalue
     reasons = [name for name, hit in (
@@ -397,11 +463,16 @@ def _categorical(col: _Column, counts: dict[str, int], t: Thresholds
     ref = np.array([col.ref_freq.get(c, 0) for c in categories], np.float64)
     win = np.array([counts.get(c, 0) for c in categories], np.float64)
     gof = stats.chi2_goodness_of_fit(win, ref)
+    if col.two_sample:  # both are samples: a test of homogeneity of the 2×k table
+        test: Any = stats.chi2_contingency(np.vstack([ref, win]))
+    else:
+        test = gof
     linf = stats.linf_distance(ref, win)
     s = {
-        "chi2_statistic": gof.statistic, "chi2_pvalue": gof.pvalue, "chi2_dof": gof.dof,
+        "chi2_statistic": test.statistic, "chi2_pvalue": test.pvalue, "chi2_dof": test.dof,
+        "chi2_test": "two_sample" if col.two_sample else "goodness_of_fit",
         "linf": linf, "unseen_categories": [categories[i] for i in gof.unseen_categories],
         "categories": {c: {"count": int(w), "reference_count": int(r)}
                        for c, w, r in zip(categories, win, ref, strict=True)},
     }
-    return s, ["chi2_linf"] if gof.pvalue < t.chi2_pvalue and linf > t.linf else []
+    return s, ["chi2_linf"] if test.pvalue < t.chi2_pvalue and linf > t.linf else []

@@ -319,7 +319,7 @@ class AuditService:
                 reference = load_baseline(con, baseline or latest_baseline(con))
                 label = f"baseline {reference.sha256}"
             report = drift_report(con, reference, since_us=since_us, until_us=until_us,
-                                  model=model, features=features or None).to_dict()
+                                  model=model, columns=features or None).to_dict()
             drifted = [f["name"] for f in report["features"] if f["verdict"] == "drift"]
             summary.update(verdict=report["verdict"], drifted=drifted, rows=report["rows"],
                            reference=label)
