@@ -217,3 +217,86 @@ def test_empty_window_and_single_group(con: Any) -> None:
     text = json.dumps(one.to_dict(), allow_nan=False)
     assert json.loads(text)["groups"][0]["disparate_impact"] == 1.0
     assert not math.isnan(one.groups[0].rate)
+
+
+def test_each_low_group_is_tested_against_the_reference_with_holm(
+    con: Any, ledger: tuple[Path, dict[str, Fed]]
+) -> None:
+    """The verdict rests on each below-4/5 group's own 2×2 Fisher test against the
+    privileged group, Holm-adjusted over those groups (scipy is the oracle)."""
+    fed = ledger[1]["biased"]
+    report = bias_report(con, attribute="age_band", favorable="label=1", model="biased")
+    table = direct_table(fed.group, fed.label == 1, list(BANDS))
+    ref = table[list(BANDS).index(report.privileged)]
+    flagged = [g for g in report.groups if g.group != report.privileged
+               and g.disparate_impact < 0.8]
+    assert {g.group for g in flagged} == {"18-25", "61+"}
+    raw = {}
+    for g, row in zip(report.groups, table, strict=True):
+        if g.group != report.privileged:
+            raw[g.group] = ss.fisher_exact(np.array([row, ref])).pvalue
+            assert g.pvalue == pytest.approx(raw[g.group], **TOL)
+    ordered = sorted(flagged, key=lambda g: raw[g.group])
+    holm = [min(1.0, 2 * raw[ordered[0].group])]
+    holm.append(max(holm[0], min(1.0, raw[ordered[1].group])))
+    assert [g.pvalue_holm for g in ordered] == pytest.approx(holm, **TOL)
+
+
+def test_a_tiny_lucky_group_is_neither_everyones_reference_nor_a_disparity(
+    tmp_path: Path,
+) -> None:
+    """Two large groups with 0.598 and 0.621 favourable, and three rows all favourable:
+    the reference is the larger-rate big group, and the overall χ² (significant, because
+    of the two big groups) does not make a 4/5 breach significant."""
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"))
+    writer.open()
+    rng = np.random.default_rng(9)
+    t = 1
+    for group, n, rate in (("north", 20_000, 0.598), ("south", 20_000, 0.621),
+                           ("tiny", 3, 1.0), ("low", 12, 0.25)):
+        for start in range(0, n, 1000):
+            k = min(1000, n - start)
+            label = (rng.random(k) < rate).astype(np.int64)
+            writer.append_blocking(Record(
+                request_id=f"r{t}", received_us=t, model_name="m",
+                outputs=[tensor_from_array("label", label)], parameters={"region": group}))
+            t += 1
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        report = bias_report(con, attribute="region", favorable="label=1")
+    finally:
+        con.close()
+    assert report.privileged == "south"
+    by_group = {g.group: g for g in report.groups}
+    assert by_group["north"].disparate_impact > 0.9
+    assert by_group["low"].disparate_impact < 0.8  # below 4/5, but 12 rows cannot show it
+    assert report.verdict == "inconclusive", report.reasons
+    assert report.chi2 is not None and report.chi2["pvalue"] < 0.01
+
+
+def test_rows_without_a_binned_attribute_are_excluded_not_put_in_the_top_bin(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"),
+                          tabulator=Tabulator({"input": ["age", "x"]}))
+    writer.open()
+    for t, age in enumerate([20.0, 30.0, 50.0, np.nan], start=1):
+        writer.append_blocking(Record(
+            request_id=f"r{t}", received_us=t, model_name="m",
+            inputs=[tensor_from_array("input", np.array([[age, 1.0]] * 10, np.float32))],
+            outputs=[tensor_from_array("label", np.ones(10, np.int64))]))
+    writer.append_blocking(Record(  # a record whose rows lack the age column altogether
+        request_id="r5", received_us=5, model_name="m",
+        inputs=[tensor_from_array("other", np.ones((10, 2), np.float32))],
+        outputs=[tensor_from_array("label", np.ones(10, np.int64))]))
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        report = bias_report(con, attribute="age", favorable="label=1", bins=[40])
+    finally:
+        con.close()
+    assert [(g.group, g.n) for g in report.groups] == [("<40", 20), (">=40", 10)]
+    assert report.excluded["missing_attribute"] == 20

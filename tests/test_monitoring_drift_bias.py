@@ -385,6 +385,27 @@ def test_bias_cli_reports_what_the_api_does(traffic: Traffic) -> None:
     assert "by age_band (reference group 26-40): DISPARITY" in table.stdout
 
 
+def test_bias_on_a_numeric_input_grouped_by_bins_through_api_and_cli(traffic: Traffic
+                                                                     ) -> None:
+    window = traffic.windows["null_bias"]
+    answer = traffic.side.stub.Bias(apb.BiasRequest(
+        attribute="age", favorable="label=1", since_us=window.since_us,
+        until_us=window.until_us, bins=[26, 41, 61]), timeout=60)
+    assert [g.group for g in answer.groups] == ["<26", "[26, 41)", "[41, 61)", ">=61"]
+    age = window.features[:, traffic.kit.features.index("age")]
+    assert [g.n for g in answer.groups] == np.bincount(np.digitize(age, [26, 41, 61]),
+                                                       minlength=4).tolist()
+    shown = traffic.side.audit_cli("bias", "--attribute", "age", "--favorable", "label=1",
+                                   "--since", str(window.since_us), "--until",
+                                   str(window.until_us), "--bins", "26,41,61", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [g["group"] for g in json.loads(shown.stdout)["groups"]] == [
+        g.group for g in answer.groups]
+    bad = traffic.side.audit_cli("bias", "--attribute", "age", "--favorable", "label=1",
+                                 "--bins", "26,forty")
+    assert bad.returncode == 2 and "expected numbers like 25,40,60" in bad.stderr
+
+
 def test_the_ledger_verifies_through_the_audit_api(traffic: Traffic) -> None:
     answer = traffic.side.stub.VerifyLedger(apb.VerifyLedgerRequest(), timeout=60)
     assert answer.ok and list(answer.problems) == []

@@ -59,6 +59,15 @@ def _set_candidate(request: Any, text: str) -> None:
         request.candidate_onnx = Path(text).read_bytes()
 
 
+def _cut_points(text: str) -> list[float]:
+    """`--bins 25,40,60`: comma-separated numbers."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 25,40,60, got {text!r}"
+                                         ) from None
+
+
 def _row_text(row: apb.Row) -> str:
     parts = []
     for value in row.values:
@@ -335,15 +344,22 @@ def bias(args: argparse.Namespace) -> int:
     r = stub(args).Bias(apb.BiasRequest(
         attribute=args.attribute, favorable=args.favorable, since_us=parse_time(args.since),
         until_us=parse_time(args.until), model=args.model or "",
-        privileged=args.privileged or ""), timeout=args.timeout)
+        privileged=args.privileged or "", bins=args.bins or []), timeout=args.timeout)
     if args.json:
         print(json.dumps(json.loads(r.report_json), indent=2))
         return 0
     print(f"favorable outcome {r.favorable} by {r.attribute} (reference group "
           f"{r.privileged}): {r.verdict.upper()}")
-    print(_table(["group", "n", "favorable", "rate", "disparate impact", "parity diff"],
+    def p_values(g: apb.BiasGroup) -> list[str]:  # vs the reference group
+        if g.group == r.privileged:
+            return ["—", "—"]
+        return [f"{g.pvalue:.3g}", f"{g.pvalue_holm:.3g}" if g.disparate_impact < 0.8 else "—"]
+
+    print(_table(["group", "n", "favorable", "rate", "disparate impact", "parity diff",
+                  "p vs ref", "p Holm"],
                  [[g.group, g.n, g.favorable, f"{g.rate:.3f}", f"{g.disparate_impact:.3f}",
-                   f"{g.statistical_parity_difference:+.3f}"] for g in r.groups]))
+                   f"{g.statistical_parity_difference:+.3f}", *p_values(g)]
+                  for g in r.groups]))
     print(f"chi2 {r.chi2:.4g} (dof {r.dof}) p = {r.chi2_pvalue:.4g}")
     if r.has_fisher:
         print(f"Fisher exact: odds ratio {r.fisher_odds_ratio:.4g}, p = {r.fisher_pvalue:.4g}")
@@ -431,6 +447,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--since", help="window start (UTC)")
     p.add_argument("--until", help="window end (UTC)")
     p.add_argument("--model", help="model name or SHA-256 prefix")
-    p.add_argument("--privileged", help="reference group (default: highest favorable rate)")
+    p.add_argument("--privileged", help="reference group (default: highest favorable rate "
+                   "among groups of 30+ rows)")
+    p.add_argument("--bins", type=_cut_points,
+                   help="cut points grouping a numeric attribute, e.g. 25,40,60 gives "
+                   "<25, [25, 40), [40, 60), >=60")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
     p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")

@@ -20,14 +20,20 @@ group order; Pearson χ² of independence (no continuity correction); Fisher's e
 when k = 2; per group the rate with its 95 % Wilson interval, and the disparate-impact
 ratio (``rate_g / rate_privileged``) and statistical-parity difference
 (``rate_g − rate_privileged``) against the *privileged* group — by default the group with
-the highest favourable rate (ties: the larger group, then the first label), so every ratio
-is ≤ 1 and the smallest one is the worst disparity.
+the highest favourable rate among groups of at least ``MIN_REFERENCE_N`` = 30 rows (ties:
+the larger group, then the first label; all groups when none is that big), so a group of
+three lucky rows cannot be everyone's reference.
 
 Verdict (:class:`BiasThresholds`): ``disparity`` when some group's ratio is below
-``disparate_impact`` [0.8, the four-fifths rule] *and* the test (Fisher for k = 2, else χ²)
-has p < ``pvalue`` [0.01]; ``inconclusive`` when the ratio is below 0.8 but p is not
-(too few rows to tell); ``ok`` otherwise; ``no_data`` (empty window) and ``single_group``
-(fewer than two groups: nothing to compare).
+``disparate_impact`` [0.8, the four-fifths rule] *and* that group's own difference from
+the privileged group is significant: Fisher's exact test of the two groups' 2×2 table,
+Holm-adjusted over the groups below the ratio, p < ``pvalue`` [0.01]. (The overall χ² is
+reported but not used: it can be significant because of groups that are not the ones
+below the ratio.) ``inconclusive`` when a ratio is below 0.8 but no such test is
+significant (too few rows to tell); ``ok`` otherwise; ``no_data`` (empty window) and
+``single_group`` (fewer than two groups: nothing to compare). Rows of one call share a
+request-parameter attribute and are tested as independent rows: with large batches the
+p-values are optimistic.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from mlwitness.drift import window_columns
 from mlwitness.errors import InvalidInput
 
 MAX_GROUPS = 100
+MIN_REFERENCE_N = 30  # rows a group needs to be the default privileged (reference) group
 _FAVORABLE = re.compile(r"^\s*([^=<>!]+?)\s*(==|=|!=|>=|<=|>|<)\s*(.*?)\s*$")
 _ROWS = ("SELECT unnest(inputs) AS i, unnest(inputs_text) AS it, unnest(outputs) AS o, "
          "unnest(outputs_text) AS ot, parameters AS p FROM entries WHERE {where} "
@@ -68,6 +75,8 @@ class GroupOutcome:
     rate_ci95: tuple[float, float]
     disparate_impact: float
     statistical_parity_difference: float
+    pvalue: float = 1.0  # Fisher's exact test of this group against the privileged one
+    pvalue_holm: float = 1.0  # the same, Holm-adjusted over the groups below the ratio
 
 
 @dataclass
@@ -139,7 +148,7 @@ def _group(attribute: str, present: dict[str, list[str]], bins: list[float] | No
     if any(b >= c for b, c in zip(bins, bins[1:], strict=False)):
         raise InvalidInput(f"bins must be strictly increasing, got {bins}")
     cases = " ".join(f"WHEN {value} < ? THEN {k}" for k in range(len(bins)))
-    return source, (f"CASE WHEN NOT isfinite({value}) THEN NULL {cases} "
+    return source, (f"CASE WHEN {value} IS NULL OR NOT isfinite({value}) THEN NULL {cases} "
                     f"ELSE {len(bins)} END"), [float(b) for b in bins]
 
 
@@ -189,8 +198,9 @@ def bias_report(
                            f"group a numeric attribute with bins (at most {MAX_GROUPS} groups)")
     table = [[fav, n - fav] for _, n, fav, _ in counted]
     labels = [label for label, *_ in counted]
-    if privileged is None:
-        best = max(counted, key=lambda c: (c[3], c[1]), default=None)
+    if privileged is None:  # the highest rate among groups big enough to be a reference
+        sized = [c for c in counted if c[1] >= MIN_REFERENCE_N] or counted
+        best = max(sized, key=lambda c: (c[3], c[1]), default=None)
         privileged = best[0] if best else ""
     elif privileged not in labels:
         raise InvalidInput(f"privileged group {privileged!r} is not among the groups {labels}")
@@ -204,18 +214,31 @@ def bias_report(
     report.groups = [_outcome_of(c, reference) for c in counted]
     chi2 = stats.chi2_contingency(np.array(table))
     report.chi2 = {"statistic": chi2.statistic, "pvalue": chi2.pvalue, "dof": chi2.dof}
-    pvalue = chi2.pvalue
     if len(counted) == 2:
         fisher = stats.fisher_exact_2x2(np.array(table))
         report.fisher = {"odds_ratio": fisher.statistic, "pvalue": fisher.pvalue}
-        pvalue = fisher.pvalue
-    low = any(g.disparate_impact < t.disparate_impact for g in report.groups
-              if not math.isnan(g.disparate_impact))
-    report.reasons = [r for r, hit in (("four_fifths", low), ("significant", pvalue < t.pvalue))
-                      if hit]
-    report.verdict = ("disparity" if low and pvalue < t.pvalue else
-                      "inconclusive" if low else "ok")
+    flagged = [g for g in report.groups if g.group != privileged
+               and not math.isnan(g.disparate_impact) and g.disparate_impact < t.disparate_impact]
+    for g in report.groups:
+        if g.group != privileged:
+            g.pvalue = stats.fisher_exact_2x2(np.array(
+                [[g.favorable, g.n - g.favorable],
+                 [reference[2], reference[1] - reference[2]]])).pvalue
+    _holm(flagged)
+    significant = any(g.pvalue_holm < t.pvalue for g in flagged)
+    report.reasons = [r for r, hit in (("four_fifths", bool(flagged)),
+                                       ("significant", significant)) if hit]
+    report.verdict = ("disparity" if significant else "inconclusive" if flagged else "ok")
     return report
+
+
+def _holm(groups: list[GroupOutcome]) -> None:
+    """Holm's step-down adjustment of the groups' p-values (each against the privileged
+    group), in place: the k-th smallest of m is multiplied by m − k + 1, kept monotone."""
+    running = 0.0
+    for k, g in enumerate(sorted(groups, key=lambda g: g.pvalue)):
+        running = max(running, min(1.0, (len(groups) - k) * g.pvalue))
+        g.pvalue_holm = running
 
 
 def _outcome_of(group: tuple[str, int, int, float], privileged: tuple[str, int, int, float]

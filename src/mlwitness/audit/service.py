@@ -328,15 +328,18 @@ class AuditService:
                     "report_json": json.dumps(report, sort_keys=True)}
 
     def bias(self, asker: Asker, *, attribute: str, favorable: str, since_us: int = 0,
-             until_us: int = 0, model: str = "", privileged: str = "") -> dict[str, Any]:
+             until_us: int = 0, model: str = "", privileged: str = "",
+             bins: list[float] | None = None) -> dict[str, Any]:
         with self.audited(asker, attribute=attribute, favorable=favorable, since_us=since_us,
-                          until_us=until_us, model=model, privileged=privileged) as summary:
+                          until_us=until_us, model=model, privileged=privileged,
+                          bins=bins or []) as summary:
             if not attribute or not favorable:
                 raise InvalidInput("give an attribute (e.g. age_band) and a favorable outcome "
                                    "(e.g. label=1)")
             report = bias_report(self.reader.cursor(), attribute=attribute,
                                  favorable=favorable, since_us=since_us, until_us=until_us,
-                                 model=model, privileged=privileged or None)
+                                 model=model, privileged=privileged or None,
+                                 bins=list(bins) if bins else None)
             data = report.to_dict()
             summary.update(verdict=report.verdict, groups=len(report.groups))
             chi2 = report.chi2 or {}
@@ -346,7 +349,8 @@ class AuditService:
                 "privileged": report.privileged,
                 "groups": [{"group": g.group, "n": g.n, "favorable": g.favorable,
                             "rate": g.rate, "disparate_impact": g.disparate_impact,
-                            "statistical_parity_difference": g.statistical_parity_difference}
+                            "statistical_parity_difference": g.statistical_parity_difference,
+                            "pvalue": g.pvalue, "pvalue_holm": g.pvalue_holm}
                            for g in report.groups],
                 "chi2": chi2.get("statistic", 0.0), "chi2_pvalue": chi2.get("pvalue", 1.0),
                 "dof": int(chi2.get("dof", 0)), "has_fisher": bool(fisher),

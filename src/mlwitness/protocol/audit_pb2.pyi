@@ -431,36 +431,42 @@ class DriftResponse(_message.Message):
     def __init__(self, drift: bool = ..., drifted: _Optional[_Iterable[str]] = ..., window_rows: _Optional[int] = ..., reference: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
 
 class BiasRequest(_message.Message):
-    __slots__ = ("attribute", "favorable", "since_us", "until_us", "model", "privileged")
+    __slots__ = ("attribute", "favorable", "since_us", "until_us", "model", "privileged", "bins")
     ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
     FAVORABLE_FIELD_NUMBER: _ClassVar[int]
     SINCE_US_FIELD_NUMBER: _ClassVar[int]
     UNTIL_US_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PRIVILEGED_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
     attribute: str
     favorable: str
     since_us: int
     until_us: int
     model: str
     privileged: str
-    def __init__(self, attribute: _Optional[str] = ..., favorable: _Optional[str] = ..., since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., privileged: _Optional[str] = ...) -> None: ...
+    bins: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, attribute: _Optional[str] = ..., favorable: _Optional[str] = ..., since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., privileged: _Optional[str] = ..., bins: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class BiasGroup(_message.Message):
-    __slots__ = ("group", "n", "favorable", "rate", "disparate_impact", "statistical_parity_difference")
+    __slots__ = ("group", "n", "favorable", "rate", "disparate_impact", "statistical_parity_difference", "pvalue", "pvalue_holm")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     FAVORABLE_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     DISPARATE_IMPACT_FIELD_NUMBER: _ClassVar[int]
     STATISTICAL_PARITY_DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PVALUE_FIELD_NUMBER: _ClassVar[int]
+    PVALUE_HOLM_FIELD_NUMBER: _ClassVar[int]
     group: str
     n: int
     favorable: int
     rate: float
     disparate_impact: float
     statistical_parity_difference: float
-    def __init__(self, group: _Optional[str] = ..., n: _Optional[int] = ..., favorable: _Optional[int] = ..., rate: _Optional[float] = ..., disparate_impact: _Optional[float] = ..., statistical_parity_difference: _Optional[float] = ...) -> None: ...
+    pvalue: float
+    pvalue_holm: float
+    def __init__(self, group: _Optional[str] = ..., n: _Optional[int] = ..., favorable: _Optional[int] = ..., rate: _Optional[float] = ..., disparate_impact: _Optional[float] = ..., statistical_parity_difference: _Optional[float] = ..., pvalue: _Optional[float] = ..., pvalue_holm: _Optional[float] = ...) -> None: ...
 
 class BiasResponse(_message.Message):
     __slots__ = ("attribute", "favorable", "privileged", "groups", "chi2", "chi2_pvalue", "dof", "has_fisher", "fisher_odds_ratio", "fisher_pvalue", "biased", "verdict", "report_json")

@@ -222,7 +222,7 @@ class AuditServicer:
         result = await asyncio.to_thread(
             self.service.bias, asker, attribute=r.attribute,
             favorable=r.favorable, since_us=r.since_us, until_us=r.until_us, model=r.model,
-            privileged=r.privileged)
+            privileged=r.privileged, bins=list(r.bins))
         result["groups"] = [apb.BiasGroup(**g) for g in result["groups"]]
         return apb.BiasResponse(**result).SerializeToString()
 
