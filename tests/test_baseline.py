@@ -222,3 +222,10 @@ def test_stored_through_the_ledger_writer(baseline: Baseline, tmp_path: Path) ->
         writer.close()
     with duckdb.connect(str(tmp_path / "ledger.duckdb"), read_only=True) as con:
         assert load_baseline(con, sha[:8]) == baseline
+
+
+def test_values_too_large_to_profile_are_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_text("a,b\n1e300,1\n-1e300,2\n1e300,3\n")
+    with pytest.raises(InvalidInput, match="a: values up to 1e\\+300 are too large"):
+        build_baseline(path)

@@ -257,3 +257,16 @@ def test_serve_refuses_a_name_both_hashed_and_redacted(models_dir: dict[str, Pat
     with pytest.raises(ConfigError, match="both redacted and hashed: customer_name"):
         serve(models_dir["affine"], tmp_path / "ledger.duckdb", audit=False,
               hash_inputs=["customer_name"], redact_inputs=["customer_name"])
+
+
+@pytest.mark.parametrize("settings", [
+    {"redact_inputs": ["x_1"]},
+    {"hash_inputs": ["income"], "features": ["income", "debt", "fico", "age"]},
+])
+def test_serve_refuses_a_column_name_that_minimisation_would_silently_skip(
+    models_dir: dict[str, Path], tmp_path: Path, settings: dict[str, Any]
+) -> None:
+    """Minimisation rewrites whole tensors: a --features column name matched nothing and
+    the value was stored in clear. Start-up refuses it and names the tensor."""
+    with pytest.raises(ConfigError, match="is a column of input tensor 'x', not a tensor"):
+        serve(models_dir["affine"], tmp_path / "ledger.duckdb", audit=False, **settings)

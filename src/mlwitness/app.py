@@ -107,6 +107,25 @@ def _columns_of(tabulator: Tabulator, specs: Any) -> set[str]:
     return names
 
 
+def _check_minimised_names(names: list[str], tabulator: Tabulator,
+                           signature: Signature) -> None:
+    """Minimisation rewrites whole input tensors (and request parameters). A name that is
+    only a *column* of a tensor (a --features name) would silently store that column in
+    clear: refuse it, naming the tensor to minimise instead."""
+    tensors = {spec.name for spec in signature.inputs}
+    for name in names:
+        if name in tensors:
+            continue
+        owner = next((spec.name for spec in signature.inputs
+                      if name in _columns_of(tabulator, [spec])), None)
+        if owner is not None:
+            raise ConfigError(
+                f"--redact-inputs/--hash-inputs {name!r} is a column of input tensor "
+                f"{owner!r}, not a tensor: minimisation applies to whole input tensors and "
+                f"request parameters. Name the tensor ({owner!r}: all of its columns), or "
+                "send the value as a request parameter")
+
+
 def _warn_unknown(what: str, columns: list[str], known: set[str]) -> None:
     """Guards or baseline columns that match no model column would silently never fire
     (request parameters are the legitimate exception: they are not known in advance)."""
@@ -207,6 +226,8 @@ class Sidecar:
                          _columns_of(tabulator, model.signature.outputs)))
             self._guards_stamp = _stamp(s.guards)
             await self.record_guards(config, source=str(s.guards), caller="startup")
+        _check_minimised_names(s.redact_inputs + s.hash_inputs, self.ledger.tabulator,
+                               model.signature)
         service = InferenceService(
             backend=self.backend,
             ledger=self.ledger,

@@ -158,7 +158,7 @@ def category_key(value: float) -> str:
 
 def profile_numeric(
     values: np.ndarray, *, bins: int, sample_size: int, rng: np.random.Generator,
-    categorical: bool = False,
+    categorical: bool = False, name: str = "",
 ) -> ColumnProfile:
     """Profile one numeric column (any float array; non-finite values count as missing).
     With ``categorical``, integer-valued columns with few values also get frequencies."""
@@ -166,6 +166,12 @@ def profile_numeric(
     column = ColumnProfile(int(finite.size), int(values.size - finite.size))
     if finite.size == 0:
         return column
+    with np.errstate(over="ignore"):
+        mean = float(np.mean(finite))
+        std = float(np.std(finite, ddof=1)) if finite.size > 1 else None
+    if not math.isfinite(mean) or (std is not None and not math.isfinite(std)):
+        raise InvalidInput(f"{name or 'a column'}: values up to {float(np.max(np.abs(finite))):.3g}"
+                           " are too large to profile (their mean or spread overflows float64)")
     edges = stats.quantile_edges(finite, bins)
     if finite.size <= sample_size:
         sample = np.sort(finite)
@@ -174,8 +180,8 @@ def profile_numeric(
     column.numeric = NumericProfile(
         min=float(finite.min()),
         max=float(finite.max()),
-        mean=float(np.mean(finite)),
-        std=float(np.std(finite, ddof=1)) if finite.size > 1 else None,
+        mean=mean,
+        std=std,
         quantiles={f"p{q}": float(v) for q, v in
                    zip(QUANTILES, np.quantile(finite, np.array(QUANTILES) / 100), strict=True)},
         edges=[float(e) for e in edges],
@@ -263,7 +269,7 @@ def build_baseline(
             if is_num:
                 columns[name] = profile_numeric(arrays[name], bins=bins,
                                                 sample_size=sample_size, rng=rng,
-                                                categorical=name == label)
+                                                categorical=name == label, name=name)
             else:
                 text = con.execute(f"SELECT CAST({_quote(name)} AS VARCHAR) FROM src"
                                    ).fetchnumpy()
@@ -342,7 +348,7 @@ def _profile_model(
         values = np.vstack(num)
         for j, name in enumerate(num_names):
             outputs[name] = profile_numeric(values[:, j], bins=bins, sample_size=sample_size,
-                                            rng=rng, categorical=True)
+                                            rng=rng, categorical=True, name=name)
         texts = np.vstack(text)
         for j, name in enumerate(text_names):
             outputs[name] = profile_text(texts[:, j])
