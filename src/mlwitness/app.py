@@ -155,6 +155,8 @@ class Sidecar:
         self.audit_server: grpc.aio.Server | None = None
         self.health: Any = None
         self.audit_health: Any = None
+        self.service: InferenceService | None = None
+        self._audit_ready = True  # start_audit_server starts it SERVING
         self.port = 0
         self.audit_port = 0
         self.metrics: Metrics | None = None
@@ -228,7 +230,7 @@ class Sidecar:
             await self.record_guards(config, source=str(s.guards), caller="startup")
         _check_minimised_names(s.redact_inputs + s.hash_inputs, self.ledger.tabulator,
                                model.signature)
-        service = InferenceService(
+        self.service = service = InferenceService(
             backend=self.backend,
             ledger=self.ledger,
             model_name=s.served_name,
@@ -410,8 +412,11 @@ class Sidecar:
         return self.model_file.sha256
 
     async def _update_health(self) -> None:
+        """Inference readiness: model, ledger and (forwarding) upstream. The audit port
+        needs the ledger only: auditors are served while the model server is down."""
         assert self.ledger is not None and self.backend is not None
-        ready = self.ledger.healthy and await self.backend.ready()
+        ledger_ok = self.ledger.healthy
+        ready = ledger_ok and await self.backend.ready()
         if ready != self.ready or self._tasks == []:
             status = (health_pb2.HealthCheckResponse.SERVING if ready
                       else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -419,31 +424,46 @@ class Sidecar:
                 await self.health.set(name, status)
             if self.probe_health is not None:
                 await self.probe_health.set("", status)
+        if self.audit_health is not None and ledger_ok != self._audit_ready:
+            status = (health_pb2.HealthCheckResponse.SERVING if ledger_ok
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for name in ("", audit_servicer.SERVICE):
+                await self.audit_health.set(name, status)
+            self._audit_ready = ledger_ok
         self.ready = ready
 
     async def _watch(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
+        async def poll_model() -> None:
+            nonlocal next_poll
+            if s.upstream and loop.time() >= next_poll:
+                assert self.model_file is not None
+                await asyncio.to_thread(self.model_file.refresh)
+                next_poll = loop.time() + s.model_poll_interval
+
+        async def reload_access() -> None:
+            self._reload_access()
+
+        steps = (("health", self._update_health), ("guard file reload", self._reload_guards),
+                 ("access file reload", reload_access), ("model file poll", poll_model))
         while True:
-            try:
-                await self._update_health()
-                await self._reload_guards()
-                self._reload_access()
-                if s.upstream and loop.time() >= next_poll:
-                    assert self.model_file is not None
-                    await asyncio.to_thread(self.model_file.refresh)
-                    next_poll = loop.time() + s.model_poll_interval
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("health/model watch failed")
+            for what, step in steps:  # each on its own: one failing must not starve the rest
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s failed", what)
             await asyncio.sleep(min(HEALTH_INTERVAL_S, s.model_poll_interval))
 
     # ── stop ───────────────────────────────────────────────────────────────────────────
 
     async def stop(self) -> None:
         """Drain in-flight calls (up to --drain-timeout), then flush and close the ledger."""
+        if self.service is not None:
+            self.service.shutting_down = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.audit_health is not None:
@@ -480,9 +500,13 @@ def bind(server: grpc.aio.Server, host: str, port: int, settings: Settings) -> i
     credentials = security.server_credentials(settings.tls_cert, settings.tls_key,
                                               settings.tls_client_ca)
     address = f"{host}:{port}"
-    if credentials is None:
-        return server.add_insecure_port(address)
-    return server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpc says only "Failed to bind to address …"
+        raise ConfigError(f"cannot listen on {address}: the port is in use, or the host is "
+                          f"not an address of this machine ({exc})") from None
 
 
 async def start_audit_server(service: AuditService, ledger_path: Any, host: str, port: int,

@@ -59,8 +59,8 @@ class Access:
     @classmethod
     def load(cls, path: Path) -> Access:
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read access file {path}: {exc}") from exc
         return cls.from_dict(data, str(path))
 
@@ -70,8 +70,11 @@ class Access:
         if unknown:
             raise ConfigError(f"{where}: unknown sections {sorted(unknown)}")
         tokens: dict[str, tuple[str, str]] = {}
-        for i, entry in enumerate(data.get("tokens", [])):
+        for i, entry in enumerate(_tables(data, "tokens", where)):
             name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256", "")
+            if not isinstance(name, str) or not isinstance(digest, str):
+                raise ConfigError(f"{where}: tokens[{i}]: name and sha256 must be strings "
+                                  "(in quotes)")
             if not name or role not in ROLES:
                 raise ConfigError(f"{where}: tokens[{i}] needs a name and a role in {ROLES}")
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
@@ -79,13 +82,22 @@ class Access:
                                   "digits (the hash of the token, never the token)")
             tokens[digest.lower()] = (name, role)
         identities: dict[str, str] = {}
-        for i, entry in enumerate(data.get("identities", [])):
+        for i, entry in enumerate(_tables(data, "identities", where)):
             subject, role = entry.get("subject"), entry.get("role")
-            if not subject or role not in ROLES:
+            if not isinstance(subject, str) or not subject or role not in ROLES:
                 raise ConfigError(f"{where}: identities[{i}] needs a subject and a role in "
                                   f"{ROLES}")
             identities[subject] = role
         return cls(tokens, identities)
+
+
+def _tables(data: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    """`[[key]]` entries; ConfigError for anything else (e.g. `[key]`, one table)."""
+    entries = data.get(key, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{where}: {key} must be [[{key}]] tables (double brackets), one "
+                          f"per entry")
+    return entries
 
 
 def _level(role: str) -> int:

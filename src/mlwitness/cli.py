@@ -269,5 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:  # from `mlwitness audit …`: the service's own words
         print(f"mlwitness: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a DuckDB error: a ledger that is not DuckDB, or is locked
+        if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
+            raise  # (duckdb is imported lazily: `audit` commands do not load it)
+        print(f"mlwitness: ledger: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -90,6 +90,7 @@ class InferenceService:
         self.observe = observe  # metrics: (status, seconds) per call, once it is recorded
         self.checks = checks  # guards; None when no guard file is configured
         self.minimiser = minimiser  # inputs stored hashed or redacted
+        self.shutting_down = False  # set at SIGTERM: calls cancelled now are the drain's
 
     def check_model(self, name: str, version: str) -> None:
         if name != self.model_name:
@@ -122,7 +123,12 @@ class InferenceService:
             expired = timeout is not None and time.monotonic() - started >= timeout - 0.05
             status, message = (
                 ("DEADLINE_EXCEEDED", "the caller's deadline passed before the answer")
-                if expired else ("CANCELLED", "the caller cancelled the call")
+                if expired else
+                # gRPC cancels what is left when the drain times out; the caller is told
+                # UNAVAILABLE "Cancelling all calls"
+                ("UNAVAILABLE", "Cancelling all calls: the sidecar shut down before the "
+                 "answer (--drain-timeout passed)") if self.shutting_down else
+                ("CANCELLED", "the caller cancelled the call")
             )
             await asyncio.shield(self._record_failure(record, status, message))
             raise

@@ -9,6 +9,7 @@ both derived from (and tested against) it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -199,10 +200,27 @@ class Settings:
             raise ConfigError("--model is required: the ONNX file to serve or to pin")
         if not Path(self.model).is_file():
             raise ConfigError(f"model file {self.model} does not exist")
+        for name in ("port", "audit_port", "metrics_port", "health_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:  # gRPC would bind some other port without a word
+                raise ConfigError(f"--{name.replace('_', '-')} must be a TCP port, 0-65535 "
+                                  f"(0: {'any free port' if name == 'port' else 'off'}), "
+                                  f"got {value}")
         ports = [p for p in (self.port, self.audit_port, self.metrics_port, self.health_port)
                  if p]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"ports must differ: {ports}")
+        for name in ("upstream_timeout", "model_poll_interval", "load_interval",
+                     "drift_window"):  # 0 or less: a busy loop, or every call timed out
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of "
+                                  f"seconds, got {value}")
+        for name in ("drain_timeout", "drift_interval"):  # 0 is meaningful: none / off
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
+                                  f"got {value}")
         for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "duckdb_threads",
                      "max_backlog"):
             if getattr(self, name) <= 0:
@@ -216,9 +234,25 @@ class Settings:
         overlap = set(self.redact_inputs) & set(self.hash_inputs)
         if overlap:
             raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
-        if self.upstream is not None and ":" not in self.upstream:
-            raise ConfigError(f"--upstream must be host:port, got {self.upstream!r}")
+        if self.upstream is not None:
+            _check_target(self.upstream)
         return self
+
+
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+
+
+def _check_target(target: str) -> None:
+    """--upstream: host:port, [v6]:port, or a gRPC target with its own scheme. A URL
+    (http://…) or a trailing path would be accepted by gRPC and then never resolve."""
+    if target.startswith(_SCHEMES):
+        return
+    if "://" in target or "/" in target:
+        raise ConfigError(f"--upstream must be host:port (gRPC, no http:// and no path), "
+                          f"got {target!r}")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"--upstream must be host:port with a port 1-65535, got {target!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:

@@ -4,16 +4,21 @@ message — comes back unchanged."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from mlwitness.backends import Call, Inference
 from mlwitness.codec import Tensor, decode_outputs
-from mlwitness.errors import BackendUnavailable, UpstreamError
+from mlwitness.errors import UpstreamError
 from mlwitness.wire import inference as pb
 
+log = logging.getLogger(__name__)
+
 _METHOD = "/inference.GRPCInferenceService/"
+RECONNECT_MS = (500, 1000, 2000)  # initial, minimum (also a connect's time limit), maximum
 
 
 def _id_field(request_id: str) -> bytes:
@@ -40,7 +45,14 @@ class UpstreamBackend:
         self.target = target
         self.default_timeout = default_timeout
         options = [("grpc.max_receive_message_length", -1),
-                   ("grpc.max_send_message_length", -1)]
+                   ("grpc.max_send_message_length", -1),
+                   # gRPC's defaults back off up to 120 s between reconnects and give a
+                   # connect 20 s: an upstream back after an outage (or a Triton still
+                   # loading at start) was seen 12-54 s late, and a black-holed one held
+                   # calls ~20 s. Reconnect within 2 s; a connect attempt gets 1 s.
+                   ("grpc.initial_reconnect_backoff_ms", RECONNECT_MS[0]),
+                   ("grpc.min_reconnect_backoff_ms", RECONNECT_MS[1]),
+                   ("grpc.max_reconnect_backoff_ms", RECONNECT_MS[2])]
         self._channel = (grpc.aio.insecure_channel(target, options=options) if credentials is None
                          else grpc.aio.secure_channel(target, credentials, options=options))
         self._calls = {
@@ -70,20 +82,20 @@ class UpstreamBackend:
         return Inference(response, outputs)
 
     async def ready(self) -> bool:
+        """Whether the upstream says it is ready; False for any failure to say so (an
+        error, or an answer that is not a ServerReadyResponse)."""
         try:
             raw = await self._call("ServerReady", b"", 2.0)
+            return bool(pb.ServerReadyResponse.FromString(raw).ready)
         except UpstreamError:
             return False
-        return bool(pb.ServerReadyResponse.FromString(raw).ready)
+        except DecodeError:
+            log.warning("upstream %s answered ServerReady with bytes that are not a "
+                        "ServerReadyResponse; treating it as not ready", self.target)
+            return False
 
     async def model_metadata(self, raw: bytes, timeout: float | None) -> bytes | None:
-        try:
-            return await self._call("ModelMetadata", raw, timeout)
-        except UpstreamError as exc:
-            if exc.status == "UNAVAILABLE":
-                raise BackendUnavailable(f"upstream {self.target} is unavailable: "
-                                         f"{exc.message}") from exc
-            raise
+        return await self._call("ModelMetadata", raw, timeout)  # errors pass unchanged
 
     async def close(self) -> None:
         await self._channel.close()

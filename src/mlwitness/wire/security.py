@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ def server_credentials(cert: Any, key: Any, client_ca: Any) -> grpc.ServerCreden
         return None
     if not (cert and key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    _check_pair(cert, key, "--tls-cert", "--tls-key")
+    if client_ca:
+        _check_ca(client_ca, "--tls-client-ca")
     root = _read(client_ca, "client CA") if client_ca else None
     return grpc.ssl_server_credentials(
         [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
@@ -42,11 +46,39 @@ def channel_credentials(ca: Any, cert: Any, key: Any) -> grpc.ChannelCredentials
         return None
     if bool(cert) != bool(key):
         raise ConfigError("--upstream-cert and --upstream-key go together")
+    if cert:
+        _check_pair(cert, key, "--upstream-cert", "--upstream-key")
+    if ca:
+        _check_ca(ca, "--upstream-ca")
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca, "upstream CA") if ca else None,
         private_key=_read(key, "upstream client key") if key else None,
         certificate_chain=_read(cert, "upstream client certificate") if cert else None,
     )
+
+
+def _check_pair(cert: Any, key: Any, cert_flag: str, key_flag: str) -> None:
+    """gRPC reports a bad certificate or key only as "failed to bind" (server) or a
+    handshake that never succeeds (client): check them here and say which is wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{cert_flag} {cert} and {key_flag} {key} are not a PEM certificate "
+                          f"and its private key ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {cert_flag}/{key_flag}: {exc}") from None
+
+
+def _check_ca(ca: Any, flag: str) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=str(ca))
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{flag} {ca} holds no PEM CA certificate ({exc.reason or exc})"
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {flag} {ca}: {exc}") from None
 
 
 def _rfc4514(value: str) -> str:
