@@ -423,3 +423,44 @@ def test_a_minimised_parameter_is_not_judged_against_its_plain_training_values(
     assert [(f.name, f.verdict) for f in report.features] == [
         ("x", "ok"), ("age_band", "minimised")]
     assert report.verdict == "ok"
+
+
+def test_a_minimised_tensor_of_several_named_columns_is_minimised_in_each(
+    tmp_path: Path,
+) -> None:
+    """--hash-inputs cat, a [N, 2] BYTES tensor whose columns --features names city and
+    job: the record's detail names the columns, and drift reports each as minimised."""
+    from mlwitness.codec import encode_inputs
+    from mlwitness.minimise import Minimiser
+    from mlwitness.wire import inference as pb
+
+    rng = np.random.default_rng(1)
+    cities, jobs = np.array(["a", "b", "c"]), np.array(["x", "y"])
+    train = tmp_path / "train.csv"
+    train.write_text("v,city,job\n" + "".join(
+        f"{rng.normal():.4f},{rng.choice(cities)},{rng.choice(jobs)}\n" for _ in range(2000)))
+    tabulator = Tabulator({"input": ["v"], "cat": ["city", "job"]})
+    minimiser = Minimiser(redact=[], hashed=["cat"], key=b"k" * 32, tabulator=tabulator)
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"), tabulator=tabulator)
+    writer.open()
+    for i in range(60):
+        cat = np.array([[rng.choice(cities).encode(), rng.choice(jobs).encode()]
+                        for _ in range(5)], dtype=object)
+        inputs = [tensor_from_array("input", rng.normal(size=(5, 1)).astype(np.float32)),
+                  tensor_from_array("cat", cat)]
+        request = pb.ModelInferRequest(model_name="m")
+        encode_inputs(request, inputs, raw=True)
+        record = Record(request_id=f"r{i}", received_us=(i + 1) * SECOND, model_name="m",
+                        inputs=inputs, request=request.SerializeToString())
+        minimiser.apply(record)
+        writer.append_blocking(record)
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        report = drift_report(con, build_baseline(train))
+    finally:
+        con.close()
+    assert {f.name: f.verdict for f in report.features} == {
+        "v": "ok", "city": "minimised", "job": "minimised"}
+    assert report.verdict == "ok"

@@ -140,7 +140,8 @@ def test_minimised_parameter_leaves_answer_and_replay_intact(
                                "channel": "branch"}
     assert e["detail"] == {
         "minimised": {"hashed": ["customer_name"] if mode == "hash" else [],
-                      "redacted": ["customer_name"] if mode == "redact" else []},
+                      "redacted": ["customer_name"] if mode == "redact" else [],
+                      "columns": ["customer_name"]},
         "received_sha256": hashlib.sha256(payload).hexdigest()}
     assert entry(plain, "p-1")["request"] == payload  # without the flag: as received
 
@@ -192,7 +193,8 @@ def test_minimised_bytes_input_is_not_stored(started: Start, models_dir: dict[st
     assert e["inputs_text"] == [{"category": stored(v, mode)} for v in CATEGORIES]
     assert e["detail"] == {
         "minimised": {"hashed": ["category"] if mode == "hash" else [],
-                      "redacted": ["category"] if mode == "redact" else []},
+                      "redacted": ["category"] if mode == "redact" else [],
+                      "columns": ["category"]},  # the SQL columns the tensor becomes
         "received_sha256": hashlib.sha256(payload).hexdigest()}
     assert audit(served, "VerifyLedger", apb.VerifyLedgerRequest()).ok
 

@@ -274,3 +274,31 @@ def test_calls_cut_off_by_the_drain_are_recorded_as_the_caller_saw_them(
                        "WHERE kind = 'infer' ORDER BY request_id")
     assert [r[:2] for r in rows] == [("h0", "UNAVAILABLE"), ("h1", "UNAVAILABLE")]
     assert all(r[2].startswith("Cancelling all calls: the sidecar shut down") for r in rows)
+
+
+def test_a_caller_that_gives_up_during_the_drain_is_recorded_as_cancelled(
+    make_sidecar: SidecarFactory, affine_model: Path
+) -> None:
+    hung = _Hung()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((hung,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sidecar = make_sidecar(affine_model, upstream=f"127.0.0.1:{port}", drain_timeout=8.0)
+    channel = grpc.insecure_channel(sidecar.address)
+    try:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer").future(
+            infer_request("c0"), timeout=30)
+        assert hung.arrived.acquire(timeout=10)
+        stopper = threading.Thread(target=sidecar.stop)
+        stopper.start()
+        time.sleep(0.5)  # well inside the 8 s drain
+        assert call.cancel()
+        stopper.join(30)
+        assert not stopper.is_alive()
+    finally:
+        channel.close()
+        hung.release.set()
+        server.stop(0)
+    assert read_ledger(sidecar.ledger_path, "SELECT request_id, status FROM entries "
+                       "WHERE kind = 'infer'") == [("c0", "CANCELLED")]

@@ -214,6 +214,8 @@ class Sidecar:
             self.backend = EmbeddedBackend(model, s.served_name, s.model_version)
             pinned = model.sha256
             current_sha = lambda: pinned  # noqa: E731  (embedded: the bytes we loaded)
+        _check_minimised_names(s.redact_inputs + s.hash_inputs, self.ledger.tabulator,
+                               model.signature)
         if s.metrics_port:
             self.metrics = Metrics(s.served_name)
             self.metrics.watch_ledger(self.ledger)
@@ -228,8 +230,6 @@ class Sidecar:
                          _columns_of(tabulator, model.signature.outputs)))
             self._guards_stamp = _stamp(s.guards)
             await self.record_guards(config, source=str(s.guards), caller="startup")
-        _check_minimised_names(s.redact_inputs + s.hash_inputs, self.ledger.tabulator,
-                               model.signature)
         self.service = service = InferenceService(
             backend=self.backend,
             ledger=self.ledger,
@@ -241,7 +241,8 @@ class Sidecar:
             observe=self.metrics.observe if self.metrics else None,
             checks=self.checks,
             minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
-                                key=s.hash_key.read_bytes() if s.hash_key else None)
+                                key=s.hash_key.read_bytes() if s.hash_key else None,
+                                tabulator=self.ledger.tabulator)
             if s.redact_inputs or s.hash_inputs else None,
         )
         self.inference_auth = Authenticator(_access(s.inference_access), required_role="caller")
@@ -463,7 +464,8 @@ class Sidecar:
     async def stop(self) -> None:
         """Drain in-flight calls (up to --drain-timeout), then flush and close the ledger."""
         if self.service is not None:
-            self.service.shutting_down = True
+            loop = asyncio.get_running_loop()
+            self.service.drain_deadline = loop.time() + self.settings.drain_timeout
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.audit_health is not None:

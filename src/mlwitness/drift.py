@@ -349,6 +349,8 @@ def drift_report(
     rows = table.num_rows
     records = int(pa.compute.sum(table.column("_first")).as_py() or 0) if rows else 0
     minimised = _minimised(con, filters)
+    if isinstance(reference, Window):  # hashed values on either side are not comparable
+        minimised |= _minimised(con, ref_filters)
     live = [c for c in analysed if c.ref_count > 0]
     aggregates = _aggregate(con, table, live)
 
@@ -411,13 +413,14 @@ def _only(analysed: list[_Column], names: list[str]) -> list[_Column]:
 
 
 def _minimised(con: duckdb.DuckDBPyConnection, filters: Filters) -> set[str]:
-    """Inputs and parameters the window's records store hashed or redacted (their
-    `detail` says so): their stored values are not the ones sent."""
+    """Columns the window's records store hashed or redacted (their `detail` says so):
+    their stored values are not the ones sent. `columns` names every SQL column of the
+    minimised tensors and parameters; the tensor and parameter names are included too."""
     where, params = filters.where()
+    lists = " || ".join(f"coalesce(CAST(json_extract(detail, '$.minimised.{key}') AS "
+                        "VARCHAR[]), [])" for key in ("columns", "hashed", "redacted"))
     row = con.execute(
-        "SELECT list_distinct(flatten(list(coalesce(CAST(json_extract(detail, "
-        "'$.minimised.hashed') AS VARCHAR[]), []) || coalesce(CAST(json_extract(detail, "
-        "'$.minimised.redacted') AS VARCHAR[]), [])))) FROM entries "
+        f"SELECT list_distinct(flatten(list({lists}))) FROM entries "
         f"WHERE {where} AND status = 'OK' AND detail LIKE '%\"minimised\"%'", params
     ).fetchall()
     return set(row[0][0] or []) if row else set()

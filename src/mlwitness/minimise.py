@@ -25,16 +25,18 @@ import numpy as np
 from mlwitness.codec import Tensor, decode_inputs, encode_inputs
 from mlwitness.errors import MlwitnessError
 from mlwitness.ledger.record import Record
+from mlwitness.ledger.rows import Tabulator
 from mlwitness.wire import inference as pb
 
 
 class Minimiser:
     def __init__(self, redact: Iterable[str], hashed: Iterable[str],
-                 key: bytes | None = None) -> None:
+                 key: bytes | None = None, tabulator: Tabulator | None = None) -> None:
         self.redact = frozenset(redact)
         self.hashed = frozenset(hashed)
         self.names = self.redact | self.hashed
         self.key = key  # HMAC key: without it, hashes of guessable values can be reversed
+        self.tabulator = tabulator or Tabulator()  # names the SQL columns of a tensor
 
     def _value(self, name: str, data: bytes) -> bytes:
         if name in self.redact:
@@ -90,8 +92,15 @@ class Minimiser:
             encode_inputs(request, inputs, raw=raw)
             record.inputs = inputs
         record.request = request.SerializeToString()
+        columns = set(self.names & set(request.parameters))
+        for tensor in record.inputs or ():
+            if tensor.name in self.names:
+                shape = tensor.array.shape
+                width = shape[1] if len(shape) == 2 else 1
+                columns.update(self.tabulator.column_names(tensor.name, width, len(shape)))
         record.detail = json.dumps({"minimised": {"redacted": sorted(self.redact & set(touched)),
                                                   "hashed": sorted(self.hashed & set(touched)),
+                                                  "columns": sorted(columns),
                                                   **({"keyed": True} if self.key else {})},
                                     "received_sha256": received}, sort_keys=True)
 

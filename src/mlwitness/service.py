@@ -39,6 +39,7 @@ from mlwitness.minimise import Minimiser
 from mlwitness.wire import inference as pb
 
 log = logging.getLogger(__name__)
+DRAIN_SLACK_S = 0.05  # a drain-end cancellation may land this early
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class InferenceService:
         self.observe = observe  # metrics: (status, seconds) per call, once it is recorded
         self.checks = checks  # guards; None when no guard file is configured
         self.minimiser = minimiser  # inputs stored hashed or redacted
-        self.shutting_down = False  # set at SIGTERM: calls cancelled now are the drain's
+        # Set at SIGTERM to when the drain ends: gRPC cancels the calls left then.
+        self.drain_deadline: float | None = None
 
     def check_model(self, name: str, version: str) -> None:
         if name != self.model_name:
@@ -127,7 +129,7 @@ class InferenceService:
                 # gRPC cancels what is left when the drain times out; the caller is told
                 # UNAVAILABLE "Cancelling all calls"
                 ("UNAVAILABLE", "Cancelling all calls: the sidecar shut down before the "
-                 "answer (--drain-timeout passed)") if self.shutting_down else
+                 "answer (--drain-timeout passed)") if self._drained() else
                 ("CANCELLED", "the caller cancelled the call")
             )
             await asyncio.shield(self._record_failure(record, status, message))
@@ -161,6 +163,11 @@ class InferenceService:
                         detail=json.dumps({"received_bytes": len(raw), "received_sha256":
                                            hashlib.sha256(raw).hexdigest()}))
         await self._record_failure(record, error.status, error.message)
+
+    def _drained(self) -> bool:
+        """Whether a cancellation now is the drain's end (not a caller giving up)."""
+        return (self.drain_deadline is not None
+                and asyncio.get_running_loop().time() >= self.drain_deadline - DRAIN_SLACK_S)
 
     async def _record_failure(self, record: Record, status: str, message: str) -> None:
         record.status, record.message = status, message
