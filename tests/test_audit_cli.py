@@ -182,7 +182,10 @@ def test_verify(audit_sidecar: AuditedSidecar) -> None:
     (["whatif", "a05", "--set", "income"], ["FEATURE=VALUE"]),
     (["whatif", "a05", "--set", "income=lots"], ["'lots' is not a number"]),
     (["sensitivity", "a05", "--feature", "fico", "--from", "1", "--to", "2", "--steps", "1"],
-     ["INVALID_ARGUMENT", "steps"]),
+     ["--steps", "must be at least 2, got 1"]),  # refused before asking (0 is "default")
+    (["sensitivity", "a05", "--feature", "fico", "--from", "1", "--to", "2", "--steps",
+      "20000"], ["INVALID_ARGUMENT", "steps"]),
+    (["replay-range", "--max-listed", "0"], ["--max-listed", "must be at least 1"]),
     (["records", "--since", "last tuesday"], ["cannot read time"]),
     (["show", "seq:abc"], ["after 'seq:' comes a sequence number"]),
 ])
@@ -200,3 +203,22 @@ def test_target_from_the_environment(audit_sidecar: AuditedSidecar, tmp_path: Pa
                             capture_output=True, text=True, timeout=60, env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["request_id"] == "b00"
+
+
+def test_connection_options_work_before_or_after_the_command(
+    audit_sidecar: AuditedSidecar
+) -> None:
+    target = audit_sidecar.audit_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLWITNESS_")}
+    for args in (["audit", "--target", target, "--json", "show", "b00"],
+                 ["audit", "show", "b00", "--target", target, "--json"],
+                 ["audit", "--json", "show", "b00", "--target", target]):
+        result = subprocess.run([*mlwitness_command(), *args], capture_output=True, text=True,
+                                timeout=60, env=env, check=False)
+        assert result.returncode == 0, (args, result.stderr)
+        assert json.loads(result.stdout)["request_id"] == "b00"
+    # given after the command, it wins over the one before
+    late = subprocess.run([*mlwitness_command(), "audit", "--target", "127.0.0.1:1",
+                           "--timeout", "5", "show", "b00", "--target", target],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert late.returncode == 0, late.stderr

@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,19 @@ def _set_candidate(request: Any, text: str) -> None:
         request.candidate_sha256 = text[len("sha256:"):]
     else:
         request.candidate_onnx = Path(text).read_bytes()
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low (0 would mean "the default" to the API)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
 
 
 def _cut_points(text: str) -> list[float]:
@@ -366,23 +380,40 @@ def bias(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
+    """--target, --timeout, credentials and --json: on `audit` itself (with defaults) and
+    on every command (without: SUPPRESS keeps what was given before the command)."""
+    def value(given: Any) -> Any:
+        return given if default else argparse.SUPPRESS
+
+    parser.add_argument("--target", default=value(None),
+                        help=f"audit service address (default {DEFAULT_TARGET}; "
+                        "env MLWITNESS_AUDIT_TARGET)")
+    parser.add_argument("--timeout", type=float, default=value(600.0),
+                        help="seconds per call (default 600)")
+    parser.add_argument("--token-file", default=value(None),
+                        help="file holding your access token (env MLWITNESS_TOKEN_FILE, or "
+                        "the token itself in MLWITNESS_TOKEN)")
+    parser.add_argument("--ca", default=value(None),
+                        help="CA certificate (PEM) to verify the audit server: use TLS")
+    parser.add_argument("--cert", default=value(None), help="client certificate (PEM) for mTLS")
+    parser.add_argument("--key", default=value(None), help="client key (PEM) for --cert")
+    parser.add_argument("--json", action="store_true", default=value(False),
+                        help="print the answer as JSON (see the README for each command's)")
+
+
 def add_commands(sub: Any) -> None:
     """Add `audit` and its subcommands to the top-level parser's subparsers."""
     audit = sub.add_parser("audit", help="ask the audit service about recorded decisions")
-    audit.add_argument("--target", default=None,
-                       help=f"audit service address (default {DEFAULT_TARGET}; "
-                       "env MLWITNESS_AUDIT_TARGET)")
-    audit.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
-    audit.add_argument("--token-file", help="file holding your access token (env "
-                       "MLWITNESS_TOKEN_FILE, or the token itself in MLWITNESS_TOKEN)")
-    audit.add_argument("--ca", help="CA certificate (PEM) to verify the audit server: use TLS")
-    audit.add_argument("--cert", help="client certificate (PEM) for mTLS")
-    audit.add_argument("--key", help="client key (PEM) for --cert")
+    _connection_options(audit, default=True)
+    # The same options after the command (`audit show ID --target …`): given there, they
+    # win; not given, the values before the command stand (SUPPRESS leaves them alone).
+    after = argparse.ArgumentParser(add_help=False)
+    _connection_options(after, default=False)
     commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=help)
-        p.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+        p = commands.add_parser(name, help=help, parents=[after])
         p.set_defaults(func=fn)
         return p
 
@@ -395,7 +426,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", help="model name or SHA-256 prefix")
     p.add_argument("--status", help="e.g. OK, INVALID_ARGUMENT")
     p.add_argument("--caller", help="substring of the caller or its metadata")
-    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=_at_least(1), default=50,
+                   help="at most this many (default 50)")
     p = command("replay", replay, "replay a record on the exact model that made it; exit 1 "
                 "if the outputs differ")
     p.add_argument("record", help=record_help)
@@ -412,7 +444,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--feature", required=True, help="feature name or column index")
     p.add_argument("--from", dest="start", type=float, help="first value")
     p.add_argument("--to", type=float, help="last value")
-    p.add_argument("--steps", type=int, default=20, help="points, both ends included")
+    p.add_argument("--steps", type=_at_least(2), default=20,
+                   help="points, both ends included (2-10000, default 20)")
     p.add_argument("--scale", choices=["linear", "log"], default="linear", help="step spacing")
     p.add_argument("--values", type=float, nargs="+", help="explicit values instead")
     p.add_argument("--row", type=int, default=0, help="row of the request (default 0)")
@@ -424,7 +457,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", help="model name or SHA-256 prefix")
     p.add_argument("--candidate", help="replay on this ONNX file, or on the stored model "
                    "sha256:HEX (a prefix will do), instead of the recorded model")
-    p.add_argument("--max-listed", type=int, default=100, help="changed decisions to list")
+    p.add_argument("--max-listed", type=_at_least(1), default=100,
+                   help="changed decisions to list (default 100)")
     command("verify", verify_remote, "verify the ledger through the audit service")
     p = command("violations", violations, "which guards fired, how often; rate breaches")
     p.add_argument("--since", help="from this time (UTC)")

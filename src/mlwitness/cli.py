@@ -211,7 +211,9 @@ def parser() -> argparse.ArgumentParser:
 
     audit_server = sub.add_parser(
         "audit-server", help="serve the audit API over a ledger file opened read-only")
-    settings_mod.add_arguments(audit_server, list(settings_mod.AUDIT_SERVER))
+    settings_mod.add_arguments(audit_server, list(settings_mod.AUDIT_SERVER), helps={
+        "audit_port": "Audit service port (0: any free port, printed in the ready line).",
+        "host": "Address the audit port listens on (0.0.0.0 in a pod)."})
     audit_server.set_defaults(func=cmd_audit_server)
 
     baseline = sub.add_parser("baseline", help="profile training data (and the model's "
@@ -220,7 +222,8 @@ def parser() -> argparse.ArgumentParser:
     baseline.add_argument("--model", help="ONNX model: also profile its outputs")
     baseline.add_argument("--features", help="model input columns in order (default: the "
                           "numeric columns except --label)")
-    baseline.add_argument("--label", help="the training label column (kept out of features)")
+    baseline.add_argument("--label", help="the training label column (profiled for its class "
+                          "rates; kept out of the features fed to the model)")
     baseline.add_argument("--feature-dtype", choices=["FP16", "FP32", "FP64"],
                           help="round features to the datatype callers send them in before "
                           "profiling (default: the model input's, or FP64 without --model)")
@@ -263,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except MlwitnessError as exc:
         print(f"mlwitness: {exc.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `mlwitness audit records | head`: the reader left; so do we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         print(f"mlwitness: {exc}", file=sys.stderr)
         return 2

@@ -82,7 +82,8 @@ SPECS: tuple[Spec, ...] = (
          "mlwitness, not of the machine).", choices=("fsync", "write")),
     Spec("host", str, "Address the inference and audit ports listen on "
          "(0.0.0.0 in a pod)."),
-    Spec("port", int, "Inference port (Open Inference Protocol v2, gRPC)."),
+    Spec("port", int, "Inference port (Open Inference Protocol v2, gRPC; 0: any free port, "
+         "printed in the ready line)."),
     Spec("audit_port", int, "Audit service port (0 disables it)."),
     Spec("health_port", int, "Plaintext port serving only grpc.health.v1 (0: off), for "
          "Kubernetes probes when the other ports use TLS. Service \"\" is readiness, "
@@ -255,9 +256,11 @@ def _check_target(target: str) -> None:
         raise ConfigError(f"--upstream must be host:port with a port 1-65535, got {target!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
-    """Add a flag for each setting (or the named ones). Defaults stay None so that
-    environment and file values can be told apart from flags that were not given."""
+def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None,
+                  helps: Mapping[str, str] | None = None) -> None:
+    """Add a flag for each setting (or the named ones; `helps` replaces some help texts).
+    Defaults stay None so that environment and file values can be told apart from flags
+    that were not given."""
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML file of settings (keys as in the table; env: "
                         "MLWITNESS_CONFIG).")
@@ -270,7 +273,8 @@ def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = Non
             dest=spec.name,
             default=None,
             choices=spec.choices,
-            help=f"{spec.help} [env {spec.env}; default {default}]",
+            help=f"{(helps or {}).get(spec.name, spec.help)} [env {spec.env}; "
+                 f"default {default}]",
         )
 
 

@@ -320,7 +320,8 @@ class AuditService:
                 label = f"baseline {reference.sha256}"
             report = drift_report(con, reference, since_us=since_us, until_us=until_us,
                                   model=model, columns=features or None).to_dict()
-            drifted = [f["name"] for f in report["features"] if f["verdict"] == "drift"]
+            drifted = list(dict.fromkeys(  # a label drifts as numbers and as categories
+                f["name"] for f in report["features"] if f["verdict"] == "drift"))
             summary.update(verdict=report["verdict"], drifted=drifted, rows=report["rows"],
                            reference=label)
             return {"drift": report["verdict"] == "drift", "drifted": drifted,
