@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from machine import cpu_model  # bench/machine.py (scripts run from bench/)
 
+from mlwitness.checks import InlineChecks  # noqa: E402
 from mlwitness.codec import tensor_from_array  # noqa: E402
 from mlwitness.guards import GuardSet, suggest  # noqa: E402
 from mlwitness.ledger.rows import Rows, Tabulator  # noqa: E402
@@ -161,6 +162,31 @@ def main() -> None:
         states = {s.state for s in tracker.status()}
         assert states == {"ok"}, states
 
+    # The whole path as the sidecar runs it per call: InlineChecks.before/after on the
+    # call's tensors (tabulating them into rows first), the refusal check and the verdict
+    # JSON, for both the inputs and the outputs.
+    checks = InlineChecks(config, "observe", TABULATOR)
+    tensors = []
+    for _ in range(POOL):
+        x = rng.uniform(LOWS, HIGHS, size=(1, 6)).astype(np.float32)
+        p1 = rng.uniform(0.05, 0.95, 1).astype(np.float32)
+        tensors.append((
+            [tensor_from_array("input", x),
+             tensor_from_array("age_band", np.array([rng.choice(BANDS).encode()], object))],
+            [tensor_from_array("label", (rng.random(1) < 0.4).astype(np.int64)),
+             tensor_from_array("probabilities", np.stack([1 - p1, p1], axis=1))]))
+
+    def in_service(i: int) -> object:
+        inputs, outputs = tensors[i % POOL]
+        verdict = checks.before(inputs, None)
+        checks.refuse(verdict, verdict.counts)
+        verdict.to_json()
+        checks.refuse(verdict, checks.after(verdict, outputs).counts)
+        return verdict.to_json()
+
+    whole_path = per_call_us(in_service, args.seconds, args.repeats)
+    print(f"batch 1, the sidecar's whole guard path (InlineChecks on tensors, tabulation "
+          f"included): {whole_path:.2f} µs")
     bad = request_with_violation()
     slow = per_call_us(lambda i: guards.check_inputs(bad), args.seconds, args.repeats)
     print(f"batch 1 with one out-of-range value (builds a Violation): {slow:.2f} µs")
@@ -171,8 +197,8 @@ def main() -> None:
         "is outside [min, max] and (k, n) is not in the LRU cache)"
     )
     budget = 0.10 * 300.0
-    verdict = "within" if totals[1] <= budget else "OVER"
-    print(f"batch-1 guard path {totals[1]:.2f} µs vs budget {budget:.0f} µs "
+    verdict = "within" if whole_path <= budget else "OVER"
+    print(f"batch-1 whole guard path {whole_path:.2f} µs vs budget {budget:.0f} µs "
           f"(10% of a 300 µs request): {verdict}")  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 from mlwitness.ledger.record import Record
 
 MAX_COLUMNS_PER_TENSOR = 256
+MAX_PLANS = 256  # row layouts a Tabulator remembers (batch sizes are part of the layout)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class Tabulator:
     """Turns a request's (or response's) tensors into Rows, naming columns."""
 
     feature_names: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # tensor layout (names, dtypes, shapes) -> how it becomes rows: the guard path asks
+    # twice per call for the same few layouts, so the names are worked out once
+    _plans: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
     def column_names(self, name: str, width: int, shape_rank: int) -> list[str]:
         configured = self.feature_names.get(name)
@@ -55,29 +60,42 @@ class Tabulator:
         return [f"{name}_{j}" for j in range(width)]
 
     def rows(self, tensors: Sequence) -> Rows:
-        layout = tabular(tensors)
-        if layout is None:
+        key = tuple((t.name, t.array.dtype, t.array.shape) for t in tensors)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[key] = self._plan(tensors)
+        if plan is None or not tensors:
             return EMPTY
-        n, parts = layout
-        num_names: list[str] = []
+        n, parts, num_names, text_names = plan
         num_cols: list[np.ndarray] = []
-        text_names: list[str] = []
         text_cols: list[np.ndarray] = []
-        for tensor, matrix in parts:
-            names = self.column_names(tensor.name, matrix.shape[1], tensor.array.ndim)
-            if matrix.dtype == object:
-                text_names.extend(names)
+        for index, width, text in parts:
+            matrix = tensors[index].array.reshape(n, width)
+            if text:
                 text_cols.append(_as_text(matrix))
             else:
-                num_names.extend(names)
                 num_cols.append(matrix.astype(np.float64, copy=False))
-        return Rows(
-            n,
-            _unique(tuple(num_names)),
-            _stack(num_cols, n, np.float64),
-            _unique(tuple(text_names)),
-            _stack(text_cols, n, object),
-        )
+        return Rows(n, num_names, _stack(num_cols, n, np.float64), text_names,
+                    _stack(text_cols, n, object))
+
+    def _plan(self, tensors: Sequence) -> tuple | None:
+        """(n, [(tensor index, width, is text)], numeric names, text names), or None."""
+        layout = tabular(tensors)
+        if layout is None:
+            return None
+        n, parts = layout
+        index = {id(t): i for i, t in enumerate(tensors)}
+        num_names: list[str] = []
+        text_names: list[str] = []
+        steps = []
+        for tensor, matrix in parts:
+            names = self.column_names(tensor.name, matrix.shape[1], tensor.array.ndim)
+            text = matrix.dtype == object
+            (text_names if text else num_names).extend(names)
+            steps.append((index[id(tensor)], matrix.shape[1], text))
+        return n, steps, _unique(tuple(num_names)), _unique(tuple(text_names))
 
 
     def map_columns(self, calls: Sequence[Sequence | None]) -> tuple[pa.Array, pa.Array]:
@@ -196,7 +214,7 @@ def _as_text(matrix: np.ndarray) -> np.ndarray:
 def _stack(columns: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
     if len(columns) == 1:  # the common case: one tabular tensor, no copy
         return columns[0]
-    return np.hstack(columns) if columns else np.zeros((n, 0), dtype=dtype)
+    return np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), dtype=dtype)
 
 
 @functools.lru_cache(maxsize=256)
