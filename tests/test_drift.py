@@ -21,13 +21,15 @@ from conftest import CreditModel
 from scipy.spatial.distance import jensenshannon
 
 from mlwitness.baseline import Baseline, build_baseline
-from mlwitness.codec import tensor_from_array
+from mlwitness.codec import encode_inputs, tensor_from_array
 from mlwitness.drift import DriftReport, FeatureDrift, Thresholds, Window, drift_report
 from mlwitness.errors import InvalidInput
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.minimise import Minimiser
 from mlwitness.runtime import OnnxModel
+from mlwitness.wire import inference as pb
 
 TOL = {"rel": 1e-9, "abs": 1e-9}
 SECOND = 1_000_000
@@ -382,16 +384,37 @@ def test_decimal_ties_sent_as_fp32_do_not_drift_against_their_own_training_set(
     assert entry(as_text, "rate").verdict == "drift"  # what FP64 profiling got wrong
 
 
+def minimised_drift(tmp_path: Path, train: Path, tabulator: Tabulator, minimiser: Any,
+                    calls: list[tuple[list[Any], dict[str, str]]]) -> DriftReport:
+    """Drift against `train`'s baseline of a ledger of these calls ((inputs, parameters)
+    each), recorded as the sidecar would with `minimiser` applied."""
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"), tabulator=tabulator)
+    writer.open()
+    for i, (inputs, parameters) in enumerate(calls):
+        request = pb.ModelInferRequest(model_name="m")
+        for key, value in parameters.items():
+            request.parameters[key].string_param = value
+        encode_inputs(request, inputs, raw=True)
+        record = Record(request_id=f"r{i}", received_us=(i + 1) * SECOND, model_name="m",
+                        inputs=inputs, parameters=parameters or None,
+                        request=request.SerializeToString())
+        minimiser.apply(record)
+        writer.append_blocking(record)
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return drift_report(con, build_baseline(train))
+    finally:
+        con.close()
+
+
 def test_a_minimised_parameter_is_not_judged_against_its_plain_training_values(
     tmp_path: Path,
 ) -> None:
     """--hash-inputs age_band stores hashes: against the baseline's plain bands every
     value would be 'unseen' and the column would always drift. It is reported as
     `minimised` instead, and the report judges the rest."""
-    from mlwitness.codec import encode_inputs
-    from mlwitness.minimise import Minimiser
-    from mlwitness.wire import inference as pb
-
     rng = np.random.default_rng(0)
     bands = np.array(["18-25", "26-40", "41-60", "61+"])
     train = tmp_path / "train.csv"
@@ -399,27 +422,9 @@ def test_a_minimised_parameter_is_not_judged_against_its_plain_training_values(
         f"{a:.5f},{b}\n" for a, b in zip(rng.normal(size=3000), rng.choice(bands, 3000),
                                          strict=True)))
     minimiser = Minimiser(redact=[], hashed=["age_band"], key=b"k" * 32)
-    path = tmp_path / "ledger.duckdb"
-    writer = LedgerWriter(path, WriterOptions(durability="write"),
-                          tabulator=Tabulator({"input": ["x"]}))
-    writer.open()
-    for i in range(200):
-        band, x = str(rng.choice(bands)), rng.normal(size=(1, 1)).astype(np.float32)
-        request = pb.ModelInferRequest(model_name="m")
-        request.parameters["age_band"].string_param = band
-        inputs = [tensor_from_array("input", x)]
-        encode_inputs(request, inputs, raw=True)
-        record = Record(request_id=f"r{i}", received_us=(i + 1) * SECOND, model_name="m",
-                        inputs=inputs, parameters={"age_band": band},
-                        request=request.SerializeToString())
-        minimiser.apply(record)
-        writer.append_blocking(record)
-    writer.close()
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        report = drift_report(con, build_baseline(train))
-    finally:
-        con.close()
+    calls = [([tensor_from_array("input", rng.normal(size=(1, 1)).astype(np.float32))],
+              {"age_band": str(rng.choice(bands))}) for _ in range(200)]
+    report = minimised_drift(tmp_path, train, Tabulator({"input": ["x"]}), minimiser, calls)
     assert [(f.name, f.verdict) for f in report.features] == [
         ("x", "ok"), ("age_band", "minimised")]
     assert report.verdict == "ok"
@@ -430,10 +435,6 @@ def test_a_minimised_tensor_of_several_named_columns_is_minimised_in_each(
 ) -> None:
     """--hash-inputs cat, a [N, 2] BYTES tensor whose columns --features names city and
     job: the record's detail names the columns, and drift reports each as minimised."""
-    from mlwitness.codec import encode_inputs
-    from mlwitness.minimise import Minimiser
-    from mlwitness.wire import inference as pb
-
     rng = np.random.default_rng(1)
     cities, jobs = np.array(["a", "b", "c"]), np.array(["x", "y"])
     train = tmp_path / "train.csv"
@@ -441,26 +442,13 @@ def test_a_minimised_tensor_of_several_named_columns_is_minimised_in_each(
         f"{rng.normal():.4f},{rng.choice(cities)},{rng.choice(jobs)}\n" for _ in range(2000)))
     tabulator = Tabulator({"input": ["v"], "cat": ["city", "job"]})
     minimiser = Minimiser(redact=[], hashed=["cat"], key=b"k" * 32, tabulator=tabulator)
-    path = tmp_path / "ledger.duckdb"
-    writer = LedgerWriter(path, WriterOptions(durability="write"), tabulator=tabulator)
-    writer.open()
-    for i in range(60):
+    calls = []
+    for _ in range(60):
         cat = np.array([[rng.choice(cities).encode(), rng.choice(jobs).encode()]
                         for _ in range(5)], dtype=object)
-        inputs = [tensor_from_array("input", rng.normal(size=(5, 1)).astype(np.float32)),
-                  tensor_from_array("cat", cat)]
-        request = pb.ModelInferRequest(model_name="m")
-        encode_inputs(request, inputs, raw=True)
-        record = Record(request_id=f"r{i}", received_us=(i + 1) * SECOND, model_name="m",
-                        inputs=inputs, request=request.SerializeToString())
-        minimiser.apply(record)
-        writer.append_blocking(record)
-    writer.close()
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        report = drift_report(con, build_baseline(train))
-    finally:
-        con.close()
+        calls.append(([tensor_from_array("input", rng.normal(size=(5, 1)).astype(np.float32)),
+                       tensor_from_array("cat", cat)], {}))
+    report = minimised_drift(tmp_path, train, tabulator, minimiser, calls)
     assert {f.name: f.verdict for f in report.features} == {
         "v": "ok", "city": "minimised", "job": "minimised"}
     assert report.verdict == "ok"

@@ -186,6 +186,19 @@ def test_a_black_holed_upstream_fails_calls_unavailable_in_seconds_not_at_the_de
         ("UNAVAILABLE",)]
 
 
+@contextlib.contextmanager
+def upstream(handler: grpc.GenericRpcHandler) -> Iterator[int]:
+    """A plain gRPC server on 127.0.0.1 answering every method with `handler`; its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
 class _Garbage(grpc.GenericRpcHandler):
     """A "v2 server" whose every answer is bytes no protobuf parser accepts."""
 
@@ -196,17 +209,11 @@ class _Garbage(grpc.GenericRpcHandler):
 def test_garbage_from_upstream_server_ready_is_not_ready_and_not_a_crash(
     make_sidecar: SidecarFactory, affine_model: Path
 ) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(2))
-    server.add_generic_rpc_handlers((_Garbage(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
+    with upstream(_Garbage()) as port:
         sidecar = make_sidecar(affine_model, upstream=f"127.0.0.1:{port}")
         assert health(sidecar.address) == "NOT_SERVING"
         with grpc.insecure_channel(sidecar.address) as channel:  # still answers calls
             assert raw_rpc(channel, "ModelInfer", infer_request("g1"), timeout=10)
-    finally:
-        server.stop(0)
 
 
 def test_the_audit_port_stays_serving_while_only_the_upstream_is_down(
@@ -243,11 +250,6 @@ def test_calls_cut_off_by_the_drain_are_recorded_as_the_caller_saw_them(
     """SIGTERM with calls still waiting on the upstream: after --drain-timeout gRPC tells
     those callers UNAVAILABLE; their records said CANCELLED 'the caller cancelled'."""
     hung = _Hung()
-    server = grpc.server(futures.ThreadPoolExecutor(8))
-    server.add_generic_rpc_handlers((hung,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    sidecar = make_sidecar(affine_model, upstream=f"127.0.0.1:{port}", drain_timeout=1.0)
     got: dict[str, grpc.StatusCode] = {}
 
     def call(request_id: str) -> None:
@@ -258,17 +260,18 @@ def test_calls_cut_off_by_the_drain_are_recorded_as_the_caller_saw_them(
                 got[request_id] = exc.code()
 
     callers = [threading.Thread(target=call, args=(f"h{i}",)) for i in range(2)]
-    try:
-        for caller in callers:
-            caller.start()
-        for _ in callers:
-            assert hung.arrived.acquire(timeout=10)
-        sidecar.stop()
-        for caller in callers:
-            caller.join(30)
-    finally:
-        hung.release.set()
-        server.stop(0)
+    with upstream(hung) as port:
+        sidecar = make_sidecar(affine_model, upstream=f"127.0.0.1:{port}", drain_timeout=1.0)
+        try:
+            for caller in callers:
+                caller.start()
+            for _ in callers:
+                assert hung.arrived.acquire(timeout=10)
+            sidecar.stop()
+            for caller in callers:
+                caller.join(30)
+        finally:
+            hung.release.set()
     assert got == {"h0": grpc.StatusCode.UNAVAILABLE, "h1": grpc.StatusCode.UNAVAILABLE}
     rows = read_ledger(sidecar.ledger_path, "SELECT request_id, status, message FROM entries "
                        "WHERE kind = 'infer' ORDER BY request_id")
@@ -280,25 +283,21 @@ def test_a_caller_that_gives_up_during_the_drain_is_recorded_as_cancelled(
     make_sidecar: SidecarFactory, affine_model: Path
 ) -> None:
     hung = _Hung()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers((hung,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    sidecar = make_sidecar(affine_model, upstream=f"127.0.0.1:{port}", drain_timeout=8.0)
-    channel = grpc.insecure_channel(sidecar.address)
-    try:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer").future(
-            infer_request("c0"), timeout=30)
-        assert hung.arrived.acquire(timeout=10)
-        stopper = threading.Thread(target=sidecar.stop)
-        stopper.start()
-        time.sleep(0.5)  # well inside the 8 s drain
-        assert call.cancel()
-        stopper.join(30)
-        assert not stopper.is_alive()
-    finally:
-        channel.close()
-        hung.release.set()
-        server.stop(0)
+    with upstream(hung) as port:
+        sidecar = make_sidecar(affine_model, upstream=f"127.0.0.1:{port}", drain_timeout=8.0)
+        channel = grpc.insecure_channel(sidecar.address)
+        try:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer").future(
+                infer_request("c0"), timeout=30)
+            assert hung.arrived.acquire(timeout=10)
+            stopper = threading.Thread(target=sidecar.stop)
+            stopper.start()
+            time.sleep(0.5)  # well inside the 8 s drain
+            assert call.cancel()
+            stopper.join(30)
+            assert not stopper.is_alive()
+        finally:
+            channel.close()
+            hung.release.set()
     assert read_ledger(sidecar.ledger_path, "SELECT request_id, status FROM entries "
                        "WHERE kind = 'infer'") == [("c0", "CANCELLED")]
