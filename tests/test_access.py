@@ -8,7 +8,9 @@ callers. Every audit call — answered or refused — must be on the ledger with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import stat
 import time
@@ -37,6 +39,7 @@ from security_support import (
     triton,
 )
 
+from mlwitness import cli
 from mlwitness.auth import hash_token
 from mlwitness.baseline import build_baseline
 from mlwitness.protocol import audit_pb2 as apb
@@ -411,3 +414,23 @@ def test_inference_answer_is_the_same_with_token(started: Start, credit_model: C
                                            "request_id = 'same'")[0][0])).hexdigest()
               for s in (open_, guarded)]
     assert digest[0] == digest[1]
+
+
+def test_token_add_writes_any_name_as_data_and_keeps_the_files_mode(tmp_path: Path) -> None:
+    """A name is written as a TOML string, never as TOML: quotes, backslashes and
+    newlines could otherwise add an entry with another role (or break the file)."""
+    access = tmp_path / "access.toml"
+    access.write_text("")
+    access.chmod(0o640)  # readable by the sidecar's group
+    sneaky = 'carol"\nrole = "admin"\n[[tokens]]\nname = "x'
+    names = ("CORP\\alice", "bob\\u0041", "zoë", 'carol", role = "admin')
+    for name in names:
+        add_token(access, name, "caller")
+    assert stat.S_IMODE(access.stat().st_mode) == 0o640
+    data = tomllib.loads(access.read_text())
+    assert [(t["name"], t["role"]) for t in data["tokens"]] == [(n, "caller") for n in names]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(["token", "add", "--file", str(access), "--name", sneaky,
+                         "--role", "caller"])
+    assert code == 2  # a name with a newline is refused
+    assert len(tomllib.loads(access.read_text())["tokens"]) == len(names)

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import CreditModel
+from onnx import TensorProto, helper
 
 from mlwitness import stats
 from mlwitness.baseline import (
@@ -24,6 +25,7 @@ from mlwitness.baseline import (
     store_baseline,
 )
 from mlwitness.errors import DataLoss, InvalidInput, RecordNotFound
+from mlwitness.guards import suggest
 from mlwitness.ledger import schema
 from mlwitness.ledger.writer import LedgerWriter
 
@@ -229,3 +231,29 @@ def test_values_too_large_to_profile_are_a_clear_error(tmp_path: Path) -> None:
     path.write_text("a,b\n1e300,1\n-1e300,2\n1e300,3\n")
     with pytest.raises(InvalidInput, match="a: values up to 1e\\+300 are too large"):
         build_baseline(path)
+
+
+def test_only_integer_outputs_are_profiled_as_categories(tmp_path: Path) -> None:
+    """A float output that was exactly 0/1 on the training set (a tree's pure leaves) is
+    still a probability: profiled as categories, `guards suggest` would make every real
+    probability an 'unseen category'."""
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["zero"], value=helper.make_tensor(
+            "zero", TensorProto.FLOAT, [], [0.0])),
+         helper.make_node("Greater", ["x", "zero"], ["positive"]),
+         helper.make_node("Cast", ["positive"], ["p"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["positive"], ["label"], to=TensorProto.INT64)],
+        "pure_leaves", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["N", 1])])
+    model = tmp_path / "pure.onnx"
+    model.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                        ir_version=8).SerializeToString())
+    data = tmp_path / "train.csv"
+    data.write_text("x\n" + "".join(f"{v}\n" for v in (-2.0, -1.0, 1.0, 2.0, 3.0)))
+    built = build_baseline(data, model=model)
+    assert built.outputs["p"].categorical is None
+    assert built.outputs["label"].categorical == {"0": 2, "1": 3}
+    config = suggest(json.loads(built.to_json()))
+    assert config.outputs["p"].allowed is None and config.outputs["label"].allowed is not None

@@ -11,6 +11,7 @@ import errno
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from conftest import SidecarFactory, SlowModel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sidecar import RunningSidecar, read_ledger, run_verify
+from sidecar import RunningSidecar, free_ports, read_ledger, run_verify
 from tritonclient.utils import InferenceServerException
 
 from mlwitness.ledger import journal as journal_module
@@ -243,7 +244,8 @@ def test_ledger_failure_gives_unavailable_and_no_prediction(
 ) -> None:
     journal_class = failing_journal(point, error)
     monkeypatch.setattr(journal_module, "Journal", journal_class)
-    sidecar: RunningSidecar = make_sidecar(affine_model)
+    (metrics_port,) = free_ports(1)
+    sidecar: RunningSidecar = make_sidecar(affine_model, metrics_port=metrics_port)
     with grpcclient.InferenceServerClient(sidecar.address) as client:
         for i in range(3):
             client.infer("affine_fp32", affine_input(), request_id=f"before-{i}")
@@ -262,6 +264,14 @@ def test_ledger_failure_gives_unavailable_and_no_prediction(
         with pytest.raises(InferenceServerException) as info:
             client.infer("affine_fp32", affine_input(), request_id="after-failure")
         assert info.value.status() == "StatusCode.UNAVAILABLE"
+    # the refusals are counted where an alert on UNAVAILABLE looks for them
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        scraped = response.read().decode()
+    counted = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in scraped.splitlines() if line.startswith("mlwitness_requests_total{")}
+    assert counted == {'mlwitness_requests_total{model="affine_fp32",status="OK"}': 3.0,
+                       'mlwitness_requests_total{model="affine_fp32",status="UNAVAILABLE"}': 2.0}
     sidecar.stop()
 
     rows = read_ledger(sidecar.ledger_path, "SELECT request_id, status FROM records ORDER BY seq")

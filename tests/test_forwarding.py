@@ -8,6 +8,7 @@ pinned by its new hash.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -371,6 +372,35 @@ def test_replaced_model_file_is_pinned_by_its_new_hash(
     )
     assert stored == {old_sha: old_bytes, new_sha: new_bytes}
 
+
+
+def test_a_model_file_caught_half_copied_is_not_pinned(
+    make_sidecar: SidecarFactory, mlserver: UpstreamServer, model_paths: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """`cp` stalled half-way: the bytes are not a whole ONNX model, so records keep the
+    old hash (and the store never holds the fragment) until the copy is complete."""
+    served = tmp_path / "served.onnx"
+    shutil.copyfile(model_paths[MODEL], served)
+    old_sha = hashlib.sha256(served.read_bytes()).hexdigest()
+    new_bytes = model_paths["all_dtypes"].read_bytes()
+    sidecar = make_sidecar(served, model_name=MODEL, upstream=mlserver.grpc_address,
+                           model_poll_interval=0.2)
+    served.write_bytes(new_bytes[: len(new_bytes) // 2])
+    for i in range(10):  # 1 s: five poll intervals
+        call(sidecar.address, raw_request(X1, f"half-{i}"))
+        time.sleep(0.1)
+    assert {sha for (sha,) in sidecar.query("SELECT model_sha256 FROM records")} == {old_sha}
+    served.write_bytes(new_bytes)
+    new_sha = hashlib.sha256(new_bytes).hexdigest()
+    for i in range(40):  # ≤ 4 s
+        call(sidecar.address, raw_request(X1, f"whole-{i}"))
+        if sidecar.query("SELECT model_sha256 FROM records ORDER BY seq DESC LIMIT 1")[0][0] \
+                == new_sha:
+            break
+        time.sleep(0.1)
+    stored = {sha for (sha,) in sidecar.query("SELECT sha256 FROM models")}
+    assert stored == {old_sha, new_sha}
 
 # ── guards in front of an upstream ─────────────────────────────────────────────────────
 

@@ -749,3 +749,23 @@ def test_guards_suggest_on_a_file_that_is_no_baseline_exits_2_saying_so(
     err = capsys.readouterr().err
     assert "not a baseline" in err and "mlwitness baseline TRAIN.csv" in err
     assert "Traceback" not in err
+
+
+def test_a_rate_guard_on_a_bool_output_takes_true_and_false(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """BOOL outputs become 0/1 columns: equals = "true" must count the 1s (it was dropped
+    and the guard stayed 'insufficient' forever); an operator that cannot apply warns."""
+    approved = TABULATOR.rows([tensor_from_array("approved", np.array([True] * 30 + [False] * 10))])
+    tracker = RateTracker([
+        RateGuard("yes", "approved", equals="true", max=0.5, window=40, min_samples=20),
+        RateGuard("no", "approved", equals="False", max=0.5, window=40, min_samples=20),
+        RateGuard("typo", "approved", equals="approve", max=0.5, window=40, min_samples=20),
+    ])
+    with caplog.at_level("WARNING", logger="mlwitness.rates"):
+        yes, no, typo = tracker.observe(approved)
+    assert (yes.n, yes.successes, yes.state) == (40, 30, "breach_high")
+    assert (no.n, no.successes, no.state) == (40, 10, "ok")
+    assert (typo.n, typo.state) == (0, "insufficient")
+    assert any("rate guard typo never judges a decision" in r.getMessage()
+               for r in caplog.records)

@@ -19,9 +19,11 @@ from conftest import CreditModel, SidecarFactory
 from sidecar import RunningSidecar, raw_rpc, read_ledger, run_verify
 from tritonclient.grpc import service_pb2
 
+from mlwitness.codec import tensor_from_array
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger import schema, store
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
+from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 
 COLUMNS = (
     "seq",
@@ -374,3 +376,25 @@ def test_a_model_hash_prefix_resolves_only_when_one_stored_model_has_it(
     with pytest.raises(FailedPrecondition, match="starting abcdef02"):
         store.resolve_model(con, "abcdef02")
     con.close()
+
+
+def test_batch_size_and_decision_rows_count_non_tabular_inputs_by_their_outputs(
+    tmp_path: Path,
+) -> None:
+    """Three images in, three labels out: three rows, not zero (the inputs are not
+    tabular, so they have no SQL columns)."""
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"))
+    writer.open()
+    writer.append_blocking(Record(
+        request_id="img", received_us=1, model_name="m",
+        inputs=[tensor_from_array("image", np.zeros((3, 4, 4, 3), np.float32))],
+        outputs=[tensor_from_array("label", np.array([1, 0, 1], np.int64))]))
+    writer.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        assert con.execute("SELECT batch_size FROM records").fetchall() == [(3,)]
+        assert con.execute("SELECT row, outputs['label'] FROM decisions ORDER BY row"
+                           ).fetchall() == [(0, 1.0), (1, 0.0), (2, 1.0)]
+    finally:
+        con.close()

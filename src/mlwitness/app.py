@@ -33,7 +33,7 @@ from mlwitness.backends.upstream import UpstreamBackend
 from mlwitness.baseline import Baseline, store_baseline
 from mlwitness.checks import InlineChecks, guard_record
 from mlwitness.drift import drift_report
-from mlwitness.errors import ConfigError, MlwitnessError
+from mlwitness.errors import ConfigError, MlwitnessError, ModelNotSettled
 from mlwitness.guards import GuardConfig, load_guards
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.record import Record
@@ -402,6 +402,10 @@ class Sidecar:
         try:
             signature = OnnxModel(onnx).signature.to_dict()
         except Exception as exc:  # the upstream's business; we still pin the bytes
+            if "INVALID_PROTOBUF" in str(exc):  # not a whole model: a copy still going on
+                raise ModelNotSettled(f"model file {s.model} is not a whole ONNX model yet "
+                                      "(protobuf parsing failed); keeping the pinned model "
+                                      "and trying again at the next poll") from None
             signature = {"inputs": [], "outputs": [], "error": str(exc)}
         assert self.ledger is not None
         self.ledger.write(
@@ -441,8 +445,11 @@ class Sidecar:
             nonlocal next_poll
             if s.upstream and loop.time() >= next_poll:
                 assert self.model_file is not None
-                await asyncio.to_thread(self.model_file.refresh)
                 next_poll = loop.time() + s.model_poll_interval
+                try:
+                    await asyncio.to_thread(self.model_file.refresh)
+                except ModelNotSettled as exc:
+                    log.warning("%s", exc.message)
 
         async def reload_access() -> None:
             self._reload_access()

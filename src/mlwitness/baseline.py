@@ -337,22 +337,31 @@ def _profile_model(
     text: list[np.ndarray] = []
     num_names: tuple[str, ...] = ()
     text_names: tuple[str, ...] = ()
+    whole_numbers: set[str] = set()  # columns of integer or BOOL outputs: class labels
     for start in range(0, x.shape[0], chunk):
         tensor = tensor_from_array(spec.name, x[start:start + chunk].astype(dtype))
-        rows = tabulator.rows(onnx.run([tensor]))
+        outputs = onnx.run([tensor])
+        rows = tabulator.rows(outputs)
         num_names, text_names = rows.num_names, rows.text_names
+        for out in outputs:
+            if out.array.dtype.kind in "biu" and out.array.ndim in (1, 2):
+                width = out.array.shape[1] if out.array.ndim == 2 else 1
+                whole_numbers.update(tabulator.column_names(out.name, width, out.array.ndim))
         num.append(rows.num_values)
         text.append(rows.text_values)
-    outputs: dict[str, ColumnProfile] = {}
+    profiles: dict[str, ColumnProfile] = {}
     if num:
         values = np.vstack(num)
         for j, name in enumerate(num_names):
-            outputs[name] = profile_numeric(values[:, j], bins=bins, sample_size=sample_size,
-                                            rng=rng, categorical=True, name=name)
+            # A float output (a probability) that happened to be 0/1 in training is still
+            # a number: only integer and BOOL outputs are also profiled as categories.
+            profiles[name] = profile_numeric(values[:, j], bins=bins, sample_size=sample_size,
+                                             rng=rng, categorical=name in whole_numbers,
+                                             name=name)
         texts = np.vstack(text)
         for j, name in enumerate(text_names):
-            outputs[name] = profile_text(texts[:, j])
-    return {"file": path.name, "sha256": onnx.sha256, "input": spec.name}, outputs
+            profiles[name] = profile_text(texts[:, j])
+    return {"file": path.name, "sha256": onnx.sha256, "input": spec.name}, profiles
 
 
 def _file_sha256(path: Path) -> str:

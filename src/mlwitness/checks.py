@@ -219,6 +219,9 @@ class InlineChecks:
             low, high = status.interval
             m.rate_low.labels(status.guard).set(low)
             m.rate_high.labels(status.guard).set(high)
+        else:  # too few decisions (again): no interval, rather than a stale one
+            m.rate_low.remove(status.guard)  # (a no-op when there is none)
+            m.rate_high.remove(status.guard)
         m.rate_breach.labels(status.guard).set(1.0 if status.breached else 0.0)
 
     def _count(self, found: Findings) -> None:

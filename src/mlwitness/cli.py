@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -122,15 +123,23 @@ def cmd_token_add(args: argparse.Namespace) -> int:
         if any(name == args.name for name, _ in access.tokens.values()):
             raise InvalidInput(f"{path} already has a token named {args.name!r}; remove it "
                                "first to rotate")
+    if not args.name or any(ord(c) < 32 or c == "\x7f" for c in args.name):
+        raise InvalidInput("--name must be non-empty and hold no control characters")
     token = new_token()
-    entry = (f'\n[[tokens]]\nname = "{args.name}"\nrole = "{args.role}"\n'
-             f'sha256 = "{hash_token(token)}"\n')
+    # json.dumps of a str is a valid TOML basic string: quotes and backslashes escaped
+    entry = (f'\n[[tokens]]\nname = {json.dumps(args.name, ensure_ascii=False)}\n'
+             f'role = "{args.role}"\nsha256 = "{hash_token(token)}"\n')
     Access.from_dict(tomllib.loads(text + entry), str(path))  # the file stays valid
     # Atomic and private from the first byte: a sidecar reloading the file never sees it
     # half written (which would revoke every token) nor readable by others.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
+        if path.exists():  # keep who may read it: a sidecar running as another user
+            st = path.stat()
+            os.fchmod(handle.fileno(), st.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):  # only root may give files away
+                os.fchown(handle.fileno(), st.st_uid, st.st_gid)
         handle.write(text + entry)
         handle.flush()
         os.fsync(handle.fileno())

@@ -113,3 +113,9 @@ class ConfigError(MlwitnessError):
     """Settings, guard files or baselines are invalid. Raised at start-up or on reload."""
 
     status = "INVALID_ARGUMENT"
+
+
+class ModelNotSettled(MlwitnessError):
+    """The model file changed into bytes that are not (yet) a whole ONNX model."""
+
+    status = "UNAVAILABLE"

@@ -18,6 +18,7 @@ the guard file.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -55,6 +56,8 @@ _RATE_KEYS = (
     "confidence",
     "min_samples",
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -381,8 +384,16 @@ class RateTracker:
                 if guard.at_least is not None or number is not None:
                     j = rows.num_names.index(guard.output)
                     plan.append((window, True, j, guard, number))
-            elif guard.output in rows.text_names and guard.equals is not None:
-                plan.append((window, False, rows.text_names.index(guard.output), guard, None))
+                else:
+                    _never(guard, f"output {guard.output!r} is numeric and equals = "
+                           f"{guard.equals!r} is not a number (use \"1\", or true/false)")
+            elif guard.output in rows.text_names:
+                if guard.equals is not None:
+                    plan.append((window, False, rows.text_names.index(guard.output), guard,
+                                 None))
+                else:
+                    _never(guard, f"output {guard.output!r} is text: at_least cannot apply; "
+                           "use equals")
         if len(self._plans) > 64:
             self._plans.clear()
         self._plans[(rows.num_names, rows.text_names)] = plan
@@ -413,10 +424,24 @@ def _many(rows: Rows, numeric: bool, j: int, guard: RateGuard, number: float | N
 
 
 def _float_or_none(text: str | None) -> float | None:
+    """`equals` as a number for a numeric output; true/false are 1/0 (BOOL outputs)."""
     if text is None:
         return None
+    if text.strip().lower() in _BOOLS:
+        return _BOOLS[text.strip().lower()]
     try:
         value = float(text)
     except ValueError:
         return None
     return None if math.isnan(value) else value
+
+
+_BOOLS = {"true": 1.0, "false": 0.0}
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _never(guard: RateGuard, why: str) -> None:
+    """Warn (once per guard and reason) about a rate guard that cannot judge its output."""
+    if (guard.name, why) not in _WARNED:
+        _WARNED.add((guard.name, why))
+        log.warning("rate guard %s never judges a decision: %s", guard.name, why)

@@ -29,6 +29,7 @@ from mlwitness.codec import Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import (
     DeadlineExceeded,
     InvalidInput,
+    LedgerUnavailable,
     MlwitnessError,
     ModelNotFound,
     TooLarge,
@@ -148,9 +149,7 @@ class InferenceService:
         record.responded_us = _now_us()
         if self.minimiser is not None:
             self.minimiser.apply(record)
-        await self.ledger.append(record)
-        if self.observe is not None:
-            self.observe("OK", (record.responded_us - record.received_us) / 1e6)
+        await self._append(record, "OK")
         return response
 
     async def refuse(self, raw: bytes, caller: Caller, error: MlwitnessError) -> None:
@@ -175,9 +174,20 @@ class InferenceService:
         record.responded_us = _now_us()
         if self.minimiser is not None:
             self.minimiser.apply(record)
-        await self.ledger.append(record)
-        if self.observe is not None:
-            self.observe(status, (record.responded_us - record.received_us) / 1e6)
+        await self._append(record, status)
+
+    async def _append(self, record: Record, status: str) -> None:
+        """Append the call's record, then count the call in the metrics under the status
+        its caller gets: UNAVAILABLE when the ledger refused the record (an alert on
+        UNAVAILABLE must fire exactly then)."""
+        try:
+            await self.ledger.append(record)
+        except LedgerUnavailable:
+            status = "UNAVAILABLE"
+            raise
+        finally:
+            if self.observe is not None:
+                self.observe(status, (record.responded_us - record.received_us) / 1e6)
 
     async def _infer(
         self, raw: bytes, caller: Caller, timeout: float | None, record: Record
