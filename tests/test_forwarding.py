@@ -386,10 +386,11 @@ def test_a_model_file_caught_half_copied_is_not_pinned(
     new_bytes = model_paths["all_dtypes"].read_bytes()
     sidecar = make_sidecar(served, model_name=MODEL, upstream=mlserver.grpc_address,
                            model_poll_interval=0.2)
-    served.write_bytes(new_bytes[: len(new_bytes) // 2])
-    for i in range(10):  # 1 s: five poll intervals
-        call(sidecar.address, raw_request(X1, f"half-{i}"))
-        time.sleep(0.1)
+    for stage, data in (("empty", b""), ("half", new_bytes[: len(new_bytes) // 2])):
+        served.write_bytes(data)  # cp truncates first, then writes
+        for i in range(10):  # 1 s: five poll intervals
+            call(sidecar.address, raw_request(X1, f"{stage}-{i}"))
+            time.sleep(0.1)
     assert {sha for (sha,) in sidecar.query("SELECT model_sha256 FROM records")} == {old_sha}
     served.write_bytes(new_bytes)
     new_sha = hashlib.sha256(new_bytes).hexdigest()

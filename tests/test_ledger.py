@@ -19,6 +19,7 @@ from conftest import CreditModel, SidecarFactory
 from sidecar import RunningSidecar, raw_rpc, read_ledger, run_verify
 from tritonclient.grpc import service_pb2
 
+from mlwitness.audit.reader import Filters, LedgerReader
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger import schema, store
@@ -393,6 +394,8 @@ def test_batch_size_and_decision_rows_count_non_tabular_inputs_by_their_outputs(
     writer.close()
     con = duckdb.connect(str(path), read_only=True)
     try:
+        listed, _ = LedgerReader(con.cursor, lambda: None).list(Filters())
+        assert [r["batch_size"] for r in listed] == [3]  # the audit API says the same
         assert con.execute("SELECT batch_size FROM records").fetchall() == [(3,)]
         assert con.execute("SELECT row, outputs['label'] FROM decisions ORDER BY row"
                            ).fetchall() == [(0, 1.0), (1, 0.0), (2, 1.0)]

@@ -53,6 +53,10 @@ from mlwitness.wire import servicer as inference_servicer
 
 log = logging.getLogger("mlwitness")
 
+# What onnxruntime says of bytes that are not (yet) a model at all, e.g. a file that a copy
+# has truncated or only begun: such bytes are never pinned as the served model.
+NOT_A_MODEL = ("INVALID_PROTOBUF", "No graph was found")
+
 HEALTH_INTERVAL_S = 1.0
 
 
@@ -402,10 +406,11 @@ class Sidecar:
         try:
             signature = OnnxModel(onnx).signature.to_dict()
         except Exception as exc:  # the upstream's business; we still pin the bytes
-            if "INVALID_PROTOBUF" in str(exc):  # not a whole model: a copy still going on
+            if not onnx or any(sign in str(exc) for sign in NOT_A_MODEL):  # a copy going on
                 raise ModelNotSettled(f"model file {s.model} is not a whole ONNX model yet "
-                                      "(protobuf parsing failed); keeping the pinned model "
-                                      "and trying again at the next poll") from None
+                                      f"({len(onnx)} bytes onnxruntime cannot parse); keeping "
+                                      "the pinned model and trying again at the next poll"
+                                      ) from None
             signature = {"inputs": [], "outputs": [], "error": str(exc)}
         assert self.ledger is not None
         self.ledger.write(

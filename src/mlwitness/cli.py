@@ -138,8 +138,11 @@ def cmd_token_add(args: argparse.Namespace) -> int:
         if path.exists():  # keep who may read it: a sidecar running as another user
             st = path.stat()
             os.fchmod(handle.fileno(), st.st_mode & 0o7777)
-            with contextlib.suppress(PermissionError):  # only root may give files away
+            try:
                 os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+            except PermissionError:  # only root may give a file away; a member keeps its group
+                with contextlib.suppress(PermissionError):
+                    os.fchown(handle.fileno(), -1, st.st_gid)
         handle.write(text + entry)
         handle.flush()
         os.fsync(handle.fileno())

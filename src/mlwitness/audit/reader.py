@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from mlwitness.errors import FailedPrecondition, InvalidInput, RecordNotFound
-from mlwitness.ledger import store
+from mlwitness.ledger import schema, store
 from mlwitness.ledger.record import Record
 
 AMBIGUOUS_LISTED = 5  # records listed when a request id names several
@@ -162,7 +162,7 @@ class LedgerReader:
             params.append(int(page_token))
         rows = self.cursor().execute(
             "SELECT seq, request_id, received_us, model_name, model_sha256, status, "
-            "responded_us - received_us, peer, len(inputs), outputs[1] "
+            f"responded_us - received_us, peer, {schema.BATCH_SIZE}, outputs[1] "
             f"FROM entries WHERE {where} ORDER BY seq DESC LIMIT ?",
             [*params, page_size + 1],
         ).fetchall()

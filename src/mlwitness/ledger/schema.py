@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS environments (
 );
 """
 
+# Rows in a call: of its tabulated inputs or, when they are not tabular (images), outputs.
+BATCH_SIZE = "greatest(len(inputs), len(inputs_text), len(outputs), len(outputs_text))"
+
 VIEWS = """
 CREATE OR REPLACE VIEW records AS
 SELECT
@@ -85,7 +88,7 @@ SELECT
     status,
     message,
     violations,
-    greatest(len(inputs), len(inputs_text), len(outputs), len(outputs_text)) AS batch_size,
+    {batch_size} AS batch_size,
     inputs,
     inputs_text,
     outputs,
@@ -124,7 +127,7 @@ SELECT
     detail::JSON AS detail
 FROM entries
 WHERE kind <> 'infer';
-"""
+""".replace("{batch_size}", BATCH_SIZE)
 
 
 def create(con: duckdb.DuckDBPyConnection) -> None:
