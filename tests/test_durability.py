@@ -23,6 +23,7 @@ import tritonclient.grpc as grpcclient
 from conftest import SidecarFactory, SlowModel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar import RunningSidecar, free_ports, read_ledger, run_verify
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from mlwitness.ledger import journal as journal_module
@@ -402,3 +403,37 @@ def test_a_caller_cancelled_while_the_backlog_is_full_still_gets_its_record(
         writer.release.set()
         writer.close()
     assert [r[1] for r in writer_rows(path)] == ["fills", "gave-up"]
+
+
+@pytest.mark.parametrize("leave", ["deadline", "cancel"])
+def test_a_caller_that_leaves_while_its_record_awaits_the_commit_is_recorded_so(
+    make_sidecar: SidecarFactory, affine_model: Path, leave: str
+) -> None:
+    """The record of an answered call waits in the open group-commit batch; a caller whose
+    deadline passes (or who cancels) meanwhile gets no answer. The record said OK (with
+    the response) all the same; it must say what the caller got."""
+    sidecar = make_sidecar(affine_model)
+    assert sidecar.sidecar.ledger is not None
+    sidecar.sidecar.ledger._linger.seconds = 1.5  # a long commit wait, to leave within
+    request = service_pb2.ModelInferRequest(model_name="affine_fp32", id="leaver")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+    with grpc.insecure_channel(sidecar.address) as channel:
+        method = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        if leave == "deadline":
+            with pytest.raises(grpc.RpcError) as info:
+                method(request.SerializeToString(), timeout=0.4)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            call = method.future(request.SerializeToString(), timeout=30)
+            time.sleep(0.4)
+            assert call.cancel()
+    expected = "DEADLINE_EXCEEDED" if leave == "deadline" else "CANCELLED"
+    rows = []
+    for _ in range(50):  # the batch commits after its 1.5 s linger
+        rows = sidecar.query("SELECT status, octet_length(response) FROM entries "
+                             "WHERE request_id = 'leaver'")
+        if rows:
+            break
+        time.sleep(0.1)
+    assert rows == [(expected, 0)]

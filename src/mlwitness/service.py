@@ -123,16 +123,7 @@ class InferenceService:
             await self._record_failure(record, exc.status, exc.message)
             raise
         except asyncio.CancelledError:  # the caller's deadline passed, or it cancelled
-            expired = timeout is not None and time.monotonic() - started >= timeout - 0.05
-            status, message = (
-                ("DEADLINE_EXCEEDED", "the caller's deadline passed before the answer")
-                if expired else
-                # gRPC cancels what is left when the drain times out; the caller is told
-                # UNAVAILABLE "Cancelling all calls"
-                ("UNAVAILABLE", "Cancelling all calls: the sidecar shut down before the "
-                 "answer (--drain-timeout passed)") if self._drained() else
-                ("CANCELLED", "the caller cancelled the call")
-            )
+            status, message = self._cancelled(started, timeout)
             await asyncio.shield(self._record_failure(record, status, message))
             raise
         except Exception:
@@ -149,8 +140,18 @@ class InferenceService:
         record.responded_us = _now_us()
         if self.minimiser is not None:
             self.minimiser.apply(record)
-        await self._append(record, "OK")
+        await self._append(record, "OK", started, timeout)
         return response
+
+    def _cancelled(self, started: float, timeout: float | None) -> tuple[str, str]:
+        """(status, message) of a call whose task was cancelled: what its caller got."""
+        if timeout is not None and time.monotonic() - started >= timeout - 0.05:
+            return "DEADLINE_EXCEEDED", "the caller's deadline passed before the answer"
+        if self._drained():  # gRPC cancels what is left when the drain times out; the
+            # caller is told UNAVAILABLE "Cancelling all calls"
+            return ("UNAVAILABLE", "Cancelling all calls: the sidecar shut down before the "
+                    "answer (--drain-timeout passed)")
+        return "CANCELLED", "the caller cancelled the call"
 
     async def refuse(self, raw: bytes, caller: Caller, error: MlwitnessError) -> None:
         """Record a call refused before inference (e.g. missing credentials)."""
@@ -176,14 +177,30 @@ class InferenceService:
             self.minimiser.apply(record)
         await self._append(record, status)
 
-    async def _append(self, record: Record, status: str) -> None:
+    async def _append(self, record: Record, status: str, started: float | None = None,
+                      timeout: float | None = None) -> None:
         """Append the call's record, then count the call in the metrics under the status
         its caller gets: UNAVAILABLE when the ledger refused the record (an alert on
-        UNAVAILABLE must fire exactly then)."""
+        UNAVAILABLE must fire exactly then).
+
+        A caller that leaves (cancel, deadline) while its record waits for the group
+        commit gets CANCELLED or DEADLINE_EXCEEDED, not this answer. The record is still
+        in the open batch (no seq, not hashed yet), so it is made to say so, without the
+        response the caller never got. (Once committed it stands: a caller that leaves
+        in the instant between the commit and the answer's delivery is recorded OK, as
+        when the network loses an answer that was sent.)"""
         try:
             await self.ledger.append(record)
         except LedgerUnavailable:
             status = "UNAVAILABLE"
+            raise
+        except asyncio.CancelledError:
+            if record.seq == 0:  # not yet chained: it goes in as what the caller got
+                record.status, record.message = self._cancelled(
+                    started if started is not None else time.monotonic(), timeout)
+                if status == "OK":
+                    record.response, record.outputs = b"", None
+                status = record.status
             raise
         finally:
             if self.observe is not None:

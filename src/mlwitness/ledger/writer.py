@@ -221,7 +221,7 @@ class LedgerWriter:
         failed = self._failure is not None
         if self._con is not None:
             if not failed:
-                self._con.execute("CHECKPOINT")
+                _checkpoint(self._con)
             self._journal.close(remove_if_loaded_upto=None if failed else self._loaded_seq)
             self._con.close()
             self._con = None
@@ -501,6 +501,20 @@ class LedgerWriter:
             raise LedgerUnavailable("the ledger is not open")
         with self._read_lock:
             return self._read_root.cursor()
+
+
+def _checkpoint(con: duckdb.DuckDBPyConnection, attempts: int = 40) -> None:
+    """CHECKPOINT at close. A thread that outlived its cancelled task (a drift metric or
+    an audit question still reading) can hold the connection for a moment; DuckDB then
+    refuses ("connection is busy") instead of waiting, so wait here (≤ 2 s)."""
+    for attempt in range(attempts):
+        try:
+            con.execute("CHECKPOINT")
+            return
+        except duckdb.Error as exc:
+            if "busy" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def _in_transaction(con: duckdb.DuckDBPyConnection, fn: Callable[[Any], T]) -> T:

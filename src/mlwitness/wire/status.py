@@ -7,6 +7,7 @@ caller gets INTERNAL with a generic message.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,8 @@ def rpc(fn: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callab
         try:
             return await fn(request, context)
         except MlwitnessError as exc:
+            if _gone(context, exc):  # gRPC has answered (or is answering) the caller
+                raise asyncio.CancelledError from None  # itself: an abort would only fail
             await context.abort(code(exc.status), exc.message)
         except grpc.aio.AbortError:
             raise
@@ -49,6 +52,15 @@ def rpc(fn: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callab
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the mlwitness log")
 
     return handler
+
+
+def _gone(context: grpc.aio.ServicerContext, exc: MlwitnessError) -> bool:
+    """Whether the call is over for gRPC already: cancelled, or past its deadline (an
+    inline model run can end after it, before the loop hears of the cancellation)."""
+    if context.cancelled():
+        return True
+    remaining = context.time_remaining()
+    return exc.status == "DEADLINE_EXCEEDED" and remaining is not None and remaining <= 0
 
 
 def stream_rpc(fn: Callable[..., Any]) -> Callable:
