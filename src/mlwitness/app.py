@@ -106,8 +106,7 @@ def _known_columns(tabulator: Tabulator, signature: Signature) -> set[str]:
 def _columns_of(tabulator: Tabulator, specs: Any) -> set[str]:
     names: set[str] = set()
     for spec in specs:
-        width = spec.shape[1] if len(spec.shape) == 2 and spec.shape[1] > 0 else 1
-        names.update(tabulator.column_names(spec.name, width, len(spec.shape)))
+        names.update(tabulator.columns_of(spec.name, spec.shape))
     return names
 
 

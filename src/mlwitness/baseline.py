@@ -345,8 +345,7 @@ def _profile_model(
         num_names, text_names = rows.num_names, rows.text_names
         for out in outputs:
             if out.array.dtype.kind in "biu" and out.array.ndim in (1, 2):
-                width = out.array.shape[1] if out.array.ndim == 2 else 1
-                whole_numbers.update(tabulator.column_names(out.name, width, out.array.ndim))
+                whole_numbers.update(tabulator.columns_of(out.name, out.array.shape))
         num.append(rows.num_values)
         text.append(rows.text_values)
     profiles: dict[str, ColumnProfile] = {}

@@ -163,9 +163,7 @@ class InlineChecks:
         out: set[str] = set()
         for tensor in inputs:
             if tensor.name in names:
-                shape = tensor.array.shape
-                width = shape[1] if len(shape) == 2 else 1
-                out.update(self.tabulator.column_names(tensor.name, width, len(shape)))
+                out.update(self.tabulator.columns_of(tensor.name, tensor.array.shape))
         return frozenset(out)
 
     @property

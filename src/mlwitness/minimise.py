@@ -95,9 +95,7 @@ class Minimiser:
         columns = set(self.names & set(request.parameters))
         for tensor in record.inputs or ():
             if tensor.name in self.names:
-                shape = tensor.array.shape
-                width = shape[1] if len(shape) == 2 else 1
-                columns.update(self.tabulator.column_names(tensor.name, width, len(shape)))
+                columns.update(self.tabulator.columns_of(tensor.name, tensor.array.shape))
         record.detail = json.dumps({"minimised": {"redacted": sorted(self.redact & set(touched)),
                                                   "hashed": sorted(self.hashed & set(touched)),
                                                   "columns": sorted(columns),

@@ -59,6 +59,11 @@ class Tabulator:
             return [name]
         return [f"{name}_{j}" for j in range(width)]
 
+    def columns_of(self, name: str, shape: Sequence[int]) -> list[str]:
+        """The SQL columns a tensor of this name and shape becomes (-1 dims allowed)."""
+        width = shape[1] if len(shape) == 2 and shape[1] > 0 else 1
+        return self.column_names(name, width, len(shape))
+
     def rows(self, tensors: Sequence) -> Rows:
         key = tuple((t.name, t.array.dtype, t.array.shape) for t in tensors)
         plan = self._plans.get(key)
