@@ -401,3 +401,17 @@ def test_batch_size_and_decision_rows_count_non_tabular_inputs_by_their_outputs(
                            ).fetchall() == [(0, 1.0), (1, 0.0), (2, 1.0)]
     finally:
         con.close()
+
+
+def test_the_ledger_never_vacuums_its_append_only_tables(tmp_path: Path) -> None:
+    # DuckDB's checkpoint vacuum re-merged `entries` row groups at every automatic
+    # checkpoint, at a cost growing with the table (bench/bench_duckdb_load.py: 2x the CPU
+    # per loaded record, second-long checkpoints, a 1.6x larger file). Nothing in a ledger
+    # is ever deleted, so there is nothing to vacuum: every read-write connection turns it off.
+    con = schema.connect(tmp_path / "ledger.duckdb")
+    try:
+        assert con.execute("SELECT current_setting('max_vacuum_tasks')").fetchone()[0] == 0
+    finally:
+        con.close()
+    assert duckdb.connect().execute(
+        "SELECT current_setting('max_vacuum_tasks')").fetchone()[0] > 0  # DuckDB's default
