@@ -22,7 +22,8 @@ are medians of per-round paired ratios (a and b of the same round ran seconds ap
 After each sidecar run the sidecar gets SIGTERM (it drains and flushes), and the ledger is
 opened read-only: its `records` count must equal the calls the load generator saw
 acknowledged (and the OK count the OK answers). Server CPU per call comes from
-/proc/PID/stat (all threads) over the run, divided by the calls it answered.
+/proc/PID/stat (all threads, and its child processes) over the run, divided by the calls it
+answered.
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ class Server:
         self.target = f"127.0.0.1:{self.port}"
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        """CPU seconds of the server and its child processes (the sidecar's table builder),
+        all threads."""
+        return sum(_process_cpu_s(pid) for pid in (self.proc.pid, *_children(self.proc.pid)))
 
     def stop(self, kill: bool = False, timeout: float = 60) -> int:
         _LIVE.discard(self)
@@ -211,6 +213,28 @@ def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = 
     server = Server(tag, argv, work / f"{tag}.log")
     server.ledger = ledger  # type: ignore[attr-defined]
     return server
+
+
+def _process_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone since it was listed
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def machine_busy_s() -> float:
