@@ -42,8 +42,9 @@ from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
 from mlwitness.minimise import Minimiser
 from mlwitness.modelfile import ModelFile
+from mlwitness.recorded import decode_record_tensors
 from mlwitness.runtime import OnnxModel
-from mlwitness.service import InferenceService, decode_record_tensors
+from mlwitness.service import InferenceService
 from mlwitness.settings import Settings
 from mlwitness.signature import Signature
 from mlwitness.wire import audit as audit_servicer
@@ -192,6 +193,7 @@ class Sidecar:
                 load_interval_s=s.load_interval,
                 max_unloaded=s.max_backlog,
                 duckdb_threads=s.duckdb_threads,
+                table_process=True,
             ),
             tabulator=tabulator_for(s, model.signature),
             decoder=decode_record_tensors,

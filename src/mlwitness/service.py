@@ -10,7 +10,6 @@ prediction. Nothing here knows about gRPC: the servicer hands in bytes and a Cal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
@@ -19,13 +18,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from mlwitness.backends import Backend, Call
 from mlwitness.checks import InlineChecks
-from mlwitness.codec import Tensor, decode_inputs, decode_outputs
+from mlwitness.codec import Tensor, decode_inputs
 from mlwitness.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -37,6 +35,7 @@ from mlwitness.errors import (
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
+from mlwitness.recorded import parameter_text
 from mlwitness.wire import inference as pb
 
 log = logging.getLogger(__name__)
@@ -257,30 +256,3 @@ class InferenceService:
             finally:
                 record.violations = verdict.to_json()
         return result.response
-
-
-def parameter_text(parameters: Any) -> dict[str, str]:
-    """A v2 parameters map as text, e.g. {"age_band": "26-40", "priority": "3"}."""
-    out = {}
-    for key, value in parameters.items():
-        kind = value.WhichOneof("parameter_choice")
-        out[key] = "" if kind is None else str(getattr(value, kind))
-    return out
-
-
-def decode_record_tensors(record: Record) -> tuple[list[Tensor], list[Tensor], dict[str, str]]:
-    """Decoded inputs, outputs and request parameters of a stored ModelInfer record (for
-    records journaled but not loaded before a crash). Undecodable parts come back empty."""
-    if record.kind != "infer":
-        return [], [], {}
-    inputs: list[Tensor] = []
-    outputs: list[Tensor] = []
-    parameters: dict[str, str] = {}
-    with contextlib.suppress(DecodeError, MlwitnessError):
-        request = pb.ModelInferRequest.FromString(record.request)
-        parameters = parameter_text(request.parameters)
-        inputs = decode_inputs(request)
-    if record.status == "OK" and record.response:
-        with contextlib.suppress(DecodeError, MlwitnessError):
-            outputs = decode_outputs(pb.ModelInferResponse.FromString(record.response))
-    return inputs, outputs, parameters

@@ -59,13 +59,13 @@ log = logging.getLogger(__name__)
 
 HEADER = b"MLWJRNL2"
 SYNCED, UNSYNCED = b"F", b"W"  # the header's durability byte
-_HEADER_SIZE = len(HEADER) + 1
+HEADER_SIZE = len(HEADER) + 1
 MAGIC = b"MLWF"
 _FRAME = struct.Struct(">4sIIq")  # magic, payload length, CRC-32, batch seq
 _SIZES = struct.Struct(">II")
 _BATCH = struct.Struct(">q")
 _HASHES = 2 * HASH_SIZE
-_SUFFIX = ".wal"
+SUFFIX = ".wal"
 EXTEND_BYTES = 1 << 20
 
 
@@ -86,10 +86,11 @@ class Segment:
     stuck: bool = False  # a loaded segment that could not be deleted (warned once)
 
 
-def _segments(directory: Path) -> list[Path]:
+def segment_paths(directory: Path) -> list[Path]:
+    """The journal's segment files, oldest first."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.suffix == _SUFFIX)
+    return sorted(p for p in directory.iterdir() if p.suffix == SUFFIX)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -119,37 +120,23 @@ def read(directory: Path, *, repair: bool = False) -> Iterator[Record]:
     A torn last batch is dropped (and truncated from the file when `repair`). Any other
     damage raises DataLoss naming the segment and offset.
     """
-    paths = _segments(directory)
+    paths = segment_paths(directory)
     for index, path in enumerate(paths):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             continue  # retired since the listing: its records were in DuckDB first
         last_segment = index == len(paths) - 1
-        durability = data[len(HEADER) : _HEADER_SIZE]
+        durability = data[len(HEADER) : HEADER_SIZE]
         if not data.startswith(HEADER) or durability not in (SYNCED, UNSYNCED):
             if last_segment and _never_written(data):
                 continue  # created, but a crash came before its header was on disk
             raise DataLoss(f"journal segment {path} is not an mlwitness journal of this "
                            "version (bad header). Keep the file and run `mlwitness verify`.")
-        offset = _HEADER_SIZE
+        offset = HEADER_SIZE
         batch_seq, last_seq = 0, int(path.stem) - 1
-        while offset < len(data):
-            found = _sound(data, offset)
-            if found is None:
-                break
-            batch_seq, _length, end = found
-            start = offset + _FRAME.size
-            payload = memoryview(data)[start + _HASHES : end]
-            try:
-                record = decode(payload)
-            except ValueError as exc:
-                raise DataLoss(f"journal segment {path} holds an unreadable record at byte "
-                               f"{offset}: {exc}") from exc
-            record.prev_hash = data[start : start + HASH_SIZE]
-            record.hash = data[start + HASH_SIZE : start + _HASHES]
-            last_seq = record.seq
-            offset = end
+        for record, in_batch, end in frames(data, HEADER_SIZE, path):
+            batch_seq, last_seq, offset = in_batch, record.seq, end
             yield record
         if data.count(b"\0", offset) == len(data) - offset:
             continue  # zeros (or nothing) after the last frame: the segment's end
@@ -172,10 +159,30 @@ def read(directory: Path, *, repair: bool = False) -> Iterator[Record]:
                 os.fsync(handle.fileno())
 
 
+def frames(data: bytes, offset: int, path: Path) -> Iterator[tuple[Record, int, int]]:
+    """(record, its batch seq, the offset after its frame) of each sound frame in a
+    segment's bytes from `offset` on, up to the first place that holds none."""
+    while offset < len(data):
+        found = _sound(data, offset)
+        if found is None:
+            return
+        batch_seq, _length, end = found
+        start = offset + _FRAME.size
+        try:
+            record = decode(memoryview(data)[start + _HASHES : end])
+        except ValueError as exc:
+            raise DataLoss(f"journal segment {path} holds an unreadable record at byte "
+                           f"{offset}: {exc}") from exc
+        record.prev_hash = data[start : start + HASH_SIZE]
+        record.hash = data[start + HASH_SIZE : start + _HASHES]
+        offset = end
+        yield record, batch_seq, end
+
+
 def _never_written(data: bytes) -> bool:
     """Whether a segment's bytes are what a crash leaves of one whose header never reached
     the disk: nothing, zeros, or a piece of the header."""
-    if len(data) < _HEADER_SIZE and HEADER.startswith(data[: len(HEADER)]):
+    if len(data) < HEADER_SIZE and HEADER.startswith(data[: len(HEADER)]):
         return True
     return not data.strip(b"\0")
 
@@ -235,7 +242,7 @@ class Journal:
         """Start a fresh segment for records from `next_seq` on. Existing segments are kept
         until `retire` says their records are in DuckDB."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for path in _segments(self.directory):
+        for path in segment_paths(self.directory):
             first = int(path.stem)
             if first >= next_seq:
                 # Created by a run that crashed before writing a record to it (records
@@ -252,7 +259,7 @@ class Journal:
         header before any frame: if anything fails, the old segment stays the active one."""
         if self._fd is not None:
             os.fsync(self._fd)
-        path = self.directory / f"{next_seq:020d}{_SUFFIX}"
+        path = self.directory / f"{next_seq:020d}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
             _write_at(fd, self._header, 0)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ from mlwitness.ledger import schema
 from mlwitness.ledger.commit import Batch, Linger, settle_elsewhere, settle_futures
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 from mlwitness.ledger.rows import Tabulator, TensorDecoder, record_table
+from mlwitness.ledger.tabler import JournalTail, Tabler, TablerFailed, decoder_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +86,12 @@ class WriterOptions:
     group_commit_linger_s: float = 0.0006
     # DuckDB worker threads (SET threads); 0 leaves DuckDB's default (one per core).
     duckdb_threads: int = 0
+    # Build DuckDB's rows in a low-priority child process that reads the records back from
+    # the journal (ledger/tabler.py), so the serving process neither keeps records until
+    # their load nor holds the GIL to tabulate them. Needs a decoder (the records' tensors
+    # are decoded again from their bytes); without one, or if the child fails, the loader
+    # thread builds the rows itself.
+    table_process: bool = False
 
 
 @dataclass
@@ -113,6 +121,8 @@ class LedgerWriter:
         self.options = options or WriterOptions()
         if self.options.durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}")
+        if self.options.table_process and decoder is None:
+            raise ValueError("table_process needs a decoder")
         self.tabulator = tabulator or Tabulator()
         self.decoder = decoder
         self.stats = WriterStats()
@@ -144,6 +154,10 @@ class LedgerWriter:
         self._failure: LedgerUnavailable | None = None
         self._closing = False
         self._threads: list[threading.Thread] = []
+        self._tabler: Tabler | None = None
+        self._tail: JournalTail | None = None  # the loader's own reader, when the child fails
+        # With the child: records whose decoded tensors their bytes do not hold, by seq
+        self._kept: dict[int, Record] = {}
 
     # ── lifecycle ──────────────────────────────────────────────────────────────────────
 
@@ -171,6 +185,12 @@ class LedgerWriter:
         self._journal.open(self._head_seq + 1)
         self._journal.retire(self._loaded_seq)
         self._read_root = con.cursor()
+        if self.options.table_process:
+            assert self.decoder is not None  # checked by __init__
+            directory = journal_mod.journal_dir(self.path)
+            self._tabler = Tabler(directory, decoder_path(self.decoder),
+                                  self.tabulator.feature_names)
+            self._tail = JournalTail(directory)
         self._threads = [
             threading.Thread(target=self._load_loop, name="ledger-loader", daemon=True),
         ]
@@ -201,7 +221,7 @@ class LedgerWriter:
         if tail:
             log.info("loading %d journal records left by the previous run", len(tail))
             for start in range(0, len(tail), self.options.load_batch):
-                self._insert(tail[start : start + self.options.load_batch])
+                self._insert(self._table(tail[start : start + self.options.load_batch]))
             self._head_seq, self._head_hash = tail[-1].seq, tail[-1].hash
 
     def close(self) -> None:
@@ -218,6 +238,8 @@ class LedgerWriter:
             with self._load_cond:
                 self._load_cond.notify_all()
             loader.join()
+        if self._tabler is not None:
+            self._tabler.close()
         failed = self._failure is not None
         if self._con is not None:
             if not failed:
@@ -375,6 +397,13 @@ class LedgerWriter:
         return self._failure
 
     def _hand_to_loader(self, records: list[Record]) -> None:
+        if self._tabler is not None:  # the loader reads them back from the journal
+            kept = [record for record in records if _not_in_bytes(record)]
+            if kept or self.backlog >= self.options.load_batch:
+                with self._load_cond:
+                    self._kept.update((record.seq, record) for record in kept)
+                    self._load_cond.notify()
+            return
         with self._load_cond:
             self._unloaded.extend(records)
             if len(self._unloaded) >= self.options.load_batch:
@@ -392,50 +421,88 @@ class LedgerWriter:
                 batch: list[Record] = []
                 while self._unloaded and len(batch) < self.options.load_batch:
                     batch.append(self._unloaded.popleft())
+                first = self._loaded_seq + 1
+                last = min(self._durable_seq, self._loaded_seq + self.options.load_batch)
             self._run_writes()
-            if batch and not self._load(batch):
+            if self._tabler is None:
+                loading = bool(batch)
+                loaded = not loading or self._load(batch[0].seq, batch[-1].seq,
+                                                   functools.partial(self._table, batch))
+            else:
+                loading = last >= first
+                loaded = not loading or self._load(
+                    first, last, functools.partial(self._journal_table, first, last))
+            if not loaded:
                 self._run_writes()
                 return  # closing and DuckDB refuses: the rest stays in the journal, unskipped
-            if not batch and self._closing and not self._unloaded:
+            if not loading and self._closing and self._loaded_seq >= self._durable_seq:
                 self._run_writes()
                 return
             with self._load_cond:
                 self._load_cond.notify_all()
 
-    def _load(self, batch: list[Record]) -> bool:
-        """Insert a batch into DuckDB, retrying until it succeeds. Only while closing does it
-        give up (after three attempts) and return False: then neither this batch nor any
-        later one may be loaded, or DuckDB would skip records the journal still holds."""
+    def _journal_table(self, first: int, last: int) -> pa.Table:
+        """Records first..last as rows: those kept in memory built here, the rest by the
+        child process from the journal (or here, from the journal, when it fails)."""
+        with self._load_cond:
+            kept = sorted(seq for seq in self._kept if first <= seq <= last)
+            special = [self._kept[seq] for seq in kept]
+        tables = []
+        for seq, record in zip(kept, special, strict=True):
+            if seq > first:
+                tables.append(self._read_table(first, seq - 1))
+            tables.append(self._table([record]))
+            first = seq + 1
+        if first <= last:
+            tables.append(self._read_table(first, last))
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def _read_table(self, first: int, last: int) -> pa.Table:
+        assert self._tabler is not None and self._tail is not None
+        try:
+            return self._tabler.table(first, last)
+        except TablerFailed:
+            return self._table(self._tail.records(first, last))
+
+    def _load(self, first: int, last: int, build: Callable[[], pa.Table]) -> bool:
+        """Insert records first..last (their rows made by `build`) into DuckDB, retrying
+        until it succeeds. Only while closing does it give up (after three attempts) and
+        return False: then neither these records nor any later ones may be loaded, or
+        DuckDB would skip records the journal still holds."""
         started = time.perf_counter()
         attempts = 0
         while True:
             try:
-                self._insert(batch)
+                self._insert(build())
                 break
             except Exception:  # a DuckDB error, or a bug: retry rather than let the loader die
                 attempts += 1
                 if attempts == 1:
-                    log.exception("loading %d records into DuckDB failed; retrying", len(batch))
+                    log.exception("loading records %d-%d into DuckDB failed; retrying",
+                                  first, last)
                 elif attempts % 20 == 0:
-                    log.error("loading %d records into DuckDB still fails (%d attempts)",
-                              len(batch), attempts)
+                    log.error("loading records %d-%d into DuckDB still fails (%d attempts)",
+                              first, last, attempts)
                 if self._closing and attempts >= 3:
                     return False  # they stay in the journal; the next start loads them
                 time.sleep(0.5)
-        self._loaded_seq = batch[-1].seq
+        self._loaded_seq = last
+        if self._kept:
+            with self._load_cond:
+                for seq in [seq for seq in self._kept if seq <= last]:
+                    del self._kept[seq]
         self.stats.loads += 1
-        self.stats.loaded += len(batch)
+        self.stats.loaded += last - first + 1
         self.stats.load_seconds += time.perf_counter() - started
-        self.stats.last_load_batch = len(batch)
+        self.stats.last_load_batch = last - first + 1
         with self._space:
             self._space.notify_all()
         return True
 
-    def _insert(self, batch: list[Record]) -> None:
-        """Insert records into DuckDB in one statement. The Arrow table is built a chunk at
+    def _table(self, batch: list[Record]) -> pa.Table:
+        """The `entries` rows of records, built here. The Arrow table is built a chunk at
         a time with a pause between chunks, so the event loop never waits long for the GIL
-        behind a large load (DuckDB's own work runs without the GIL)."""
-        assert self._con is not None
+        behind a large load."""
         tables = []
         for start in range(0, len(batch), TABLE_CHUNK):
             began = time.perf_counter()
@@ -444,7 +511,12 @@ class LedgerWriter:
             serving = began - self._written_at < SERVING_WINDOW_S
             if serving and self.backlog <= self.options.load_batch:
                 time.sleep(max(LOADER_YIELD_S, 2 * (time.perf_counter() - began)))
-        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def _insert(self, table: pa.Table) -> None:
+        """Insert rows into DuckDB in one statement (DuckDB's own work runs without the
+        GIL)."""
+        assert self._con is not None
         con = self._con
         con.register("_ledger_batch", table)
         try:
@@ -501,6 +573,13 @@ class LedgerWriter:
             raise LedgerUnavailable("the ledger is not open")
         with self._read_lock:
             return self._read_root.cursor()
+
+
+def _not_in_bytes(record: Record) -> bool:
+    """Whether a record's decoded outputs are not in its response bytes, so that decoding
+    the bytes again (rows.TensorDecoder, as the table builder does) would lose them: a call
+    refused after the model ran (its outputs withheld by a guard) has none to send."""
+    return bool(record.outputs) and not (record.status == "OK" and record.response)
 
 
 def _checkpoint(con: duckdb.DuckDBPyConnection, attempts: int = 40) -> None:

@@ -1,0 +1,269 @@
+"""The table builder: a low-priority child process that turns journaled records into the
+Arrow table the ledger writer inserts into DuckDB.
+
+    sidecar (serving)                            child: python -m mlwitness.ledger.tabler
+    loader thread ── "FIRST LAST\\n" ──────────►  read seqs FIRST..LAST from the journal,
+                  ◄── b"T" ‖ u64 n ‖ Arrow IPC ──  decode their tensors, tabulate them
+                  INSERT INTO entries …
+
+Why a process: building the `entries` rows of a call (decoding its tensors again, the row
+maps, the Arrow columns) is Python work that holds the GIL, and the serving process kept
+every call's record alive until its load. At 8 concurrent callers that cost the sidecar
+about a tenth of its throughput. The child reads the records back from the journal (they
+are durable there before anyone is answered), so the serving process keeps nothing, and
+it runs at a lower CPU priority (TABLER_NICE): it uses what the serving path leaves idle.
+
+The child answers requests strictly in order; any failure (it died, hung past the
+timeout, or answered something else) raises TablerFailed, and the writer builds that range
+itself from the journal, in-process, as it always can. Nothing here decides what is loaded
+or when: the loader thread does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from mlwitness.errors import DataLoss
+from mlwitness.ledger import journal as journal_mod
+from mlwitness.ledger.record import Record
+from mlwitness.ledger.rows import Tabulator, TensorDecoder, record_table
+
+log = logging.getLogger(__name__)
+
+TABLER_NICE = 10  # added to the child's nice value: it yields the CPU to serving
+_REPLY = struct.Struct(">cQ")  # kind (T: table, E: error), length of what follows
+
+
+class TablerFailed(Exception):
+    """The child did not deliver a table; the caller builds it in-process instead."""
+
+
+def decoder_path(decoder: Callable[..., Any]) -> str:
+    """`module:function` of a module-level function, or ValueError when the child could
+    not import it under that name."""
+    path = f"{decoder.__module__}:{decoder.__qualname__}"
+    try:
+        found = _import(path)
+    except (ImportError, AttributeError):
+        found = None
+    if found is not decoder:
+        raise ValueError(f"the record decoder {path} cannot be imported by a child process")
+    return path
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in name.split("."):
+        target = getattr(target, part)
+    return target
+
+
+class JournalTail:
+    """Reads records by seq from a live journal, resuming where the last read stopped.
+    Only records already written (durable, or in `write` mode written) may be asked for."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._path: Path | None = None
+        self._offset = 0  # where the next unread frame of self._path starts
+        self._next = 0  # the seq of that frame
+
+    def records(self, first: int, last: int) -> list[Record]:
+        if self._path is None or first < self._next or not self._path.exists():
+            self._seek(first)
+        out: list[Record] = []
+        while True:
+            assert self._path is not None
+            with contextlib.suppress(FileNotFoundError), open(self._path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+                start = self._offset
+                for record, _batch, end in journal_mod.frames(data, 0, self._path):
+                    if record.seq != self._next:
+                        raise DataLoss(f"journal segment {self._path} holds seq {record.seq} "
+                                       f"where seq {self._next} was expected")
+                    self._offset, self._next = start + end, self._next + 1
+                    if record.seq >= first:
+                        out.append(record)
+                    if record.seq == last:
+                        return out
+            following = self.directory / f"{self._next:020d}{journal_mod.SUFFIX}"
+            if not following.exists():
+                raise DataLoss(f"the journal in {self.directory} has no seq {self._next} "
+                               f"(records {first}-{last} were asked for)")
+            self._path, self._offset = following, journal_mod.HEADER_SIZE
+
+    def _seek(self, first: int) -> None:
+        holding = [p for p in journal_mod.segment_paths(self.directory) if int(p.stem) <= first]
+        if not holding:
+            raise DataLoss(f"the journal in {self.directory} has no segment holding seq {first}")
+        self._path, self._offset = holding[-1], journal_mod.HEADER_SIZE
+        self._next = int(holding[-1].stem)
+
+
+# ── the child ────────────────────────────────────────────────────────────────────────
+
+
+def _serve(journal: Path, tabulator: Tabulator, decoder: TensorDecoder) -> None:
+    tail = JournalTail(journal)
+    requests = sys.stdin.buffer
+    replies = sys.stdout.buffer
+    for line in requests:
+        try:
+            first, last = (int(part) for part in line.split())
+            table = record_table(tail.records(first, last), tabulator, decoder)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            body = sink.getvalue()
+            replies.write(_REPLY.pack(b"T", body.size))
+            replies.write(memoryview(body))
+        except Exception as exc:  # reported to the parent, which builds the table itself
+            message = f"{type(exc).__name__}: {exc}".encode()
+            replies.write(_REPLY.pack(b"E", len(message)))
+            replies.write(message)
+        replies.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlwitness.ledger.tabler")
+    parser.add_argument("--journal", type=Path, required=True)
+    parser.add_argument("--decoder", required=True, help="module:function")
+    parser.add_argument("--feature-names", default="{}", help="JSON: tensor -> column names")
+    args = parser.parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group: the sidecar drains and then
+    # closes this child's stdin, which is how it stops (also if the sidecar is killed).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(TABLER_NICE)
+    names = {k: tuple(v) for k, v in json.loads(args.feature_names).items()}
+    _serve(args.journal, Tabulator(names), _import(args.decoder))
+    return 0
+
+
+# ── the parent's side ────────────────────────────────────────────────────────────────
+
+
+class Tabler:
+    """The loader thread's handle on the child. Not thread-safe: one loader uses it."""
+
+    def __init__(self, journal: Path, decoder: str, feature_names: Mapping[str, Sequence[str]],
+                 *, timeout_s: float = 30.0, restart_after_s: float = 10.0) -> None:
+        self.command = [
+            sys.executable, "-m", "mlwitness.ledger.tabler", "--journal", str(journal),
+            "--decoder", decoder,
+            "--feature-names", json.dumps({k: list(v) for k, v in feature_names.items()}),
+        ]
+        self.timeout_s = timeout_s
+        self.restart_after_s = restart_after_s
+        self._child: subprocess.Popen | None = None
+        self._failed_at: float | None = None
+
+    def table(self, first: int, last: int) -> pa.Table:
+        """The `entries` rows of records first..last, built by the child."""
+        child = self._running()
+        try:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(f"{first} {last}\n".encode())
+            child.stdin.flush()
+            deadline = time.monotonic() + self.timeout_s
+            kind, size = _REPLY.unpack(_read_exact(child.stdout, _REPLY.size, deadline))
+            body = _read_exact(child.stdout, size, deadline)
+        except (OSError, ValueError, struct.error) as exc:
+            raise self._fail(f"it stopped answering ({exc})") from exc
+        if kind == b"E":
+            raise self._fail(body.decode(errors="replace"))
+        if kind != b"T":
+            raise self._fail(f"it answered {kind!r}")
+        self._failed_at = None
+        try:
+            table = pa.ipc.open_stream(body).read_all()
+        except pa.ArrowException as exc:
+            raise self._fail(f"its table is unreadable ({exc})") from exc
+        seqs = table.column("seq")
+        if (table.num_rows != last - first + 1 or seqs[0].as_py() != first
+                or seqs[-1].as_py() != last):
+            raise self._fail(f"it answered rows other than seq {first}-{last}")
+        return table
+
+    def close(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        with contextlib.suppress(OSError):
+            assert child.stdin is not None
+            child.stdin.close()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+    def _running(self) -> subprocess.Popen:
+        if self._child is not None and self._child.poll() is None:
+            return self._child
+        if self._child is not None:
+            self._fail(f"it exited with status {self._child.returncode}")
+        if self._failed_at is not None and (
+            time.monotonic() - self._failed_at < self.restart_after_s
+        ):
+            raise TablerFailed("the table builder failed recently; not restarted yet")
+        try:
+            self._child = subprocess.Popen(self.command, stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, bufsize=0)
+        except OSError as exc:
+            raise self._fail(f"it could not start ({exc})") from exc
+        return self._child
+
+    def _fail(self, why: str) -> TablerFailed:
+        if self._failed_at is None:
+            log.warning("the ledger's table builder process failed: %s; the sidecar builds "
+                        "DuckDB rows itself until it restarts", why)
+        self._failed_at = time.monotonic()
+        child, self._child = self._child, None
+        if child is not None:
+            with contextlib.suppress(OSError):
+                child.kill()
+            child.wait()
+            for stream in (child.stdin, child.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()  # type: ignore[union-attr]
+        return TablerFailed(why)
+
+
+def _read_exact(stream: Any, size: int, deadline: float) -> bytes:
+    fd = stream.fileno()
+    chunks = []
+    while size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise OSError("timed out")
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise OSError("end of stream")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The ledger's table builder process (ledger/tabler.py): rows built from the journal by a
+child process equal rows built in-process from the records in memory, and when the child
+fails the writer builds them itself, losing nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
+from mlwitness.errors import DataLoss
+from mlwitness.ledger import journal as journal_mod
+from mlwitness.ledger.record import Record
+from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.tabler import JournalTail, Tabler, TablerFailed, decoder_path
+from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.recorded import decode_record_tensors
+from mlwitness.wire import inference as pb
+
+FEATURES = ("income", "age", "debt")
+TABULATOR = Tabulator({"x": FEATURES})
+DECODED = ("inputs", "inputs_text", "outputs", "outputs_text", "parameters")
+
+
+def make_record(i: int, *, status: str = "OK", rows: int = 1) -> Record:
+    """A ModelInfer record as the sidecar makes it: bytes, and the tensors decoded from
+    them kept in memory."""
+    rng = np.random.default_rng(i)
+    x = tensor_from_array("x", rng.normal(size=(rows, 3)).astype(np.float32))
+    band = tensor_from_array("band", np.array([f"b{i % 3}".encode()] * rows, dtype=object))
+    request = pb.ModelInferRequest(model_name="credit", id=f"r{i}")
+    request.parameters["segment"].string_param = f"s{i % 2}"
+    encode_inputs(request, [x, band], raw=i % 2 == 0)
+    label = tensor_from_array("label", (rng.random(rows) < 0.5).astype(np.int64))
+    prob = tensor_from_array("prob", rng.random((rows, 2)).astype(np.float32))
+    response = pb.ModelInferResponse(model_name="credit", id=f"r{i}")
+    encode_outputs(response, [label, prob], raw=i % 2 == 0)
+    answered = status == "OK"
+    return Record(
+        request_id=f"r{i}", received_us=i, responded_us=i + 1, model_name="credit",
+        status=status, request=request.SerializeToString(),
+        response=response.SerializeToString() if answered else b"",
+        inputs=[x, band], outputs=[label, prob], parameters={"segment": f"s{i % 2}"},
+    )
+
+
+def entries(writer: LedgerWriter) -> list[tuple]:
+    writer.sync()
+    columns = ", ".join(("seq", "request_id", "status", "request", "response", *DECODED))
+    return writer.cursor().execute(f"SELECT {columns} FROM entries ORDER BY seq").fetchall()
+
+
+def fill(path: Path, records: list[Record], *, table_process: bool, **options) -> LedgerWriter:
+    writer = LedgerWriter(path, WriterOptions(durability="write", table_process=table_process,
+                                              **options),
+                          tabulator=TABULATOR, decoder=decode_record_tensors)
+    writer.open()
+    for record in records:
+        writer.append_blocking(record)
+    return writer
+
+
+def test_rows_built_by_the_child_equal_rows_built_from_memory(tmp_path: Path) -> None:
+    # Batches of 1 and 3 rows, raw and typed contents, BYTES inputs, request parameters,
+    # and a call refused after the model ran: its outputs are in memory only (no response
+    # bytes), so the writer must tabulate that one itself.
+    def records() -> list[Record]:
+        made = [make_record(i, rows=1 + (i % 3 == 0) * 2) for i in range(40)]
+        made[17] = make_record(17, status="INVALID_ARGUMENT", rows=3)
+        return made
+
+    child = fill(tmp_path / "child.duckdb", records(), table_process=True)
+    thread = fill(tmp_path / "thread.duckdb", records(), table_process=False)
+    try:
+        built, expected = entries(child), entries(thread)
+        assert len(built) == 40 and built == expected
+        refused = built[17]
+        assert refused[2] == "INVALID_ARGUMENT" and refused[4] == b""
+        assert len(refused[DECODED.index("outputs") + 5]) == 3  # the withheld outputs, kept
+        assert child._tabler is not None and child._tabler._child is not None  # it was used
+    finally:
+        child.close()
+        thread.close()
+
+
+def test_a_failing_child_costs_nothing_the_writer_builds_the_rows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(i) for i in range(10)],
+                  table_process=True)
+    try:
+        assert len(entries(writer)) == 10
+        tabler = writer._tabler
+        assert tabler is not None and tabler._child is not None
+        os.kill(tabler._child.pid, signal.SIGKILL)
+        tabler._child.wait()
+        with caplog.at_level(logging.WARNING, logger="mlwitness.ledger.tabler"):
+            for i in range(10, 25):
+                writer.append_blocking(make_record(i))
+            rows = entries(writer)
+        assert [row[0] for row in rows] == list(range(1, 26))
+        assert [row[1] for row in rows] == [f"r{i}" for i in range(25)]
+        assert all(len(row[5]) == 1 and set(row[5][0]) == set(FEATURES) for row in rows)
+        assert "table builder process failed: it exited" in caplog.text
+    finally:
+        writer.close()
+
+
+def test_a_child_is_started_again_after_a_failure(tmp_path: Path) -> None:
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(i) for i in range(3)],
+                  table_process=True)
+    try:
+        entries(writer)
+        tabler = writer._tabler
+        assert tabler is not None and tabler._child is not None
+        first = tabler._child.pid
+        tabler.restart_after_s = 0.0
+        os.kill(first, signal.SIGKILL)
+        tabler._child.wait()
+        writer.append_blocking(make_record(3))
+        entries(writer)  # this load fails over to the writer, and notes the failure
+        writer.append_blocking(make_record(4))
+        assert len(entries(writer)) == 5
+        assert tabler._child is not None and tabler._child.pid != first
+        assert tabler._child.poll() is None
+    finally:
+        writer.close()
+    assert tabler._child is None  # closed with the writer
+
+
+def test_the_child_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True)
+    try:
+        entries(writer)
+        child = writer._tabler._child  # type: ignore[union-attr]
+        assert child is not None
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) > os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        writer.close()
+
+
+def test_a_child_asked_for_records_the_journal_lacks_reports_it(tmp_path: Path) -> None:
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(i) for i in range(3)],
+                  table_process=False)
+    writer.close()
+    directory = tmp_path / "elsewhere"
+    directory.mkdir()
+    tabler = Tabler(directory, decoder_path(decode_record_tensors), {})
+    try:
+        with pytest.raises(TablerFailed, match="no segment holding seq 1"):
+            tabler.table(1, 3)
+    finally:
+        tabler.close()
+
+
+def test_journal_tail_reads_ranges_across_segments(tmp_path: Path) -> None:
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(i) for i in range(60)],
+                  table_process=False, segment_bytes=4096, load_interval_s=3600)
+    try:
+        directory = journal_mod.journal_dir(writer.path)
+        assert len(journal_mod.segment_paths(directory)) >= 3
+        tail = JournalTail(directory)
+        seqs = [r.seq for r in tail.records(1, 20)] + [r.seq for r in tail.records(21, 60)]
+        assert seqs == list(range(1, 61))
+        assert [r.seq for r in tail.records(30, 31)] == [30, 31]  # back again: it seeks
+        assert [r.seq for r in tail.records(55, 60)] == list(range(55, 61))  # skips ahead
+        assert tail.records(7, 7)[0].request_id == "r6"
+        with pytest.raises(DataLoss, match="no seq 61"):
+            tail.records(60, 61)
+    finally:
+        writer.close()
+
+
+def test_only_an_importable_decoder_can_go_to_the_child() -> None:
+    assert decoder_path(decode_record_tensors) == "mlwitness.recorded:decode_record_tensors"
+    with pytest.raises(ValueError, match="cannot be imported"):
+        decoder_path(lambda record: ([], [], {}))
+    with pytest.raises(ValueError, match="needs a decoder"):
+        LedgerWriter(Path("unused.duckdb"), WriterOptions(table_process=True))
+
+
+def test_the_child_outlives_ctrl_c_and_stops_when_the_writer_closes(tmp_path: Path) -> None:
+    # Ctrl-C reaches the terminal's whole process group; the sidecar drains on it and the
+    # child must still be there to build the rows of that drain.
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True)
+    tabler = writer._tabler
+    assert tabler is not None
+    try:
+        entries(writer)
+        child = tabler._child
+        assert child is not None
+        os.kill(child.pid, signal.SIGINT)
+        writer.append_blocking(make_record(1))
+        assert len(entries(writer)) == 2
+        assert tabler._child is child and child.poll() is None
+    finally:
+        writer.close()
+    assert child.returncode == 0
