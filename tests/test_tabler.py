@@ -4,20 +4,30 @@ fails the writer builds them itself, losing nothing."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 
 from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.errors import DataLoss
 from mlwitness.ledger import journal as journal_mod
+from mlwitness.ledger import writer as writer_mod
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
-from mlwitness.ledger.tabler import JournalTail, Tabler, TablerFailed, decoder_path
+from mlwitness.ledger.tabler import (
+    GIVE_UP_AFTER,
+    JournalTail,
+    Tabler,
+    TablerFailed,
+    decoder_path,
+)
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.recorded import decode_record_tensors
 from mlwitness.wire import inference as pb
@@ -201,3 +211,139 @@ def test_the_child_outlives_ctrl_c_and_stops_when_the_writer_closes(tmp_path: Pa
     finally:
         writer.close()
     assert child.returncode == 0
+
+
+def test_a_kept_record_is_kept_before_the_loader_can_see_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loader reads how far records are durable; a record it must build itself has to
+    # be among the kept ones by then. A slow check widens the moment in between.
+    original = writer_mod._not_in_bytes
+
+    def slow(record: Record) -> bool:
+        if record.status != "OK":
+            time.sleep(0.3)
+        return original(record)
+
+    monkeypatch.setattr(writer_mod, "_not_in_bytes", slow)
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True,
+                  load_interval_s=0.01)
+    try:
+        writer.append_blocking(make_record(1, status="INVALID_ARGUMENT", rows=3))
+        assert len(entries(writer)[1][DECODED.index("outputs") + 5]) == 3
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("table_process", [True, False], ids=["child", "thread"])
+def test_a_load_retried_after_duckdb_failed_keeps_withheld_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table_process: bool
+) -> None:
+    real_insert = LedgerWriter._insert
+    failures = [1]
+
+    def insert_failing_once(self: LedgerWriter, table) -> None:
+        if failures:
+            failures.pop()
+            raise duckdb.IOException("disk hiccup")
+        real_insert(self, table)
+
+    monkeypatch.setattr(LedgerWriter, "_insert", insert_failing_once)
+    writer = fill(tmp_path / "ledger.duckdb",
+                  [make_record(0), make_record(1, status="INVALID_ARGUMENT", rows=3)],
+                  table_process=table_process)
+    try:
+        rows = entries(writer)
+        assert not failures and [row[0] for row in rows] == [1, 2]
+        assert len(rows[1][DECODED.index("outputs") + 5]) == 3
+    finally:
+        writer.close()
+
+
+def test_parameters_of_a_call_whose_request_bytes_were_dropped_are_kept(
+    tmp_path: Path,
+) -> None:
+    # The minimiser drops request bytes it cannot pick a value out of; the call's (already
+    # minimised) parameters then live on only in memory, as do the upstream's outputs.
+    def records() -> list[Record]:
+        dropped = make_record(1)
+        dropped.request, dropped.inputs = b"", None
+        dropped.parameters = {"segment": "9f86d081", "priority": "3"}
+        return [make_record(0), dropped, make_record(2)]
+
+    child = fill(tmp_path / "child.duckdb", records(), table_process=True)
+    thread = fill(tmp_path / "thread.duckdb", records(), table_process=False)
+    try:
+        built = entries(child)
+        assert built == entries(thread)
+        assert built[1][DECODED.index("parameters") + 5] == {"segment": "9f86d081",
+                                                             "priority": "3"}
+    finally:
+        child.close()
+        thread.close()
+
+
+def test_kept_records_do_not_make_extra_loads(tmp_path: Path) -> None:
+    records = [make_record(i, status="OK" if i % 5 else "INVALID_ARGUMENT")
+               for i in range(100)]
+    writer = fill(tmp_path / "ledger.duckdb", records, table_process=True,
+                  load_interval_s=3600)
+    try:
+        assert writer.stats.loads == 0  # nothing asked for a load yet
+        rows = entries(writer)
+        assert writer.stats.loads == 1 and len(rows) == 100
+        refused = [row for row in rows if row[2] == "INVALID_ARGUMENT"]
+        assert len(refused) == 20
+        assert all(len(row[DECODED.index("outputs") + 5]) == 1 for row in refused)
+    finally:
+        writer.close()
+
+
+def test_the_child_gives_up_after_failing_again_and_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=False)
+    writer.close()
+    directory = journal_mod.journal_dir(tmp_path / "ledger.duckdb")
+    journal_mod.Journal(directory).open(1)  # a journal with no records: every ask fails
+    tabler = Tabler(directory, decoder_path(decode_record_tensors), {}, restart_after_s=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlwitness.ledger.tabler"):
+            for _ in range(GIVE_UP_AFTER):
+                with pytest.raises(TablerFailed):
+                    tabler.table(1, 1)
+            with pytest.raises(TablerFailed, match="failed too often"):
+                tabler.table(1, 1)
+        assert tabler._child is None
+        assert "builds DuckDB rows itself from now on" in caplog.text
+    finally:
+        tabler.close()
+
+
+def test_the_childs_modules_are_the_sidecars_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    shadowing = tmp_path / "cwd"
+    shadowing.mkdir()
+    (shadowing / "pyarrow.py").write_text("raise ImportError('shadowed')\n")
+    monkeypatch.chdir(shadowing)
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlwitness.ledger.tabler"):
+            assert len(entries(writer)) == 1
+        assert "table builder process failed" not in caplog.text
+    finally:
+        writer.close()
+
+
+def test_a_decoder_the_child_cannot_import_is_refused() -> None:
+    def local(record: Record) -> tuple:
+        return [], [], {}
+
+    for decoder in (local, functools.partial(decode_record_tensors)):
+        with pytest.raises(ValueError, match="cannot be imported"):
+            decoder_path(decoder)
+    main = type(decode_record_tensors)(decode_record_tensors.__code__, {}, "decode")
+    main.__module__ = "__main__"
+    with pytest.raises(ValueError, match="cannot be imported"):
+        decoder_path(main)

@@ -64,6 +64,7 @@ MAGIC = b"MLWF"
 _FRAME = struct.Struct(">4sIIq")  # magic, payload length, CRC-32, batch seq
 _SIZES = struct.Struct(">II")
 _BATCH = struct.Struct(">q")
+_PAYLOAD_SEQ = struct.Struct(">xq")  # a payload's format version, then its seq (record.py)
 _HASHES = 2 * HASH_SIZE
 SUFFIX = ".wal"
 EXTEND_BYTES = 1 << 20
@@ -159,20 +160,26 @@ def read(directory: Path, *, repair: bool = False) -> Iterator[Record]:
                 os.fsync(handle.fileno())
 
 
-def frames(data: bytes, offset: int, path: Path) -> Iterator[tuple[Record, int, int]]:
+def frames(data: bytes, offset: int, path: Path, *, base: int = 0,
+           from_seq: int = 0) -> Iterator[tuple[Record, int, int]]:
     """(record, its batch seq, the offset after its frame) of each sound frame in a
-    segment's bytes from `offset` on, up to the first place that holds none."""
+    segment's bytes from `offset` on, up to the first place that holds none; frames of
+    records before `from_seq` are passed over undecoded. `data` starts at byte `base` of
+    the segment file (for messages)."""
     while offset < len(data):
         found = _sound(data, offset)
         if found is None:
             return
         batch_seq, _length, end = found
         start = offset + _FRAME.size
+        if from_seq and _PAYLOAD_SEQ.unpack_from(data, start + _HASHES)[0] < from_seq:
+            offset = end
+            continue
         try:
             record = decode(memoryview(data)[start + _HASHES : end])
         except ValueError as exc:
             raise DataLoss(f"journal segment {path} holds an unreadable record at byte "
-                           f"{offset}: {exc}") from exc
+                           f"{base + offset}: {exc}") from exc
         record.prev_hash = data[start : start + HASH_SIZE]
         record.hash = data[start + HASH_SIZE : start + _HASHES]
         offset = end

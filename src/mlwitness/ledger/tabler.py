@@ -47,6 +47,9 @@ from mlwitness.ledger.rows import Tabulator, TensorDecoder, record_table
 log = logging.getLogger(__name__)
 
 TABLER_NICE = 10  # added to the child's nice value: it yields the CPU to serving
+TIMEOUT_S = 10.0  # a table not answered by then: the loader builds it itself
+RESTART_AFTER_S = 10.0
+GIVE_UP_AFTER = 3  # failures in a row (without a table between): no more restarts
 _REPLY = struct.Struct(">cQ")  # kind (T: table, E: error), length of what follows
 
 
@@ -57,9 +60,10 @@ class TablerFailed(Exception):
 def decoder_path(decoder: Callable[..., Any]) -> str:
     """`module:function` of a module-level function, or ValueError when the child could
     not import it under that name."""
-    path = f"{decoder.__module__}:{decoder.__qualname__}"
+    module = getattr(decoder, "__module__", None)
+    path = f"{module}:{getattr(decoder, '__qualname__', decoder)}"
     try:
-        found = _import(path)
+        found = None if module in (None, "__main__") else _import(path)
     except (ImportError, AttributeError):
         found = None
     if found is not decoder:
@@ -86,7 +90,7 @@ class JournalTail:
         self._next = 0  # the seq of that frame
 
     def records(self, first: int, last: int) -> list[Record]:
-        if self._path is None or first < self._next or not self._path.exists():
+        if self._path is None or first != self._next or not self._path.exists():
             self._seek(first)
         out: list[Record] = []
         while True:
@@ -95,17 +99,17 @@ class JournalTail:
                 handle.seek(self._offset)
                 data = handle.read()
                 start = self._offset
-                for record, _batch, end in journal_mod.frames(data, 0, self._path):
+                for record, _batch, end in journal_mod.frames(data, 0, self._path, base=start,
+                                                              from_seq=first):
                     if record.seq != self._next:
                         raise DataLoss(f"journal segment {self._path} holds seq {record.seq} "
                                        f"where seq {self._next} was expected")
                     self._offset, self._next = start + end, self._next + 1
-                    if record.seq >= first:
-                        out.append(record)
+                    out.append(record)
                     if record.seq == last:
                         return out
             following = self.directory / f"{self._next:020d}{journal_mod.SUFFIX}"
-            if not following.exists():
+            if following == self._path or not following.exists():
                 raise DataLoss(f"the journal in {self.directory} has no seq {self._next} "
                                f"(records {first}-{last} were asked for)")
             self._path, self._offset = following, journal_mod.HEADER_SIZE
@@ -115,7 +119,7 @@ class JournalTail:
         if not holding:
             raise DataLoss(f"the journal in {self.directory} has no segment holding seq {first}")
         self._path, self._offset = holding[-1], journal_mod.HEADER_SIZE
-        self._next = int(holding[-1].stem)
+        self._next = first  # the frames before it are passed over
 
 
 # ── the child ────────────────────────────────────────────────────────────────────────
@@ -165,9 +169,11 @@ class Tabler:
     """The loader thread's handle on the child. Not thread-safe: one loader uses it."""
 
     def __init__(self, journal: Path, decoder: str, feature_names: Mapping[str, Sequence[str]],
-                 *, timeout_s: float = 30.0, restart_after_s: float = 10.0) -> None:
+                 *, timeout_s: float = TIMEOUT_S, restart_after_s: float = RESTART_AFTER_S
+                 ) -> None:
+        # -P: the working directory must not shadow the sidecar's own modules
         self.command = [
-            sys.executable, "-m", "mlwitness.ledger.tabler", "--journal", str(journal),
+            sys.executable, "-P", "-m", "mlwitness.ledger.tabler", "--journal", str(journal),
             "--decoder", decoder,
             "--feature-names", json.dumps({k: list(v) for k, v in feature_names.items()}),
         ]
@@ -175,6 +181,7 @@ class Tabler:
         self.restart_after_s = restart_after_s
         self._child: subprocess.Popen | None = None
         self._failed_at: float | None = None
+        self._failures = 0  # in a row
 
     def table(self, first: int, last: int) -> pa.Table:
         """The `entries` rows of records first..last, built by the child."""
@@ -192,15 +199,16 @@ class Tabler:
             raise self._fail(body.decode(errors="replace"))
         if kind != b"T":
             raise self._fail(f"it answered {kind!r}")
-        self._failed_at = None
         try:
             table = pa.ipc.open_stream(body).read_all()
-        except pa.ArrowException as exc:
+            seqs = table.column("seq")
+            answered = table.num_rows == last - first + 1 and (
+                seqs[0].as_py(), seqs[-1].as_py()) == (first, last)
+        except (pa.ArrowException, KeyError, IndexError) as exc:
             raise self._fail(f"its table is unreadable ({exc})") from exc
-        seqs = table.column("seq")
-        if (table.num_rows != last - first + 1 or seqs[0].as_py() != first
-                or seqs[-1].as_py() != last):
+        if not answered:
             raise self._fail(f"it answered rows other than seq {first}-{last}")
+        self._failures = 0
         return table
 
     def close(self) -> None:
@@ -223,6 +231,8 @@ class Tabler:
             return self._child
         if self._child is not None:
             self._fail(f"it exited with status {self._child.returncode}")
+        if self._failures >= GIVE_UP_AFTER:
+            raise TablerFailed("the table builder failed too often; not restarted")
         if self._failed_at is not None and (
             time.monotonic() - self._failed_at < self.restart_after_s
         ):
@@ -235,7 +245,11 @@ class Tabler:
         return self._child
 
     def _fail(self, why: str) -> TablerFailed:
-        if self._failed_at is None:
+        self._failures += 1
+        if self._failures >= GIVE_UP_AFTER:
+            log.error("the ledger's table builder process failed %d times in a row (%s); "
+                      "the sidecar builds DuckDB rows itself from now on", self._failures, why)
+        else:
             log.warning("the ledger's table builder process failed: %s; the sidecar builds "
                         "DuckDB rows itself until it restarts", why)
         self._failed_at = time.monotonic()
@@ -250,19 +264,19 @@ class Tabler:
         return TablerFailed(why)
 
 
-def _read_exact(stream: Any, size: int, deadline: float) -> bytes:
+def _read_exact(stream: Any, size: int, deadline: float) -> bytearray:
     fd = stream.fileno()
-    chunks = []
-    while size:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
             raise OSError("timed out")
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
+        count = os.readv(fd, [view[got:]])
+        if not count:
             raise OSError("end of stream")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+        got += count
+    return buffer
 
 
 if __name__ == "__main__":

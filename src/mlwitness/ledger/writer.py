@@ -3,6 +3,9 @@
     append(record) ──► the loop's batch ──► journal (write + fdatasync) ──► ack
                                               │ seq, prev_hash, hash assigned here, in order
                                               ▼
+            table builder process (nice +10) ──► Arrow rows of seqs a..b, read back from
+                                              │  the journal (ledger/tabler.py)
+                                              ▼
                                  loader thread ──► DuckDB (one Arrow batch per transaction)
 
 * **No decision without a record.** `append` returns only after the record's journal frame
@@ -13,6 +16,11 @@
   open for a short linger so that one write (and fdatasync) covers several calls; a lone
   caller is flushed at once, and after a burst lingering stops within three flushes that
   found nobody else (see `Linger` in ledger/commit.py).
+* **Rows built elsewhere.** With `table_process` (the sidecar's setting) the serving process
+  keeps no record once it is durable: a low-priority child process reads the records back
+  from the journal and builds their DuckDB rows, and the loader thread only inserts them.
+  Records whose decoded tensors their bytes do not hold (a call refused after the model
+  ran) are kept and tabulated here. If the child fails, the loader builds the rows itself.
 * **One writer.** Only the loader thread touches the read-write DuckDB connection; other
   DuckDB writes (models, environments, guards) are handed to it with `write`. Readers get
   their own cursors from `cursor()`.
@@ -378,11 +386,11 @@ class LedgerWriter:
                                   self._head_seq + 1, seq)
                 raise self._fail(exc) from exc
             self._head_seq, self._head_hash = seq, prev
+            self._hand_to_loader(batch)  # first: the loader must find kept records kept
             self._durable_seq = seq
             self.stats.appended += len(batch)
             self.stats.flushes += 1
             self.stats.last_flush_batch = len(batch)
-            self._hand_to_loader(batch)
             self._journal.retire(self._loaded_seq)
         self.stats.flush_seconds += time.perf_counter() - started
 
@@ -399,9 +407,11 @@ class LedgerWriter:
     def _hand_to_loader(self, records: list[Record]) -> None:
         if self._tabler is not None:  # the loader reads them back from the journal
             kept = [record for record in records if _not_in_bytes(record)]
-            if kept or self.backlog >= self.options.load_batch:
+            if kept:
                 with self._load_cond:
                     self._kept.update((record.seq, record) for record in kept)
+            if self.backlog >= self.options.load_batch:
+                with self._load_cond:
                     self._load_cond.notify()
             return
         with self._load_cond:
@@ -442,27 +452,25 @@ class LedgerWriter:
                 self._load_cond.notify_all()
 
     def _journal_table(self, first: int, last: int) -> pa.Table:
-        """Records first..last as rows: those kept in memory built here, the rest by the
-        child process from the journal (or here, from the journal, when it fails)."""
-        with self._load_cond:
-            kept = sorted(seq for seq in self._kept if first <= seq <= last)
-            special = [self._kept[seq] for seq in kept]
-        tables = []
-        for seq, record in zip(kept, special, strict=True):
-            if seq > first:
-                tables.append(self._read_table(first, seq - 1))
-            tables.append(self._table([record]))
-            first = seq + 1
-        if first <= last:
-            tables.append(self._read_table(first, last))
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-    def _read_table(self, first: int, last: int) -> pa.Table:
+        """Records first..last as rows, built by the child process from the journal (or
+        here, from the journal, when it fails); the rows of records kept in memory are
+        built here and take the place of theirs."""
         assert self._tabler is not None and self._tail is not None
         try:
-            return self._tabler.table(first, last)
+            table = self._tabler.table(first, last)
         except TablerFailed:
-            return self._table(self._tail.records(first, last))
+            table = self._table(self._tail.records(first, last))
+        with self._load_cond:
+            kept = sorted((seq, record) for seq, record in self._kept.items()
+                          if first <= seq <= last)
+        if not kept:
+            return table
+        parts, at = [], first
+        for seq, record in kept:
+            parts += [table.slice(at - first, seq - at), self._table([record])]
+            at = seq + 1
+        parts.append(table.slice(at - first))
+        return pa.concat_tables(parts)
 
     def _load(self, first: int, last: int, build: Callable[[], pa.Table]) -> bool:
         """Insert records first..last (their rows made by `build`) into DuckDB, retrying
@@ -471,9 +479,12 @@ class LedgerWriter:
         DuckDB would skip records the journal still holds."""
         started = time.perf_counter()
         attempts = 0
+        table: pa.Table | None = None
         while True:
             try:
-                self._insert(build())
+                if table is None:  # built once: building releases records' tensors
+                    table = build()
+                self._insert(table)
                 break
             except Exception:  # a DuckDB error, or a bug: retry rather than let the loader die
                 attempts += 1
@@ -576,9 +587,15 @@ class LedgerWriter:
 
 
 def _not_in_bytes(record: Record) -> bool:
-    """Whether a record's decoded outputs are not in its response bytes, so that decoding
-    the bytes again (rows.TensorDecoder, as the table builder does) would lose them: a call
-    refused after the model ran (its outputs withheld by a guard) has none to send."""
+    """Whether the rows `record_table` builds from a record's tensors in memory could not
+    be rebuilt from its bytes (rows.TensorDecoder, as the table builder does): a call
+    refused after the model ran (its outputs withheld by a guard, so no response bytes),
+    or one whose request bytes the minimiser dropped (their parameters live on in memory).
+    With no tensors in memory, `record_table` decodes the bytes too."""
+    if record.inputs is None and record.outputs is None:
+        return False
+    if not record.request:
+        return True
     return bool(record.outputs) and not (record.status == "OK" and record.response)
 
 
