@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 import statistics
@@ -39,29 +40,43 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mlwitness.codec import Tensor
+from mlwitness.codec import Tensor, encode_inputs, encode_outputs
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger import schema
 from mlwitness.ledger.record import Record, chain_hash, encode
 from mlwitness.ledger.rows import Tabulator, arrow_columns
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.recorded import decode_record_tensors
+from mlwitness.wire import inference as pb
 
 SHA = "5c513e084374" + "0" * 52
 ENV = "e" * 16
 
 
 def make_records(count: int, seed: int = 0) -> list[Record]:
+    """Records as the sidecar makes them: the request and response bytes a tritonclient
+    call and its answer are (raw contents, a request parameter), and the tensors decoded
+    from them in memory."""
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(count, 6)).astype(np.float32)
     probs = rng.uniform(size=(count, 2)).astype(np.float32)
-    request_pad = os.urandom(200)
-    response_pad = os.urandom(100)
     now = time.time_ns() // 1000
     records = []
     for i in range(count):
+        request_id = uuid.uuid4().hex
+        inputs = [Tensor("input", "FP32", (1, 6), features[i : i + 1])]
+        outputs = [
+            Tensor("label", "INT64", (1,), np.array([i & 1], dtype=np.int64)),
+            Tensor("probabilities", "FP32", (1, 2), probs[i : i + 1]),
+        ]
+        request = pb.ModelInferRequest(model_name="credit", id=request_id)
+        request.parameters["age_band"].string_param = ("18-25", "26-40", "41-65")[i % 3]
+        encode_inputs(request, inputs, raw=True)
+        response = pb.ModelInferResponse(model_name="credit", model_version="1", id=request_id)
+        encode_outputs(response, outputs, raw=True)
         records.append(
             Record(
-                request_id=uuid.uuid4().hex,
+                request_id=request_id,
                 received_us=now + i,
                 responded_us=now + i + 180,
                 model_name="credit",
@@ -69,20 +84,22 @@ def make_records(count: int, seed: int = 0) -> list[Record]:
                 model_sha256=SHA,
                 env_id=ENV,
                 peer="ipv4:127.0.0.1:51234",
-                request=request_pad,
-                response=response_pad,
-                inputs=[Tensor("input", "FP32", (1, 6), features[i : i + 1])],
-                outputs=[
-                    Tensor("label", "INT64", (1,), np.array([i & 1], dtype=np.int64)),
-                    Tensor("probabilities", "FP32", (1, 2), probs[i : i + 1]),
-                ],
+                request=request.SerializeToString(),
+                response=response.SerializeToString(),
+                inputs=inputs,
+                outputs=outputs,
+                parameters={"age_band": request.parameters["age_band"].string_param},
             )
         )
     return records
 
 
-def open_writer(path: Path, durability: str) -> LedgerWriter:
-    writer = LedgerWriter(path, WriterOptions(durability=durability), tabulator=Tabulator())
+def open_writer(path: Path, durability: str, loading: str = "process") -> LedgerWriter:
+    """A writer as the sidecar opens it (loading "process": DuckDB rows built by the table
+    builder process), or with rows built by its loader thread ("thread")."""
+    writer = LedgerWriter(path, WriterOptions(durability=durability,
+                                              table_process=loading == "process"),
+                          tabulator=Tabulator(), decoder=decode_record_tensors)
     writer.open()
     return writer
 
@@ -122,9 +139,10 @@ def _drive_threads(writer: LedgerWriter, records: list[Record], tasks: int) -> f
     return time.perf_counter() - started
 
 
-def ingest(work: Path, durability: str, tasks: int, count: int, driver: str) -> dict:
-    path = work / f"ingest-{durability}-{driver}-{tasks}.duckdb"
-    writer = open_writer(path, durability)
+def ingest(work: Path, durability: str, tasks: int, count: int, driver: str,
+           loading: str) -> dict:
+    path = work / f"ingest-{durability}-{driver}-{tasks}-{loading}.duckdb"
+    writer = open_writer(path, durability, loading)
     records = make_records(count)
     try:
         started = time.perf_counter()
@@ -199,7 +217,7 @@ def duckdb_load(work: Path, batch: int, batches: int) -> dict:
             t1 = time.perf_counter()
             arrow_columns([r.inputs for r in records], [r.outputs for r in records], tab)
             t2 = time.perf_counter()
-            writer._insert(records)
+            writer._insert(writer._table(records))
             t3 = time.perf_counter()
             arrow_s += t2 - t1
             insert_s += t3 - t2
@@ -277,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--thread-max", type=int, default=64, help="skip thread runs above this many appenders"
     )
+    parser.add_argument(
+        "--loading", default="process",
+        help="process: DuckDB rows built by the table builder process, as the sidecar "
+             "does; thread: by the writer's loader thread",
+    )
     parser.add_argument("--dir", type=Path, help="where the ledgers go (default: a temp dir)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="mlwitness-writer-", dir=args.dir))
@@ -307,31 +330,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     header = (
-        f"{'mode':<6}{'driver':<8}{'tasks':>6}{'ack rec/s':>11}{'ingest rec/s':>14}"
+        f"{'mode':<6}{'loading':<8}{'driver':<8}{'tasks':>6}{'ack rec/s':>11}"
+        f"{'ingest rec/s':>14}"
         f"{'flushes':>9}{'rec/flush':>10}{'flush ms':>9}{'loads':>7}{'rec/load':>9}"
         f"{'load rec/s':>11}  rows"
     )
     print(header)
     print("-" * len(header))
     worst = float("inf")
-    for driver in args.drivers.split(","):
-        for n in tasks:
-            if driver == "threads" and n > args.thread_max:
-                continue
-            for mode in args.modes.split(","):
-                r = ingest(work, mode, n, args.records, driver)
-                worst = min(worst, r["ingest_rate"]) if n >= 64 and driver == "async" else worst
-                ok = "" if r["rows"] == r["records"] else "  MISMATCH"
-                print(
-                    f"{mode:<6}{driver:<8}{n:>6}{r['ack_rate']:>11,.0f}{r['ingest_rate']:>14,.0f}"
-                    f"{r['flushes']:>9}{r['per_flush']:>10.1f}{r['flush_ms']:>9.3f}"
-                    f"{r['loads']:>7}{r['per_load']:>9.0f}{r['load_rate']:>11,.0f}"
-                    f"  {r['rows']}{ok}",
-                    flush=True,
-                )
+    for driver, n, mode, loading in itertools.product(
+        args.drivers.split(","), tasks, args.modes.split(","), args.loading.split(",")
+    ):
+        if driver == "threads" and n > args.thread_max:
+            continue
+        r = ingest(work, mode, n, args.records, driver, loading)
+        if n >= 64 and driver == "async" and loading == "process":
+            worst = min(worst, r["ingest_rate"])
+        ok = "" if r["rows"] == r["records"] else "  MISMATCH"
+        print(
+            f"{mode:<6}{loading:<8}{driver:<8}{n:>6}{r['ack_rate']:>11,.0f}"
+            f"{r['ingest_rate']:>14,.0f}"
+            f"{r['flushes']:>9}{r['per_flush']:>10.1f}{r['flush_ms']:>9.3f}"
+            f"{r['loads']:>7}{r['per_load']:>9.0f}{r['load_rate']:>11,.0f}"
+            f"  {r['rows']}{ok}",
+            flush=True,
+        )
     print()
     print(
-        "target: ingest >= 40,000 records/s (>= 64 asyncio appenders, the sidecar's path): "
+        "target: ingest >= 40,000 records/s (>= 64 asyncio appenders, rows built by the table "
+        "builder process: the sidecar's path): "
         f"lowest measured {worst:,.0f} -> {'MET' if worst >= 40_000 else 'NOT MET'}"
     )
     import shutil

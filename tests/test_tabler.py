@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -347,3 +348,45 @@ def test_a_decoder_the_child_cannot_import_is_refused() -> None:
     main.__module__ = "__main__"
     with pytest.raises(ValueError, match="cannot be imported"):
         decoder_path(main)
+
+
+def test_a_loader_fallen_behind_builds_from_memory_in_seq_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst faster than the child builds rows: once more than a load batch waits, the
+    # writer keeps the records and builds their rows itself (a few times faster), then
+    # goes back to the child. Rows stay in seq order and equal the in-memory ones.
+    asked: list[tuple[int, int]] = []
+    real_table = Tabler.table
+    release = threading.Event()
+
+    def counting(self: Tabler, first: int, last: int):  # held up until the burst is in
+        asked.append((first, last))
+        assert release.wait(10)
+        return real_table(self, first, last)
+
+    monkeypatch.setattr(Tabler, "table", counting)
+
+    def records(count: int, start: int = 0) -> list[Record]:
+        return [make_record(i) for i in range(start, start + count)]
+
+    options = {"load_interval_s": 3600, "load_batch": 10}
+    child = fill(tmp_path / "child.duckdb", records(35), table_process=True, **options)
+    thread = fill(tmp_path / "thread.duckdb", records(35), table_process=False, **options)
+    try:
+        assert len(child._unloaded) > 0  # fell behind: records kept
+        release.set()
+        assert entries(child) == entries(thread)
+        from_child = sum(last - first + 1 for first, last in asked)
+        assert 0 < from_child < 35  # the first ones by the child, the rest from memory
+        assert not child._unloaded
+        asked.clear()
+        for record in records(5, start=35):
+            child.append_blocking(record)
+        for record in records(5, start=35):
+            thread.append_blocking(record)
+        assert entries(child) == entries(thread)
+        assert asked == [(36, 40)]  # caught up: the child again
+    finally:
+        child.close()
+        thread.close()

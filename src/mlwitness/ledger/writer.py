@@ -77,6 +77,7 @@ DURABILITY_MODES = ("fsync", "write")
 TABLE_CHUNK = 128
 LOADER_YIELD_S = 0.0002
 SERVING_WINDOW_S = 0.05  # "calls are being served": a batch was written this recently
+BEHIND = 1  # load batches waiting that make the loader keep records (see _hand_to_loader)
 
 @dataclass(frozen=True)
 class WriterOptions:
@@ -405,7 +406,12 @@ class LedgerWriter:
         return self._failure
 
     def _hand_to_loader(self, records: list[Record]) -> None:
-        if self._tabler is not None:  # the loader reads them back from the journal
+        # With the child, records are read back from the journal, unless loading has
+        # fallen behind (more than BEHIND load batches waiting: a burst faster than the
+        # child builds rows). Then they are kept, from the first such record on until the
+        # loader has caught up, and built here from memory, a few times faster.
+        behind = self._unloaded or self.backlog > BEHIND * self.options.load_batch
+        if self._tabler is not None and not behind:
             kept = [record for record in records if _not_in_bytes(record)]
             if kept:
                 with self._load_cond:
@@ -428,20 +434,25 @@ class LedgerWriter:
                 if not (self._load_now or self._writes or self._closing):
                     self._load_cond.wait(interval)
                 self._load_now = False
-                batch: list[Record] = []
-                while self._unloaded and len(batch) < self.options.load_batch:
-                    batch.append(self._unloaded.popleft())
+                # In seq order: records kept in memory are built here; records before
+                # the first of them (or all, when none is kept) by the child
                 first = self._loaded_seq + 1
-                last = min(self._durable_seq, self._loaded_seq + self.options.load_batch)
+                batch: list[Record] = []
+                if self._unloaded and self._unloaded[0].seq == first:
+                    while self._unloaded and len(batch) < self.options.load_batch:
+                        batch.append(self._unloaded.popleft())
+                    last = batch[-1].seq
+                elif self._tabler is not None:
+                    last = min(self._durable_seq, self._loaded_seq + self.options.load_batch)
+                    if self._unloaded:
+                        last = min(last, self._unloaded[0].seq - 1)
+                else:
+                    last = first - 1
             self._run_writes()
-            if self._tabler is None:
-                loading = bool(batch)
-                loaded = not loading or self._load(batch[0].seq, batch[-1].seq,
-                                                   functools.partial(self._table, batch))
-            else:
-                loading = last >= first
-                loaded = not loading or self._load(
-                    first, last, functools.partial(self._journal_table, first, last))
+            loading = last >= first
+            build = (functools.partial(self._table, batch) if batch
+                     else functools.partial(self._journal_table, first, last))
+            loaded = not loading or self._load(first, last, build)
             if not loaded:
                 self._run_writes()
                 return  # closing and DuckDB refuses: the rest stays in the journal, unskipped
