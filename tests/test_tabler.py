@@ -390,3 +390,25 @@ def test_a_loader_fallen_behind_builds_from_memory_in_seq_order(
     finally:
         child.close()
         thread.close()
+
+
+def test_a_child_whose_sidecar_is_gone_exits_quietly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(i) for i in range(3)],
+                  table_process=False)
+    writer.close()
+    directory = journal_mod.journal_dir(tmp_path / "ledger.duckdb")
+    tabler = Tabler(directory, decoder_path(decode_record_tensors), {}, restart_after_s=0)
+    try:
+        with pytest.raises(TablerFailed):
+            tabler.table(1, 3)  # the journal was removed at close: an error reply
+        child = tabler._running()
+        assert child.stdin is not None and child.stdout is not None
+        child.stdout.close()  # as if the sidecar had been killed mid-request
+        child.stdin.write(b"1 3\n")
+        child.stdin.close()
+        assert child.wait(10) == 0
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        tabler._child = None

@@ -158,7 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         os.nice(TABLER_NICE)
     names = {k: tuple(v) for k, v in json.loads(args.feature_names).items()}
-    _serve(args.journal, Tabulator(names), _import(args.decoder))
+    try:
+        _serve(args.journal, Tabulator(names), _import(args.decoder))
+    except BrokenPipeError:  # the sidecar is gone (killed): nobody to answer
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
