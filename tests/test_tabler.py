@@ -151,6 +151,7 @@ def test_the_child_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
         child = writer._tabler._child  # type: ignore[union-attr]
         assert child is not None
         assert os.getpriority(os.PRIO_PROCESS, child.pid) > os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
     finally:
         writer.close()
 

@@ -3,7 +3,7 @@
     append(record) ──► the loop's batch ──► journal (write + fdatasync) ──► ack
                                               │ seq, prev_hash, hash assigned here, in order
                                               ▼
-            table builder process (nice +10) ──► Arrow rows of seqs a..b, read back from
+    table builder process (idle priority) ──► Arrow rows of seqs a..b, read back from
                                               │  the journal (ledger/tabler.py)
                                               ▼
                                  loader thread ──► DuckDB (one Arrow batch per transaction)
