@@ -1,14 +1,22 @@
 """Ledger writer micro-benchmark: how many records per second the ledger ingests.
 
     python bench/bench_writer.py [--records 100000] [--tasks 8,64,1024] [--modes fsync,write]
+        [--loading process,thread]
 
 Drives `mlwitness.ledger.writer.LedgerWriter` the way the sidecar does, without gRPC or a
 model: many concurrent asyncio tasks (`append`, one event loop) or threads
 (`append_blocking`) each append records one after another, each awaiting durability before
-the next. Records are realistic: ~200 B request bytes, ~100 B response bytes, the sidecar's
-string fields, and decoded tensors attached (`inputs` = one FP32 [1, 6] tensor, `outputs` =
-INT64 [1] label + FP32 [1, 2] probabilities) so the loader builds the map columns.
-Records are built before the clock starts; the figure is the writer's, not the caller's.
+the next. Records are realistic: the protobuf request (~110 B: one FP32 [1, 6] input, raw,
+and an `age_band` parameter) and response (~110 B: INT64 [1] label, FP32 [1, 2]
+probabilities) of a tritonclient call, the sidecar's string fields, and those tensors
+decoded in memory. Records are built before the clock starts; the figure is the writer's,
+not the caller's.
+
+`--loading process` loads as the sidecar does: DuckDB rows are built by the table builder
+process from the journal, except while loading has fallen behind, when the writer keeps
+records and builds their rows from memory. A benchmark burst falls behind within the first
+load, so most rows are built from memory: the `by child` column says how many were not.
+`--loading thread` builds every row in the loader thread.
 
 Per run it reports
   ack rate        records / time until the last `append` returned (journal written, and
@@ -169,6 +177,7 @@ def ingest(work: Path, durability: str, tasks: int, count: int, driver: str,
         "flush_ms": stats.flush_seconds / max(1, stats.flushes) * 1e3,
         "loads": stats.loads,
         "per_load": stats.loaded / max(1, stats.loads),
+        "by_child": stats.built_by_child,
         "load_rate": stats.loaded / stats.load_seconds if stats.load_seconds else float("nan"),
     }
 
@@ -282,6 +291,12 @@ def fdatasync_latency(work: Path, n: int = 500, *, zeroed: bool = False) -> dict
 # ── main ──────────────────────────────────────────────────────────────────────────────
 
 
+def _loadings(text: str) -> str:
+    if not set(text.split(",")) <= {"process", "thread"}:
+        raise argparse.ArgumentTypeError("--loading takes process, thread or both")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=100_000, help="records per run")
@@ -296,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "--thread-max", type=int, default=64, help="skip thread runs above this many appenders"
     )
     parser.add_argument(
-        "--loading", default="process",
+        "--loading", default="process", type=_loadings,
         help="process: DuckDB rows built by the table builder process, as the sidecar "
              "does; thread: by the writer's loader thread",
     )
@@ -333,11 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'mode':<6}{'loading':<8}{'driver':<8}{'tasks':>6}{'ack rec/s':>11}"
         f"{'ingest rec/s':>14}"
         f"{'flushes':>9}{'rec/flush':>10}{'flush ms':>9}{'loads':>7}{'rec/load':>9}"
-        f"{'load rec/s':>11}  rows"
+        f"{'load rec/s':>11}{'by child':>10}  rows"
     )
     print(header)
     print("-" * len(header))
-    worst = float("inf")
+    worst: float | None = None
     for driver, n, mode, loading in itertools.product(
         args.drivers.split(","), tasks, args.modes.split(","), args.loading.split(",")
     ):
@@ -345,21 +360,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         r = ingest(work, mode, n, args.records, driver, loading)
         if n >= 64 and driver == "async" and loading == "process":
-            worst = min(worst, r["ingest_rate"])
+            worst = r["ingest_rate"] if worst is None else min(worst, r["ingest_rate"])
         ok = "" if r["rows"] == r["records"] else "  MISMATCH"
         print(
             f"{mode:<6}{loading:<8}{driver:<8}{n:>6}{r['ack_rate']:>11,.0f}"
             f"{r['ingest_rate']:>14,.0f}"
             f"{r['flushes']:>9}{r['per_flush']:>10.1f}{r['flush_ms']:>9.3f}"
-            f"{r['loads']:>7}{r['per_load']:>9.0f}{r['load_rate']:>11,.0f}"
+            f"{r['loads']:>7}{r['per_load']:>9.0f}{r['load_rate']:>11,.0f}{r['by_child']:>10}"
             f"  {r['rows']}{ok}",
             flush=True,
         )
     print()
     print(
-        "target: ingest >= 40,000 records/s (>= 64 asyncio appenders, rows built by the table "
-        "builder process: the sidecar's path): "
-        f"lowest measured {worst:,.0f} -> {'MET' if worst >= 40_000 else 'NOT MET'}"
+        "target: ingest >= 40,000 records/s (>= 64 asyncio appenders, --loading process: "
+        "loaded the sidecar's way): "
+        + ("no such run" if worst is None else
+           f"lowest measured {worst:,.0f} -> {'MET' if worst >= 40_000 else 'NOT MET'}")
     )
     import shutil
 

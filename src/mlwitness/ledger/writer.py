@@ -114,6 +114,7 @@ class WriterStats:
     load_seconds: float = 0.0
     last_flush_batch: int = 0
     last_load_batch: int = 0
+    built_by_child: int = 0  # loaded records whose rows the table builder process built
 
 
 class LedgerWriter:
@@ -131,6 +132,8 @@ class LedgerWriter:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}")
         if self.options.table_process and decoder is None:
             raise ValueError("table_process needs a decoder")
+        if not 0 < self.options.load_interval_s < float("inf"):
+            raise ValueError("load_interval_s must be a positive number of seconds")
         self.tabulator = tabulator or Tabulator()
         self.decoder = decoder
         self.stats = WriterStats()
@@ -237,7 +240,8 @@ class LedgerWriter:
         """Flush and load everything, checkpoint DuckDB, remove the journal. Idempotent."""
         if self._closing:
             return
-        self._closing = True
+        with self._write_lock:  # a write under way finishes first (the loader must see it)
+            self._closing = True
         if self._threads:
             (loader,) = self._threads
             with self._write_lock:  # raced with shutdown: refuse, never leave hanging
@@ -412,7 +416,7 @@ class LedgerWriter:
         # at the default 1 s steady traffic under 8,192 calls/s never gets there). Then
         # they are kept, from the first such record on until the loader has caught up, and
         # built here from memory, a few times faster.
-        behind = self._unloaded or (
+        behind = bool(self._unloaded) or (
             self._head_seq - max(self._claimed, self._loaded_seq) > self.options.load_batch)
         if self._tabler is not None and not behind:
             kept = [record for record in records if _not_in_bytes(record)]
@@ -456,10 +460,9 @@ class LedgerWriter:
                         last = min(last, self._unloaded[0].seq - 1)
                 else:
                     last = first - 1
+                self._claimed = max(self._claimed, last)
             self._run_writes()
             loading = last >= first
-            if loading:
-                self._claimed = last
             build = (functools.partial(self._table, batch) if batch
                      else functools.partial(self._journal_table, first, last))
             loaded = not loading or self._load(first, last, build)
@@ -479,6 +482,7 @@ class LedgerWriter:
         assert self._tabler is not None and self._tail is not None
         try:
             table = self._tabler.table(first, last)
+            self.stats.built_by_child += last - first + 1
         except TablerFailed:
             table = self._table(self._tail.records(first, last))
         with self._load_cond:
