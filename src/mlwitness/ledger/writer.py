@@ -416,9 +416,9 @@ class LedgerWriter:
         # at the default 1 s steady traffic under 8,192 calls/s never gets there). Then
         # they are kept, from the first such record on until the loader has caught up, and
         # built here from memory, a few times faster.
-        behind = bool(self._unloaded) or (
-            self._head_seq - max(self._claimed, self._loaded_seq) > self.options.load_batch)
-        if self._tabler is not None and not behind:
+        if self._tabler is not None and not self._unloaded and (
+            self._head_seq - max(self._claimed, self._loaded_seq) <= self.options.load_batch
+        ):
             kept = [record for record in records if _not_in_bytes(record)]
             if kept:
                 with self._load_cond:
