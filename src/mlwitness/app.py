@@ -576,7 +576,25 @@ async def start_audit_server(service: AuditService, ledger_path: Any, host: str,
     await server.start()
     for name in ("", audit_servicer.SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if not auth.enabled:
+        _warn_open_audit(f"{host}:{bound}", mtls=bool(settings.tls_client_ca))
     return server, health_servicer, bound
+
+
+def _warn_open_audit(address: str, *, mtls: bool) -> None:
+    """The audit port without --audit-access: say at start who may do what there."""
+    if mtls:
+        log.warning("audit port %s has no --audit-access: any client certificate that "
+                    "--tls-client-ca signed may read every record (request and response "
+                    "bytes), replay, ask what-if, drift, bias and verify (role auditor). "
+                    "Changing guards needs an admin identity in an --audit-access file.",
+                    address)
+    else:
+        log.warning("audit port %s has no --audit-access: anyone who can reach it may read "
+                    "every record (request and response bytes), replay, ask what-if, drift, "
+                    "bias and verify, and change the guards. Give it an access file "
+                    "(`mlwitness token add`) or keep it off the network (--audit-port 0).",
+                    address)
 
 
 async def serve_audit(settings: Settings) -> None:
