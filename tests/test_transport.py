@@ -133,8 +133,8 @@ def test_streams_without_a_request_take_no_call_slot(small: RunningSidecar,
 def _server_settings(port: int) -> dict[int, int]:
     """The HTTP/2 SETTINGS a plaintext gRPC server sends on a new connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 4 << 8)[1:]
-                     + b"\x04\x00\x00\x00\x00\x00")  # the preface, then empty SETTINGS
+        empty_settings = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # length 0, type 4, stream 0
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + empty_settings)
         buffer = b""
         for _ in range(100):  # frames until the server's first non-ACK SETTINGS frame
             while len(buffer) < 9:
