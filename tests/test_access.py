@@ -38,6 +38,7 @@ from security_support import (
     status_of,
     triton,
 )
+from sidecar import free_ports
 
 from mlwitness import cli
 from mlwitness.auth import hash_token
@@ -350,6 +351,24 @@ def test_cli_over_tls_with_token_or_client_certificate(started: Start, credit_mo
                                   ("mtls:CN=risk-team,O=Bank", "OK", "VerifyLedger"),
                                   ("mtls:CN=stranger,O=Bank", "UNAUTHENTICATED",
                                    "VerifyLedger")]
+
+
+def test_serve_warns_at_start_when_the_audit_port_is_open(
+        serve_process: Callable[..., Any], affine_model: Path, tmp_path: Path) -> None:
+    """Without --audit-access the audit port answers anyone: `mlwitness serve` says so on
+    stderr at start, naming the port and what may be done there; with it, it does not."""
+    (port,) = free_ports(1)
+    open_ = serve_process(affine_model, tmp_path / "open.duckdb", "--audit-port", str(port))
+    warning = [line for line in open_.stderr().splitlines() if "has no --audit-access" in line]
+    assert len(warning) == 1, open_.stderr()
+    assert " WARNING " in warning[0] and f"127.0.0.1:{port}" in warning[0]
+    assert "anyone who can reach it" in warning[0] and "change the guards" in warning[0]
+    access = tmp_path / "audit-access.toml"
+    add_token(access, "alice", "auditor")
+    (port,) = free_ports(1)
+    locked = serve_process(affine_model, tmp_path / "locked.duckdb", "--audit-port", str(port),
+                           "--audit-access", str(access))
+    assert "--audit-access" not in locked.stderr()
 
 
 # ── the inference port ─────────────────────────────────────────────────────────────────

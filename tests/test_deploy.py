@@ -2,8 +2,8 @@
 
 Every rendering (kustomize base, TLS and native-sidecar overlays, the Helm chart with its
 defaults, as a native sidecar, and with TLS, access files, guards and a baseline) is
-validated against the Kubernetes schemas and checked for the same invariants: probes on a
-plaintext port (the health port when TLS is on; liveness asks for service "liveness"),
+validated against the Kubernetes schemas and checked for the same invariants: probes on the
+plaintext health port, a server no caller can exhaust (liveness asks for service "liveness"),
 non-root, volumes wired (every file a flag names comes from the read-only config volume,
 the audit access file from a Secret), ports distinct, audit port fenced off, and sidecar
 arguments that the real CLI parses into valid settings. One test starts a real sidecar
@@ -491,24 +491,19 @@ def test_mounted_files_load_with_the_sidecars_own_readers(
             Access.load(copy)
 
 
-def test_probes_use_a_plaintext_port_the_health_port_when_tls_is_on(
-    rendering: Rendering, tmp_path: Path
-) -> None:
+def test_probes_use_the_plaintext_health_port(rendering: Rendering, tmp_path: Path) -> None:
+    """The probes dial --health-port: plaintext (kubelet gRPC probes speak no TLS) and a
+    server of its own, whose slots no caller of the inference or audit port can take (a
+    liveness probe refused for want of a slot would restart a healthy pod)."""
     _, settings = _sidecar_settings(rendering, tmp_path)
     c = rendering.sidecar
     assert all(p in c for p in PROBES)
-    tls_ports = {settings.port, settings.audit_port} if settings.tls_cert else set()
-    if settings.tls_cert:
-        assert settings.health_port, "TLS on: the kubelet's gRPC probes need --health-port"
-        assert rendering.port(c, "health") == settings.health_port
-        expected = settings.health_port
-    else:
-        assert rendering.port(c, "inference") == settings.port
-        expected = settings.port
+    assert settings.health_port, "the probes need --health-port"
+    assert rendering.port(c, "health") == settings.health_port
     for name in PROBES:
         port = _probe_port(c, c[name])
-        assert port == expected, (name, port)
-        assert port not in tls_ports, f"{name} dials a TLS port; kubelet probes speak plaintext"
+        assert port == settings.health_port, (name, port)
+        assert port not in {settings.port, settings.audit_port}, f"{name} dials a callers' port"
 
 
 def test_liveness_asks_for_the_liveness_service(rendering: Rendering) -> None:
@@ -712,7 +707,8 @@ def test_kustomize_runs_guards_baseline_and_audit_access(name: str, tmp_path: Pa
     tls = name.endswith("-tls")
     assert (settings.tls_cert is not None) is tls
     if tls:  # mTLS: callers and auditors present certificates
-        assert settings.tls_client_ca is not None and settings.health_port == 8703
+        assert settings.tls_client_ca is not None
+    assert settings.health_port == 8703
 
 
 # ── every rendering: Services and the NetworkPolicy ────────────────────────────────────
@@ -814,7 +810,7 @@ def test_native_sidecar_component_changes_only_the_sidecar(plain: str, native: s
 
 
 @needs_kubectl
-def test_tls_component_adds_certificates_health_port_and_moves_the_probes() -> None:
+def test_tls_component_adds_certificates_and_leaves_the_probes() -> None:
     base = _by_key(_kustomize("."))
     tls = _by_key(_kustomize("overlays/tls"))
     assert base.keys() == tls.keys()
@@ -828,16 +824,9 @@ def test_tls_component_adds_certificates_health_port_and_moves_the_probes() -> N
         "--tls-cert=/etc/mlwitness/tls/tls.crt",
         "--tls-key=/etc/mlwitness/tls/tls.key",
         "--tls-client-ca=/etc/mlwitness/tls/ca.crt",
-        "--health-port=8703",
     }
-    assert after["ports"] == [
-        *before["ports"],
-        {"name": "health", "containerPort": 8703, "protocol": "TCP"},
-    ]
     changed = {k for k in after.keys() | before.keys() if after.get(k) != before.get(k)}
-    assert changed == {"args", "ports", *PROBES}
-    for probe in PROBES:  # only where they dial: timing stays
-        assert {**after[probe], "grpc": None} == {**before[probe], "grpc": None}
+    assert changed == {"args"}  # the probes were on the plaintext health port already
     pod_before = {**base[sts]["spec"]["template"]["spec"], "containers": None, "volumes": None}
     pod_after = {**tls[sts]["spec"]["template"]["spec"], "containers": None, "volumes": None}
     assert pod_before == pod_after
@@ -1171,11 +1160,12 @@ def test_chart_config_changes_roll_the_pods(tmp_path: Path) -> None:
 
 
 @needs_helm
-def test_chart_without_tls_opens_no_health_port(tmp_path: Path) -> None:
+def test_chart_without_tls_still_probes_the_health_port(tmp_path: Path) -> None:
     r = Rendering("helm-default", False, _helm())
     _, settings = _sidecar_settings(r, tmp_path)
-    assert settings.health_port == 0 and settings.tls_cert is None
-    assert "health" not in {p["name"] for p in r.sidecar["ports"]}
+    assert settings.health_port == 8703 and settings.tls_cert is None
+    assert r.port(r.sidecar, "health") == 8703
+    assert {_probe_port(r.sidecar, r.sidecar[name]) for name in PROBES} == {8703}
     (files,) = r.configmaps().values()
     assert set(files) == {"mlwitness.toml"}, "no guards or baseline unless enabled"
 

@@ -173,6 +173,38 @@ def test_mtls_subject_is_the_caller_on_the_ledger(started: Start, pki: Pki, affi
                                                      "GetRecord")]
 
 
+def test_mtls_without_an_access_file_grants_auditor_never_admin(
+        started: Start, pki: Pki, affine: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """mTLS and no --audit-access: a certificate the CA signed may audit (the documented
+    "mTLS only" deployment), but changing guards needs an identity an access file makes
+    admin. The start-up warning says so."""
+    guards = tmp_path / "guards.toml"
+    guards.write_text(GUARDS_TOML)
+    served = started(affine, tmp_path / "ledger.duckdb", guards=guards,
+                     **tls(pki, tls_client_ca=pki.ca.cert))
+    channel, stub = audit_stub(served.audit_address, ca=pki.ca.cert, client=pki.risk_team)
+    with channel:
+        before = stub.GetGuards(apb.GetGuardsRequest(), timeout=10).sha256
+        assert stub.VerifyLedger(apb.VerifyLedgerRequest(), timeout=10).ok
+        denied = status_of(lambda: stub.SetGuards(
+            apb.SetGuardsRequest(toml=GUARDS_TOML.replace("1000.0", "999.0")), timeout=10))
+        assert denied == grpc.StatusCode.PERMISSION_DENIED
+        assert stub.GetGuards(apb.GetGuardsRequest(), timeout=10).sha256 == before
+    subject = "mtls:CN=risk-team,O=Bank"
+    assert served.query("SELECT caller, status, detail->>'rpc' FROM audit_log "
+                        "WHERE kind = 'audit' ORDER BY seq") == [
+        (subject, "OK", "GetGuards"), (subject, "OK", "VerifyLedger"),
+        (subject, "PERMISSION_DENIED", "SetGuards"), (subject, "OK", "GetGuards")]
+    ((message,),) = served.query("SELECT message FROM audit_log WHERE status = "
+                                 "'PERMISSION_DENIED'")
+    assert "--audit-access" in message
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                and "has no --audit-access" in r.getMessage()]
+    assert len(warnings) == 1 and served.audit_address in warnings[0]
+    assert "client certificate" in warnings[0] and "admin" in warnings[0]
+
+
 def test_mtls_identities_get_roles_from_the_access_file(started: Start, pki: Pki,
                                                         affine: Path, tmp_path: Path) -> None:
     access = tmp_path / "audit-access.toml"

@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -51,6 +52,7 @@ from mlwitness.wire import audit as audit_servicer
 from mlwitness.wire import inference as pb
 from mlwitness.wire import security
 from mlwitness.wire import servicer as inference_servicer
+from mlwitness.wire.slots import Slots, limited
 
 log = logging.getLogger("mlwitness")
 
@@ -77,15 +79,47 @@ def tabulator_for(settings: Settings, signature: Signature) -> Tabulator:
     )
 
 
+# A connection with no call open for this long is closed (callers reconnect on their next
+# call); a vanished peer is found by a keepalive ping unanswered for PING_TIMEOUT_MS.
+IDLE_CONNECTION_MS = 5 * 60 * 1000
+PING_INTERVAL_MS = 60 * 1000
+PING_TIMEOUT_MS = 20 * 1000
+UNLIMITED_MS = 2**31 - 1  # gRPC's INT_MAX: no limit
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as gRPC's int milliseconds (INT_MAX: no limit)."""
+    return int(min(seconds * 1000, UNLIMITED_MS))
+
+
+def connection_options(settings: Settings) -> list[tuple[str, Any]]:
+    """What one connection may hold, and for how long. gRPC has no bound on the time from a
+    call's headers to its request message: a stream that never sends one holds no call
+    slot (wire/slots.py) but one of its connection's streams, until the connection's age
+    and grace run out, or until its peer stops answering keepalive pings."""
+    return [
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+        ("grpc.max_connection_age_ms", _ms(settings.max_connection_age or math.inf)),
+        ("grpc.max_connection_age_grace_ms", _ms(settings.max_connection_age_grace)),
+        ("grpc.keepalive_time_ms", PING_INTERVAL_MS),
+        ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging a connection that is silent
+        ("grpc.so_reuseport", 0),
+    ]
+
+
 def grpc_server(settings: Settings) -> grpc.aio.Server:
+    """A server for the inference or audit port. No `maximum_concurrent_rpcs`: gRPC counts a
+    call against it from its headers on, so streams that never send a request would lock
+    everyone out, health checks included. Call slots are wire/slots.py's, per service."""
     limit = max(2 * settings.max_request_bytes, settings.max_request_bytes + (1 << 20))
     return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            *connection_options(settings),
         ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
 
 
@@ -256,7 +290,8 @@ class Sidecar:
             auth=self.inference_auth, mtls=bool(s.tls_client_ca),
         )
         self.server = grpc_server(s)
-        self.server.add_generic_rpc_handlers((inference_servicer.handler(servicer),))
+        self.server.add_generic_rpc_handlers(
+            (limited(inference_servicer.handler(servicer), Slots(s.max_concurrent_rpcs)),))
         self.health = add_health_and_reflection(self.server, [pb.SERVICE])
         self.port = bind(self.server, s.host, s.port, s)
         await self.server.start()
@@ -274,11 +309,12 @@ class Sidecar:
         )
 
     async def _start_health_port(self) -> None:
-        """Plaintext health only, for probes that cannot speak TLS (Kubernetes gRPC probes)."""
+        """Plaintext health only, for probes: Kubernetes gRPC probes cannot speak TLS, and
+        no caller of the other ports can take what this server has (no slots are shared)."""
         s = self.settings
         if not s.health_port:
             return
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=connection_options(s))
         self.probe_health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.probe_health, server)
         self.health_port = server.add_insecure_port(f"{s.host}:{s.health_port}")
@@ -530,7 +566,8 @@ async def start_audit_server(service: AuditService, ledger_path: Any, host: str,
     server = grpc_server(settings)
     servicer = audit_servicer.AuditServicer(service, ledger_path, auth,
                                             mtls=bool(settings.tls_client_ca))
-    server.add_generic_rpc_handlers((audit_servicer.handler(servicer),))
+    server.add_generic_rpc_handlers(
+        (limited(audit_servicer.handler(servicer), Slots(settings.max_concurrent_rpcs)),))
     from mlwitness.protocol import audit_pb2
 
     pb.add_file(audit_pb2.DESCRIPTOR)
@@ -539,7 +576,25 @@ async def start_audit_server(service: AuditService, ledger_path: Any, host: str,
     await server.start()
     for name in ("", audit_servicer.SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if not auth.enabled:
+        _warn_open_audit(f"{host}:{bound}", mtls=bool(settings.tls_client_ca))
     return server, health_servicer, bound
+
+
+def _warn_open_audit(address: str, *, mtls: bool) -> None:
+    """The audit port without --audit-access: say at start who may do what there."""
+    if mtls:
+        log.warning("audit port %s has no --audit-access: any client certificate that "
+                    "--tls-client-ca signed may read every record (request and response "
+                    "bytes), replay, ask what-if, drift, bias and verify (role auditor). "
+                    "Changing guards needs an admin identity in an --audit-access file.",
+                    address)
+    else:
+        log.warning("audit port %s has no --audit-access: anyone who can reach it may read "
+                    "every record (request and response bytes), replay, ask what-if, drift, "
+                    "bias and verify, and change the guards. Give it an access file "
+                    "(`mlwitness token add`) or keep it off the network (--audit-port 0).",
+                    address)
 
 
 async def serve_audit(settings: Settings) -> None:
@@ -549,6 +604,7 @@ async def serve_audit(settings: Settings) -> None:
 
     from mlwitness.ledger import journal, schema
 
+    settings.validate_limits()
     path = settings.ledger
     con = schema.connect(path, read_only=True)
     pending = sum(1 for _ in journal.read(journal.journal_dir(path)))

@@ -16,6 +16,9 @@ can also change guards; `caller` may call the inference port when it requires cr
 A call with no credentials is UNAUTHENTICATED, one with unknown credentials too, and a
 known principal without the role an RPC needs is PERMISSION_DENIED. Tokens travel as gRPC
 metadata `authorization: Bearer <token>`.
+
+With mTLS and no access file, a verified client certificate gets the role its port needs
+(`caller` or `auditor`) and no more: only an access file can make anyone `admin`.
 """
 
 from __future__ import annotations
@@ -116,8 +119,11 @@ class Authenticator:
         return self.access is not None
 
     def authenticate(self, token: str | None, subjects: list[str]) -> Principal | None:
-        """The principal behind the credentials; None when access control is off."""
+        """The principal behind the credentials; None when access control is off and no
+        verified certificate (`subjects`, from mTLS) names the caller."""
         if self.access is None:
+            if subjects:  # mTLS alone: the port's own role, never admin
+                return Principal(f"mtls:{subjects[0]}", self.required_role)
             return None
         if token:
             digest = hash_token(token)
@@ -139,8 +145,10 @@ class Authenticator:
             return
         needed = "admin" if rpc in ADMIN_RPCS else self.required_role
         if _level(principal.role) < _level(needed):
+            how = "" if self.access is not None else (
+                " (granted only by an access file: --audit-access)")
             raise PermissionDenied(f"{principal.name} has role {principal.role}; {rpc} needs "
-                                   f"{needed}")
+                                   f"{needed}{how}")
 
 
 def bearer(metadata: Any) -> str | None:

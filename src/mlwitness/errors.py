@@ -56,6 +56,12 @@ class TooLarge(MlwitnessError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class Overloaded(MlwitnessError):
+    """Every call slot of the port is taken (--max-concurrent-rpcs): try again shortly."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
 class DeadlineExceeded(MlwitnessError):
     """The caller's deadline passed before the answer was ready."""
 

@@ -124,8 +124,15 @@ SPECS: tuple[Spec, ...] = (
     Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
     Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
          "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
-    Spec("max_concurrent_rpcs", int, "Calls served at once; beyond it callers get "
-         "RESOURCE_EXHAUSTED."),
+    Spec("max_concurrent_rpcs", int, "Calls worked on at once, per port, counted from "
+         "when a call's request has arrived; beyond it callers get RESOURCE_EXHAUSTED. "
+         "Health checks never count."),
+    Spec("max_streams_per_connection", int, "Calls one connection may have open at once "
+         "(HTTP/2 MAX_CONCURRENT_STREAMS); a client's further calls wait on its side."),
+    Spec("max_connection_age", float, "Seconds a connection may live before the server "
+         "asks the client to reconnect (callers do so transparently; 0: no limit)."),
+    Spec("max_connection_age_grace", float, "Seconds calls still open on a connection that "
+         "reached --max-connection-age get to finish before it is closed (0: none)."),
     Spec("ort_threads", int, "onnxruntime intra-op threads (embedded mode)."),
     Spec("load_interval", float, "Seconds between loads of journaled records into "
          "DuckDB (audit queries always see every acknowledged record)."),
@@ -142,7 +149,9 @@ _BY_NAME = {spec.name: spec for spec in SPECS}
 AUDIT_SERVER_ONLY = ("audit_trail",)
 # Settings the standalone audit-server takes.
 AUDIT_SERVER = ("ledger", "audit_trail", "host", "audit_port", "ort_threads", "drain_timeout",
-                "log_level", "tls_cert", "tls_key", "tls_client_ca", "audit_access")
+                "log_level", "tls_cert", "tls_key", "tls_client_ca", "audit_access",
+                "max_concurrent_rpcs", "max_streams_per_connection", "max_connection_age",
+                "max_connection_age_grace")
 
 
 @dataclass(frozen=True)
@@ -183,6 +192,9 @@ class Settings:
     )
     max_request_bytes: int = 64 << 20
     max_concurrent_rpcs: int = 1024
+    max_streams_per_connection: int = 100
+    max_connection_age: float = 1800.0
+    max_connection_age_grace: float = 300.0
     ort_threads: int = 1
     load_interval: float = 1.0
     duckdb_threads: int = 1
@@ -222,8 +234,7 @@ class Settings:
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
                                   f"got {value}")
-        for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "duckdb_threads",
-                     "max_backlog"):
+        for name in ("max_request_bytes", "ort_threads", "duckdb_threads", "max_backlog"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",
@@ -237,6 +248,20 @@ class Settings:
             raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
         if self.upstream is not None:
             _check_target(self.upstream)
+        return self.validate_limits()
+
+    def validate_limits(self) -> Settings:
+        """The call and connection limits (the standalone audit-server checks only these)."""
+        for name in ("max_concurrent_rpcs", "max_streams_per_connection"):
+            value = getattr(self, name)
+            if not 0 < value < 2**31:  # gRPC takes a C int
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole "
+                                  f"number, got {value}")
+        for name in ("max_connection_age", "max_connection_age_grace"):  # 0: no limit / none
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
+                                  f"got {value}")
         return self
 
 

@@ -106,8 +106,9 @@ def subjects(context: Any) -> list[str]:
 def identify(auth: Authenticator, context: Any, rpc: str, *, mtls: bool = False
              ) -> tuple[str, Principal | None]:
     """(caller name for the ledger, principal). Raises Unauthenticated/PermissionDenied.
-    Without access control or mTLS the caller is the network peer. A refusal carries
-    `caller`: the identity refused (token name, certificate subject) or "" if unknown."""
+    Without access control or mTLS the caller is the network peer; with mTLS alone, the
+    certificate, in the port's own role (never admin). A refusal carries `caller`: the
+    identity refused (token name, certificate subject) or "" if unknown."""
     if not auth.enabled and not mtls:
         return context.peer() or "", None
     found = subjects(context) if mtls else []
@@ -123,6 +124,4 @@ def identify(auth: Authenticator, context: Any, rpc: str, *, mtls: bool = False
         raise
     if principal is not None:
         return principal.name, principal
-    if found:
-        return f"mtls:{found[0]}", None
     return context.peer() or "", None

@@ -55,14 +55,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.model.fetch.enabled (not .Values.model.existingClaim) }}true{{ end }}
 {{- end }}
 
-{{/* Whether the sidecar's ports use TLS; the probes then use the plaintext health port. */}}
-{{- define "mlwitness.tls" -}}
-{{- if .Values.tls.enabled }}true{{ end }}
-{{- end }}
-
-{{/* The port the kubelet's gRPC probes dial: the health port with TLS, else inference. */}}
+{{/* The port the kubelet's gRPC probes dial: the plaintext health port, a server of its
+own that callers of the other ports cannot exhaust (and that needs no TLS). */}}
 {{- define "mlwitness.probePort" -}}
-{{- if include "mlwitness.tls" . }}{{ .Values.mlwitness.ports.health }}{{ else }}{{ .Values.mlwitness.ports.inference }}{{ end }}
+{{ .Values.mlwitness.ports.health }}
 {{- end }}
 
 {{/*
@@ -141,6 +137,7 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     - --port={{ $ports.inference }}
     - --audit-port={{ $ports.audit }}
     - --metrics-port={{ $ports.metrics }}
+    - --health-port={{ $ports.health }}
     - --drain-timeout={{ .Values.mlwitness.drainTimeout }}
     {{- if .Values.guards.enabled }}
     - --guards=/etc/mlwitness/guards.toml
@@ -154,7 +151,6 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     {{- if .Values.tls.clientAuth }}
     - --tls-client-ca=/etc/mlwitness/tls/ca.crt
     {{- end }}
-    - --health-port={{ $ports.health }}
     {{- end }}
     {{- if .Values.upstreamTls.enabled }}
     - --upstream-ca=/etc/mlwitness/upstream-tls/ca.crt
@@ -186,14 +182,13 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     - {name: inference, containerPort: {{ $ports.inference }}, protocol: TCP}
     - {name: audit, containerPort: {{ $ports.audit }}, protocol: TCP}
     - {name: metrics, containerPort: {{ $ports.metrics }}, protocol: TCP}
-    {{- if .Values.tls.enabled }}
     - {name: health, containerPort: {{ $ports.health }}, protocol: TCP}
-    {{- end }}
-  # grpc.health.v1 on the inference port, or with TLS on the plaintext health port (the
-  # kubelet's gRPC probes cannot speak TLS). Service "" is readiness: SERVING once the
-  # ledger is healthy and the upstream ready, NOT_SERVING from SIGTERM on. Service
-  # "liveness" is SERVING while the process runs: an unready model server takes the pod
-  # out of the endpoints but does not restart the sidecar.
+  # grpc.health.v1 on the plaintext health port: a server of its own, so callers of the
+  # other ports cannot starve the probes (and the kubelet's gRPC probes speak no TLS).
+  # Service "" is readiness: SERVING once the ledger is healthy and the upstream ready,
+  # NOT_SERVING from SIGTERM on. Service "liveness" is SERVING while the process runs: an
+  # unready model server takes the pod out of the endpoints but does not restart the
+  # sidecar.
   startupProbe:
     {{- if .Values.nativeSidecar }}
     # The model server starts only once this passes, and the gRPC health status waits for
