@@ -243,6 +243,7 @@ class Sidecar:
             model_sha256=current_sha,
             env_id=env_id,
             max_request_bytes=s.max_request_bytes,
+            max_string_elements=s.max_string_elements,
             observe=self.metrics.observe if self.metrics else None,
             checks=self.checks,
             minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
