@@ -489,6 +489,8 @@ class Sidecar:
         servers = [srv for srv in (self.server, self.audit_server, self.health_server)
                    if srv is not None]
         await asyncio.gather(*(srv.stop(grace=self.settings.drain_timeout) for srv in servers))
+        if self.service is not None:  # no call is left: the refusals tallied go in now
+            await self.service.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,10 +5,12 @@
 
 Answered, refused and failed calls are all recorded. The response leaves only after its
 record is durable; if the ledger cannot take it, the caller gets UNAVAILABLE and no
-prediction. What a request's tensors would cost is judged from the parsed message before
-any is decoded, and large requests are parsed and decoded in a worker thread, so that one
-caller's big request does not hold up the others. Nothing here knows about gRPC: the
-servicer hands in bytes and a Caller.
+prediction. The exception: calls refused before they are read (no credentials) are
+tallied, one record per caller and reason an interval (refusals.py). What a request's
+tensors would cost is judged from the parsed message before any is decoded, and large
+requests are parsed and decoded in a worker thread, so that one caller's big request does
+not hold up the others. Nothing here knows about gRPC: the servicer hands in bytes and a
+Caller.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
 from mlwitness.recorded import parameter_text
+from mlwitness.refusals import Refusals
 from mlwitness.wire import inference as pb
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,7 @@ class InferenceService:
         self.minimiser = minimiser  # inputs stored hashed or redacted
         # Set at SIGTERM to when the drain ends: gRPC cancels the calls left then.
         self.drain_deadline: float | None = None
+        self.refusals = Refusals(ledger.append, self._blank)
 
     def check_model(self, name: str, version: str) -> None:
         if name != self.model_name:
@@ -161,15 +165,30 @@ class InferenceService:
         return "CANCELLED", "the caller cancelled the call"
 
     async def refuse(self, raw: bytes, caller: Caller, error: MlwitnessError) -> None:
-        """Record a call refused before inference (e.g. missing credentials)."""
+        """Record a call refused before it is read (e.g. missing credentials): the first of
+        its caller, status and message in an interval at once, the rest in one tally record
+        at the interval's end (see refusals.py)."""
         # Who was refused and what they sent (size and SHA-256), not the bytes themselves:
         # an unauthenticated caller must not be able to fill the ledger.
-        record = Record(received_us=_now_us(), model_name=self.model_name,
-                        model_version=self.model_version, model_sha256=self.model_sha256(),
-                        env_id=self.env_id, peer=caller.peer, metadata=caller.metadata_json(),
-                        detail=json.dumps({"received_bytes": len(raw), "received_sha256":
-                                           hashlib.sha256(raw).hexdigest()}))
+        record = self._blank()
+        record.peer, record.metadata = caller.peer, caller.metadata_json()
+        record.status, record.message = error.status, error.message
+        sha256 = (await _off_loop(len(raw), hashlib.sha256, raw)).digest()
+        if self.refusals.tally(record, len(raw), sha256):
+            if self.observe is not None:
+                self.observe(error.status, (_now_us() - record.received_us) / 1e6)
+            return
         await self._record_failure(record, error.status, error.message)
+
+    def _blank(self) -> Record:
+        """A record of this sidecar's model, received now, under an assigned id."""
+        return Record(request_id=new_request_id(), received_us=_now_us(),
+                      model_name=self.model_name, model_version=self.model_version,
+                      model_sha256=self.model_sha256(), env_id=self.env_id)
+
+    async def close(self) -> None:
+        """Record the refusals tallied so far: at shutdown, once no call is left."""
+        await self.refusals.close()
 
     def _drained(self) -> bool:
         """Whether a cancellation now is the drain's end (not a caller giving up)."""
