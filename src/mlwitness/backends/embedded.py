@@ -56,7 +56,8 @@ class EmbeddedBackend:
         size = sum(t.array.size for t in call.inputs)
         cost = size * self.seconds_per_element  # 0 before the first run: cost unknown
         if size > INLINE_ELEMENTS or cost == 0 or cost > INLINE_SECONDS:
-            # the answer is encoded there too: a large one (1 M strings) takes as long
+            # the answer is encoded there too: encoding a large one (1 M strings) takes
+            # about as long as the run
             return await asyncio.to_thread(self._answer, call, requested, size)
         return self._answer(call, requested, size)
 
