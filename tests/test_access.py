@@ -38,11 +38,13 @@ from security_support import (
     status_of,
     triton,
 )
-from sidecar import free_ports
+from sidecar import free_ports, raw_rpc, read_ledger
+from tritonclient.grpc import service_pb2
 
-from mlwitness import cli
+from mlwitness import cli, refusals
 from mlwitness.auth import hash_token
 from mlwitness.baseline import build_baseline
+from mlwitness.ledger.verify import verify
 from mlwitness.protocol import audit_pb2 as apb
 
 GUARDS_TOML = "version = 1\n[outputs.probabilities_1]\nmin = 0.0\nmax = 1.0\n"
@@ -412,6 +414,83 @@ def test_inference_access_requires_a_caller_token(started: Start, credit_model: 
                                        "(SELECT max(seq) FROM records)")[0][0])
     assert metadata["peer"].startswith("ipv4:127.0.0.1:")
     assert "authorization" not in metadata
+
+
+def credit_payload(credit: CreditModel, request_id: str) -> bytes:
+    x = credit.features(4, 0)
+    request = service_pb2.ModelInferRequest(model_name="credit", id=request_id)
+    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request.SerializeToString()
+
+
+def refuse_times(address: str, payload: bytes, times: int) -> None:
+    """Send `payload` `times` times on one channel (one caller), without a token."""
+    with grpc.insecure_channel(address) as channel:
+        for _ in range(times):
+            assert status_of(lambda: raw_rpc(channel, "ModelInfer", payload)) == \
+                grpc.StatusCode.UNAUTHENTICATED
+
+
+def refusal_tallies(ledger: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(caller, status, detail) of the refusal records of a closed ledger, in chain order."""
+    return [(caller, status, json.loads(detail)) for caller, status, detail in read_ledger(
+        ledger, "SELECT caller, status, detail FROM records WHERE status = 'UNAUTHENTICATED' "
+        "ORDER BY seq")]
+
+
+def test_refused_calls_are_tallied_per_caller_not_recorded_one_by_one(
+        started: Start, credit_model: CreditModel, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 calls without a token: the first is recorded at once, the other 199 in one tally
+    written at shutdown (one interval spans the whole test, however slow the machine)."""
+    monkeypatch.setattr(refusals, "INTERVAL_S", 3600.0)
+    access = tmp_path / "inference-access.toml"
+    add_token(access, "scoring-app", "caller")
+    ledger = tmp_path / "ledger.duckdb"
+    served = started(credit_model.path, ledger, model_name="credit", audit=False,
+                     inference_access=access)
+    payload = credit_payload(credit_model, "anonymous")
+    refuse_times(served.address, payload, 200)
+    served.stop()
+
+    tallies = refusal_tallies(ledger)
+    assert len(tallies) == 2
+    (first_caller, _, first), (caller, _, tally) = tallies
+    assert first_caller == caller and caller.startswith("ipv4:127.0.0.1:")
+    one = hashlib.sha256(payload).digest()
+    assert first == {"refused_calls": 1, "received_bytes": len(payload),
+                     "received_sha256": one.hex()}
+    assert (tally["refused_calls"], tally["received_bytes"]) == (199, 199 * len(payload))
+    assert tally["received_digest"] == hashlib.sha256(one * 199).hexdigest()
+    assert tally["first_received_us"] <= tally["last_received_us"]
+    assert read_ledger(ledger, "SELECT count(*), sum(octet_length(request)) FROM entries "
+                               "WHERE kind = 'infer'") == [(2, 0)]
+    report = verify(ledger)
+    assert report.ok and not report.problems
+
+
+def test_refusal_tallies_are_written_when_their_interval_ends(
+        started: Start, credit_model: CreditModel, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(refusals, "INTERVAL_S", 0.5)
+    access = tmp_path / "inference-access.toml"
+    add_token(access, "scoring-app", "caller")
+    ledger = tmp_path / "ledger.duckdb"
+    served = started(credit_model.path, ledger, model_name="credit", audit=False,
+                     inference_access=access)
+    payload = credit_payload(credit_model, "anonymous")
+    sent = 0
+    tallied: list[tuple[int]] = []
+    deadline = time.monotonic() + 60
+    while not tallied and sent < 5000 and time.monotonic() < deadline:
+        refuse_times(served.address, payload, 5)
+        sent += 5
+        tallied = served.query("SELECT seq FROM records WHERE (detail->>'refused_calls')::INT "
+                               "> 1 LIMIT 1")
+    assert tallied, "no tally was written while the sidecar ran"
+    served.stop()
+    assert sum(detail["refused_calls"] for _, _, detail in refusal_tallies(ledger)) == sent
 
 
 def test_inference_answer_is_the_same_with_token(started: Start, credit_model: CreditModel,

@@ -8,6 +8,8 @@ would send) and sent as exact bytes on a plain gRPC channel.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from sidecar import RunningSidecar, raw_rpc, start_sidecar
 from tritonclient.grpc import service_pb2
 
+from mlwitness.ledger.verify import verify
 from mlwitness.settings import Settings
 
 Request = service_pb2.ModelInferRequest
@@ -214,6 +217,20 @@ CASES: dict[str, tuple[str, Callable[[], Request], grpc.StatusCode, tuple[str, .
         _bytes_huge_shape,
         grpc.StatusCode.INVALID_ARGUMENT,
         ("input 'category'", "too few for 1099511627776 elements"),
+    ),
+    # 42 and 40 bytes that decode to no elements: once, the first stopped the ledger's
+    # loading for good (2**40 rows to tabulate) and the second took ~2 GiB of memory
+    "zero_size_tensor_claiming_2_pow_40_rows": (
+        "affine_fp32",
+        lambda: fp32(affine(), "x", np.zeros((2**40, 0), np.float32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x': shape [1099511627776, 0] is too large for a message of",),
+    ),
+    "zero_size_tensor_claiming_2_pow_24_rows": (
+        "affine_fp32",
+        lambda: fp32(affine(), "x", np.zeros((2**24, 0), np.float32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("input 'x': shape [16777216, 0] is too large for a message of",),
     ),
     "negative_dimension": (
         "affine_fp32",
@@ -450,3 +467,125 @@ def test_message_beyond_the_grpc_limit_is_refused_by_grpc_and_the_sidecar_surviv
     assert sidecar.query("SELECT count(*) FROM entries") == [(0,)]
     assert_still_serving(sidecar, "affine_fp32")
     assert sidecar.query("SELECT count(*) FROM entries") == [(1,)]
+
+
+# ── what a request would cost, judged before it is decoded ─────────────────────────────
+
+
+def test_half_a_million_tensors_are_refused_before_decoding_and_recorded_without_bytes(
+    sidecars: Callable[[str], RunningSidecar],
+) -> None:
+    sidecar = sidecars("affine_fp32")
+    request = affine(id="many-tensors")
+    for i in range(500_000):  # 13 MB: once 3.8 s of decoding on the event loop
+        request.inputs.add(name=f"x{i}", datatype="FP32", shape=[1, 1])
+        request.raw_input_contents.append(bytes(4))
+    payload = request.SerializeToString()
+    error = refused(sidecar, payload)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == "500000 input tensors in one message, over the limit of 1024"
+    rows = sidecar.query("SELECT status, message, octet_length(request), detail FROM entries "
+                         "WHERE request_id = 'many-tensors'")
+    assert rows == [("RESOURCE_EXHAUSTED", error.details(), 0,
+                     f'{{"received_bytes": {len(payload)}}}')]
+    assert_still_serving(sidecar, "affine_fp32")
+
+
+def test_inputs_the_model_does_not_take_are_refused_by_name_before_decoding(
+    sidecars: Callable[[str], RunningSidecar],
+) -> None:
+    sidecar = sidecars("affine_fp32")
+    request = affine(id="names-first")
+    for name in ("x", "x"):  # the second one's contents would not even decode
+        request.inputs.add(name=name, datatype="FP32", shape=[2**40, 4])
+        request.raw_input_contents.append(b"")
+    error = refused(sidecar, request.SerializeToString())
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input 'x' appears more than once; input names must be unique")
+
+
+def strings_request(request_id: str, count: int, tail: bytes = b"") -> Request:
+    request = Request(model_name="strings", id=request_id)
+    request.inputs.add(name="category", datatype="BYTES", shape=[count])
+    request.raw_input_contents.append(b"\x00\x00\x00\x00" * count + tail)
+    return request
+
+
+def test_more_strings_than_the_limit_are_refused_naming_the_tensor_and_the_flag(
+    make_sidecar, model_paths: dict[str, Path]
+) -> None:
+    sidecar = make_sidecar(model_paths["strings"], max_string_elements=1000)
+    payload = strings_request("too-many-strings", 1001).SerializeToString()
+    error = refused(sidecar, payload)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == ("input 'category' brings the request to 1001 BYTES elements, "
+                               "over the limit of 1000 (--max-string-elements)")
+    with grpc.insecure_channel(sidecar.address) as channel:
+        raw_rpc(channel, "ModelInfer", strings_request("fits", 1000).SerializeToString())
+    assert sidecar.query("SELECT request_id, status, octet_length(request) = 0 FROM entries "
+                         "ORDER BY seq") == [("too-many-strings", "RESOURCE_EXHAUSTED", True),
+                                             ("fits", "OK", False)]
+
+
+def test_other_callers_are_answered_while_a_large_request_is_decoded(
+    make_sidecar, model_paths: dict[str, Path]
+) -> None:
+    """12 MiB of 3 M strings with one trailing byte: slow to decode, then refused. Decoded on
+    the event loop, no other call could begin and end between its arrival and its refusal
+    (it has no await in between); decoded in a thread, other callers' calls complete in the
+    meantime. The ledger's arrival times and chain order show which happened."""
+    count = 3_000_000
+    sidecar = make_sidecar(model_paths["strings"], max_string_elements=count)
+    big = strings_request("big", count, tail=b"!").SerializeToString()
+    outcome: dict[str, object] = {}
+
+    def send_big() -> None:
+        outcome["error"] = refused(sidecar, big)
+
+    sender = threading.Thread(target=send_big)
+    small = 0
+    with grpc.insecure_channel(sidecar.address) as channel:
+        sender.start()
+        deadline = time.monotonic() + 120
+        while sender.is_alive() and small < 20_000 and time.monotonic() < deadline:
+            raw_rpc(channel, "ModelInfer",
+                    strings_request(f"small-{small}", 1).SerializeToString())
+            small += 1
+    sender.join(60)
+    error = outcome["error"]
+    assert isinstance(error, grpc.RpcError)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1 trailing bytes after the 3000000 BYTES elements" in error.details()
+    ((big_seq, big_received),) = sidecar.query(
+        "SELECT seq, received_us FROM entries WHERE request_id = 'big'")
+    during = sidecar.query(
+        "SELECT count(*) FROM entries WHERE request_id LIKE 'small-%' AND status = 'OK' "
+        "AND received_us > ? AND seq < ?", [big_received, big_seq])
+    assert during[0][0] >= 1, f"no call answered while the big one was decoded ({small} sent)"
+
+
+def test_a_sidecar_that_refused_empty_tensors_with_huge_shapes_loads_and_restarts(
+    make_sidecar, affine_model: Path, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.duckdb"
+    sidecar = make_sidecar(affine_model, ledger=ledger)
+    for rows in (2**40, 2**24):
+        payload = fp32(affine(id=f"empty-{rows}"), "x", np.zeros((rows, 0), np.float32))
+        assert refused(sidecar, payload.SerializeToString()).code() == \
+            grpc.StatusCode.INVALID_ARGUMENT
+    with grpc.insecure_channel(sidecar.address) as channel:
+        raw_rpc(channel, "ModelInfer", fp32(affine(id="after"), "x", X).SerializeToString())
+    expected = [("empty-1099511627776", "INVALID_ARGUMENT", 0),
+                ("empty-16777216", "INVALID_ARGUMENT", 0), ("after", "OK", 2)]
+    assert sidecar.query("SELECT request_id, status, batch_size FROM records ORDER BY seq"
+                         ) == expected
+    sidecar.stop()
+    again = make_sidecar(affine_model, ledger=ledger)
+    with grpc.insecure_channel(again.address) as channel:
+        raw_rpc(channel, "ModelInfer", fp32(affine(id="restarted"), "x", X).SerializeToString())
+    assert again.query("SELECT request_id, status, batch_size FROM records ORDER BY seq"
+                       ) == [*expected, ("restarted", "OK", 2)]
+    again.stop()
+    report = verify(ledger)
+    assert report.ok and report.records == 4

@@ -13,7 +13,7 @@ from tritonclient.utils import np_to_triton_dtype
 
 from mlwitness import codec
 from mlwitness.codec import Tensor
-from mlwitness.errors import InvalidInput
+from mlwitness.errors import InvalidInput, TooLarge
 from mlwitness.wire import inference as pb
 
 SUPPORTED = [name for name, info in codec.DATATYPES.items() if info.dtype is not None]
@@ -475,3 +475,64 @@ def test_output_errors_name_the_output_and_raw_output_contents():
         InvalidInput, match="output 'y': raw_output_contents holds 16 bytes, expected 24"
     ):
         codec.decode_outputs(response)
+
+
+# --- sizes judged before anything is allocated ---------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [[2**40, 0], [2**24, 0], [0, 2**40], [2**20, 2**20, 0]],
+                         ids=str)
+def test_rejects_an_empty_tensor_claiming_more_rows_than_its_message_has_bytes(shape):
+    request = request_with(("x", "FP32", shape), raw=[b""])
+    with pytest.raises(InvalidInput, match=r"input 'x': shape \[.*\] is too large for a "
+                                           r"message of 5000 bytes"):
+        codec.decode_inputs(request, size=5000)
+    rejects(request, "is too large for a message of")  # size: the message's own
+
+
+def test_an_empty_tensor_within_its_message_size_decodes():
+    request = request_with(("x", "FP32", [1000, 0]), raw=[b""])
+    (tensor,) = codec.decode_inputs(request, size=1000)
+    assert tensor.shape == (1000, 0) and tensor.array.size == 0
+
+
+def test_rejects_more_tensors_than_the_limit_before_decoding_any():
+    many = [(f"x{i}", "FP32", [1]) for i in range(codec.MAX_TENSORS + 1)]
+    request = request_with(*many, raw=[bytes(4)] * len(many))
+    message = f"{codec.MAX_TENSORS + 1} input tensors in one message, over the limit of " \
+              f"{codec.MAX_TENSORS}"
+    with pytest.raises(TooLarge, match=message):
+        codec.check_sizes(request, size=request.ByteSize())
+    with pytest.raises(TooLarge, match=message):
+        codec.decode_inputs(request)
+    response = pb.ModelInferResponse()
+    for name, datatype, shape in many:
+        response.outputs.add(name=name, datatype=datatype, shape=shape)
+    with pytest.raises(TooLarge, match="output tensors in one message"):
+        codec.decode_outputs(response)
+    assert len(codec.decode_inputs(request_with(*many[:-1], raw=[bytes(4)] * (len(many) - 1)))
+               ) == codec.MAX_TENSORS
+
+
+def test_rejects_string_elements_over_the_cap_naming_the_tensor_that_crosses_it():
+    three = b"\x00\x00\x00\x00" * 3
+    request = request_with(("a", "BYTES", [3]), ("b", "BYTES", [1, 3]), raw=[three, three])
+    with pytest.raises(TooLarge, match="input 'b' brings the request to 6 BYTES elements, "
+                                       "over the limit of 5"):
+        codec.decode_inputs(request, max_strings=5)
+    assert [t.shape for t in codec.decode_inputs(request, max_strings=6)] == [(3,), (1, 3)]
+    typed = request_with(("t", "BYTES", [4]))
+    typed.inputs[0].contents.bytes_contents.extend([b""] * 4)
+    with pytest.raises(TooLarge, match="input 't' brings the request to 4 BYTES"):
+        codec.check_sizes(typed, size=typed.ByteSize(), max_strings=3)
+
+
+def test_a_string_count_the_message_cannot_carry_is_refused_as_malformed_not_counted():
+    request = request_with(("s", "BYTES", [2**40]), raw=[bytes(8)])
+    with pytest.raises(InvalidInput, match="too few for 1099511627776 elements"):
+        codec.decode_inputs(request, max_strings=10)
+
+
+def test_rejects_more_dimensions_than_numpy_supports():
+    rejects(request_with(("x", "FP32", [1] * (codec.MAX_DIMS + 1)), raw=[bytes(4)]),
+            f"input 'x': shape has {codec.MAX_DIMS + 1} dimensions; at most {codec.MAX_DIMS}")

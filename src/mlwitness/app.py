@@ -277,6 +277,7 @@ class Sidecar:
             model_sha256=current_sha,
             env_id=env_id,
             max_request_bytes=s.max_request_bytes,
+            max_string_elements=s.max_string_elements,
             observe=self.metrics.observe if self.metrics else None,
             checks=self.checks,
             minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
@@ -524,6 +525,8 @@ class Sidecar:
         servers = [srv for srv in (self.server, self.audit_server, self.health_server)
                    if srv is not None]
         await asyncio.gather(*(srv.stop(grace=self.settings.drain_timeout) for srv in servers))
+        if self.service is not None:  # no call is left: the refusals tallied go in now
+            await self.service.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

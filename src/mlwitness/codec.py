@@ -18,9 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from mlwitness.errors import InvalidInput
+from mlwitness.errors import InvalidInput, TooLarge
 
 _U32_LE = struct.Struct("<I")
+
+# Limits checked before anything is allocated: a message is at most MAX_TENSORS tensors
+# of at most MAX_DIMS dimensions each (numpy 1.x's own limit; ONNX models stay far below
+# both), and a tensor may claim no more elements than its message has bytes, even one with
+# no elements at all (shape [2**40, 0] is 42 bytes on the wire: unchecked, the ledger
+# tried to tabulate 2**40 rows of it).
+MAX_TENSORS = 1024
+MAX_DIMS = 32
+# Messages up to this size parse and decode in a few ms even in the costliest layouts
+# (BYTES or typed integer contents, ~0.1 µs an element): less than a hop to a worker
+# thread. Larger ones are worth handling off the event loop.
+INLINE_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -136,14 +148,57 @@ def _as_bytes(name: str, value: object) -> bytes:
     raise InvalidInput(f"tensor {name!r}: BYTES element {value!r} is not bytes or str")
 
 
-def decode_inputs(request: Any) -> list[Tensor]:
-    """Decode every input of a ModelInferRequest (raw or typed contents)."""
-    return _decode(request.inputs, request.raw_input_contents, "input", "raw_input_contents")
+def decode_inputs(request: Any, *, size: int | None = None,
+                  max_strings: int | None = None) -> list[Tensor]:
+    """Decode every input of a ModelInferRequest (raw or typed contents).
+
+    `size` is the byte size of the message as received (default: its serialized size), the
+    bound on the elements any tensor may claim; `max_strings` caps the BYTES elements over
+    all inputs (None: no cap). See `check_sizes` for what is refused before decoding."""
+    size = request.ByteSize() if size is None else size
+    check_sizes(request, size=size, max_strings=max_strings)
+    return _decode(request.inputs, request.raw_input_contents, "input", "raw_input_contents",
+                   size)
 
 
-def decode_outputs(response: Any) -> list[Tensor]:
-    """Decode every output of a ModelInferResponse (raw or typed contents)."""
-    return _decode(response.outputs, response.raw_output_contents, "output", "raw_output_contents")
+def decode_outputs(response: Any, *, size: int | None = None) -> list[Tensor]:
+    """Decode every output of a ModelInferResponse (raw or typed contents); `size` as for
+    `decode_inputs`."""
+    size = response.ByteSize() if size is None else size
+    _check_count(response.outputs, "output")
+    return _decode(response.outputs, response.raw_output_contents, "output",
+                   "raw_output_contents", size)
+
+
+def check_sizes(request: Any, *, size: int, max_strings: int | None = None) -> None:
+    """Refuse (TooLarge) a ModelInferRequest whose tensors would cost too much to decode,
+    from the parsed message alone: more than MAX_TENSORS inputs, or more than
+    `max_strings` BYTES elements over all inputs. A BYTES tensor claiming more elements
+    than its `size`-byte message could carry (each takes at least 2 bytes on the wire)
+    is not counted: decoding refuses it as malformed before allocating anything."""
+    _check_count(request.inputs, "input")
+    if max_strings is None:
+        return
+    strings = 0
+    for item in request.inputs:
+        if item.datatype != "BYTES" or len(item.shape) > MAX_DIMS:
+            continue
+        if any(d < 0 for d in item.shape):
+            continue  # refused as malformed when decoded
+        count = math.prod(item.shape)
+        if 2 * count > size:
+            continue
+        strings += count
+        if strings > max_strings:
+            raise TooLarge(f"input {item.name!r} brings the request to {strings} BYTES "
+                           f"elements, over the limit of {max_strings} "
+                           "(--max-string-elements)")
+
+
+def _check_count(items: Any, kind: str) -> None:
+    if len(items) > MAX_TENSORS:
+        raise TooLarge(f"{len(items)} {kind} tensors in one message, over the limit of "
+                       f"{MAX_TENSORS}")
 
 
 def encode_inputs(request: Any, tensors: Sequence[Tensor], *, raw: bool) -> None:
@@ -161,7 +216,8 @@ def encode_outputs(response: Any, tensors: Sequence[Tensor], *, raw: bool) -> No
     _encode(response.outputs, response.raw_output_contents, tensors, raw)
 
 
-def _decode(items: Any, raws: Sequence[bytes], kind: str, raw_field: str) -> list[Tensor]:
+def _decode(items: Any, raws: Sequence[bytes], kind: str, raw_field: str,
+            size: int) -> list[Tensor]:
     if raws and len(raws) != len(items):
         n, got = len(items), len(raws)
         raise InvalidInput(f"{n} {kind}s but {got} {raw_field} entries; need one per {kind}")
@@ -178,10 +234,19 @@ def _decode(items: Any, raws: Sequence[bytes], kind: str, raw_field: str) -> lis
             raise InvalidInput(f"{label} appears more than once; {kind} names must be unique")
         seen.add(item.name)
         info = _info(item.datatype, label)
+        if len(item.shape) > MAX_DIMS:
+            raise InvalidInput(f"{label}: shape has {len(item.shape)} dimensions; at most "
+                               f"{MAX_DIMS} are supported")
         shape = tuple(int(d) for d in item.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"{label}: shape {list(shape)} has a negative dimension")
         count = math.prod(shape)
+        if count == 0 and math.prod(d for d in shape if d) > size:
+            raise InvalidInput(
+                f"{label}: shape {list(shape)} is too large for a message of {size} bytes "
+                "(even with no elements, a tensor's other dimensions may not claim more "
+                "elements than the message has bytes)"
+            )
         if raws:
             flat = _from_raw(raws[index], info, count, label, raw_field)
         else:

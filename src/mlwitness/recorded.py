@@ -38,8 +38,9 @@ def decode_record_tensors(record: Record) -> tuple[list[Tensor], list[Tensor], d
     with contextlib.suppress(DecodeError, MlwitnessError):
         request = pb.ModelInferRequest.FromString(record.request)
         parameters = parameter_text(request.parameters)
-        inputs = decode_inputs(request)
+        inputs = decode_inputs(request, size=len(record.request))
     if record.status == "OK" and record.response:
         with contextlib.suppress(DecodeError, MlwitnessError):
-            outputs = decode_outputs(pb.ModelInferResponse.FromString(record.response))
+            outputs = decode_outputs(pb.ModelInferResponse.FromString(record.response),
+                                     size=len(record.response))
     return inputs, outputs, parameters

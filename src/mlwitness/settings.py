@@ -124,6 +124,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
     Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
          "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
+    Spec("max_string_elements", int, "Most BYTES (string) elements one ModelInfer request "
+         "may carry over all its inputs; more are refused with RESOURCE_EXHAUSTED (and "
+         "recorded, without their bytes). Each costs about 0.25 KB of memory while it is "
+         "decoded, run and answered, against 4 bytes on the wire."),
     Spec("max_concurrent_rpcs", int, "Calls worked on at once, per port, counted from "
          "when a call's request has arrived; beyond it callers get RESOURCE_EXHAUSTED. "
          "Health checks never count."),
@@ -191,6 +195,7 @@ class Settings:
         default_factory=lambda: ["x-request-id", "x-caller", "traceparent", "user-agent"]
     )
     max_request_bytes: int = 64 << 20
+    max_string_elements: int = 1 << 20
     max_concurrent_rpcs: int = 1024
     max_streams_per_connection: int = 100
     max_connection_age: float = 1800.0
@@ -234,7 +239,8 @@ class Settings:
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
                                   f"got {value}")
-        for name in ("max_request_bytes", "ort_threads", "duckdb_threads", "max_backlog"):
+        for name in ("max_request_bytes", "max_string_elements", "ort_threads", "duckdb_threads",
+                     "max_backlog"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",

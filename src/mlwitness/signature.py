@@ -3,7 +3,7 @@ the checks a request must pass against it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,17 +58,27 @@ class Signature:
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)
 
-    def check_inputs(self, tensors: Sequence[Tensor]) -> None:
-        """Raise InvalidInput naming the first tensor that does not fit the model."""
-        for tensor in tensors:  # unknown names first: a misnamed input is named as sent
-            if self.input(tensor.name) is None:
-                raise InvalidInput(f"unknown input '{tensor.name}'; the model takes: "
+    def check_names(self, names: Iterable[str]) -> None:
+        """Raise InvalidInput for the first input name that is unknown or repeated, then for
+        a missing one. Every name past the model's input count is one of those, so this
+        stops within that many steps however many inputs a request claims."""
+        given: set[str] = set()
+        for name in names:  # unknown names first: a misnamed input is named as sent
+            if self.input(name) is None:
+                raise InvalidInput(f"unknown input '{name}'; the model takes: "
                                    f"{self._list(self.inputs)}")
-        given = {t.name for t in tensors}
+            if name in given:
+                raise InvalidInput(f"input {name!r} appears more than once; input names "
+                                   "must be unique")
+            given.add(name)
         for wanted in self.inputs:
             if wanted.name not in given:
                 raise InvalidInput(f"missing input {wanted.describe()}; the model takes: "
                                    f"{self._list(self.inputs)}")
+
+    def check_inputs(self, tensors: Sequence[Tensor]) -> None:
+        """Raise InvalidInput naming the first tensor that does not fit the model."""
+        self.check_names(t.name for t in tensors)
         for tensor in tensors:
             spec = self.input(tensor.name)
             assert spec is not None

@@ -40,6 +40,12 @@ class Backend(Protocol):
 
     async def infer(self, call: Call) -> Inference: ...
 
+    def admit(self, request: Any) -> None:
+        """Refuse (InvalidInput), from the parsed message alone and before its tensors are
+        decoded, a request whose inputs cannot be the model's by their names: decoding
+        thousands of tensors the model does not take would cost every caller."""
+        ...
+
     def check(self, request: Any, inputs: list[Tensor]) -> None:
         """Refuse a request the model cannot take (InvalidInput), before guards judge it:
         a malformed call is answered as malformed, not as a guard breach."""

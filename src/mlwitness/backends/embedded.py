@@ -40,6 +40,9 @@ class EmbeddedBackend:
         self.seconds_per_element += _COST_WEIGHT * (cost - self.seconds_per_element)
         return outputs
 
+    def admit(self, request: Any) -> None:
+        self.model.signature.check_names(item.name for item in request.inputs)
+
     def check(self, request: Any, inputs: list[Tensor]) -> None:
         self.model.signature.check_inputs(inputs)
         self.model.signature.check_outputs([o.name for o in request.outputs])
@@ -53,9 +56,13 @@ class EmbeddedBackend:
         size = sum(t.array.size for t in call.inputs)
         cost = size * self.seconds_per_element  # 0 before the first run: cost unknown
         if size > INLINE_ELEMENTS or cost == 0 or cost > INLINE_SECONDS:
-            outputs = await asyncio.to_thread(self._run_timed, call, requested, size)
-        else:
-            outputs = self._run_timed(call, requested, size)
+            # the answer is encoded there too: encoding a large one (1 M strings) takes
+            # about as long as the run
+            return await asyncio.to_thread(self._answer, call, requested, size)
+        return self._answer(call, requested, size)
+
+    def _answer(self, call: Call, requested: list[str], size: int) -> Inference:
+        outputs = self._run_timed(call, requested, size)
         response = pb.ModelInferResponse(
             model_name=self.name, model_version=self.version, id=call.request_id
         )

@@ -4,6 +4,7 @@ message — comes back unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -11,7 +12,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mlwitness.backends import Call, Inference
-from mlwitness.codec import Tensor, decode_outputs
+from mlwitness.codec import INLINE_BYTES, Tensor, decode_outputs
 from mlwitness.errors import UpstreamError
 from mlwitness.wire import inference as pb
 
@@ -68,6 +69,9 @@ class UpstreamBackend:
         except grpc.aio.AioRpcError as exc:
             raise UpstreamError(exc.code().name, exc.details() or "") from exc
 
+    def admit(self, request: Any) -> None:
+        """Nothing: the upstream judges the names (the sizes are checked for all modes)."""
+
     def check(self, request: Any, inputs: list[Tensor]) -> None:
         """Nothing: the upstream judges the request (and its errors are passed back)."""
 
@@ -75,11 +79,9 @@ class UpstreamBackend:
         response = await self._call("ModelInfer", call.raw, call.timeout, call.metadata)
         if not call.request.id:
             response += _id_field(call.request_id)
-        try:
-            outputs = decode_outputs(pb.ModelInferResponse.FromString(response))
-        except Exception:  # an odd upstream answer still reaches the caller; bytes are kept
-            outputs = []
-        return Inference(response, outputs)
+        if len(response) > INLINE_BYTES:  # a large answer is read off the event loop
+            return Inference(response, await asyncio.to_thread(_outputs, response))
+        return Inference(response, _outputs(response))
 
     async def ready(self) -> bool:
         """Whether the upstream says it is ready; False for any failure to say so (an
@@ -99,3 +101,10 @@ class UpstreamBackend:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _outputs(response: bytes) -> list[Tensor]:
+    try:
+        return decode_outputs(pb.ModelInferResponse.FromString(response), size=len(response))
+    except Exception:  # an odd upstream answer still reaches the caller; bytes are kept
+        return []

@@ -89,6 +89,7 @@ SELECT
     status,
     message,
     violations,
+    NULLIF(detail, '')::JSON AS detail,
     {batch_size} AS batch_size,
     inputs,
     inputs_text,
