@@ -380,8 +380,8 @@ def record_table(
 
 def undecoded(table: pa.Table) -> list[tuple[int, str]]:
     """(seq, why) of the records `record_table` left without decoded columns."""
-    metadata = table.schema.metadata or {}
-    return [(int(seq), str(why)) for seq, why in json.loads(metadata.get(UNDECODED_KEY, b"[]"))]
+    noted = (table.schema.metadata or {}).get(UNDECODED_KEY)
+    return [(int(seq), str(why)) for seq, why in json.loads(noted)] if noted else []
 
 
 def without_decoded(table: pa.Table, rows: Sequence[int] | None = None) -> pa.Table:
