@@ -331,3 +331,32 @@ def test_a_start_loads_a_long_journal_tail_in_less_room_than_its_rows_take(
         writer.close()
     small_disk.free()
     assert ledger_ids(path) == [f"r{i}" for i in range(8000)] + ["after"]
+
+
+def test_a_real_failed_automatic_checkpoint_is_survived_without_loading_twice(
+    small_disk: SmallDisk, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With a tiny checkpoint threshold every load's commit checkpoints. With room for the
+    # commit's WAL but not for the checkpoint, DuckDB reports the load failed although it
+    # is durable, and refuses everything until it is opened again.
+    path = small_disk.root / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(load_interval_s=3600))
+    writer.open()
+    try:
+        writer.write(lambda con: con.execute("SET checkpoint_threshold = '1KB'"))
+        writer.append_blocking(large("r0"))
+        writer.sync(timeout=10)
+        for i in range(1, 5):
+            writer.append_blocking(large(f"r{i}"))  # journaled: 256 KiB to load
+        small_disk.fill(leave=400 << 10)
+        with pytest.raises(LedgerUnavailable, match="DuckDB is behind"):
+            writer.sync(timeout=2)
+        small_disk.free()
+        assert writer.sync(timeout=30) == 5
+        writer.append_blocking(large("r5"))
+        assert writer.sync(timeout=10) == 6
+    finally:
+        small_disk.free()
+        writer.close()
+    assert "opened again after a fatal error" in caplog.text
+    assert ledger_ids(path) == [f"r{i}" for i in range(6)]
