@@ -1,7 +1,8 @@
 """No decision without a record: SIGKILL, SIGTERM, a failing disk, a full backlog.
 
 The process tests run the real `mlwitness serve` command; the disk-failure tests inject
-the fault with a Journal subclass whose writes raise, and nothing else is replaced.
+the fault at the journal's seam for its system calls (tests/disk_support.py), and nothing
+else is replaced. tests/test_disk_full.py has the ledger's side of a failing disk.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from typing import Any
 import duckdb
 import grpc
 import numpy as np
+import pyarrow as pa
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import SidecarFactory, SlowModel
+from disk_support import FailingCalls, journals_on
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar import RunningSidecar, free_ports, read_ledger, run_verify
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from mlwitness import app as app_module
 from mlwitness.ledger import journal as journal_module
+from mlwitness.ledger import writer as writer_module
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
@@ -207,44 +212,64 @@ def test_sigterm_on_an_idle_sidecar_exits_0_and_leaves_no_journal(
 # ── a failing disk ─────────────────────────────────────────────────────────────────────
 
 
-def failing_journal(point: str, error: OSError) -> type[journal_module.Journal]:
-    """A Journal whose `append` (after writing half the batch: a short write) or `sync`
-    raises `error` once `armed` is set."""
+def scraped_requests(metrics_port: int) -> dict[str, float]:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        scraped = response.read().decode()
+    return {line.rsplit(" ", 1)[0].split('status="')[1][:-2]: float(line.rsplit(" ", 1)[1])
+            for line in scraped.splitlines() if line.startswith("mlwitness_requests_total{")}
 
-    class FailingJournal(journal_module.Journal):
-        armed = threading.Event()
 
-        def append(self, frames: bytes, first_seq: int, last_seq: int) -> None:
-            if point == "append" and self.armed.is_set():
-                super().append(frames[: len(frames) // 2], first_seq, last_seq)
-                raise error
-            super().append(frames, first_seq, last_seq)
+def test_a_full_disk_gives_unavailable_until_there_is_room_then_serves_again(
+    make_sidecar: SidecarFactory, affine_model: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk = FailingCalls("pwrite", errno.ENOSPC)
+    monkeypatch.setattr(journal_module, "Journal", journals_on(disk))
+    monkeypatch.setattr(writer_module, "JOURNAL_RETRY_S", 0.1)
+    (metrics_port,) = free_ports(1)
+    sidecar: RunningSidecar = make_sidecar(affine_model, metrics_port=metrics_port)
+    with grpcclient.InferenceServerClient(sidecar.address) as client:
+        for i in range(3):
+            client.infer("affine_fp32", affine_input(), request_id=f"before-{i}")
+        disk.failing.set()
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("affine_fp32", affine_input(), request_id="lost-disk")
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert "No space left on device" in info.value.message()
+        wait_for_health(sidecar.address, health_pb2.HealthCheckResponse.NOT_SERVING, 5)
+        assert client.is_server_ready() is False
+        # not a fault a restart mends: the pod must not be killed for it
+        assert health_status(sidecar.address, "liveness") == health_pb2.HealthCheckResponse.SERVING
 
-        def sync(self) -> None:
-            if point == "sync" and self.armed.is_set():
-                raise error
-            super().sync()
+        disk.failing.clear()  # room again: the ledger finds it by itself
+        wait_for_health(sidecar.address, health_pb2.HealthCheckResponse.SERVING, 10)
+        client.infer("affine_fp32", affine_input(), request_id="after-room")
+    assert scraped_requests(metrics_port) == {"OK": 4.0, "UNAVAILABLE": 1.0}
+    sidecar.stop()
 
-    return FailingJournal
+    rows = read_ledger(sidecar.ledger_path, "SELECT seq, request_id FROM records ORDER BY seq")
+    assert rows == [(1, "before-0"), (2, "before-1"), (3, "before-2"), (4, "after-room")]
+    assert run_verify(sidecar.ledger_path).returncode == 0
 
 
 @pytest.mark.parametrize(
-    ("point", "error", "says"),
+    ("call", "error", "says"),
     [
-        ("append", OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
-        ("sync", OSError(errno.EIO, "Input/output error"), "Input/output error"),
+        ("fdatasync", errno.EIO, "Input/output error"),
+        ("fdatasync", errno.ENOSPC, "No space left on device"),  # ext4's delayed allocation
     ],
 )
-def test_ledger_failure_gives_unavailable_and_no_prediction(
+def test_a_failed_flush_gives_unavailable_then_fails_liveness_and_a_restart_serves(
     make_sidecar: SidecarFactory,
     affine_model: Path,
     monkeypatch: pytest.MonkeyPatch,
-    point: str,
-    error: OSError,
+    call: str,
+    error: int,
     says: str,
 ) -> None:
-    journal_class = failing_journal(point, error)
-    monkeypatch.setattr(journal_module, "Journal", journal_class)
+    disk = FailingCalls(call, error)
+    monkeypatch.setattr(journal_module, "Journal", journals_on(disk))
+    monkeypatch.setattr(app_module, "LEDGER_FAILURE_RESTART_S", 0.5)
     (metrics_port,) = free_ports(1)
     sidecar: RunningSidecar = make_sidecar(affine_model, metrics_port=metrics_port)
     with grpcclient.InferenceServerClient(sidecar.address) as client:
@@ -252,7 +277,7 @@ def test_ledger_failure_gives_unavailable_and_no_prediction(
             client.infer("affine_fp32", affine_input(), request_id=f"before-{i}")
         assert health_status(sidecar.address) == health_pb2.HealthCheckResponse.SERVING
 
-        journal_class.armed.set()
+        disk.failing.set()
         with pytest.raises(InferenceServerException) as info:
             client.infer("affine_fp32", affine_input(), request_id="lost-disk")
         assert info.value.status() == "StatusCode.UNAVAILABLE"
@@ -261,18 +286,19 @@ def test_ledger_failure_gives_unavailable_and_no_prediction(
         wait_for_health(sidecar.address, health_pb2.HealthCheckResponse.NOT_SERVING, 5)
         assert client.is_server_ready() is False
 
-        journal_class.armed.clear()  # the disk is back, but the writer stays failed
+        disk.failing.clear()  # the disk seems back; what the failed flush lost is unknown
         with pytest.raises(InferenceServerException) as info:
             client.infer("affine_fp32", affine_input(), request_id="after-failure")
         assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert "mlwitness restarted" in info.value.message()
+        for _ in range(100):  # liveness turns NOT_SERVING: the orchestrator restarts it
+            if health_status(sidecar.address, "liveness") != health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.05)
+        assert health_status(sidecar.address, "liveness") == (
+            health_pb2.HealthCheckResponse.NOT_SERVING)
     # the refusals are counted where an alert on UNAVAILABLE looks for them
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        scraped = response.read().decode()
-    counted = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in scraped.splitlines() if line.startswith("mlwitness_requests_total{")}
-    assert counted == {'mlwitness_requests_total{model="affine_fp32",status="OK"}': 3.0,
-                       'mlwitness_requests_total{model="affine_fp32",status="UNAVAILABLE"}': 2.0}
+    assert scraped_requests(metrics_port) == {"OK": 3.0, "UNAVAILABLE": 2.0}
     sidecar.stop()
 
     rows = read_ledger(sidecar.ledger_path, "SELECT request_id, status FROM records ORDER BY seq")
@@ -281,6 +307,7 @@ def test_ledger_failure_gives_unavailable_and_no_prediction(
 
     # Same ledger, the disk works again. The refused call's record was written (in part or
     # unflushed) when the disk failed; it must not come back as a decision.
+    monkeypatch.undo()
     restarted = make_sidecar(affine_model)
     with grpcclient.InferenceServerClient(restarted.address) as client:
         client.infer("affine_fp32", affine_input(), request_id="restarted")
@@ -288,6 +315,7 @@ def test_ledger_failure_gives_unavailable_and_no_prediction(
         (4, "restarted")
     ]
     assert health_status(restarted.address) == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(restarted.address, "liveness") == health_pb2.HealthCheckResponse.SERVING
 
 
 # ── backpressure ───────────────────────────────────────────────────────────────────────
@@ -313,10 +341,10 @@ class RefusingWriter(LedgerWriter):
     """DuckDB refuses every batch holding seq 3: the fault is injected by subclassing, as
     FailingJournal does, and the rest of the writer is the real one."""
 
-    def _insert(self, batch: list[Record]) -> None:
-        if any(record.seq == 3 for record in batch):
+    def _insert(self, table: pa.Table) -> None:
+        if 3 in table.column("seq").to_pylist():
             raise duckdb.IOException("IO Error: could not write to the database file")
-        super()._insert(batch)
+        super()._insert(table)
 
 
 def test_a_load_that_fails_at_shutdown_leaves_no_gap(tmp_path: Path) -> None:
@@ -329,7 +357,7 @@ def test_a_load_that_fails_at_shutdown_leaves_no_gap(tmp_path: Path) -> None:
 
     report = verify(path)
     assert not report.problems, report.problems
-    assert report.records <= 2 and report.records + report.journal_records == 6
+    assert report.records == 2 and report.journal_records == 4
     assert report.head_seq == 6
 
     writer = LedgerWriter(path)  # DuckDB works again: the journal tail is loaded
@@ -374,9 +402,9 @@ class HeldLoader(LedgerWriter):
         super().__init__(*args, **kwargs)
         self.release = threading.Event()
 
-    def _insert(self, batch: list[Record]) -> None:
+    def _insert(self, table: pa.Table) -> None:
         self.release.wait(30)
-        super()._insert(batch)
+        super()._insert(table)
 
 
 def test_a_caller_cancelled_while_the_backlog_is_full_still_gets_its_record(

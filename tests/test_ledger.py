@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import threading
 import time
 from datetime import UTC, datetime
@@ -22,7 +24,7 @@ from tritonclient.grpc import service_pb2
 from mlwitness.audit.reader import Filters, LedgerReader
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import FailedPrecondition, InvalidInput
-from mlwitness.ledger import schema, store
+from mlwitness.ledger import journal, schema, store
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 
@@ -415,3 +417,31 @@ def test_the_ledger_never_vacuums_its_append_only_tables(tmp_path: Path) -> None
         con.close()
     assert duckdb.connect().execute(
         "SELECT current_setting('max_vacuum_tasks')").fetchone()[0] > 0  # DuckDB's default
+
+
+def test_new_ledger_files_are_not_for_other_users(tmp_path: Path) -> None:
+    # DuckDB creates the ledger and its .wal itself (the .wal again after each checkpoint),
+    # with 0666 less the umask: under the common 022 they were world-readable, while they
+    # hold every caller's request and response.
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "ledgers" / "ledger.duckdb"
+        writer = LedgerWriter(path, WriterOptions(load_interval_s=0.05))
+        writer.open()
+        try:
+            writer.append_blocking(Record(request_id="first"))
+            writer.sync()
+            writer.write(lambda con: con.execute("CHECKPOINT"))  # the .wal goes …
+            writer.append_blocking(Record(request_id="second"))
+            writer.sync()  # … and comes back, made by the loader thread
+            created = [path, path.with_name(path.name + ".wal"), path.parent,
+                       journal.journal_dir(path),
+                       *journal.segment_paths(journal.journal_dir(path))]
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in created}
+        finally:
+            writer.close()
+    finally:
+        os.umask(previous)
+    assert len(modes) == 5
+    assert {name: mode & 0o027 for name, mode in modes.items()} == dict.fromkeys(modes, 0)
+    assert modes["ledger.duckdb"] == modes["ledger.duckdb.wal"] == 0o640

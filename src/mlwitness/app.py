@@ -61,6 +61,13 @@ log = logging.getLogger("mlwitness")
 NOT_A_MODEL = ("INVALID_PROTOBUF", "No graph was found")
 
 HEALTH_INTERVAL_S = 1.0
+# A ledger that failed for good (a journal flush failed: only a restart, which reads back
+# what is really on disk, goes on) turns the `liveness` service NOT_SERVING this long
+# after, so that the orchestrator restarts the sidecar; readiness is NOT_SERVING at once.
+# The wait leaves time for in-flight calls to be refused and for the state to be scraped.
+# A full disk, which the ledger recovers from by itself once there is room, leaves
+# liveness SERVING.
+LEDGER_FAILURE_RESTART_S = 30.0
 
 
 def tabulator_for(settings: Settings, signature: Signature) -> Tabulator:
@@ -212,6 +219,7 @@ class Sidecar:
             else None}
         self._guards_stamp: str | None = None
         self.ready = False
+        self.alive = True  # the `liveness` service's status
         self._tasks: list[asyncio.Task] = []
 
     # ── start ──────────────────────────────────────────────────────────────────────────
@@ -234,10 +242,10 @@ class Sidecar:
         )
         await asyncio.to_thread(self.ledger.open)
         loop = asyncio.get_running_loop()
-        def on_failure() -> None:  # from the failing writer thread: flip health now
+        def on_change() -> None:  # from a writer thread, on failure or recovery: flip health now
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._update_health()))
 
-        self.ledger.on_failure = on_failure
+        self.ledger.on_failure = self.ledger.on_recovery = on_change
         env = environment.fingerprint(model.providers)
         env_id = self.ledger.write(lambda con: store.put_environment(con, env))
         self.model_file = ModelFile(s.model, self._store_model)  # type: ignore[arg-type]
@@ -479,6 +487,23 @@ class Sidecar:
                 await self.audit_health.set(name, status)
             self._audit_ready = ledger_ok
         self.ready = ready
+        await self._update_liveness()
+
+    async def _update_liveness(self) -> None:
+        """`liveness` turns NOT_SERVING LEDGER_FAILURE_RESTART_S after the ledger failed for
+        good, so that a restart recovers it."""
+        assert self.ledger is not None
+        since = self.ledger.unrecoverable_since
+        alive = since is None or time.monotonic() - since < LEDGER_FAILURE_RESTART_S
+        if alive == self.alive:
+            return
+        self.alive = alive
+        log.error("the ledger failed %.0f s ago and cannot recover in this process: liveness "
+                  "is NOT_SERVING now, for the orchestrator to restart mlwitness",
+                  LEDGER_FAILURE_RESTART_S)
+        for servicer in (self.health, self.probe_health):
+            if servicer is not None:
+                await servicer.set("liveness", health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _watch(self) -> None:
         s = self.settings

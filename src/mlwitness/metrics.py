@@ -32,6 +32,8 @@ DOCUMENTED = {
     "mlwitness_ledger_flush_seconds_total": "time spent in journal group commits",
     "mlwitness_ledger_loaded_total": "records loaded into DuckDB",
     "mlwitness_ledger_load_seconds_total": "time spent loading DuckDB batches",
+    "mlwitness_ledger_rows_failed_total": "records loaded without decoded columns (inputs, "
+                                          "outputs, parameters): they could not be built",
     "mlwitness_ledger_backlog": "records acknowledged but not yet in DuckDB",
     "mlwitness_ledger_last_commit_batch": "records in the latest journal group commit",
     "mlwitness_ledger_healthy": "1 while the ledger can commit records",
@@ -50,6 +52,7 @@ class _LedgerCollector(Collector):
             ("mlwitness_ledger_flush_seconds", stats.flush_seconds),
             ("mlwitness_ledger_loaded", stats.loaded),
             ("mlwitness_ledger_load_seconds", stats.load_seconds),
+            ("mlwitness_ledger_rows_failed", stats.undecoded),
         ):
             yield CounterMetricFamily(name, DOCUMENTED[name + "_total"], value=value)
         for name, value in (

@@ -39,6 +39,14 @@ A W segment was
 never flushed batch by batch, so after a power cut any number of its last batches may be
 torn: it ends at its first unsound frame, with a warning for what follows (the trade
 `--durability write` documents).
+
+**When the disk fails.** A write that fails (a full disk: ENOSPC) leaves the journal as it
+was before the batch: the writer cuts the batch back out, and a later `reserve` tells when
+writing can go on. A flush (fsync, fdatasync) that fails raises FlushFailed, and then what
+reached the disk is unknown: Linux may have dropped the pages it could not write and marked
+them clean, so a later flush that succeeds proves nothing (PostgreSQL's "fsyncgate", 2018,
+after which it treats a failed fsync as fatal). The writer then never writes the journal
+again in that process; a restart reads back what is really on disk.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from mlwitness.errors import DataLoss
 from mlwitness.ledger.record import HASH_SIZE, Record, decode
@@ -68,6 +77,22 @@ _PAYLOAD_SEQ = struct.Struct(">xq")  # a payload's format version, then its seq 
 _HASHES = 2 * HASH_SIZE
 SUFFIX = ".wal"
 EXTEND_BYTES = 1 << 20
+
+
+class FlushFailed(OSError):
+    """fsync or fdatasync of the journal failed: what reached the disk is unknown."""
+
+
+class FileCalls(Protocol):
+    """The operating-system calls the journal writes with: the `os` module, or in a test a
+    wrapper that makes one of them fail (a full disk, a failing flush)."""
+
+    def open(self, path: Any, flags: int, mode: int = ...) -> int: ...
+    def close(self, fd: int) -> None: ...
+    def pwrite(self, fd: int, data: Any, offset: int) -> int: ...
+    def fdatasync(self, fd: int) -> None: ...
+    def fsync(self, fd: int) -> None: ...
+    def ftruncate(self, fd: int, length: int) -> None: ...
 
 
 def journal_dir(ledger_path: Path) -> Path:
@@ -94,12 +119,14 @@ def segment_paths(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix == SUFFIX)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def remove_loaded(directory: Path, loaded_upto: int) -> None:
+    """Delete the segments, other than the last, whose records are all loaded (the next
+    segment begins at or before seq `loaded_upto` + 1): while start-up loads a long
+    journal tail, this frees the disk as it goes. Best effort, as `Journal.retire`."""
+    paths = segment_paths(directory)
+    for path, following in zip(paths, paths[1:], strict=False):
+        if int(following.stem) - 1 <= loaded_upto:
+            _remove(Segment(path, int(path.stem), int(following.stem) - 1))
 
 
 def _sound(data: bytes, offset: int) -> tuple[int, int, int] | None:
@@ -222,21 +249,14 @@ def _remove(segment: Segment) -> bool:
     return True
 
 
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        offset += written
-        view = view[written:]
-
-
 class Journal:
     """Appends frames to segment files. Used under the ledger writer's write lock only."""
 
     def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20,
-                 synced: bool = True) -> None:
+                 synced: bool = True, io: FileCalls = os) -> None:  # type: ignore[assignment]
         self.directory = directory
         self.segment_bytes = segment_bytes
+        self._io = io
         self._header = HEADER + (SYNCED if synced else UNSYNCED)
         self._segments: list[Segment] = []
         self._fd: int | None = None
@@ -265,21 +285,28 @@ class Journal:
         new file exists (in `write` durability that is its only flush), and the new one's
         header before any frame: if anything fails, the old segment stays the active one."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            self._flush(self._fd, data_only=False)
         path = self.directory / f"{next_seq:020d}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = self._io.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            _write_at(fd, self._header, 0)
-            os.fdatasync(fd)
+            self._write_at(fd, self._header, 0)
+            self._flush(fd)
         except OSError:
-            os.close(fd)
+            self._io.close(fd)
             raise
         if self._fd is not None:
-            os.close(self._fd)
+            self._io.close(self._fd)
         self._fd = fd
         self._size = self._end = len(self._header)
         self._segments.append(Segment(path, next_seq, next_seq - 1))
-        _fsync_dir(self.directory)
+        try:  # the new segment is active now: its directory entry must be on disk too
+            directory = self._io.open(self.directory, os.O_RDONLY)
+            try:
+                self._io.fsync(directory)
+            finally:
+                self._io.close(directory)
+        except OSError as exc:
+            raise FlushFailed(exc.errno, exc.strerror) from exc
 
     def append(self, frames: bytes, first_seq: int, last_seq: int) -> None:
         """Write one batch of frames (records first_seq..last_seq) to the active segment,
@@ -291,15 +318,42 @@ class Journal:
         self._batch_start = (self._size, self._segments[-1].last_seq)
         end = self._size + len(frames)
         if end > self._end:
-            _write_at(self._fd, bytes(EXTEND_BYTES), end)
+            self._write_at(self._fd, bytes(EXTEND_BYTES), end)
             self._end = end + EXTEND_BYTES
-        _write_at(self._fd, frames, self._size)
+        self._write_at(self._fd, frames, self._size)
         self._size = end
         self._segments[-1].last_seq = last_seq
 
     def sync(self) -> None:
         assert self._fd is not None, "journal not open"
-        os.fdatasync(self._fd)
+        self._flush(self._fd)
+
+    def reserve(self, next_seq: int) -> None:
+        """Make room for the next batch (records from `next_seq` on) and flush it: zeros up
+        to EXTEND_BYTES past the last frame, in a new segment if the active one is full.
+        After a write failed for want of space, this succeeding says that writing can go
+        on; raises OSError (FlushFailed for a failed flush) while it cannot."""
+        assert self._fd is not None, "journal not open"
+        self._batch_start = None
+        if self._size >= self.segment_bytes:
+            self._roll(next_seq)
+        if self._end < self._size + EXTEND_BYTES:
+            self._write_at(self._fd, bytes(self._size + EXTEND_BYTES - self._end), self._end)
+            self._end = self._size + EXTEND_BYTES
+        self._flush(self._fd)
+
+    def _write_at(self, fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._io.pwrite(fd, view, offset)
+            offset += written
+            view = view[written:]
+
+    def _flush(self, fd: int, *, data_only: bool = True) -> None:
+        try:
+            (self._io.fdatasync if data_only else self._io.fsync)(fd)
+        except OSError as exc:
+            raise FlushFailed(exc.errno, exc.strerror) from exc
 
     def discard_last_batch(self) -> None:
         """Cut the active segment back to where the last `append` began, and flush. For a
@@ -308,8 +362,9 @@ class Journal:
         if self._batch_start is None or self._fd is None:
             return  # the append failed before writing anything
         size, last_seq = self._batch_start
-        os.ftruncate(self._fd, size)
-        os.fsync(self._fd)
+        self._batch_start = None
+        self._io.ftruncate(self._fd, size)
+        self._flush(self._fd, data_only=False)
         self._size = self._end = size
         self._segments[-1].last_seq = last_seq
 
@@ -326,9 +381,9 @@ class Journal:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
-                os.fsync(fd)
+                self._flush(fd, data_only=False)
             finally:
-                os.close(fd)
+                self._io.close(fd)
         if remove_if_loaded_upto is not None and all(
             s.last_seq <= remove_if_loaded_upto for s in self._segments
         ):

@@ -7,12 +7,19 @@ columns, named by the configured feature names for that tensor or `name_0 … na
 Other tensors (images, sequences) stay in the request/response bytes only.
 
 `record_table` turns a batch of chained records (their fields and decoded tensors) into
-the Arrow table the ledger writer inserts into `entries`.
+the Arrow table the ledger writer inserts into `entries`. **Derived data may fail; the
+record may not.** The decoded columns (inputs, outputs, parameters) are derived from the
+request and response bytes, which the record keeps: a record whose columns cannot be built
+(its tensors do not decode or tabulate, or they claim more than MAX_VALUES_PER_RECORD
+values) is tabulated with empty decoded columns and noted in the
+table (`undecoded`), so that one call can never stop the ledger's loads.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -25,6 +32,17 @@ from mlwitness.ledger.record import Record
 
 MAX_COLUMNS_PER_TENSOR = 256
 MAX_PLANS = 256  # row layouts a Tabulator remembers (batch sizes are part of the layout)
+# The most values (row count × columns) a record's tensors may claim for its decoded
+# columns; a record beyond it keeps its bytes and gets empty decoded columns. It caps rows
+# too: every tabulated row holds a value. A value costs the loader ~40 bytes of Arrow (a
+# float or text and its column name) and DuckDB as much again: a million values is 10,000
+# rows of 100 features, far beyond a tabular model's batch, and bounds the memory one call
+# can make the loader and the table builder take.
+MAX_VALUES_PER_RECORD = 1_000_000
+# The `entries` columns derived from a record's bytes, and the schema metadata key under
+# which `record_table` lists the records it left them empty for.
+DECODED_COLUMNS = ("inputs", "inputs_text", "outputs", "outputs_text", "parameters")
+UNDECODED_KEY = b"mlwitness.undecoded"
 
 
 @dataclass(frozen=True)
@@ -160,7 +178,7 @@ def _layout_key(tensors: Sequence) -> tuple | None:
     key = []
     for tensor in tensors:
         shape = tensor.shape
-        if not 0 < len(shape) < 3 or shape[0] != n:
+        if not 0 < len(shape) < 3 or shape[0] != n or 0 in shape:
             return None
         key.append((tensor.name, tensor.datatype, shape[1:]))
     return tuple(key)
@@ -173,12 +191,14 @@ def replace_array(tensor: Any, array: np.ndarray) -> Any:
 
 def tabular(tensors: Sequence) -> tuple[int, list[tuple[Any, np.ndarray]]] | None:
     """The tabular part of a request: (N, [(tensor, [N, k] matrix view), ...]) in tensor
-    order, or None. Numeric and BYTES tensors of rank 1 or 2 sharing the first tensor's N."""
+    order, or None. Numeric and BYTES tensors of rank 1 or 2 sharing the first tensor's N.
+    A tensor without elements is not tabular, whatever rows its shape claims ([N, 0]): it
+    has no column, and rows of nothing would cost memory for each claimed row."""
     n: int | None = None
     parts: list[tuple[Any, np.ndarray]] = []
     for tensor in tensors:
         array = tensor.array
-        if array.ndim not in (1, 2) or array.shape[0] == 0:
+        if array.ndim not in (1, 2) or array.size == 0:
             continue
         if array.ndim == 2 and array.shape[1] > MAX_COLUMNS_PER_TENSOR:
             continue
@@ -224,12 +244,21 @@ def _stack(columns: list[np.ndarray], n: int, dtype: Any) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
-    seen: dict[str, int] = {}
+    """Names made distinct: a repeated name becomes `name#1`, `name#2`, … skipping any
+    name already taken (a tensor may itself be called `a#1`). DuckDB refuses a map with a
+    key twice, and a caller chooses tensor names."""
+    taken = set(names)
+    seen: set[str] = set()
     result = []
     for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        result.append(name if count == 0 else f"{name}#{count}")
+        if name in seen:
+            count = 1
+            while f"{name}#{count}" in taken:
+                count += 1
+            name = f"{name}#{count}"
+            taken.add(name)
+        seen.add(name)
+        result.append(name)
     return tuple(result)
 
 
@@ -309,22 +338,108 @@ def record_table(
     records: list[Record], tabulator: Tabulator, decoder: TensorDecoder | None = None
 ) -> pa.Table:
     """The `entries` rows of chained records, as one Arrow table. Each record's in-memory
-    tensors are released once tabulated (its request and response bytes stay)."""
+    tensors are released once tabulated (its request and response bytes stay). Never fails
+    for a record's derived data: a record whose decoded columns cannot be built gets empty
+    ones, and is listed with the reason in the table's schema metadata (`undecoded`)."""
     tensors_in: list[Any] = []
     tensors_out: list[Any] = []
     parameters: list[Any] = []
+    notes: list[tuple[int, str]] = []
     for record in records:
         ins, outs, params = record.inputs, record.outputs, record.parameters
+        record.inputs = record.outputs = record.parameters = None
         if ins is None and outs is None and decoder is not None:
-            ins, outs, params = decoder(record)
+            try:
+                ins, outs, params = decoder(record)
+            except Exception as exc:  # derived data: the record goes in without it
+                ins = outs = params = None
+                notes.append((record.seq, f"its tensors could not be decoded ({_why(exc)})"))
+        claimed = _values(ins) + _values(outs) if ins or outs else 0
+        if claimed > MAX_VALUES_PER_RECORD:
+            notes.append((record.seq, f"its tensors claim {claimed} values, more than the "
+                                      f"{MAX_VALUES_PER_RECORD} a record's decoded columns "
+                                      "hold"))
+            ins = outs = None
         tensors_in.append(ins)
         tensors_out.append(outs)
         parameters.append(list(params.items()) if params else None)
-        record.inputs = record.outputs = record.parameters = None
     columns = {
         name: pa.array(list(map(attrgetter(name), records)), kind)
         for name, kind in _RECORD_COLUMNS
     }
-    columns.update(arrow_columns(tensors_in, tensors_out, tabulator))
+    try:
+        columns.update(_decoded_columns(tensors_in, tensors_out, parameters, tabulator))
+    except Exception:  # some record's columns cannot be built: find it, build the rest
+        columns.update(_decoded_one_by_one(records, tensors_in, tensors_out, parameters,
+                                           tabulator, notes))
+    table = pa.table(columns)
+    if notes:
+        table = table.replace_schema_metadata({UNDECODED_KEY: json.dumps(notes)})
+    return table
+
+
+def undecoded(table: pa.Table) -> list[tuple[int, str]]:
+    """(seq, why) of the records `record_table` left without decoded columns."""
+    noted = (table.schema.metadata or {}).get(UNDECODED_KEY)
+    return [(int(seq), str(why)) for seq, why in json.loads(noted)] if noted else []
+
+
+def without_decoded(table: pa.Table, rows: Sequence[int] | None = None) -> pa.Table:
+    """`table` with the decoded columns of the given rows (None: all) emptied, as for a
+    record without tensors (no row maps, no parameters); the record fields stay."""
+    cleared = pa.table({name: (_empty_column(table.schema.field(name).type, table.num_rows)
+                               if name in DECODED_COLUMNS else table.column(name))
+                        for name in table.column_names})
+    if rows is None:
+        return cleared
+    pieces, at = [], 0
+    for row in sorted(set(rows)):
+        pieces += [table.slice(at, row - at), cleared.slice(row, 1)]
+        at = row + 1
+    pieces.append(table.slice(at))
+    return pa.concat_tables(pieces).replace_schema_metadata(None)
+
+
+def _empty_column(kind: pa.DataType, n: int) -> pa.Array:
+    if pa.types.is_list(kind):
+        return pa.array([[]] * n, kind)
+    return pa.nulls(n, kind)
+
+
+def _values(tensors: Sequence | None) -> int:
+    """How many values the tensors that could be tabulated (rank 0 to 2) claim, read from
+    their shapes. Each of a record's rows holds at least one value (tensors without
+    elements are not tabulated), so this bounds its rows too."""
+    total = 0
+    for tensor in tensors or ():
+        shape = tensor.shape
+        if len(shape) < 3:
+            total += math.prod(shape)
+    return total
+
+
+def _decoded_columns(tensors_in: list[Any], tensors_out: list[Any], parameters: list[Any],
+                     tabulator: Tabulator) -> dict[str, pa.Array]:
+    columns = arrow_columns(tensors_in, tensors_out, tabulator)
     columns["parameters"] = pa.array(parameters, pa.map_(pa.string(), pa.string()))
-    return pa.table(columns)
+    return columns
+
+
+def _decoded_one_by_one(records: list[Record], tensors_in: list[Any], tensors_out: list[Any],
+                        parameters: list[Any], tabulator: Tabulator,
+                        notes: list[tuple[int, str]]) -> dict[str, pa.Array]:
+    """The decoded columns record by record; a record whose columns fail gets empty ones
+    and a note."""
+    parts: list[dict[str, pa.Array]] = []
+    for record, ins, outs, params in zip(records, tensors_in, tensors_out, parameters,
+                                         strict=True):
+        try:
+            parts.append(_decoded_columns([ins], [outs], [params], tabulator))
+        except Exception as exc:
+            notes.append((record.seq, f"its decoded columns could not be built ({_why(exc)})"))
+            parts.append(_decoded_columns([None], [None], [None], tabulator))
+    return {name: pa.concat_arrays([part[name] for part in parts]) for name in DECODED_COLUMNS}
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -8,6 +8,8 @@ Tables are the storage contract of the writer; the views (`records`, `decisions`
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from pathlib import Path
 
 import duckdb
@@ -142,14 +144,36 @@ def create(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+# Bits no ledger file may grant: the ledger holds every caller's request and response, so
+# like the journal's segments (0640) it is not for other users. DuckDB creates its files
+# itself with mode 0666 less the umask, and not only at connect: the `.wal` beside the
+# ledger is removed at each checkpoint and created again by a later commit, from whatever
+# thread commits. So the process's umask must keep these bits off for as long as the
+# ledger is open; `connect` adds them to it, for good (it is process-wide: files that
+# other threads create from then on lose these bits too, a narrowing only).
+PRIVATE_UMASK = 0o027
+_umask_lock = threading.Lock()
+
+
+def restrict_umask() -> None:
+    """Add PRIVATE_UMASK to the process's umask (reading it means setting it: the lock
+    keeps two callers from restoring each other's temporary value)."""
+    with _umask_lock:
+        current = os.umask(0o077)
+        os.umask(current | PRIVATE_UMASK)
+
+
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a ledger file. Read-only connections never create or alter anything."""
+    """Open a ledger file. Read-only connections never create or alter anything. A
+    read-write connection first keeps group write and all other users' access off the
+    files DuckDB creates (`restrict_umask`)."""
     if read_only:
         if not path.exists():
             from mlwitness.errors import FailedPrecondition
 
             raise FailedPrecondition(f"ledger file {path} does not exist")
         return duckdb.connect(str(path), read_only=True)
+    restrict_umask()
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
     # No vacuum at checkpoints. Nothing in the ledger is ever deleted, yet DuckDB's vacuum

@@ -27,17 +27,30 @@
 * **Nothing acknowledged is missed.** `sync()` waits until every acknowledged record is in
   DuckDB; the audit service calls it before it reads. On start-up, journal records beyond
   DuckDB's last one are loaded before anything else happens.
-* **Failure is loud.** If the journal cannot be written or flushed, the writer fails
-  permanently: every pending and later `append` raises LedgerUnavailable (the caller gets
-  UNAVAILABLE and no prediction) until the process is restarted.
+* **Derived data may fail; the record may not.** A record's decoded columns (inputs,
+  outputs, parameters) are derived from its bytes. A record whose columns cannot be built
+  (rows.record_table), or that DuckDB refuses only for them, is loaded with empty ones, a
+  warning and a count (`stats.undecoded`): one call never stops the loads, nor a start.
+* **Failure is loud, and recovered where that is safe.** If the journal cannot be written
+  or flushed, every pending and later `append` raises LedgerUnavailable (the caller gets
+  UNAVAILABLE and no prediction) and `healthy` turns False. A write that failed for want of
+  space (ENOSPC, EDQUOT) is cut back out of the journal, and a thread tries every
+  JOURNAL_RETRY_S to make room again; once it can, the ledger serves again (the chain head
+  never moved). A failed flush (fsync, fdatasync) is permanent: what reached the disk is
+  unknown (journal.py, "fsyncgate"), so `unrecoverable_since` is set and only a restart,
+  which reads back what is really on disk, goes on. DuckDB failing (a full disk too) only
+  delays loads: they are retried with backoff, and DuckDB is opened again after a fatal
+  error (a failed checkpoint invalidates its database until then).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -56,7 +69,13 @@ from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger import schema
 from mlwitness.ledger.commit import Batch, Linger, settle_elsewhere, settle_futures
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
-from mlwitness.ledger.rows import Tabulator, TensorDecoder, record_table
+from mlwitness.ledger.rows import (
+    Tabulator,
+    TensorDecoder,
+    record_table,
+    undecoded,
+    without_decoded,
+)
 from mlwitness.ledger.tabler import JournalTail, Tabler, TablerFailed, decoder_path
 
 log = logging.getLogger(__name__)
@@ -77,6 +96,20 @@ DURABILITY_MODES = ("fsync", "write")
 TABLE_CHUNK = 128
 LOADER_YIELD_S = 0.0002
 SERVING_WINDOW_S = 0.05  # "calls are being served": a batch was written this recently
+# After a journal write failed for want of space, how often to try to make room again.
+JOURNAL_RETRY_S = 1.0
+# A failed load is retried after 0.5 s, doubling up to this.
+LOAD_RETRY_MAX_S = 5.0
+# Insert probes spent finding the records whose decoded columns DuckDB refuses in a failed
+# load (bisecting it); records still unresolved then go in without their decoded columns.
+SALVAGE_PROBES = 64
+# Start-up loads the journal tail this many records per transaction, checkpoints DuckDB
+# once its WAL has grown past RECOVER_WAL_BYTES and deletes journal segments once loaded:
+# so a restart needs free space for about one segment's rows, not for the WAL of the whole
+# tail's rows beside the tail. (Smaller checkpoints needed more room: each rewrites the
+# table's last row group.)
+RECOVER_CHUNK = 1000
+RECOVER_WAL_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class WriterOptions:
@@ -115,6 +148,7 @@ class WriterStats:
     last_flush_batch: int = 0
     last_load_batch: int = 0
     built_by_child: int = 0  # loaded records whose rows the table builder process built
+    undecoded: int = 0  # records loaded without decoded columns: they could not be built
 
 
 class LedgerWriter:
@@ -125,6 +159,7 @@ class LedgerWriter:
         *,
         tabulator: Tabulator | None = None,
         decoder: TensorDecoder | None = None,
+        journal_io: journal_mod.FileCalls = os,  # type: ignore[assignment]
     ) -> None:
         self.path = Path(path)
         self.options = options or WriterOptions()
@@ -137,16 +172,18 @@ class LedgerWriter:
         self.tabulator = tabulator or Tabulator()
         self.decoder = decoder
         self.stats = WriterStats()
-        # Called once when the ledger fails, from the thread whose journal write or flush
-        # failed (e.g. to flip health).
+        # Called when the ledger fails, from the thread whose journal write or flush failed,
+        # and when it recovers, from the thread that found it can write again (e.g. to flip
+        # health).
         self.on_failure: Callable[[], None] | None = None
+        self.on_recovery: Callable[[], None] | None = None
         self.chain_id = ""
         self._con: duckdb.DuckDBPyConnection | None = None
         self._read_root: duckdb.DuckDBPyConnection | None = None
         self._read_lock = threading.Lock()
         self._journal = journal_mod.Journal(
             journal_mod.journal_dir(self.path), segment_bytes=self.options.segment_bytes,
-            synced=self.options.durability == "fsync",
+            synced=self.options.durability == "fsync", io=journal_io,
         )
         # Appends from an event loop gather here until the loop runs the batch's flush.
         self._batches: dict[asyncio.AbstractEventLoop, Batch] = {}
@@ -163,6 +200,11 @@ class LedgerWriter:
         self._durable_seq = 0
         self._loaded_seq = 0
         self._failure: LedgerUnavailable | None = None
+        self._unrecoverable_since: float | None = None  # monotonic time of a failed flush
+        self._retrier: threading.Thread | None = None  # makes room after a full disk
+        self._stopping = threading.Event()  # set by close(): background waits end
+        self._duckdb_broken = False  # DuckDB invalidated its database: open it again
+        self._open = False
         self._closing = False
         self._threads: list[threading.Thread] = []
         self._tabler: Tabler | None = None
@@ -175,10 +217,34 @@ class LedgerWriter:
 
     def open(self) -> None:
         """Open (or create) the ledger, load any journal tail, start the writer threads."""
-        con = schema.connect(self.path)
-        self._con = con
-        if self.options.duckdb_threads > 0:
-            con.execute(f"SET threads = {int(self.options.duckdb_threads)}")
+        con = self._con = self._connect()
+        try:
+            self._start_chain(con)
+            self._recover()
+        except BaseException:  # e.g. a full disk: nothing stays open for a later attempt
+            self._con = None
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+            raise
+        self._durable_seq = self._loaded_seq = self._head_seq
+        self._journal.open(self._head_seq + 1)
+        self._journal.retire(self._loaded_seq)
+        self._read_root = con.cursor()
+        self._open = True
+        if self.options.table_process:
+            assert self.decoder is not None  # checked by __init__
+            directory = journal_mod.journal_dir(self.path)
+            self._tabler = Tabler(directory, decoder_path(self.decoder),
+                                  self.tabulator.feature_names)
+            self._tail = JournalTail(directory)
+        self._threads = [
+            threading.Thread(target=self._load_loop, name="ledger-loader", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _start_chain(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The chain id (made for a new ledger) and DuckDB's last record."""
         rows = con.execute("SELECT value FROM ledger_meta WHERE key = 'chain_id'").fetchall()
         if not rows:
             self.chain_id = uuid.uuid4().hex
@@ -192,49 +258,58 @@ class LedgerWriter:
             self._head_seq, self._head_hash = 0, genesis_hash(self.chain_id)
         else:
             self._head_seq, self._head_hash = int(last[0][0]), bytes(last[0][1])
-        self._recover()
-        self._durable_seq = self._loaded_seq = self._head_seq
-        self._journal.open(self._head_seq + 1)
-        self._journal.retire(self._loaded_seq)
-        self._read_root = con.cursor()
-        if self.options.table_process:
-            assert self.decoder is not None  # checked by __init__
-            directory = journal_mod.journal_dir(self.path)
-            self._tabler = Tabler(directory, decoder_path(self.decoder),
-                                  self.tabulator.feature_names)
-            self._tail = JournalTail(directory)
-        self._threads = [
-            threading.Thread(target=self._load_loop, name="ledger-loader", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = schema.connect(self.path)
+        if self.options.duckdb_threads > 0:
+            con.execute(f"SET threads = {int(self.options.duckdb_threads)}")
+        return con
 
     def _recover(self) -> None:
-        """Load journal records that DuckDB does not have yet, checking the chain."""
+        """Load journal records that DuckDB does not have yet, checking the chain. They go
+        in RECOVER_CHUNK at a time, each chunk its own transaction, with a checkpoint
+        whenever DuckDB's WAL has grown past RECOVER_WAL_BYTES, and each journal segment is
+        deleted once loaded: the disk needs room for about one segment's rows, not for the
+        WAL of the whole tail's beside the tail (see the README, "Room for a restart")."""
         assert self._con is not None
-        tail: list[Record] = []
+        start = seq = self._head_seq
+        prev = self._head_hash
+        chunk: list[Record] = []
         for record in journal_mod.read(journal_mod.journal_dir(self.path), repair=True):
             if record.seq <= self._head_seq:
                 continue
-            if record.seq != self._head_seq + len(tail) + 1:
+            if record.seq != seq + 1:
                 raise DataLoss(
-                    f"journal skips from seq {self._head_seq + len(tail)} to {record.seq}; "
+                    f"journal skips from seq {seq} to {record.seq}; "
                     "refusing to continue the chain. Run `mlwitness verify`."
                 )
-            expected_prev = tail[-1].hash if tail else self._head_hash
-            if record.prev_hash != expected_prev or record.hash != chain_hash(
+            if record.prev_hash != prev or record.hash != chain_hash(
                 record.prev_hash, encode(record)
             ):
                 raise DataLoss(
                     f"journal record seq {record.seq} does not continue the hash chain; "
                     "refusing to continue. Run `mlwitness verify`."
                 )
-            tail.append(record)
-        if tail:
-            log.info("loading %d journal records left by the previous run", len(tail))
-            for start in range(0, len(tail), self.options.load_batch):
-                self._insert(self._table(tail[start : start + self.options.load_batch]))
-            self._head_seq, self._head_hash = tail[-1].seq, tail[-1].hash
+            if seq == start:
+                log.info("loading journal records left by the previous run, from seq %d",
+                         record.seq)
+            seq, prev = record.seq, record.hash
+            chunk.append(record)
+            if len(chunk) >= RECOVER_CHUNK:
+                self._recover_chunk(chunk)
+                chunk = []
+        if chunk:
+            self._recover_chunk(chunk)
+
+    def _recover_chunk(self, chunk: list[Record]) -> None:
+        assert self._con is not None
+        self._store(self._table(chunk))
+        self._head_seq, self._head_hash = chunk[-1].seq, chunk[-1].hash
+        journal_mod.remove_loaded(journal_mod.journal_dir(self.path), self._head_seq)
+        wal = self.path.with_name(self.path.name + ".wal")
+        with contextlib.suppress(OSError):
+            if wal.stat().st_size > RECOVER_WAL_BYTES:
+                self._con.execute("CHECKPOINT")
 
     def close(self) -> None:
         """Flush and load everything, checkpoint DuckDB, remove the journal. Idempotent."""
@@ -242,6 +317,9 @@ class LedgerWriter:
             return
         with self._write_lock:  # a write under way finishes first (the loader must see it)
             self._closing = True
+        self._stopping.set()
+        if self._retrier is not None:
+            self._retrier.join()
         if self._threads:
             (loader,) = self._threads
             with self._write_lock:  # raced with shutdown: refuse, never leave hanging
@@ -253,17 +331,34 @@ class LedgerWriter:
             loader.join()
         if self._tabler is not None:
             self._tabler.close()
-        failed = self._failure is not None
-        if self._con is not None:
-            if not failed:
-                _checkpoint(self._con)
+        self._open = False
+        failed = self._failure is not None or self._con is None
+        if not failed:
+            try:
+                _checkpoint(self._con)  # type: ignore[arg-type]
+            except duckdb.Error as exc:  # e.g. a full disk: the journal keeps the records
+                log.error("DuckDB's checkpoint at close failed (%s); the journal is kept and "
+                          "the next start loads what DuckDB lacks", exc)
+                failed = True
+        try:
             self._journal.close(remove_if_loaded_upto=None if failed else self._loaded_seq)
-            self._con.close()
+        except OSError as exc:  # flushed at every commit already; nothing more to do
+            log.error("closing the ledger's journal failed (%s)", exc.strerror or exc)
+        if self._con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
             self._con = None
 
     @property
     def healthy(self) -> bool:
-        return self._failure is None and not self._closing and self._con is not None
+        """Whether records can be committed (appended) now."""
+        return self._failure is None and not self._closing and self._open
+
+    @property
+    def unrecoverable_since(self) -> float | None:
+        """time.monotonic() when the ledger failed for good (a failed flush: only a restart
+        goes on), or None."""
+        return self._unrecoverable_since
 
     @property
     def head(self) -> tuple[int, bytes]:
@@ -385,11 +480,13 @@ class LedgerWriter:
             except OSError as exc:
                 try:  # these callers get UNAVAILABLE: their records must not appear later
                     self._journal.discard_last_batch()
+                    discarded = True
                 except OSError:
                     log.exception("could not remove the failed batch (seq %d-%d) from the "
                                   "journal; the next start may load records of refused calls",
                                   self._head_seq + 1, seq)
-                raise self._fail(exc) from exc
+                    discarded = False
+                raise self._fail(exc, retry=discarded and _out_of_space(exc)) from exc
             self._head_seq, self._head_hash = seq, prev
             self._hand_to_loader(batch)  # first: the loader must find kept records kept
             self._durable_seq = seq
@@ -399,15 +496,53 @@ class LedgerWriter:
             self._journal.retire(self._loaded_seq)
         self.stats.flush_seconds += time.perf_counter() - started
 
-    def _fail(self, exc: OSError) -> LedgerUnavailable:
-        log.error("ledger journal failed (%s); the ledger is now unavailable", exc)
-        self._failure = LedgerUnavailable(
-            f"the ledger cannot store records ({exc.strerror or exc}); "
-            "no decisions are served until it is repaired and mlwitness restarted"
-        )
+    def _fail(self, exc: OSError, *, retry: bool) -> LedgerUnavailable:
+        """Refuse appends from now on. With `retry` (a write found the disk full and its
+        batch is cut back out) a thread tries to make room until it can; else (a flush
+        failed) for good. Called under the write lock."""
+        why = exc.strerror or str(exc)
+        if retry:
+            log.error("ledger journal write failed (%s); calls are refused until it can be "
+                      "written again (tried every %g s)", why, JOURNAL_RETRY_S)
+            self._failure = LedgerUnavailable(
+                f"the ledger cannot store records ({why}); no decisions are served until "
+                "it can again (free disk space)")
+            self._retrier = threading.Thread(target=self._retry_journal, daemon=True,
+                                             name="ledger-journal-retry")
+            self._retrier.start()
+        else:
+            log.error("ledger journal failed (%s); the ledger is now unavailable until "
+                      "mlwitness is restarted", why)
+            self._failure = LedgerUnavailable(
+                f"the ledger cannot store records ({why}); "
+                "no decisions are served until it is repaired and mlwitness restarted"
+            )
+            self._unrecoverable_since = time.monotonic()
         if self.on_failure is not None:
             self.on_failure()
         return self._failure
+
+    def _retry_journal(self) -> None:
+        """After a journal write failed for want of space: every JOURNAL_RETRY_S, try to
+        make room for the next batch; once that works, serve again. The failed batch was
+        cut back out and its callers refused, and the chain head never moved, so the chain
+        simply continues."""
+        while not self._stopping.wait(JOURNAL_RETRY_S):
+            with self._write_lock:
+                if self._closing:
+                    return
+                try:
+                    self._journal.reserve(self._head_seq + 1)
+                except journal_mod.FlushFailed as exc:
+                    self._fail(exc, retry=False)
+                    return
+                except OSError:
+                    continue
+                self._failure = None
+            log.warning("the ledger's journal can be written again; serving calls")
+            if self.on_recovery is not None:
+                self.on_recovery()
+            return
 
     def _hand_to_loader(self, records: list[Record]) -> None:
         # With the child, records are read back from the journal, unless loading has
@@ -461,6 +596,9 @@ class LedgerWriter:
                 else:
                     last = first - 1
                 self._claimed = max(self._claimed, last)
+            if self._duckdb_broken or self._con is None:  # also with nothing to load
+                with contextlib.suppress(Exception):  # a load retries it, and logs
+                    self._reopen()
             self._run_writes()
             loading = last >= first
             build = (functools.partial(self._table, batch) if batch
@@ -481,7 +619,7 @@ class LedgerWriter:
         built here and take the place of theirs."""
         assert self._tabler is not None and self._tail is not None
         try:
-            table = self._tabler.table(first, last)
+            table = self._noted(self._tabler.table(first, last))
             self.stats.built_by_child += last - first + 1
         except TablerFailed:
             table = self._table(self._tail.records(first, last))
@@ -499,29 +637,39 @@ class LedgerWriter:
 
     def _load(self, first: int, last: int, build: Callable[[], pa.Table]) -> bool:
         """Insert records first..last (their rows made by `build`) into DuckDB, retrying
-        until it succeeds. Only while closing does it give up (after three attempts) and
-        return False: then neither these records nor any later ones may be loaded, or
-        DuckDB would skip records the journal still holds."""
+        with backoff until it succeeds. Only while closing does it give up (after three
+        attempts) and return False: then neither these records nor any later ones may be
+        loaded, or DuckDB would skip records the journal still holds."""
         started = time.perf_counter()
         attempts = 0
         table: pa.Table | None = None
         while True:
             try:
+                if self._con is None or self._duckdb_broken:
+                    self._reopen()
+                if attempts and self._stored_head() >= last:
+                    break  # DuckDB failed after its commit (its automatic checkpoint)
                 if table is None:  # built once: building releases records' tensors
                     table = build()
-                self._insert(table)
+                self._store(table)
                 break
-            except Exception:  # a DuckDB error, or a bug: retry rather than let the loader die
+            except Exception as exc:  # DuckDB's, or a bug: retry, never let the loader die
                 attempts += 1
+                if _fatal(exc):
+                    self._duckdb_broken = True
                 if attempts == 1:
                     log.exception("loading records %d-%d into DuckDB failed; retrying",
                                   first, last)
                 elif attempts % 20 == 0:
-                    log.error("loading records %d-%d into DuckDB still fails (%d attempts)",
-                              first, last, attempts)
+                    log.error("loading records %d-%d into DuckDB still fails (%d attempts): %s",
+                              first, last, attempts, exc)
                 if self._closing and attempts >= 3:
                     return False  # they stay in the journal; the next start loads them
-                time.sleep(0.5)
+                self._run_writes()  # other writes fail now rather than wait for this one
+                if self._closing:
+                    time.sleep(0.2)
+                else:
+                    self._stopping.wait(min(LOAD_RETRY_MAX_S, 0.5 * 2 ** (attempts - 1)))
         self._loaded_seq = last
         if self._kept:
             with self._load_cond:
@@ -542,12 +690,70 @@ class LedgerWriter:
         tables = []
         for start in range(0, len(batch), TABLE_CHUNK):
             began = time.perf_counter()
-            tables.append(record_table(batch[start : start + TABLE_CHUNK], self.tabulator,
-                                       self.decoder))
+            tables.append(self._noted(record_table(batch[start : start + TABLE_CHUNK],
+                                                   self.tabulator, self.decoder)))
             serving = began - self._written_at < SERVING_WINDOW_S
             if serving and self.backlog <= self.options.load_batch:
                 time.sleep(max(LOADER_YIELD_S, 2 * (time.perf_counter() - began)))
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def _noted(self, table: pa.Table) -> pa.Table:
+        """Count and log the records `record_table` left without decoded columns."""
+        notes = undecoded(table)
+        if not notes:
+            return table
+        self._undecoded([seq for seq, _ in notes], notes[0][1])
+        return table.replace_schema_metadata(None)
+
+    def _undecoded(self, seqs: list[int], why: str) -> None:
+        self.stats.undecoded += len(seqs)
+        shown = ", ".join(map(str, seqs[:5])) + (", ..." if len(seqs) > 5 else "")
+        log.warning("%d record(s) (seq %s) are loaded without decoded columns (inputs, outputs, "
+                    "parameters); their request and response bytes are stored whole. Seq "
+                    "%d: %s", len(seqs), shown, seqs[0], why)
+
+    def _store(self, table: pa.Table) -> None:
+        """Insert rows. Should DuckDB refuse them for their decoded columns alone (the
+        record fields go in without them), the records it refuses go in without theirs."""
+        try:
+            self._insert(table)
+        except duckdb.Error as exc:
+            if _fatal(exc) or not self._fits(without_decoded(table)):
+                raise  # the records themselves do not go in: not their derived data
+            refused: list[int] = []
+            self._bisect(table, 0, refused, [SALVAGE_PROBES])
+            self._insert(without_decoded(table, refused))
+            seqs = table.column("seq").take(refused).to_pylist()
+            self._undecoded(seqs, f"DuckDB refused their decoded columns ({exc})")
+
+    def _bisect(self, table: pa.Table, offset: int, refused: list[int],
+                budget: list[int]) -> None:
+        """Rows (offset + index) of a refused `table` whose decoded columns DuckDB refuses,
+        found by inserting halves. Once `budget` probes are spent, all rows left count."""
+        if table.num_rows == 1:
+            refused.append(offset)
+            return
+        half = table.num_rows // 2
+        for part, at in ((table.slice(0, half), offset), (table.slice(half), offset + half)):
+            budget[0] -= 1
+            if budget[0] < 0:
+                refused.extend(range(at, at + part.num_rows))
+            elif not self._fits(part):
+                self._bisect(part, at, refused, budget)
+
+    def _fits(self, table: pa.Table) -> bool:
+        """Whether DuckDB takes these rows (inserted, then rolled back)."""
+        assert self._con is not None
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            self._insert(table)
+            return True
+        except duckdb.Error as exc:
+            if _fatal(exc):
+                raise
+            return False
+        finally:
+            self._con.execute("ROLLBACK")
 
     def _insert(self, table: pa.Table) -> None:
         """Insert rows into DuckDB in one statement (DuckDB's own work runs without the
@@ -559,6 +765,28 @@ class LedgerWriter:
             con.execute("INSERT INTO entries BY NAME SELECT * FROM _ledger_batch")
         finally:
             con.unregister("_ledger_batch")
+
+    def _stored_head(self) -> int:
+        assert self._con is not None
+        (head,) = self._con.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchall()[0]
+        return int(head)
+
+    def _reopen(self) -> None:
+        """Open DuckDB again. After a fatal error (a checkpoint that failed, e.g. on a full
+        disk) it refuses every statement until then; opening replays its WAL, so nothing
+        committed is lost. Readers' cursors of the old connection fail; new ones work."""
+        with self._read_lock:
+            old, root = self._con, self._read_root
+            self._con = self._read_root = None
+        for handle in (root, old):
+            if handle is not None:
+                with contextlib.suppress(duckdb.Error):
+                    handle.close()
+        con = self._connect()
+        with self._read_lock:
+            self._con, self._read_root = con, con.cursor()
+        self._duckdb_broken = False
+        log.warning("the DuckDB ledger was opened again after a fatal error; loads resume")
 
     # ── other writes, reads and barriers ───────────────────────────────────────────────
 
@@ -578,10 +806,15 @@ class LedgerWriter:
     def _run_writes(self) -> None:
         while self._writes:
             fn, future = self._writes.popleft()
-            assert self._con is not None
+            if self._con is None or self._duckdb_broken:
+                future.set_exception(LedgerUnavailable("DuckDB is being opened again after "
+                                                       "an error; retry later"))
+                continue
             try:
                 future.set_result(_in_transaction(self._con, fn))
             except BaseException as exc:  # handed back to the caller
+                if isinstance(exc, Exception) and _fatal(exc):
+                    self._duckdb_broken = True
                 future.set_exception(exc)
 
     def sync(self, timeout: float = 30.0) -> int:
@@ -609,6 +842,18 @@ class LedgerWriter:
             raise LedgerUnavailable("the ledger is not open")
         with self._read_lock:
             return self._read_root.cursor()
+
+
+def _out_of_space(exc: OSError) -> bool:
+    """A write that failed for want of space (not a failed flush): worth trying again."""
+    return not isinstance(exc, journal_mod.FlushFailed) and exc.errno in (errno.ENOSPC,
+                                                                          errno.EDQUOT)
+
+
+def _fatal(exc: Exception) -> bool:
+    """DuckDB invalidated its database (after a failed checkpoint, e.g. on a full disk):
+    every statement fails until it is opened again."""
+    return isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc)
 
 
 def _not_in_bytes(record: Record) -> bool:
