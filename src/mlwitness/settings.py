@@ -87,7 +87,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("audit_port", int, "Audit service port (0 disables it)."),
     Spec("health_port", int, "Plaintext port serving only grpc.health.v1 (0: off), for "
          "Kubernetes probes when the other ports use TLS. Service \"\" is readiness, "
-         "\"liveness\" is SERVING while the process runs."),
+         "\"liveness\" is SERVING while the process runs and its ledger can still be mended "
+         "without a restart."),
     Spec("metrics_port", int, "Prometheus metrics port (0 disables it)."),
     Spec("features", _csv, "Comma-separated names of the columns of the model's tabular "
          "input, e.g. income,debt_ratio,fico."),
