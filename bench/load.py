@@ -3,8 +3,9 @@
     python bench/load.py --target 127.0.0.1:8701 --model-name credit \\
         --concurrency 8 --batch 1 --duration 8 --warmup 2 [--processes 1] [--client aio|sync]
 
-Closed loop: `--concurrency` callers each send ModelInfer (one FP32 [batch, 6] input named
-`input`, raw contents as tritonclient sends them), wait for the answer, send the next. The
+Closed loop: `--concurrency` callers each send ModelInfer (one FP32 [batch, features] input
+named `input`, raw contents as tritonclient sends them: the demo model's six features, or
+`--features N` standard-normal ones for a wider model), wait for the answer, send the next. The
 callers are spread over `--processes` client processes (each an asyncio loop with a
 `tritonclient.grpc.aio` client, or threads with the sync client) so that one Python client
 process need not be the bottleneck; their latencies are merged. On the 2-core machines here
@@ -49,6 +50,7 @@ class Job:
     client: str = "aio"  # "aio" (tritonclient.grpc.aio) or "sync" (threads)
     max_requests: int = 10_000_000  # per process, a hard bound besides the time
     input_name: str = "input"
+    features: int = FEATURES  # columns of the input: 6 for the demo model
 
 
 @dataclass
@@ -88,8 +90,10 @@ class LoadResult:
         )
 
 
-def _payload(batch: int, seed: int) -> np.ndarray:
+def _payload(batch: int, seed: int, features: int = FEATURES) -> np.ndarray:
     rng = np.random.default_rng(seed)
+    if features != FEATURES:
+        return rng.normal(0.0, 1.0, (batch, features)).astype(np.float32)
     cols = [
         rng.normal(52_000, 15_000, batch),  # income
         rng.uniform(0, 1, batch),  # debt_ratio
@@ -132,7 +136,7 @@ async def _run_aio(job: Job, start: float, seed: int) -> WorkerResult:
     import tritonclient.grpc.aio as grpcclient
 
     client = grpcclient.InferenceServerClient(job.target)
-    data = _payload(job.batch, seed)
+    data = _payload(job.batch, seed, job.features)
     result = WorkerResult()
     window = _Window(start, job)
     budget = [job.max_requests]
@@ -168,7 +172,7 @@ def _run_sync(job: Job, start: float, seed: int) -> WorkerResult:
 
     import tritonclient.grpc as grpcclient
 
-    data = _payload(job.batch, seed)
+    data = _payload(job.batch, seed, job.features)
     result = WorkerResult()
     window = _Window(start, job)
     lock = threading.Lock()
@@ -329,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, help="host:port of the v2 gRPC server")
     parser.add_argument("--model-name", default="credit")
     parser.add_argument("--input-name", default="input")
+    parser.add_argument(
+        "--features", type=int, default=FEATURES, help="input columns (6: the demo model)"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds")
@@ -359,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         args.client,
         args.max_requests,
         args.input_name,
+        args.features,
     )
     result = run_load(job, args.concurrency, args.processes)
     if args.json:
