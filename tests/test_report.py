@@ -182,6 +182,9 @@ def test_empty_report_says_why_in_each_section(empty_html):
         assert line in page.section_text[sid], sid
         assert page.sections[sid].get("svg", 0) == 0
     assert page.sections["summary"].get("table", 0) >= 2  # findings and the ledger
+    # the findings list every check, each missing one with its reason
+    assert page.section_text["summary"].count("No data") == 7
+    assert EMPTY["drift"] in page.section_text["summary"]
     noted = render(ReportData(header=report_support.empty().header,
                               notes={"quality": "No outcomes yet: attach them with X."}))
     assert "No outcomes yet: attach them with X." in noted

@@ -166,13 +166,13 @@ class Charts:
 
     def rate_band(self, starts_us: Sequence[int], bucket_us: int, rate: Values,
                   low: Values, high: Values, bounds: Sequence[tuple[str, float]], *,
-                  ylabel: str, title: str, desc: str) -> Markup:
+                  ylabel: str, band: str, title: str, desc: str) -> Markup:
         """A rate per bucket with its interval band and horizontal guard bounds."""
         with self._figure(7.2, 2.6, 0.75, 0.5, 1.45 if bounds else 0.2) as (fig, ax, uid):
             edges = self._time_axis(ax, starts_us, bucket_us)
             mid = (edges[:-1] + edges[1:]) / 2
             ax.fill_between(mid, low, high, color=INK, alpha=0.15, linewidth=0,
-                            label="95 % interval")
+                            label=band)
             ax.plot(mid, rate, color=INK, linewidth=1.2, label="rate")
             for text, y in bounds:
                 ax.axhline(y, color=ALERT, linewidth=0.9, linestyle=(0, (4, 3)))

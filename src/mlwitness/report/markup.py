@@ -159,5 +159,5 @@ def pill(state: str, text: str | None = None) -> Markup:
 
 def verdict(v: str) -> Markup:
     """A verdict word (``ok``, ``drift``, ``insufficient_data``…) as a pill."""
-    text = v.replace("_", " ")
+    text = "OK" if v == "ok" else v.replace("_", " ")
     return pill(VERDICT_STATES.get(v, "info"), text[:1].upper() + text[1:])

@@ -159,65 +159,102 @@ def _summary(report: ReportData) -> Markup:
     return join([_findings(report), ledger, models, envs])
 
 
+Finding = tuple[str, Markup, str, str]  # check, result, detail, section id
+
+
 def _findings(report: ReportData) -> Markup:
-    rows: list[tuple[str, Markup, str, str]] = []
+    """One row per check, in section order; a check without data says so (and why)."""
     v = report.header.verification
-    rows.append(("Hash chain", pill("ok" if v.ok else "fail"),
-                 f"{v.records_checked:,} records checked: {v.message}", "summary"))
-    if report.replay and report.replay.checks:
-        differ = sum(not c.identical for c in report.replay.checks)
-        n = len(report.replay.checks)
-        rows.append(("Replay", pill("fail" if differ else "ok"),
-                     f"{n - differ} of {n} sampled decisions replayed bit-identically",
-                     "replay"))
-    if report.drift:
-        drifted = sum(f.verdict == "drift" for f in report.drift.features)
-        rows.append(("Drift", verdict(report.drift.verdict),
-                     f"{drifted} of {len(report.drift.features)} features drifted", "drift"))
-    for b in report.bias:
-        lowest = min((g.disparate_impact for g in b.groups if g.disparate_impact is not None),
-                     default=None)
-        detail = (f"lowest disparate-impact ratio {lowest:.2f} (reference {b.reference})"
-                  if lowest is not None else "no ratio")
-        rows.append((f"Bias: {b.attribute}", verdict(b.verdict),
-                     detail, "bias"))
-    if report.favourable:
-        rows.append(_rate_finding(report))
-    if report.violations:
-        total = int(np.sum(report.violations.counts)) if report.violations.counts else 0
-        rows.append(("Guard violations", pill("attention" if total else "ok"),
-                     f"{total:,} violations of {len(report.violations.guards)} guards",
-                     "violations"))
-    if report.quality:
-        auc = report.quality.overall.roc_auc
-        cov = report.quality.coverage
-        auc_text = (f"ROC AUC {auc.value:.3f}" + (f" ({auc.low:.3f}–{auc.high:.3f})"
-                                                   if auc.low is not None else "")
-                    if auc.value is not None else f"ROC AUC undefined ({auc.reason})")
-        rows.append(("Model quality", pill("info", "Measured"),
-                     f"{auc_text}; outcomes known for {pct(cov.value)} % of decisions",
-                     "quality"))
-    if report.reviews:
-        s = report.reviews.summary
-        rows.append(("Human review", pill("attention" if s.unreviewed_changes else "info",
-                                          "Review" if s.unreviewed_changes else "Measured"),
-                     f"{pct(s.review_rate.value)} % reviewed, {pct(s.override_rate.value)} % "
-                     f"of those overridden" + (f"; {s.unreviewed_changes:,} changed without a "
-                                               "review" if s.unreviewed_changes else ""),
-                     "reviews"))
+    rows: list[Finding] = [("Hash chain", pill("ok" if v.ok else "fail"),
+                            f"{v.records_checked:,} records checked: {v.message}", "summary")]
+    checks: list[tuple[str, str, list[Finding]]] = [
+        ("Favourable rate", "favourable-rate", [_rate_finding(report)] if report.favourable
+         else []),
+        ("Drift", "drift", _drift_finding(report)),
+        ("Bias", "bias", _bias_findings(report)),
+        ("Guard violations", "violations", _violation_finding(report)),
+        ("Model quality", "quality", _quality_finding(report)),
+        ("Human review", "reviews", _review_finding(report)),
+        ("Replay", "replay", _replay_finding(report)),
+    ]
+    for name, sid, found in checks:
+        rows += found or [(name, pill("none"), report.notes.get(sid, EMPTY[sid]), sid)]
     return table("What this report found", [Col("Check"), Col("Result"), Col("Detail"),
                                             Col("Section")],
                  [(name, state, detail, tag("a", "details", href=f"#{sid}"))
                   for name, state, detail, sid in rows], class_="findings")
 
 
-def _rate_finding(report: ReportData) -> tuple[str, Markup, str, str]:
+def _drift_finding(report: ReportData) -> list[Finding]:
+    d = report.drift
+    if d is None:
+        return []
+    drifted = sum(f.verdict == "drift" for f in d.features)
+    return [("Drift", verdict(d.verdict), f"{drifted} of {len(d.features)} features drifted",
+             "drift")]
+
+
+def _bias_findings(report: ReportData) -> list[Finding]:
+    rows = []
+    for b in report.bias:
+        lowest = min((g.disparate_impact for g in b.groups if g.disparate_impact is not None),
+                     default=None)
+        detail = (f"lowest disparate-impact ratio {lowest:.2f} (reference {b.reference})"
+                  if lowest is not None else "no ratio")
+        rows.append((f"Bias: {b.attribute}", verdict(b.verdict), detail, "bias"))
+    return rows
+
+
+def _violation_finding(report: ReportData) -> list[Finding]:
+    v = report.violations
+    if v is None or not v.guards:
+        return []
+    total = int(np.sum(v.counts)) if v.counts else 0
+    return [("Guard violations", pill("attention" if total else "ok"),
+             f"{total:,} violations of {len(v.guards)} guards", "violations")]
+
+
+def _quality_finding(report: ReportData) -> list[Finding]:
+    if report.quality is None:
+        return []
+    auc, cov = report.quality.overall.roc_auc, report.quality.coverage
+    if auc.value is None:
+        auc_text = f"ROC AUC undefined ({auc.reason})"
+    else:
+        interval = f" ({auc.low:.3f}–{auc.high:.3f})" if auc.low is not None else ""
+        auc_text = f"ROC AUC {auc.value:.3f}{interval}"
+    return [("Model quality", pill("info", "Measured"),
+             f"{auc_text}; outcomes known for {pct(cov.value)}% of decisions", "quality")]
+
+
+def _review_finding(report: ReportData) -> list[Finding]:
+    if report.reviews is None:
+        return []
+    s = report.reviews.summary
+    changed = (f"; {s.unreviewed_changes:,} changed without a review"
+               if s.unreviewed_changes else "")
+    return [("Human review", pill("attention" if s.unreviewed_changes else "info",
+                                  "Review" if s.unreviewed_changes else "Measured"),
+             f"{pct(s.review_rate.value)}% reviewed, {pct(s.override_rate.value)}% of those "
+             f"overridden{changed}", "reviews")]
+
+
+def _replay_finding(report: ReportData) -> list[Finding]:
+    if report.replay is None or not report.replay.checks:
+        return []
+    differ = sum(not c.identical for c in report.replay.checks)
+    n = len(report.replay.checks)
+    return [("Replay", pill("fail" if differ else "ok"),
+             f"{n - differ} of {n} sampled decisions replayed bit-identically", "replay")]
+
+
+def _rate_finding(report: ReportData) -> Finding:
     r = report.favourable
     assert r is not None
     k, n = sum(r.favourable), sum(r.decisions)
     outside = _outside(report)
     state = "info" if not r.bounds else ("attention" if outside else "ok")
-    overall = f"{pct(k / n)} % favourable overall" if n else "no decisions"
+    overall = f"{pct(k / n)}% favourable overall" if n else "no decisions"
     extra = f"; {outside} buckets outside a rate guard's bounds" if r.bounds else ""
     return ("Favourable rate", pill(state), overall + extra, "favourable-rate")
 
@@ -269,7 +306,7 @@ def _favourable(report: ReportData, charts: Charts) -> Markup | None:
               for side, y in (("min", b.low), ("max", b.high)) if y is not None]
     conf = f"{r.confidence:.0%}"
     svg = charts.rate_band(r.starts_us, r.bucket_us, rate, low, high, bounds,
-                           ylabel="favourable rate",
+                           ylabel="favourable rate", band=f"{conf} interval",
                            title=f"Favourable rate per {u}",
                            desc=f"Share of decisions where {r.definition}, per {u}, with "
                                 f"its {conf} Wilson interval and the rate guards' bounds.")

@@ -139,8 +139,8 @@ def quality_section(q: QualitySection | None, charts: Charts) -> Markup | None:
             else "the decision the model recorded")
     context = facts("Outcomes", [
         ("Outcome", q.outcome),
-        ("Decisions with an outcome", f"{pct(cov.value)} % of {cov.n:,} "
-                                      f"({conf} interval {pct(cov.low)}–{pct(cov.high)} %)"
+        ("Decisions with an outcome", f"{pct(cov.value)}% of {cov.n:,} "
+                                      f"({conf} interval {pct(cov.low)}–{pct(cov.high)}%)"
          if cov.value is not None else f"{DASH} ({_why(cov)})"),
         ("Label delay", f"median {duration(delay.median_s)}, 90th percentile "
                         f"{duration(delay.p90_s)}, longest {duration(delay.max_s)} "
@@ -296,11 +296,11 @@ def review_section(rv: ReviewSection | None, charts: Charts) -> Markup | None:
     k = s.kappa
     summary = facts("Human review of the model's decisions", [
         ("Decisions", count(s.decisions)),
-        ("Reviewed", f"{s.reviewed:,} ({pct(s.review_rate.value)} %, interval "
-                     f"{pct(s.review_rate.low)}–{pct(s.review_rate.high)} %)"),
-        ("Overridden", f"{s.overrides:,} ({pct(s.override_rate.value)} % of reviewed, "
-                       f"interval {pct(s.override_rate.low)}–{pct(s.override_rate.high)} %)"),
-        ("Reviewer agrees with the model", f"{pct(s.agreement.value)} % of reviewed"),
+        ("Reviewed", f"{s.reviewed:,} ({pct(s.review_rate.value)}%, interval "
+                     f"{pct(s.review_rate.low)}–{pct(s.review_rate.high)}%)"),
+        ("Overridden", f"{s.overrides:,} ({pct(s.override_rate.value)}% of reviewed, "
+                       f"interval {pct(s.override_rate.low)}–{pct(s.override_rate.high)}%)"),
+        ("Reviewer agrees with the model", f"{pct(s.agreement.value)}% of reviewed"),
         ("Cohen's kappa", f"{num(k.value)} (interval {num(k.low)} to {num(k.high)}, "
                           f"{k.method})" if k.value is not None else f"{DASH} ({k.reason})"),
         ("Decisions seen", ", ".join(s.labels) or DASH),
