@@ -3,23 +3,38 @@ page as a real headless Chromium shows and prints it."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import sys
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import report_support
 
+from mlwitness.analytics import quality as q
+from mlwitness.analytics import review
 from mlwitness.report import (
     SECTION_IDS,
+    BiasGroup,
+    BiasSection,
+    DriftFeature,
+    DriftSection,
     Header,
     Histogram,
     MatplotlibMissing,
+    QualitySection,
+    RateBound,
     RateSection,
+    ReplayCheck,
+    ReplaySection,
     ReportData,
+    ReviewPoint,
+    ReviewSection,
+    ViolationSection,
     VolumeSection,
     render,
 )
@@ -221,6 +236,43 @@ def test_chart_labels_are_drawn_literally():
     assert any(t.endswith("_$x^2$ OK") for t in literal)
     assert any(t.endswith("_$x^2$ age band 0") for t in literal)
     assert len(literal) > 30
+
+
+def test_sparse_report_renders_without_warnings():
+    """One bucket, buckets without decisions, features without histograms or values, one
+    group, one outcome, no reviewed decision, one replayed record."""
+    day, start = report_support.DAY, report_support.START
+    data = ReportData(
+        header=report_support.header(),
+        volume=VolumeSection(day, (start,), ("OK",), ((0,),)),
+        favourable=RateSection("label = 1", day, (start, start + day), (0, 3), (0, 3),
+                               bounds=(RateBound("g", None, 0.9),)),
+        drift=DriftSection("baseline", "insufficient_data", (
+            DriftFeature("a", "input", "numeric", "no_data", 0, 10),
+            DriftFeature("b", "input", "numeric", "insufficient_data", 0, 0, (("PSI", None),),
+                         (), Histogram((5, 0), (0, 0), edges=(-math.inf, 0.0, math.inf))),
+            DriftFeature("c", "output", "categorical", "ok", 3, 0, (), (),
+                         Histogram((1,), (3,), categories=("x",))))),
+        bias=(BiasSection("sex", "label = 1", "f", "single_group",
+                          (BiasGroup("f", 3, 3, 1.0, 0.43, 1.0, 1.0, 0.0),)),
+              BiasSection("age", "label = 1", "", "no_data", ())),
+        violations=ViolationSection(day, (start,), ("g",), ((0,),)),
+        quality=QualitySection("o", q.quality([1], [0.7]), q.coverage([1, 0]),
+                               q.label_delay([0], [math.nan]), day, ()),
+        reviews=ReviewSection(review.review_agreement([1, 0], [1, 0], [False, False]), day,
+                              (ReviewPoint(start, 2, 0, 0),)),
+        replay=ReplaySection(1, None, (ReplayCheck(1, "r", "m", True),)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = render(data)
+    page = Page(text)
+    assert all(sid in page.sections for sid in SECTION_IDS)
+    assert "No histogram was recorded for this feature." in page.section_text["drift"]
+    assert "No group had rows in the window." in page.section_text["bias"]
+    assert "Too few outcomes to show quality over time." in page.section_text["quality"]
+    assert "undefined: no negative outcomes" in page.section_text["quality"]
+    assert "no reviewed decisions" in page.section_text["reviews"]
+    _self_contained(text)
 
 
 def test_data_model_refuses_one_point_per_decision_and_bad_shapes():

@@ -173,7 +173,9 @@ class Charts:
             mid = (edges[:-1] + edges[1:]) / 2
             ax.fill_between(mid, low, high, color=INK, alpha=0.15, linewidth=0,
                             label=band)
-            ax.plot(mid, rate, color=INK, linewidth=1.2, label="rate")
+            few = len(starts_us) <= 31  # a lone point of a line would not show
+            ax.plot(mid, rate, color=INK, linewidth=1.2, label="rate", marker="o" if few else "",
+                    markersize=2.5)
             for text, y in bounds:
                 ax.axhline(y, color=ALERT, linewidth=0.9, linestyle=(0, (4, 3)))
                 ax.annotate(label(text, 36), (1.0, y), xycoords=("axes fraction", "data"),

@@ -9,6 +9,7 @@ it. A section without data keeps its heading and says why in one line.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -71,6 +72,16 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'n
 
 def render(report: ReportData) -> str:
     """The report as one HTML document (a str; write it with UTF-8)."""
+    with _RENDERING:
+        return _render(report)
+
+
+# matplotlib's settings (rcParams) are process-wide and each chart sets its own (the SVG id
+# salt among them): two reports drawn at once in threads would mix them up.
+_RENDERING = threading.Lock()
+
+
+def _render(report: ReportData) -> str:
     charts = Charts()
     h = report.header
     builders: dict[str, Callable[[], Markup | None]] = {
