@@ -8,6 +8,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 bash scripts/setup_upstream_venv.sh          # third-party MLServer for forwarding tests
 if [ -f scripts/install_kubectl.sh ]; then bash scripts/install_kubectl.sh; fi
+bash scripts/install_chromium.sh             # headless browser for the report tests
 python scripts/gen_protos.py --check
 ruff check src tests bench examples scripts
 mypy src
