@@ -19,11 +19,17 @@ import duckdb
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from sidecar import mlwitness_command, read_ledger, run_verify, start_sidecar
+from sidecar import (
+    mlwitness_command,
+    read_ledger,
+    rewrite_record,
+    run_verify,
+    start_sidecar,
+)
 from tritonclient.utils import InferenceServerException
 
 from mlwitness.ledger import schema
-from mlwitness.ledger.record import Record, chain_hash, encode
+from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.settings import Settings
 
@@ -250,32 +256,6 @@ def test_missing_ledger_file_is_an_error_not_a_pass(tmp_path: Path) -> None:
 
 # ── a chain rewritten from some record on, against a head published before ───────────
 
-_FIELDS = ("kind", "request_id", "received_us", "responded_us", "model_name", "model_version",
-           "model_sha256", "env_id", "peer", "metadata", "status", "message", "violations",
-           "detail", "request", "response", "seq", "prev_hash", "hash")
-
-
-def rewrite(path: Path, seq: int, **changes: Any) -> None:
-    """Change record `seq` and recompute its hash and every later one, as someone with
-    write access who knows the chain would: the result is a whole, valid chain."""
-    con = duckdb.connect(str(path))
-    try:
-        rows = con.execute(f"SELECT {', '.join(_FIELDS)} FROM entries WHERE seq >= ? "
-                           "ORDER BY seq", [seq]).fetchall()
-        records = [Record(*row) for row in rows]
-        prev = records[0].prev_hash
-        for record in records:
-            if record.seq == seq:
-                for name, value in changes.items():
-                    setattr(record, name, value)
-            record.prev_hash, record.hash = prev, chain_hash(prev, encode(record))
-            prev = record.hash
-            con.execute(f"UPDATE entries SET {', '.join(f'{n} = ?' for n in _FIELDS)} "
-                        "WHERE seq = ?", [getattr(record, n) for n in _FIELDS] + [record.seq])
-    finally:
-        con.close()
-
-
 def hash_at(path: Path, seq: int) -> str:
     (value,) = read_ledger(path, "SELECT hash FROM entries WHERE seq = ?", [seq])[0]
     return bytes(value).hex()
@@ -283,7 +263,7 @@ def hash_at(path: Path, seq: int) -> str:
 
 def test_chain_rewritten_after_a_published_head_fails_against_it(ledger: Path) -> None:
     published = hash_at(ledger, 10)  # published when the ledger had reached seq 10
-    rewrite(ledger, 5, peer="ipv4:10.9.9.9:4242")
+    rewrite_record(ledger, 5, peer="ipv4:10.9.9.9:4242")
     assert hash_at(ledger, 10) != published
     code, report = verify_json(ledger)
     assert code == 0, report  # a rewritten chain is a valid chain on its own…
