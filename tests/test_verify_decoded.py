@@ -236,13 +236,25 @@ def test_withheld_outputs_stay_not_covered_even_when_changed(ledger: Path) -> No
     assert code == 0 and report["decoded_not_covered"] == 2
 
 
-def test_many_changed_records_are_counted_after_the_first_listed(ledger: Path) -> None:
-    tamper(ledger, "UPDATE entries SET inputs = " + each_value("inputs", "e.value + 1") +
-           " WHERE kind = 'infer' AND len(inputs) > 0")
-    code, report = verify_json(ledger)
+def test_many_changed_records_are_counted_after_the_first_listed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="write"), decoder=decode_record_tensors)
+    writer.open()
+    try:
+        for i in range(30):
+            request = pb.ModelInferRequest(model_name="m", id=f"r{i}")
+            encode_inputs(request, [tensor_from_array("x", np.array([float(i)]))], raw=True)
+            writer.append_blocking(Record(request_id=f"r{i}", model_name="m",
+                                          request=request.SerializeToString()))
+    finally:
+        writer.close()
+    assert verify(path).ok
+    tamper(path, "UPDATE entries SET inputs = " + each_value("inputs", "e.value + 1"))
+    code, report = verify_json(path)
     assert code == 1
-    first = report["problems"][0]["seq"]
-    assert first == min(p["seq"] for p in report["problems"]) == report["first_bad_seq"]
+    assert [p["seq"] for p in report["problems"]] == list(range(1, 22))
+    assert report["problems"][-1]["what"].startswith(
+        "10 more records whose decoded columns differ from their hashed bytes, from seq 21")
 
 
 # ── baselines ─────────────────────────────────────────────────────────────────────────

@@ -41,12 +41,26 @@ MAX_LEARNED = 16  # tensors whose column names a ledger may configure (--feature
 
 WITHHELD = "outputs of a call refused after the model ran (no response was sent)"
 DROPPED = "parameters of a request whose bytes the minimiser dropped"
+LISTED = 20  # seqs kept of each kind of record not covered
 
 
 @dataclass
 class Mismatch:
     seq: int
     columns: list[str]
+
+
+@dataclass
+class NotCovered:
+    """Records of one kind whose stored values the chain does not cover."""
+
+    records: int = 0
+    first_seqs: list[int] = field(default_factory=list)
+
+    def add(self, seq: int) -> None:
+        self.records += 1
+        if len(self.first_seqs) < LISTED:
+            self.first_seqs.append(seq)
 
 
 @dataclass
@@ -57,7 +71,7 @@ class DecodedCheck:
     feature_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     named_at: dict[str, int] = field(default_factory=dict)  # tensor -> first seq so named
     checked: int = 0
-    uncovered: dict[str, list[int]] = field(default_factory=dict)  # why -> seqs
+    uncovered: dict[str, NotCovered] = field(default_factory=dict)  # by why
 
     def check(self, records: list[Record], stored: pa.RecordBatch) -> list[Mismatch]:
         """Records whose stored decoded columns are not those their bytes give (except
@@ -88,8 +102,8 @@ class DecodedCheck:
             if columns:
                 found.append(Mismatch(record.seq, columns))
             else:
-                for why in reasons:
-                    self.uncovered.setdefault(why, []).append(record.seq)
+                for why in sorted(reasons):
+                    self.uncovered.setdefault(why, NotCovered()).add(record.seq)
         return found
 
     def _learn(self, records: list[Record], derived: list[tuple[list, list, dict]],

@@ -239,8 +239,8 @@ def stray_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> list[str]:
         elif _normal(found) != _normal(sql):
             problems.append(f"view {name} is not mlwitness's definition: it was redefined "
                             "(queries of the file through it may hide or change records), or "
-                            "written by another mlwitness version (`mlwitness serve` "
-                            "recreates it)")
+                            "written by another version of mlwitness or DuckDB (`mlwitness "
+                            "serve` recreates it)")
     tables = {name for (name,) in con.execute(
         "SELECT table_name FROM system.main.duckdb_tables() "
         "WHERE database_name = ? AND schema_name = 'main'", [catalog]).fetchall()}

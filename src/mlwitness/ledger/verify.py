@@ -212,25 +212,29 @@ def _catalog(con: Any, path: Path) -> str:
 
 def _check_entries(con: Any, where: str, walk: _Walk, report: VerifyReport) -> None:
     check = decoded.DecodedCheck()
-    mismatched: list[decoded.Mismatch] = []
+    mismatched: list[decoded.Mismatch] = []  # the first LISTED + 1
+    more = 0
     for batch, records in _stored_batches(con, where):
         for record in records:
             _chain_step(record, walk, report, "")
             _note_use(record, walk)
         report.records += len(records)
-        mismatched.extend(check.check(records, batch))
+        found = check.check(records, batch)
+        room = LISTED + 1 - len(mismatched)
+        mismatched += found[:room]
+        more += len(found[room:])
     for mismatch in mismatched[:LISTED]:
         report.problems.append(Problem(mismatch.seq, (
             f"decoded {', '.join(mismatch.columns)} differ from what its hashed bytes give "
             "(the values SQL, drift and bias read were changed)")))
     if len(mismatched) > LISTED:
         report.problems.append(Problem(mismatched[LISTED].seq, (
-            f"{len(mismatched) - LISTED} more records whose decoded columns differ from "
-            "their hashed bytes")))
+            f"{1 + more} more records whose decoded columns differ from their hashed "
+            f"bytes, from seq {mismatched[LISTED].seq} on")))
     report.decoded_checked = check.checked
     report.not_covered = [
-        {"why": why, "records": len(seqs), "first_seqs": seqs[:LISTED]}
-        for why, seqs in check.uncovered.items()]
+        {"why": why, "records": group.records, "first_seqs": group.first_seqs}
+        for why, group in check.uncovered.items()]
     report.column_names = {
         tensor: {"names": list(names), "first_seq": check.named_at[tensor]}
         for tensor, names in check.feature_names.items()}
