@@ -29,6 +29,7 @@ import duckdb
 
 from mlwitness.app import Sidecar
 from mlwitness.ledger import journal
+from mlwitness.ledger.record import Record, chain_hash, encode
 from mlwitness.settings import Settings
 
 START_TIMEOUT_S = 30.0
@@ -54,6 +55,35 @@ def read_ledger(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple]
     con = duckdb.connect(str(path), read_only=True)
     try:
         return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+# A record's stored fields in the order of Record's own
+_RECORD_FIELDS = ("kind", "request_id", "received_us", "responded_us", "model_name",
+                  "model_version", "model_sha256", "env_id", "peer", "metadata", "status",
+                  "message", "violations", "detail", "request", "response", "seq", "prev_hash",
+                  "hash")
+
+
+def rewrite_record(path: Path, seq: int, **changes: Any) -> None:
+    """Change record `seq` and recompute its hash and every later one, as someone with
+    write access who knows the chain would: the result is a whole, valid chain."""
+    con = duckdb.connect(str(path))
+    try:
+        rows = con.execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM entries WHERE seq >= ? "
+                           "ORDER BY seq", [seq]).fetchall()
+        records = [Record(*row) for row in rows]
+        prev = records[0].prev_hash
+        for record in records:
+            if record.seq == seq:
+                for name, value in changes.items():
+                    setattr(record, name, value)
+            record.prev_hash, record.hash = prev, chain_hash(prev, encode(record))
+            prev = record.hash
+            con.execute(f"UPDATE entries SET {', '.join(f'{n} = ?' for n in _RECORD_FIELDS)} "
+                        "WHERE seq = ?", [*(getattr(record, n) for n in _RECORD_FIELDS),
+                                          record.seq])
     finally:
         con.close()
 

@@ -175,6 +175,21 @@ def test_verify(audit_sidecar: AuditedSidecar) -> None:
     assert data["ok"] is True and int(data["records"]) >= 35  # type: ignore[index]
 
 
+def test_verify_against_a_published_head(audit_sidecar: AuditedSidecar) -> None:
+    ((digest,),) = audit_sidecar.query("SELECT hash FROM entries WHERE seq = 10")
+    published = bytes(digest).hex()
+    assert cli(audit_sidecar, "verify", "--expect-head", f"10:{published}").startswith("OK: ")
+    other = "0" * 64
+    out = cli(audit_sidecar, "verify", "--expect-head", f"10:{other}", code=1)
+    assert out.startswith("FAILED at seq 10") and "hash at seq 10 differs" in out
+    for head, words in (("10:xyz", "INVALID_ARGUMENT: expected head: the hash must be 64 hex"),
+                        ("ten", "--expect-head must be SEQ:HASH"),
+                        ("99999999999999999999:" + other, "--expect-head must be SEQ:HASH")):
+        result = run_cli(audit_sidecar.audit_address, "verify", f"--expect-head={head}")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert words in result.stderr
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (["show", "ghost"], ["NOT_FOUND", "'ghost'"]),
     (["replay", "bad0"], ["FAILED_PRECONDITION", "not answered"]),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import grpc
+import pytest
 from audit_support import (
     AuditedSidecar,
     AuditLedger,
@@ -23,7 +24,7 @@ from audit_support import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from sidecar import run_verify
+from sidecar import rewrite_record, run_verify
 
 from mlwitness.ledger.verify import verify
 from mlwitness.protocol import audit_pb2 as apb
@@ -214,3 +215,81 @@ def test_missing_model_bytes_fail_precondition_and_corrupt_ones_are_data_loss(
                                         *["DATA_LOSS"] * 3, "OK", "OK"]
     result = run_verify(trail)  # the audit trail itself is sound
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ── VerifyLedger against a published head ─────────────────────────────────────────────
+
+
+def test_verify_ledger_compares_a_published_head_wherever_the_chain_reaches_it(
+    tmp_path: Path, audit_ledger: AuditLedger
+) -> None:
+    path = audit_ledger.copy(tmp_path)
+    (published,) = read_only(path, "SELECT hash FROM entries WHERE seq = 10")[0]
+    rewrite_record(path, 5, peer="ipv4:10.9.9.9:4242")  # every later hash recomputed
+    (now,) = read_only(path, "SELECT hash FROM entries WHERE seq = 12")[0]
+    side = start_audited_sidecar(audit_ledger.models.v1, path)
+    try:
+        def ask(seq: int, digest: str) -> apb.VerifyLedgerResponse:
+            return side.stub.VerifyLedger(
+                apb.VerifyLedgerRequest(expect_seq=seq, expect_hash=digest), timeout=30)
+
+        assert side.stub.VerifyLedger(apb.VerifyLedgerRequest(), timeout=30).ok
+        rewritten = ask(10, bytes(published).hex())
+        current = ask(12, bytes(now).hex().upper())
+        beyond = ask(1000, bytes(now).hex())
+    finally:
+        side.stop()
+    assert not rewritten.ok and rewritten.first_bad_seq == 10
+    assert any("hash at seq 10 differs" in p for p in rewritten.problems), rewritten.problems
+    assert current.ok, current.problems
+    assert not beyond.ok and beyond.first_bad_seq == beyond.head_seq + 1
+    assert any("expected the chain to reach seq 1000" in p for p in beyond.problems)
+
+
+@pytest.mark.parametrize(("seq", "digest", "words"), [
+    (10, "g" * 64, "64 hex digits"),
+    (10, "0" * 63, "64 hex digits"),
+    (10, "0" * 128, "64 hex digits"),
+    (-3, "0" * 64, "seq must be 1 or more"),
+    (0, "0" * 64, "seq must be 1 or more"),
+    (10, "", "64 hex digits"),
+])
+def test_verify_ledger_refuses_a_malformed_head_and_records_the_question(
+    audit_sidecar: AuditedSidecar, seq: int, digest: str, words: str
+) -> None:
+    err = rpc_error(audit_sidecar.stub.VerifyLedger,
+                    apb.VerifyLedgerRequest(expect_seq=seq, expect_hash=digest))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert words in err.details()
+    (status, detail) = audit_sidecar.query(
+        "SELECT status, detail FROM entries WHERE kind = 'audit' ORDER BY seq DESC LIMIT 1")[0]
+    assert status == "INVALID_ARGUMENT"
+    assert json.loads(detail)["request"] == {"expect_seq": seq, "expect_hash": digest}
+
+
+# ── what the read-only audit server shows of a file with foreign views and macros ─────
+
+
+def test_standalone_audit_server_is_not_fooled_by_views_or_macros_in_the_file(
+    tmp_path: Path, audit_ledger: AuditLedger
+) -> None:
+    copy = audit_ledger.copy(tmp_path / "copy")
+    hidden = audit_ledger.entries["b03"].seq
+    con = duckdb.connect(str(copy))
+    con.execute("CREATE MACRO greatest(a, b, c, d) AS 0")  # every batch size would be 0
+    con.execute(f"CREATE OR REPLACE VIEW records AS SELECT * FROM entries WHERE seq <> {hidden}")
+    con.close()
+    with audit_server(copy, log_dir=tmp_path) as server:
+        channel, stub = stub_for(server.address)
+        with channel:
+            listed = stub.ListRecords(apb.ListRecordsRequest(page_size=1000), timeout=30)
+            shown = stub.GetRecord(apb.GetRecordRequest(ref=ref("b03")), timeout=30)
+            verified = stub.VerifyLedger(apb.VerifyLedgerRequest(), timeout=30)
+    sizes = {r.request_id: r.batch_size for r in listed.records}
+    assert sizes["b03"] == 3 and sizes["a05"] == len(audit_ledger.call("a05").x)
+    assert hidden in [r.seq for r in listed.records] and shown.seq == hidden
+    assert not verified.ok
+    assert any(p.startswith("view records is not mlwitness's definition")
+               for p in verified.problems), verified.problems
+    assert any(p.startswith("macro greatest is not one mlwitness creates")
+               for p in verified.problems), verified.problems

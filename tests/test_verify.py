@@ -1,7 +1,9 @@
 """`mlwitness verify` (the real CLI, as a subprocess) on intact and tampered ledgers.
 
 The ledger is made once by a real sidecar; each test tampers with its own copy through
-DuckDB, the way someone with write access to the file would.
+DuckDB, the way someone with write access to the file would — down to rewriting a record
+and recomputing every later hash, redefining the views, or adding a macro that stands in
+for a built-in function. Tampering with the decoded columns: tests/test_verify_decoded.py.
 """
 
 from __future__ import annotations
@@ -17,18 +19,27 @@ import duckdb
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from sidecar import read_ledger, run_verify, start_sidecar
+from sidecar import (
+    mlwitness_command,
+    read_ledger,
+    rewrite_record,
+    run_verify,
+    start_sidecar,
+)
 from tritonclient.utils import InferenceServerException
 
+from mlwitness.ledger import schema
+from mlwitness.ledger.record import Record
+from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.settings import Settings
 
-RECORDS = 10
+RECORDS = 20
 REFUSED_SEQ = 6  # the call to an unknown model
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory, affine_model: Path) -> Path:
-    """A closed ledger of 10 records (seq 6 a refusal) written by a real sidecar."""
+    """A closed ledger of 20 records (seq 6 a refusal) written by a real sidecar."""
     root = tmp_path_factory.mktemp("verify")
     ledger = root / "ledger.duckdb"
     sidecar = start_sidecar(
@@ -241,3 +252,149 @@ def test_missing_ledger_file_is_an_error_not_a_pass(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "does not exist" in result.stderr
     assert not (tmp_path / "absent.duckdb").exists()  # verify never creates a ledger
+
+
+# ── a chain rewritten from some record on, against a head published before ───────────
+
+def hash_at(path: Path, seq: int) -> str:
+    (value,) = read_ledger(path, "SELECT hash FROM entries WHERE seq = ?", [seq])[0]
+    return bytes(value).hex()
+
+
+def test_chain_rewritten_after_a_published_head_fails_against_it(ledger: Path) -> None:
+    published = hash_at(ledger, 10)  # published when the ledger had reached seq 10
+    rewrite_record(ledger, 5, peer="ipv4:10.9.9.9:4242")
+    assert hash_at(ledger, 10) != published
+    code, report = verify_json(ledger)
+    assert code == 0, report  # a rewritten chain is a valid chain on its own…
+    code, report = verify_json(ledger, "--expect-head", f"10:{published}")
+    assert code == 1, report  # …but not the one whose head was published at seq 10
+    assert report["first_bad_seq"] is not None and report["first_bad_seq"] <= 10
+    assert "hash at seq 10 differs" in report["problems"][0]["what"]
+    result = run_verify(ledger, "--expect-head", f"10:{published.upper()}")
+    assert result.returncode == 1 and "FAILED at seq 10" in result.stdout
+
+
+def test_earlier_published_head_of_an_intact_chain_verifies(ledger: Path) -> None:
+    for seq in (1, 10, RECORDS):
+        code, report = verify_json(ledger, "--expect-head", f"{seq}:{hash_at(ledger, seq)}")
+        assert code == 0, report
+
+
+@pytest.mark.parametrize(("head", "words"), [
+    ("10", "must be SEQ:HASH"),
+    ("ten:" + "0" * 64, "must be SEQ:HASH"),
+    ("10:" + "g" * 64, "64 hex digits"),
+    ("10:" + "0" * 63, "64 hex digits"),
+    ("10:" + "0" * 65, "64 hex digits"),
+    ("-1:" + "0" * 64, "seq must be 1 or more"),
+    ("0:" + "0" * 64, "seq must be 1 or more"),
+])
+def test_malformed_expected_head_is_refused_with_exit_2(ledger: Path, head: str,
+                                                         words: str) -> None:
+    result = run_verify(ledger, f"--expect-head={head}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_expected_head_in_the_journal_tail_is_compared(tmp_path: Path) -> None:
+    """Records acknowledged but not yet in DuckDB count too: the head can be one of them."""
+    writer = LedgerWriter(tmp_path / "ledger.duckdb",
+                          WriterOptions(durability="write", load_interval_s=3600))
+    writer.open()
+    try:
+        for i in range(6):
+            writer.append_blocking(Record(kind="audit", request_id=f"q{i}", peer="p"))
+        writer.sync()
+        hashes = {}
+        for i in range(6, 12):
+            record = Record(kind="audit", request_id=f"q{i}", peer="p")
+            writer.append_blocking(record)
+            hashes[record.seq] = record.hash.hex()
+        cursor = writer.cursor()
+        from mlwitness.ledger.verify import verify
+
+        good = verify(writer.path, con=cursor, expect_head=(9, hashes[9]))
+        assert good.ok and good.journal_records == 6, good.problems
+        bad = verify(writer.path, con=cursor, expect_head=(9, hashes[10]))
+        assert not bad.ok and bad.first_bad_seq == 9
+    finally:
+        writer.close()
+
+
+# ── views, macros and types in the file ────────────────────────────────────────────────
+
+
+def records_view_hiding(seq: int) -> str:
+    """The records view as mlwitness defines it, but without one record."""
+    text = schema.VIEWS.split(";")[0]
+    assert "CREATE OR REPLACE VIEW records AS" in text and "WHERE kind = 'infer'" in text
+    return text.replace("WHERE kind = 'infer'", f"WHERE kind = 'infer' AND seq <> {seq}")
+
+
+def run_sql(path: Path, query: str) -> list[dict[str, Any]]:
+    import subprocess
+
+    result = subprocess.run([*mlwitness_command(), "sql", "--ledger", str(path), "--json",
+                             query], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_redefined_view_fails_and_sql_still_shows_every_record(ledger: Path) -> None:
+    tamper(ledger, records_view_hiding(3))
+    assert read_ledger(ledger, "SELECT count(*) FROM records") == [(RECORDS - 1,)]  # forged
+    code, report = verify_json(ledger)
+    assert code == 1
+    assert [p["what"].split(":")[0] for p in report["problems"]] == [
+        "view records is not mlwitness's definition"]
+    rows = run_sql(ledger, "SELECT seq FROM records ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(1, RECORDS + 1))
+    decisions = run_sql(ledger, "SELECT DISTINCT seq FROM decisions ORDER BY seq")
+    assert 3 in [r["seq"] for r in decisions]
+
+
+def test_macro_standing_in_for_a_builtin_fails_and_sql_is_not_fooled(ledger: Path) -> None:
+    tamper(ledger, "CREATE MACRO lower(text) AS 'forged'")
+    assert read_ledger(ledger, "SELECT hash FROM records WHERE seq = 1") == [("forged",)]
+    code, report = verify_json(ledger)
+    assert code == 1
+    assert any(p["what"].startswith("macro lower is not one mlwitness creates")
+               for p in report["problems"]), report
+    assert run_sql(ledger, "SELECT hash FROM records WHERE seq = 1") == [
+        {"hash": hash_at(ledger, 1)}]
+
+
+@pytest.mark.parametrize(("sql", "named"), [
+    ("CREATE OR REPLACE VIEW decisions AS SELECT * FROM records", "view decisions"),
+    ("DROP VIEW audit_log", "view audit_log is missing"),
+    ("CREATE VIEW extra AS SELECT 1", "view extra is not one"),
+    ("CREATE SCHEMA s; CREATE VIEW s.records AS SELECT 1 AS seq", "view s.records is not one"),
+    ("CREATE MACRO entries_since(s) AS TABLE SELECT * FROM entries WHERE seq >= s",
+     "table macro entries_since"),
+    ("CREATE TYPE json AS VARCHAR", "type json is not one"),
+])
+def test_object_mlwitness_does_not_create_fails(ledger: Path, sql: str, named: str) -> None:
+    tamper(ledger, sql)
+    code, report = verify_json(ledger)
+    assert code == 1
+    assert any(p["what"].startswith(named) for p in report["problems"]), report
+
+
+# ── model metadata ─────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ("name = 'credit-approved'", "stored as 'credit-approved'"),
+    ("version = '7'", "version '7'"),
+    ("signature = '{\"inputs\": [], \"outputs\": []}'", "is not the one its bytes give"),
+    ("signature = replace(signature, 'FP32', 'FP64')", "is not the one its bytes give"),
+    ("signature = 'x'", "not a JSON object"),
+])
+def test_changed_model_metadata_fails_naming_its_first_record(ledger: Path, change: str,
+                                                              words: str) -> None:
+    tamper(ledger, f"UPDATE models SET {change}")
+    code, report = verify_json(ledger)
+    assert code == 1
+    assert report["first_bad_seq"] == 1
+    assert words in report["problems"][0]["what"], report

@@ -634,7 +634,9 @@ async def serve_audit(settings: Settings) -> None:
 
     settings.validate_limits()
     path = settings.ledger
-    con = schema.connect(path, read_only=True)
+    # The file's tables under this version's views, with nothing stored in the file (a
+    # redefined view, a macro standing in for a built-in) in the way of what is read.
+    con = schema.connect_reader(path)
     pending = sum(1 for _ in journal.read(journal.journal_dir(path)))
     if pending:
         log.warning("%s has %d journal records not yet loaded into DuckDB; they are not "

@@ -270,13 +270,26 @@ def replay_range(args: argparse.Namespace) -> int:
 
 
 def verify_remote(args: argparse.Namespace) -> int:
-    r = stub(args).VerifyLedger(apb.VerifyLedgerRequest(), timeout=args.timeout)
+    request = apb.VerifyLedgerRequest()
+    if args.expect_head:  # split here; the service judges the values
+        seq, colon, digest = args.expect_head.strip().partition(":")
+        try:
+            request.expect_seq = int(seq)
+        except ValueError:  # not an integer, or beyond int64
+            colon = ""
+        if not colon:
+            raise InvalidInput("--expect-head must be SEQ:HASH, e.g. 1042:<64 hex digits>, "
+                               "the seq and hash `verify` printed as the chain head")
+        request.expect_hash = digest
+    r = stub(args).VerifyLedger(request, timeout=args.timeout)
     if args.json:
         print(_json(r))
     else:
         state = "OK" if r.ok else f"FAILED at seq {r.first_bad_seq}"
         print(f"{state}: {r.records} records (+{r.journal_records} in the journal), head seq "
               f"{r.head_seq} {r.head_hash}")
+        for note in r.notes:
+            print(f"  note: {note}")
         for problem in r.problems:
             print(f"  - {problem}")
     return 0 if r.ok else 1
@@ -459,7 +472,10 @@ def add_commands(sub: Any) -> None:
                    "sha256:HEX (a prefix will do), instead of the recorded model")
     p.add_argument("--max-listed", type=_at_least(1), default=100,
                    help="changed decisions to list (default 100)")
-    command("verify", verify_remote, "verify the ledger through the audit service")
+    p = command("verify", verify_remote, "verify the ledger through the audit service")
+    p.add_argument("--expect-head", metavar="SEQ:HASH", default=None,
+                   help="also fail unless the record at SEQ has this hash (a head published "
+                   "earlier)")
     p = command("violations", violations, "which guards fired, how often; rate breaches")
     p.add_argument("--since", help="from this time (UTC)")
     p.add_argument("--until", help="before this time (UTC)")

@@ -1,7 +1,7 @@
 """The `mlwitness` command: a thin layer over the library.
 
     mlwitness serve --model credit.onnx [--upstream HOST:PORT] [...]
-    mlwitness verify --ledger mlwitness.duckdb [--json]
+    mlwitness verify --ledger mlwitness.duckdb [--json] [--expect-head SEQ:HASH]
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
@@ -47,7 +47,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     from mlwitness.ledger import schema
 
-    con = schema.connect(Path(args.ledger), read_only=True)
+    # The file's tables under this version's views: a view or macro stored in the file
+    # (by whoever could write it) cannot change what the query shows.
+    con = schema.connect_reader(Path(args.ledger))
     try:
         try:
             result = con.sql(args.query)
@@ -162,26 +164,23 @@ def cmd_audit_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_head(text: str | None) -> tuple[int, str] | None:
-    if not text:
-        return None
-    seq, _, digest = text.partition(":")
-    if not seq.isdigit() or len(digest) != 64:
-        raise MlwitnessError("--expect-head must be SEQ:HASH (the hash as 64 hex digits)")
-    return int(seq), digest
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mlwitness.ledger.verify import verify
+    from mlwitness.ledger.verify import parse_head, verify
 
-    report = verify(Path(args.ledger), expect_head=_parse_head(args.expect_head))
+    head = parse_head(args.expect_head) if args.expect_head else None
+    report = verify(Path(args.ledger), expect_head=head)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(f"ledger        {report.ledger}")
         print(f"records       {report.records} in DuckDB, {report.journal_records} in the journal")
-        print(f"models        {report.models}, environments {report.environments}")
+        print(f"models        {report.models}, environments {report.environments}, "
+              f"baselines {report.baselines}")
         print(f"chain head    seq {report.head_seq}  {report.head_hash}")
+        print(f"decoded       {report.decoded_checked} records' columns derived again from "
+              f"their bytes; {report.decoded_not_covered} not covered by the chain")
+        for note in report.notes():
+            print(f"  - {note}")
         if report.ok:
             print("result        OK: every record and model matches its hash")
         else:
@@ -206,11 +205,13 @@ def parser() -> argparse.ArgumentParser:
                                        if s.name not in settings_mod.AUDIT_SERVER_ONLY])
     serve.set_defaults(func=cmd_serve)
 
-    verify = sub.add_parser("verify", help="recompute the ledger's hash chain; exit 1 if broken")
+    verify = sub.add_parser("verify", help="check the hash chain and everything auditors read "
+                            "against it; exit 1 if anything differs")
     verify.add_argument("--ledger", default="mlwitness.duckdb", help="ledger file")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--expect-head", metavar="SEQ:HASH", default=None,
-                        help="also fail unless the chain reaches this published head")
+                        help="also fail unless the record at SEQ has this hash (a head "
+                        "published earlier)")
     verify.set_defaults(func=cmd_verify)
 
     sql = sub.add_parser("sql", help="run a read-only SQL query on a ledger file "

@@ -3,12 +3,20 @@
 Tables are the storage contract of the writer; the views (`records`, `decisions`,
 `audit_log`) are the documented interface for people and tools. Timestamps in tables are
 µs since the epoch (UTC); views show them as TIMESTAMP (UTC).
+
+The views stored in a ledger file are only as trustworthy as the file: whoever can write
+it can redefine `records` to hide a row, or add a macro or type that replaces a built-in
+function in every query of the file. So `mlwitness sql` and the audit server read through
+`connect_reader`, which defines this version's views itself, and `stray_objects` (used by
+`mlwitness verify`) reports every view, macro or type in a file that is not ours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -185,3 +193,106 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
         con.execute("SET max_vacuum_tasks = 0")
     create(con)
     return con
+
+
+# ── reading a file someone else could have written ───────────────────────────────────
+
+READER_CATALOG = "ledger"  # what `connect_reader` attaches the file as
+TABLE_NAMES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", TABLES))
+
+
+def connect_reader(path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a ledger file in which its tables and this version's
+    views are what queries see, whatever else the file holds.
+
+    An in-memory database attaches the file read-only as catalog `ledger` and defines, in
+    its own catalog, a view over each of the file's tables and the `records`, `decisions`
+    and `audit_log` views from VIEWS. The file's catalog is not on the search path: a view,
+    macro or type stored in the file (mlwitness never stores any but its views) is reached
+    only by naming it `ledger.main.<name>`. Its cursors share all this (they are
+    connections to the same in-memory database)."""
+    if not path.exists():
+        from mlwitness.errors import FailedPrecondition
+
+        raise FailedPrecondition(f"ledger file {path} does not exist")
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH ? AS {READER_CATALOG} (READ_ONLY)", [str(path)])
+        stored = {name for (name,) in con.execute(
+            "SELECT table_name FROM system.main.duckdb_tables() "
+            "WHERE database_name = ? AND schema_name = 'main'", [READER_CATALOG]).fetchall()}
+        for name in TABLE_NAMES:
+            if name in stored:  # an older ledger may lack a table that came later
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {READER_CATALOG}.main.{name}")
+        if "entries" in stored:
+            con.execute(VIEWS)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+@functools.cache
+def expected_views() -> dict[str, str]:
+    """This version's views as DuckDB stores them (its own rendering of VIEWS' text)."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(TABLES)
+        con.execute(VIEWS)
+        return dict(con.execute(
+            "SELECT view_name, sql FROM system.main.duckdb_views() WHERE NOT internal"
+        ).fetchall())
+    finally:
+        con.close()
+
+
+def stray_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> list[str]:
+    """What in the ledger file attached as `catalog` differs from what mlwitness creates:
+    one of our views missing or redefined, any other view, any macro or type (each can
+    change what a query of the file shows), one of our tables missing or not a table. A
+    sentence each, our views first. Functions are named `system.main.…` because a macro
+    in the file could stand in for them."""
+    problems: list[str] = []
+    stored: dict[tuple[str, str], str] = {
+        (schema, name): sql for schema, name, sql in con.execute(
+            "SELECT schema_name, view_name, sql FROM system.main.duckdb_views() "
+            "WHERE database_name = ? AND NOT internal ORDER BY ALL", [catalog]).fetchall()}
+    for name, sql in expected_views().items():
+        found = stored.pop(("main", name), None)
+        if found is None:
+            problems.append(f"view {name} is missing")
+        elif _normal(found) != _normal(sql):
+            problems.append(f"view {name} is not mlwitness's definition: it was redefined "
+                            "(queries of the file through it may hide or change records), or "
+                            "written by another version of mlwitness or DuckDB (`mlwitness "
+                            "serve` recreates it)")
+    tables = {name for (name,) in con.execute(
+        "SELECT table_name FROM system.main.duckdb_tables() "
+        "WHERE database_name = ? AND schema_name = 'main'", [catalog]).fetchall()}
+    for name in TABLE_NAMES:
+        if name not in tables:
+            kind = "a view" if ("main", name) in stored else "missing"
+            problems.append(f"table {name} is {kind}")
+    for (schema, name) in stored:
+        problems.append(f"view {_qualified(schema, name)} is not one mlwitness creates")
+    for schema, name, kind in con.execute(
+        "SELECT DISTINCT schema_name, function_name, function_type "
+        "FROM system.main.duckdb_functions() WHERE database_name = ? AND NOT internal "
+        "ORDER BY ALL", [catalog]).fetchall():
+        problems.append(f"{kind.replace('_', ' ')} {_qualified(schema, name)} is not one "
+                        "mlwitness creates (it can replace a built-in function in queries of "
+                        "the file)")
+    for schema, name in con.execute(
+        "SELECT DISTINCT schema_name, type_name FROM system.main.duckdb_types() "
+        "WHERE database_name = ? AND NOT internal ORDER BY ALL", [catalog]).fetchall():
+        problems.append(f"type {_qualified(schema, name)} is not one mlwitness creates (it can "
+                        "replace a built-in type in queries of the file)")
+    return problems
+
+
+def _normal(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+def _qualified(schema: str, name: str) -> str:
+    return name if schema == "main" else f"{schema}.{name}"

@@ -1,28 +1,44 @@
-"""Ledger verification: recompute the hash chain and the stored model bytes' hashes.
+"""Ledger verification: everything an auditor reads, checked against what is hashed.
 
-The chain covers every field of every record (see `record.encode`), so changing any byte
-of a stored record, deleting a record or reordering records breaks it at the first
-affected seq. Records still in the journal (acknowledged, not yet loaded into DuckDB) are
-verified as the chain's continuation. A ledger truncated at its end still forms a valid
-chain: compare the reported head with one published earlier (`expect_head`) to catch that.
+* **The chain.** Every field of every record is hashed (see `record.encode`), so changing
+  any byte of a stored record, deleting a record or reordering records breaks the chain at
+  the first affected seq. Records still in the journal (acknowledged, not yet loaded into
+  DuckDB) are verified as the chain's continuation.
+* **A published head** (`expect_head`, SEQ and its hash as published earlier): the record
+  at SEQ must carry that hash whenever the chain reaches SEQ, so neither a truncated ledger
+  nor one rewritten from some record on (every later hash recomputed) passes.
+* **Decoded columns** (`entries.inputs`, `outputs`, `parameters`, …), which SQL, drift and
+  bias read, derived again from each record's hashed bytes and compared (ledger/decoded.py).
+* **Models**: their bytes against their SHA-256, their signature against the one those
+  bytes give, their name and version against the first record that used them.
+  **Environments** and **baselines**: content against id; a baseline's name and time
+  against the admin record that announced it.
+* **The file's views and other objects** (schema.stray_objects): `records`, `decisions`
+  and `audit_log` as mlwitness defines them, and no view, macro or type of anyone else's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlwitness.ledger import journal, schema
+from mlwitness.errors import InvalidInput
+from mlwitness.ledger import decoded, journal, schema
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 
-_COLUMNS = (
-    "seq, kind, request_id, received_us, responded_us, model_name, model_version, "
-    "model_sha256, env_id, peer, metadata, status, message, violations, detail, "
-    "request, response, prev_hash, hash"
+# Stored record fields in the order of Record's own (so a row is Record(*row)).
+_FIELDS = (
+    "kind", "request_id", "received_us", "responded_us", "model_name", "model_version",
+    "model_sha256", "env_id", "peer", "metadata", "status", "message", "violations", "detail",
+    "request", "response", "seq", "prev_hash", "hash",
 )
+BATCH = 4096  # records read, decoded and compared at a time
+LISTED = 20  # records with differing decoded columns named one by one; the rest counted
 
 
 @dataclass
@@ -41,6 +57,12 @@ class VerifyReport:
     head_seq: int = 0
     head_hash: str = ""
     problems: list[Problem] = field(default_factory=list)
+    baselines: int = 0
+    decoded_checked: int = 0  # records whose decoded columns were derived and compared
+    # Stored decoded values the hashed bytes do not determine: {why, records, first_seqs}
+    not_covered: list[dict[str, Any]] = field(default_factory=list)
+    # Column names of tensors configured by --features, as found: {tensor: {names, first_seq}}
+    column_names: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -51,44 +73,86 @@ class VerifyReport:
         seqs = [p.seq for p in self.problems if p.seq is not None]
         return min(seqs) if seqs else None
 
+    @property
+    def decoded_not_covered(self) -> int:
+        return sum(group["records"] for group in self.not_covered)
+
+    def notes(self) -> list[str]:
+        """What verification could not cover, in sentences (not failures)."""
+        out = []
+        for group in self.not_covered:
+            seqs = ", ".join(map(str, group["first_seqs"]))
+            more = ", …" if group["records"] > len(group["first_seqs"]) else ""
+            out.append(f"{group['records']} records: {group['why']}, not covered by the "
+                       f"chain (seq {seqs}{more})")
+        for tensor, named in self.column_names.items():
+            out.append(f"columns of tensor {tensor} named {', '.join(named['names'])} from "
+                       f"seq {named['first_seq']} on: --features, not in the hashed bytes")
+        return out
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["ok"] = self.ok
         data["first_bad_seq"] = self.first_bad_seq
+        data["decoded_not_covered"] = self.decoded_not_covered
         return data
 
 
-def _stored_records(con, batch: int = 5000) -> Iterator[Record]:
-    cursor = con.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY seq")
-    while rows := cursor.fetchmany(batch):
-        for row in rows:
-            yield Record(
-                seq=row[0],
-                kind=row[1],
-                request_id=row[2],
-                received_us=row[3],
-                responded_us=row[4],
-                model_name=row[5],
-                model_version=row[6],
-                model_sha256=row[7],
-                env_id=row[8],
-                peer=row[9],
-                metadata=row[10],
-                status=row[11],
-                message=row[12],
-                violations=row[13],
-                detail=row[14],
-                request=bytes(row[15]),
-                response=bytes(row[16]),
-                prev_hash=bytes(row[17]),
-                hash=bytes(row[18]),
-            )
+# ── a published head ───────────────────────────────────────────────────────────────────
+
+_SEQ = re.compile(r"-?[0-9]+")
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def expected_head(seq: int, digest: str) -> tuple[int, str]:
+    """A published chain head (seq, hash), checked; InvalidInput naming what is wrong."""
+    if seq < 1:
+        raise InvalidInput(f"expected head: seq must be 1 or more (got {seq}); publish the "
+                           "seq and hash that `mlwitness verify` prints as the chain head")
+    text = digest.strip().lower()
+    if not _HEX.fullmatch(text):
+        raise InvalidInput(f"expected head: the hash must be 64 hex digits (a SHA-256), got "
+                           f"{len(digest)} characters{'' if _hexish(text) else ' (not hex)'}")
+    return seq, text
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """SEQ:HASH, as `--expect-head` takes it."""
+    seq, colon, digest = text.strip().partition(":")
+    if not colon or not _SEQ.fullmatch(seq.strip()):
+        raise InvalidInput("--expect-head must be SEQ:HASH, e.g. 1042:<64 hex digits>, the "
+                           "seq and hash `mlwitness verify` printed as the chain head")
+    return expected_head(int(seq), digest)
+
+
+def _hexish(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+# ── verification ───────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class _Walk:
+    """What the pass over the records collects for the later checks."""
+
+    expected_seq: int = 1
+    prev: bytes = b""
+    broken: bool = False  # only the chain's first break is reported: the rest follows
+    head_wanted: int = 0
+    hash_at_wanted: bytes | None = None
+    first_use: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {"model_sha256": {}, "env_id": {}})
+    named: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # model -> first use
+    candidates: set[str] = field(default_factory=set)  # model uploads for what-if questions
+    baselines: dict[str, tuple[int, str, int]] = field(default_factory=dict)  # sha -> announced
 
 
 def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
            con: Any = None) -> VerifyReport:
     """Verify the ledger file at `path` and its journal tail. The file is opened read-only
-    unless `con`, a cursor on it (e.g. from the process that writes it), is given."""
+    unless `con`, a cursor on it (e.g. from the process that writes it), is given.
+    `expect_head`: (seq, hash) as checked by `expected_head`."""
     report = VerifyReport(ledger=str(path))
     # The journal first: a live writer loads records into DuckDB and only then deletes
     # their journal segment, so read in this order every record is in one or the other.
@@ -98,48 +162,105 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
         tail.extend(journal.read(journal.journal_dir(path)))
     except Exception as exc:  # damaged journal: report it, don't crash the verifier
         unreadable = exc
+    walk = _Walk(head_wanted=expect_head[0] if expect_head else 0)
     own = con is None
     if own:
-        con = schema.connect(path, read_only=True)
+        con = schema.connect_reader(path)
     try:
-        meta = dict(con.execute("SELECT key, value FROM ledger_meta").fetchall())
-        chain_id = meta.get("chain_id", "")
-        prev = genesis_hash(chain_id)
-        expected_seq = 1
-        for record in _stored_records(con):
-            problem = _check(record, expected_seq, prev)
-            if problem is not None and not report.problems:
-                report.problems.append(problem)
-            report.records += 1
-            expected_seq = record.seq + 1
-            prev = record.hash
-        _check_models(con, report)
+        catalog = _catalog(con, path)
+        objects = schema.stray_objects(con, catalog)
+        report.problems.extend(Problem(None, what) for what in objects)
+        tables = {name for name in schema.TABLE_NAMES if not any(
+            w.startswith(f"table {name} ") for w in objects)}
+        where = f'"{catalog}".main.'
+        meta = dict(con.execute(f"SELECT key, value FROM {where}ledger_meta").fetchall()
+                    ) if "ledger_meta" in tables else {}
+        walk.prev = genesis_hash(meta.get("chain_id", ""))
+        if "entries" in tables:
+            _check_entries(con, where, walk, report)
+        _check_models(con, where, walk, report, tables)
+        _check_baselines(con, where, walk, report, tables)
     finally:
         if own:
             con.close()
     for record in tail:
-        if record.seq < expected_seq:
+        if record.seq < walk.expected_seq:
             continue
-        problem = _check(record, expected_seq, prev)
-        if problem is not None and not report.problems:
-            report.problems.append(Problem(problem.seq, f"journal: {problem.what}"))
+        _chain_step(record, walk, report, "journal: ")
         report.journal_records += 1
-        expected_seq = record.seq + 1
-        prev = record.hash
     if unreadable is not None:
-        report.problems.append(Problem(expected_seq, f"journal unreadable: {unreadable}"))
-    report.head_seq = expected_seq - 1
-    report.head_hash = prev.hex()
+        report.problems.append(Problem(walk.expected_seq,
+                                       f"journal unreadable: {unreadable}"))
+    report.head_seq = walk.expected_seq - 1
+    report.head_hash = walk.prev.hex()
     if expect_head is not None:
-        seq, digest = expect_head
-        if report.head_seq < seq:
-            report.problems.append(
-                Problem(report.head_seq + 1, f"records after seq {report.head_seq} are missing; "
-                        f"expected the chain to reach seq {seq}")
-            )
-        elif report.head_seq == seq and report.head_hash != digest.lower():
-            report.problems.append(Problem(seq, "chain head differs from the expected hash"))
+        _check_head(report, walk, *expect_head)
     return report
+
+
+def _catalog(con: Any, path: Path) -> str:
+    """The name under which `con` sees the ledger file (its own database for the writer's
+    cursor; `ledger` when attached by schema.connect_reader)."""
+    want = Path(path).resolve()
+    for name, file in con.execute(
+        "SELECT database_name, path FROM system.main.duckdb_databases() WHERE NOT internal"
+    ).fetchall():
+        if file and Path(file).resolve() == want:
+            return str(name)
+    return str(con.execute("SELECT system.main.current_database()").fetchone()[0])
+
+
+def _check_entries(con: Any, where: str, walk: _Walk, report: VerifyReport) -> None:
+    check = decoded.DecodedCheck()
+    mismatched: list[decoded.Mismatch] = []  # the first LISTED + 1
+    more = 0
+    for batch, records in _stored_batches(con, where):
+        for record in records:
+            _chain_step(record, walk, report, "")
+            _note_use(record, walk)
+        report.records += len(records)
+        found = check.check(records, batch)
+        room = LISTED + 1 - len(mismatched)
+        mismatched += found[:room]
+        more += len(found[room:])
+    for mismatch in mismatched[:LISTED]:
+        report.problems.append(Problem(mismatch.seq, (
+            f"decoded {', '.join(mismatch.columns)} differ from what its hashed bytes give "
+            "(the values SQL, drift and bias read were changed)")))
+    if len(mismatched) > LISTED:
+        report.problems.append(Problem(mismatched[LISTED].seq, (
+            f"{1 + more} more records whose decoded columns differ from their hashed "
+            f"bytes, from seq {mismatched[LISTED].seq} on")))
+    report.decoded_checked = check.checked
+    report.not_covered = [
+        {"why": why, "records": group.records, "first_seqs": group.first_seqs}
+        for why, group in check.uncovered.items()]
+    report.column_names = {
+        tensor: {"names": list(names), "first_seq": check.named_at[tensor]}
+        for tensor, names in check.feature_names.items()}
+
+
+def _stored_batches(con: Any, where: str) -> Iterator[tuple[Any, list[Record]]]:
+    """The stored records in seq order, a batch at a time: (the Arrow batch, with the
+    decoded columns; its records)."""
+    reader = con.sql(
+        f"SELECT {', '.join(_FIELDS)}, {', '.join(decoded.COLUMNS)} FROM {where}entries "
+        "ORDER BY seq").to_arrow_reader(BATCH)
+    for batch in reader:
+        columns = [batch.column(i).to_pylist() for i in range(len(_FIELDS))]
+        records = [Record(*values) for values in zip(*columns, strict=True)]
+        yield batch, records
+
+
+def _chain_step(record: Record, walk: _Walk, report: VerifyReport, where: str) -> None:
+    problem = _check(record, walk.expected_seq, walk.prev)
+    if problem is not None and not walk.broken:
+        walk.broken = True
+        report.problems.append(Problem(problem.seq, where + problem.what))
+    if record.seq == walk.head_wanted and walk.hash_at_wanted is None:
+        walk.hash_at_wanted = record.hash
+    walk.expected_seq = record.seq + 1
+    walk.prev = record.hash
 
 
 def _check(record: Record, expected_seq: int, prev: bytes) -> Problem | None:
@@ -156,23 +277,78 @@ def _check(record: Record, expected_seq: int, prev: bytes) -> Problem | None:
     return None
 
 
-def _check_models(con, report: VerifyReport) -> None:
+def _check_head(report: VerifyReport, walk: _Walk, seq: int, digest: str) -> None:
+    if report.head_seq < seq:
+        report.problems.append(Problem(
+            report.head_seq + 1, f"records after seq {report.head_seq} are missing; "
+            f"expected the chain to reach seq {seq}"))
+    elif walk.hash_at_wanted is None or walk.hash_at_wanted.hex() != digest:
+        report.problems.append(Problem(
+            seq, f"the hash at seq {seq} differs from the expected (published) one: the "
+            f"chain was rewritten at or before seq {seq}"))
+
+
+def _note_use(record: Record, walk: _Walk) -> None:
+    """Remember what the later checks of models and baselines compare with."""
+    for column, first in walk.first_use.items():
+        key = getattr(record, column)
+        if key and key not in first:
+            first[key] = record.seq
+    if record.kind == "infer":
+        # A call to an unknown model (or version) carries the name it asked for
+        if record.model_sha256 not in walk.named and record.status != "NOT_FOUND":
+            walk.named[record.model_sha256] = (record.seq, record.model_name,
+                                               record.model_version)
+    elif record.kind == "audit" and "candidate_upload_sha256" in record.detail:
+        asked = _json(record.detail).get("request")
+        if isinstance(asked, dict) and asked.get("candidate_upload_sha256"):
+            walk.candidates.add(str(asked["candidate_upload_sha256"]))
+    elif record.kind == "admin":
+        detail = _json(record.detail)
+        sha = detail.get("sha256")
+        if detail.get("action") == "baseline" and isinstance(sha, str):
+            walk.baselines.setdefault(sha, (record.seq, str(detail.get("source", "")),
+                                            record.received_us))
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ── models, environments, baselines ────────────────────────────────────────────────────
+
+
+def _check_models(con: Any, where: str, walk: _Walk, report: VerifyReport,
+                  tables: set[str]) -> None:
     """Stored model bytes and environment fingerprints must match their ids, and every id a
-    record names must be stored. A problem names the first record that relies on it."""
-    first_use = _first_use(con, "model_sha256")
+    record names must be stored; a model's signature and name must be those its bytes and
+    its first record give. A problem names the first record that relies on it."""
+    first_use = walk.first_use["model_sha256"]
     stored = set()
-    for sha, onnx in con.execute("SELECT sha256, onnx FROM models ORDER BY sha256").fetchall():
+    rows = con.execute(f"SELECT sha256, name, version, onnx, signature FROM {where}models "
+                       "ORDER BY sha256").fetchall() if "models" in tables else []
+    for sha, name, version, onnx, signature in rows:
         report.models += 1
         stored.add(sha)
+        seq = first_use.get(sha)
         if hashlib.sha256(bytes(onnx)).hexdigest() != sha:
-            report.problems.append(Problem(first_use.get(sha), f"model {sha}: stored bytes do "
-                                           "not match their SHA-256"))
+            report.problems.append(Problem(seq, f"model {sha}: stored bytes do not match "
+                                           "their SHA-256"))
+            continue
+        for what in (_signature_problem(bytes(onnx), signature),
+                     _name_problem(sha, name, version, walk)):
+            if what:
+                report.problems.append(Problem(seq, f"model {sha}: {what}"))
     _report_missing(report, first_use, stored, "model {} is not in the model store")
-    first_use = _first_use(con, "env_id")
+    first_use = walk.first_use["env_id"]
     stored = set()
-    for env_id, fingerprint in con.execute(
-        "SELECT env_id, fingerprint FROM environments ORDER BY env_id"
-    ).fetchall():
+    rows = con.execute(f"SELECT env_id, fingerprint FROM {where}environments ORDER BY env_id"
+                       ).fetchall() if "environments" in tables else []
+    for env_id, fingerprint in rows:
         report.environments += 1
         stored.add(env_id)
         if hashlib.sha256(fingerprint.encode()).hexdigest() != env_id:
@@ -181,10 +357,75 @@ def _check_models(con, report: VerifyReport) -> None:
     _report_missing(report, first_use, stored, "environment {} is not in the ledger")
 
 
-def _first_use(con, column: str) -> dict[str, int]:
-    return dict(con.execute(
-        f"SELECT {column}, min(seq) FROM entries WHERE {column} <> '' GROUP BY {column}"
-    ).fetchall())
+def _signature_problem(onnx: bytes, stored: str) -> str | None:
+    """The stored signature must be the one onnxruntime reads from the bytes. A model
+    onnxruntime could not load when it was pinned (served through an upstream) is stored
+    with an error instead; that is accepted as it stands (a later onnxruntime may load it)."""
+    from mlwitness.errors import FailedPrecondition
+    from mlwitness.runtime import OnnxModel
+
+    signature = _json(stored) if stored.startswith("{") else None
+    if signature is None:
+        return "the stored signature is not a JSON object"
+    if (set(signature) == {"inputs", "outputs", "error"} and signature["inputs"] == []
+            and signature["outputs"] == [] and isinstance(signature["error"], str)
+            and signature["error"]):
+        return None
+    try:
+        derived = OnnxModel(onnx).signature.to_dict()
+    except FailedPrecondition:
+        return "a signature is stored, but onnxruntime cannot load the stored bytes"
+    if signature != derived:
+        return (f"the stored signature {json.dumps(signature, sort_keys=True)[:200]} is not "
+                f"the one its bytes give, {json.dumps(derived, sort_keys=True)[:200]}")
+    return None
+
+
+def _name_problem(sha: str, name: str, version: str, walk: _Walk) -> str | None:
+    """A served model is stored under the name and version of the calls it answers (the
+    first call to it says which); a what-if candidate (an audit record names its upload)
+    as "candidate"."""
+    if (name, version) == ("candidate", "") and sha in walk.candidates:
+        return None
+    if sha in walk.named:
+        seq, first_name, first_version = walk.named[sha]
+        if (name, version) != (first_name, first_version):
+            return (f"stored as {name!r} version {version!r}, but record seq {seq}, the first "
+                    f"to use it, says {first_name!r} version {first_version!r}")
+    elif sha in walk.candidates:
+        return (f"stored as {name!r} version {version!r}, but it was uploaded as a what-if "
+                "candidate (stored as 'candidate')")
+    return None
+
+
+def _check_baselines(con: Any, where: str, walk: _Walk, report: VerifyReport,
+                     tables: set[str]) -> None:
+    """A baseline's JSON must match its SHA-256, and the sidecar announces each one it
+    stores with an admin record: its name is that record's file name, and it was stored
+    before the announcement (the newest baseline, by that time, is drift's default)."""
+    if "baselines" not in tables:
+        return
+    for sha, name, text, created_us in con.execute(
+        f"SELECT sha256, name, json, created_us FROM {where}baselines ORDER BY sha256"
+    ).fetchall():
+        report.baselines += 1
+        announced = walk.baselines.get(sha)
+        seq = announced[0] if announced else None
+        if hashlib.sha256(text.encode()).hexdigest() != sha:
+            report.problems.append(Problem(seq, f"baseline {sha}: stored JSON does not "
+                                           "match its SHA-256"))
+        elif announced is None:
+            report.problems.append(Problem(None, f"baseline {sha} ({name!r}) was announced by "
+                                           "no record (the sidecar records each baseline it "
+                                           "stores)"))
+        elif name != Path(announced[1]).name:
+            report.problems.append(Problem(seq, f"baseline {sha}: stored as {name!r}, but "
+                                           f"record seq {seq} stored it from "
+                                           f"{announced[1]!r}"))
+        elif created_us > announced[2]:
+            report.problems.append(Problem(seq, f"baseline {sha}: its stored time is after "
+                                           f"record seq {seq} announced it (the time decides "
+                                           "which baseline is the latest)"))
 
 
 def _report_missing(

@@ -377,11 +377,15 @@ class ReplayRangeEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[ReplayProgress, _Mapping]] = ..., changed: _Optional[_Union[ChangedDecision, _Mapping]] = ..., summary: _Optional[_Union[ReplaySummary, _Mapping]] = ...) -> None: ...
 
 class VerifyLedgerRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("expect_seq", "expect_hash")
+    EXPECT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_HASH_FIELD_NUMBER: _ClassVar[int]
+    expect_seq: int
+    expect_hash: str
+    def __init__(self, expect_seq: _Optional[int] = ..., expect_hash: _Optional[str] = ...) -> None: ...
 
 class VerifyLedgerResponse(_message.Message):
-    __slots__ = ("ok", "records", "journal_records", "head_seq", "head_hash", "first_bad_seq", "problems")
+    __slots__ = ("ok", "records", "journal_records", "head_seq", "head_hash", "first_bad_seq", "problems", "decoded_checked", "decoded_not_covered", "notes")
     OK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +393,9 @@ class VerifyLedgerResponse(_message.Message):
     HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    DECODED_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    DECODED_NOT_COVERED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     records: int
     journal_records: int
@@ -396,7 +403,10 @@ class VerifyLedgerResponse(_message.Message):
     head_hash: str
     first_bad_seq: int
     problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ok: bool = ..., records: _Optional[int] = ..., journal_records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_seq: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    decoded_checked: int
+    decoded_not_covered: int
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ok: bool = ..., records: _Optional[int] = ..., journal_records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_seq: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ..., decoded_checked: _Optional[int] = ..., decoded_not_covered: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DriftRequest(_message.Message):
     __slots__ = ("since_us", "until_us", "model", "baseline", "reference_since_us", "reference_until_us", "features")

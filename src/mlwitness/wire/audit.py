@@ -18,7 +18,7 @@ from mlwitness.audit.reader import Filters
 from mlwitness.audit.service import Asker, AuditService
 from mlwitness.auth import Authenticator
 from mlwitness.errors import InvalidInput, MlwitnessError
-from mlwitness.ledger.verify import verify
+from mlwitness.ledger.verify import expected_head, verify
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.wire.security import identify
 from mlwitness.wire.status import parse, rpc, stream_rpc
@@ -161,18 +161,23 @@ class AuditServicer:
 
     async def VerifyLedger(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("VerifyLedger", raw, context)
-        parse(apb.VerifyLedgerRequest, raw)
-        with self.service.audited(asker) as summary:
+        r = parse(apb.VerifyLedgerRequest, raw)
+        asked = {"expect_seq": r.expect_seq, "expect_hash": r.expect_hash} if (
+            r.expect_seq or r.expect_hash) else {}
+        with self.service.audited(asker, **asked) as summary:
+            head = expected_head(r.expect_seq, r.expect_hash) if asked else None
             cursor = await asyncio.to_thread(self.service.reader.cursor)  # sees all acked
-            report = await asyncio.to_thread(verify, self.ledger_path, con=cursor)
+            report = await asyncio.to_thread(verify, self.ledger_path, con=cursor,
+                                             expect_head=head)
             summary.update(ok=report.ok, records=report.records, head_seq=report.head_seq)
         return apb.VerifyLedgerResponse(
             ok=report.ok, records=report.records, journal_records=report.journal_records,
             head_seq=report.head_seq, head_hash=report.head_hash,
             first_bad_seq=report.first_bad_seq or 0,
             problems=[f"seq {p.seq}: {p.what}" if p.seq else p.what for p in report.problems],
+            decoded_checked=report.decoded_checked,
+            decoded_not_covered=report.decoded_not_covered, notes=report.notes(),
         ).SerializeToString()
-
 
     async def Violations(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("Violations", raw, context)
