@@ -84,7 +84,7 @@ class AuditServicer:
     async def ListRecords(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("ListRecords", raw, context)
         r = parse(apb.ListRecordsRequest, raw)
-        filters = Filters(r.since_us, r.until_us, r.model, r.status, r.caller)
+        filters = Filters(r.since_us, r.until_us, r.model, r.status, r.caller, r.metadata)
         items, token = await asyncio.to_thread(
             self.service.list_records, asker, filters,
             r.page_size, r.page_token)
