@@ -247,7 +247,8 @@ class Sidecar:
             checks=self.checks,
             minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
                                 key=s.hash_key.read_bytes() if s.hash_key else None,
-                                tabulator=self.ledger.tabulator)
+                                tabulator=self.ledger.tabulator,
+                                unkeyed=s.hash_inputs_unkeyed)
             if s.redact_inputs or s.hash_inputs else None,
         )
         self.inference_auth = Authenticator(_access(s.inference_access), required_role="caller")

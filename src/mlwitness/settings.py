@@ -113,14 +113,21 @@ SPECS: tuple[Spec, ...] = (
     Spec("upstream_ca", Path, "CA (PEM) to verify the upstream server: forward over TLS."),
     Spec("upstream_cert", Path, "Client certificate (PEM) for mTLS to the upstream."),
     Spec("upstream_key", Path, "Client key (PEM) for --upstream-cert."),
-    Spec("hash_key", Path, "Secret key file for --hash-inputs: values are stored as "
-         "HMAC-SHA-256 under this key, so low-entropy values (names, account numbers) "
-         "cannot be recovered by guessing. Keep it outside the ledger's volume."),
+    Spec("hash_key", Path, "Secret key file (at least 16 bytes) for --hash-inputs, which "
+         "needs it: values are stored as HMAC-SHA-256 under this key, so low-entropy values "
+         "(names, account numbers) cannot be recovered by guessing. With --hash-inputs or "
+         "--redact-inputs the record also keeps the HMAC of the request as received (the "
+         "proof of the original); without a key it keeps none. Keep it outside the "
+         "ledger's volume."),
     Spec("redact_inputs", _csv, "Comma-separated inputs or request parameters stored "
          "redacted (replaced by nothing) instead of as sent; such records cannot be "
          "replayed if the model uses them."),
     Spec("hash_inputs", _csv, "Comma-separated inputs or request parameters stored as the "
-         "SHA-256 of each value instead of the value."),
+         "HMAC-SHA-256 (under --hash-key) of each value instead of the value."),
+    Spec("hash_inputs_unkeyed", _bool, "Let --hash-inputs run without --hash-key, storing a "
+         "plain SHA-256 of each value. Weak: whoever can read the ledger recovers a "
+         "guessable value (a name, an account number) by hashing candidates.",
+         flag_type="bool"),
     Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
     Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
          "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
@@ -178,6 +185,7 @@ class Settings:
     hash_key: Path | None = None
     redact_inputs: list[str] = field(default_factory=list)
     hash_inputs: list[str] = field(default_factory=list)
+    hash_inputs_unkeyed: bool = False
     record_metadata: list[str] = field(
         default_factory=lambda: ["x-request-id", "x-caller", "traceparent", "user-agent"]
     )
@@ -235,9 +243,25 @@ class Settings:
         overlap = set(self.redact_inputs) & set(self.hash_inputs)
         if overlap:
             raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
+        self._check_hashing()
         if self.upstream is not None:
             _check_target(self.upstream)
         return self
+
+    def _check_hashing(self) -> None:
+        """--hash-inputs is keyed (a key of MIN_KEY_BYTES or more) unless the weak, unkeyed
+        form is asked for by name."""
+        from mlwitness.minimise import check_key  # here: the audit client needs no numpy
+
+        if self.hash_key is not None:
+            if self.hash_inputs_unkeyed:
+                raise ConfigError("give --hash-key or --hash-inputs-unkeyed, not both")
+            check_key(Path(self.hash_key).read_bytes(), f"--hash-key file {self.hash_key}")
+        elif self.hash_inputs and not self.hash_inputs_unkeyed:
+            raise ConfigError("--hash-inputs needs --hash-key (a secret file of at least 16 "
+                              "bytes): a plain SHA-256 of a name or an account number is "
+                              "reversed by hashing candidates. --hash-inputs-unkeyed accepts "
+                              "that, explicitly")
 
 
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
@@ -268,13 +292,17 @@ def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = Non
         if names is not None and spec.name not in names:
             continue
         default = ",".join(spec.default) if isinstance(spec.default, list) else spec.default
+        text = f"{(helps or {}).get(spec.name, spec.help)} [env {spec.env}; default {default}]"
+        if spec.flag_type == "bool":  # a switch: given means true
+            parser.add_argument(spec.flag, dest=spec.name, default=None,
+                                action="store_const", const=True, help=text)
+            continue
         parser.add_argument(
             spec.flag,
             dest=spec.name,
             default=None,
             choices=spec.choices,
-            help=f"{(helps or {}).get(spec.name, spec.help)} [env {spec.env}; "
-                 f"default {default}]",
+            help=text,
         )
 
 
