@@ -38,7 +38,6 @@ from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.wire import inference as pb
 
-
 MIN_KEY_BYTES = 16  # 128 bits: no guessing the key instead of the values
 
 

@@ -134,6 +134,16 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_concurrent_rpcs", int, "Calls served at once; beyond it callers get "
          "RESOURCE_EXHAUSTED."),
     Spec("ort_threads", int, "onnxruntime intra-op threads (embedded mode)."),
+    Spec("max_candidate_bytes", int, "Largest candidate model an auditor may upload "
+         "(candidate_onnx); larger ones are refused with RESOURCE_EXHAUSTED. A candidate "
+         "is kept in the ledger's model store only once it has run."),
+    Spec("audit_memory_bytes", int, "Memory the process running one audit question's "
+         "models (replay, what-if, sensitivity, traffic replay) may take beyond its own "
+         "start-up size; a model that needs more fails with RESOURCE_EXHAUSTED, the "
+         "sidecar untouched."),
+    Spec("audit_run_timeout", float, "Seconds one model run of an audit question may take "
+         "(the caller's deadline bounds it too); the run is then stopped and the question "
+         "fails with DEADLINE_EXCEEDED."),
     Spec("load_interval", float, "Seconds between loads of journaled records into "
          "DuckDB (audit queries always see every acknowledged record)."),
     Spec("duckdb_threads", int, "DuckDB worker threads for the ledger (loads and audit "
@@ -149,7 +159,8 @@ _BY_NAME = {spec.name: spec for spec in SPECS}
 AUDIT_SERVER_ONLY = ("audit_trail",)
 # Settings the standalone audit-server takes.
 AUDIT_SERVER = ("ledger", "audit_trail", "host", "audit_port", "ort_threads", "drain_timeout",
-                "log_level", "tls_cert", "tls_key", "tls_client_ca", "audit_access")
+                "log_level", "tls_cert", "tls_key", "tls_client_ca", "audit_access",
+                "max_candidate_bytes", "audit_memory_bytes", "audit_run_timeout")
 
 
 @dataclass(frozen=True)
@@ -192,6 +203,9 @@ class Settings:
     max_request_bytes: int = 64 << 20
     max_concurrent_rpcs: int = 1024
     ort_threads: int = 1
+    max_candidate_bytes: int = 16 << 20
+    audit_memory_bytes: int = 512 << 20
+    audit_run_timeout: float = 60.0
     load_interval: float = 1.0
     duckdb_threads: int = 1
     max_backlog: int = 200_000
@@ -219,8 +233,9 @@ class Settings:
                  if p]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"ports must differ: {ports}")
+        # 0 or less: a busy loop, or every call timed out
         for name in ("upstream_timeout", "model_poll_interval", "load_interval",
-                     "drift_window"):  # 0 or less: a busy loop, or every call timed out
+                     "drift_window", "audit_run_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of "
@@ -231,7 +246,7 @@ class Settings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
                                   f"got {value}")
         for name in ("max_request_bytes", "max_concurrent_rpcs", "ort_threads", "duckdb_threads",
-                     "max_backlog"):
+                     "max_backlog", "max_candidate_bytes", "audit_memory_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",
