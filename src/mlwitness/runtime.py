@@ -28,6 +28,8 @@ from mlwitness.signature import Signature
 log = logging.getLogger(__name__)
 
 PROVIDERS = ["CPUExecutionProvider"]
+# How onnxruntime says an allocation failed (its arena, or std::bad_alloc from a kernel).
+MEMORY_SIGNS = ("Failed to allocate memory", "bad_alloc", "bad allocation")
 _ORT_CODE = re.compile(r"\[ONNXRuntimeError\] : \d+ : ([A-Z_]+) :")
 # (what onnxruntime's text contains, what we say instead): fixed words, never its text.
 _LOAD_PROBLEMS = (
@@ -61,8 +63,8 @@ class Runnable(Protocol):
 
     def run(self, inputs: Sequence[Tensor], outputs: Sequence[str] = ()) -> list[Tensor]: ...
 
-    def run_arrays(self, names: Sequence[str], feed: dict[str, np.ndarray]
-                   ) -> list[np.ndarray]: ...
+    def run_slices(self, names: Sequence[str], feed: dict[str, np.ndarray],
+                   slices: Sequence[tuple[int, int]]) -> list[list[np.ndarray] | None]: ...
 
 
 def load_problem(text: str) -> str:
@@ -120,10 +122,21 @@ class OnnxModel:
         return [tensor_from_array(name, np.asarray(value)) for name, value in zip(names, results,
                                                                                   strict=True)]
 
-    def run_arrays(self, names: Sequence[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """onnxruntime's run on plain arrays, its errors as they come (traffic replay runs
-        a call alone this way, and asks `run` why only when it fails)."""
-        return list(self.session.run(list(names), feed))
+    def run_slices(self, names: Sequence[str], feed: dict[str, np.ndarray],
+                   slices: Sequence[tuple[int, int]]) -> list[list[np.ndarray] | None]:
+        """onnxruntime's run on rows [lo, hi) of plain arrays, for each slice on its own:
+        the outputs, or None where onnxruntime failed (traffic replay runs calls alone this
+        way, and asks `run` why only when one fails). Running out of memory is raised."""
+        out: list[list[np.ndarray] | None] = []
+        for lo, hi in slices:
+            try:
+                out.append(list(self.session.run(list(names), {k: v[lo:hi]
+                                                              for k, v in feed.items()})))
+            except Exception as exc:  # noqa: BLE001 — onnxruntime's own, untyped
+                if any(sign in str(exc) for sign in MEMORY_SIGNS):
+                    raise
+                out.append(None)
+        return out
 
 
 def _to_ort(tensor: Tensor) -> np.ndarray:

@@ -21,6 +21,12 @@ the next question (a replay of the same model then costs one round trip, not an
 onnxruntime import and a model load); one that timed out, crashed or ran out of memory is
 ended. Tensors travel over the worker's stdin/stdout as a JSON header and raw buffers —
 never pickles: the worker runs whatever the uploaded model makes onnxruntime do.
+
+Cost (2 shared cores, under load): a round trip to the worker is 0.2-0.4 ms plus the copy
+of the tensors; a warm Replay through the gRPC API measured p50 15 ms against 11 ms
+in-process, what-if and sensitivity within the noise; traffic replay's throughput is
+unchanged within the noise (the calls it runs alone go in one request, `run_slices`). The
+first question of a server pays for starting a worker (importing onnxruntime, ~0.2 s).
 """
 
 from __future__ import annotations
@@ -55,12 +61,12 @@ from mlwitness.errors import (
     MlwitnessError,
     TooLarge,
 )
+from mlwitness.runtime import MEMORY_SIGNS
 from mlwitness.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">I")
-_MEMORY_SIGNS = ("Failed to allocate memory", "bad_alloc", "bad allocation", "MemoryError")
 _BACKSTOP_S = 5  # the child's own alarm, past the parent's bound: if the parent is gone
 MAX_MODELS = 4  # models a worker keeps loaded (its memory limit covers all of them)
 
@@ -83,10 +89,6 @@ class RunTimedOut(DeadlineExceeded, Aborted):
 
 class ProcessEnded(TooLarge, Aborted):
     pass
-
-
-class RunFailed(Exception):
-    """onnxruntime's own error for `run_arrays` (its caller asks `run` why)."""
 
 
 _STATUSES: dict[str, type[MlwitnessError]] = {
@@ -202,15 +204,14 @@ def _serve(header: dict[str, Any], buffers: list[memoryview], models: dict[str, 
                        "providers": model.providers}}, []
     model = models[sha]
     arrays = _decode(header, buffers)
-    if op == "run_arrays":
+    if op == "run_slices":
         try:
-            outputs = model.run_arrays(header["names"], dict(zip(header["feed"], arrays,
-                                                                 strict=True)))
-        except Exception as exc:  # noqa: BLE001 — onnxruntime's own: the caller asks `run`
-            if any(sign in str(exc) for sign in _MEMORY_SIGNS):
-                raise TooLarge(_memory_message(memory_bytes)) from None
-            return {"failed": True}, []
-        return {"ok": {}}, [np.asarray(a) for a in outputs]
+            runs = model.run_slices(header["names"], dict(zip(header["feed"], arrays,
+                                                              strict=True)), header["slices"])
+        except Exception as exc:  # noqa: BLE001 — only running out of memory comes here
+            raise TooLarge(_memory_message(memory_bytes)) from exc
+        return ({"ok": {"done": [run is not None for run in runs]}},
+                [np.asarray(a) for run in runs if run is not None for a in run])
     inputs = [Tensor(m["name"], m["datatype"], tuple(m["shape"]), array)
               for m, array in zip(header["tensors"], arrays, strict=True)]
     try:
@@ -224,7 +225,7 @@ def _serve(header: dict[str, Any], buffers: list[memoryview], models: dict[str, 
         else:
             tensors = model.run(inputs, header["outputs"])
     except MlwitnessError as exc:
-        if any(sign in exc.message for sign in _MEMORY_SIGNS):
+        if any(sign in exc.message for sign in MEMORY_SIGNS):
             raise TooLarge(_memory_message(memory_bytes)) from None
         raise
     return ({"ok": {"tensors": [{"name": t.name, "datatype": t.datatype,
@@ -392,8 +393,6 @@ class Sandbox:
             if status == "RESOURCE_EXHAUSTED":  # its heap may stay grown: not reused
                 self.worker.healthy = False
             raise _error(status, message)
-        if reply.get("failed"):
-            raise RunFailed()
         return reply["ok"], _decode(reply, buffers)
 
     def _bound(self) -> tuple[float, bool]:
@@ -493,10 +492,24 @@ class SandboxedModel:
         stacked: one round trip for all of them."""
         return self.run(inputs, outputs, op="run_rows")
 
-    def run_arrays(self, names: Sequence[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        header = {"op": "run_arrays", "sha256": self.sha256, "names": list(names),
-                  "feed": list(feed)}
-        return self.sandbox.ask(header, arrays=list(feed.values()))[1]
+    def run_slices(self, names: Sequence[str], feed: dict[str, np.ndarray],
+                   slices: Sequence[tuple[int, int]]) -> list[list[np.ndarray] | None]:
+        """`OnnxModel.run_slices` in one round trip, sending only the rows it needs."""
+        if not slices:
+            return []
+        local, at = [], 0
+        for lo, hi in slices:
+            local.append((at, at + hi - lo))
+            at += hi - lo
+        rows = np.concatenate([np.arange(lo, hi) for lo, hi in slices])
+        header = {"op": "run_slices", "sha256": self.sha256, "names": list(names),
+                  "feed": list(feed), "slices": local}
+        reply, arrays = self.sandbox.ask(header, arrays=[a[rows] for a in feed.values()])
+        out: list[list[np.ndarray] | None] = []
+        for done in reply["done"]:
+            out.append(arrays[:len(names)] if done else None)
+            arrays = arrays[len(names):] if done else arrays
+        return out
 
 
 if __name__ == "__main__":

@@ -142,8 +142,9 @@ SPECS: tuple[Spec, ...] = (
          "start-up size; a model that needs more fails with RESOURCE_EXHAUSTED, the "
          "sidecar untouched."),
     Spec("audit_run_timeout", float, "Seconds one model run of an audit question may take "
-         "(the caller's deadline bounds it too); the run is then stopped and the question "
-         "fails with DEADLINE_EXCEEDED."),
+         "(a sweep's points, or a traffic replay's chunk of rows, count as one); the "
+         "caller's deadline bounds it too. The run is then stopped and the question fails "
+         "with DEADLINE_EXCEEDED."),
     Spec("load_interval", float, "Seconds between loads of journaled records into "
          "DuckDB (audit queries always see every acknowledged record)."),
     Spec("duckdb_threads", int, "DuckDB worker threads for the ledger (loads and audit "

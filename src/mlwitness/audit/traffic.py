@@ -89,13 +89,13 @@ def replay_rows(model: Runnable, calls: list[Parsed], rule: DecisionRule
         same &= np.logical_and.reduceat(_rows_equal(old.array, replayed[name]), starts)
     failed: dict[int, str] = {}
     names = list(replayed)
-    for i in np.flatnonzero(~same):
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        try:  # plain arrays: this runs for every call of a differing candidate
-            alone = model.run_arrays(names, {t.name: t.array[lo:hi] for t in inputs})
-        except Aborted:  # stopped (time, memory): the whole replay is
-            raise
-        except Exception:  # noqa: BLE001 — model.run says why, in our terms
+    differing = [int(i) for i in np.flatnonzero(~same)]
+    slices = [(int(bounds[i]), int(bounds[i + 1])) for i in differing]
+    # Plain arrays, all in one request: this runs for every call of a differing candidate.
+    alone_runs = model.run_slices(names, {t.name: t.array for t in inputs}, slices) \
+        if differing else []
+    for i, (lo, hi), alone in zip(differing, slices, alone_runs, strict=True):
+        if alone is None:  # model.run says why, in our terms
             try:
                 model.run([replace(t, shape=(hi - lo, *t.shape[1:]), array=t.array[lo:hi])
                            for t in inputs], requested)
