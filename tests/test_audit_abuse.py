@@ -46,11 +46,16 @@ from audit_support import (
 )
 from onnx import TensorProto, helper, numpy_helper
 
+from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.errors import ConfigError
 from mlwitness.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.ledger import journal, store
+from mlwitness.ledger.record import Record
+from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.settings import Settings
+from mlwitness.wire import inference as pb
 
 try:
     from tests import models
@@ -462,6 +467,49 @@ def test_a_run_longer_than_the_run_timeout_is_stopped_naming_the_limit(
     assert stored_models(timed_sidecar, sha(onnx_bytes)) == []
     assert timed_sidecar.stub.Replay(apb.ReplayRequest(ref=ref("a16")),
                                      timeout=60).bit_identical
+
+
+def test_what_if_and_sensitivity_on_a_looping_recorded_model_stop_at_the_deadline(
+    tmp_path: Path, audit_ledger: AuditLedger
+) -> None:
+    """Not only candidates: a stored model that loops (here a decision recorded for it by
+    hand) is run in the worker too, and stopped when the caller gives up."""
+    onnx_bytes = looping()
+    ledger = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(ledger, WriterOptions(durability="write"),
+                          tabulator=Tabulator({"input": list(audit_ledger.models.features)}))
+    writer.open()
+    writer.write(lambda con: store.put_model(con, onnx_bytes, "looping", "1", {}))
+    x = tensor_from_array("input", np.ones((1, 6), np.float32))
+    y = tensor_from_array("y", np.zeros(1, np.float32))
+    request, response = pb.ModelInferRequest(model_name="looping", id="loop-1"), \
+        pb.ModelInferResponse(model_name="looping", id="loop-1")
+    encode_inputs(request, [x], raw=True)
+    encode_outputs(response, [y], raw=True)
+    writer.append_blocking(Record(
+        request_id="loop-1", received_us=1, responded_us=2, model_name="looping",
+        model_sha256=sha(onnx_bytes), request=request.SerializeToString(),
+        response=response.SerializeToString(), inputs=[x], outputs=[y]))
+    writer.close()
+    side = start_audited_sidecar(audit_ledger.models.v1, ledger)
+    try:
+        questions = [
+            ("WhatIf", side.stub.WhatIf, apb.WhatIfRequest(
+                ref=ref("loop-1"), overrides=[apb.Override(feature="income", value=1.0)])),
+            ("Sensitivity", side.stub.Sensitivity, apb.SensitivityRequest(
+                ref=ref("loop-1"), feature="income", start=1, stop=2, steps=2)),
+        ]
+        for rpc, call, request_ in questions:
+            with pytest.raises(grpc.RpcError) as info:
+                call(request_, timeout=2)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            found = wait_for_trail(side, rpc, 1)
+            assert [f[0] for f in found] == ["DEADLINE_EXCEEDED"], \
+                "the run went on after the caller's deadline"
+        assert side.stub.GetRecord(apb.GetRecordRequest(ref=ref("loop-1")),
+                                   timeout=30).model_sha256 == sha(onnx_bytes)
+    finally:
+        side.stop()
 
 
 @pytest.mark.parametrize("setting, value", [
