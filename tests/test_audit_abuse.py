@@ -362,6 +362,15 @@ def test_a_candidate_that_fails_is_not_kept_and_the_trail_names_it_by_hash(
         assert kept.candidate_onnx == f"sha256:{sha(onnx_bytes)}".encode()
         assert onnx_bytes not in request
     assert len(trail(audit_sidecar, "Replay")) == before + 1
+    # by its hash it is unknown: the worker that loaded it must not answer for the store
+    err = rpc_error(audit_sidecar.stub.Replay, apb.ReplayRequest(
+        ref=ref("a16"), candidate_sha256=sha(onnx_bytes)))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not in the ledger's model store" in err.details()
+    with pytest.raises(grpc.RpcError) as streamed:
+        list(audit_sidecar.stub.ReplayRange(apb.ReplayRangeRequest(
+            candidate_sha256=sha(onnx_bytes)), timeout=60))
+    assert streamed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.mark.parametrize("rpc", ["Replay", "ReplayRange"])

@@ -512,9 +512,14 @@ class Runs:
         return self._sandbox
 
     def model(self, sha256: str) -> SandboxedModel:
-        """A stored model (or this question's upload) by SHA-256, loaded in the worker."""
-        return self._open().load(sha256, lambda: self.uploads.get(sha256) or
-                                 self.service.reader.model(sha256).onnx)
+        """A stored model (or this question's upload) by SHA-256, loaded in the worker.
+        A stored one is looked up even when the worker has it loaded: a worker may still
+        hold an earlier question's upload that failed and was never stored, and an answer
+        must rest only on models the store holds."""
+        onnx = self.uploads.get(sha256)
+        if onnx is None:
+            onnx = self.service.reader.model(sha256).onnx  # or FailedPrecondition, DataLoss
+        return self._open().load(sha256, lambda: onnx)
 
     def upload(self, onnx: bytes) -> SandboxedModel:
         sha = hashlib.sha256(onnx).hexdigest()
