@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -160,7 +161,9 @@ def _child(memory_bytes: int) -> None:
     """`python -m mlwitness.sandbox MEMORY_BYTES`: serve requests until stdin closes."""
     from mlwitness.runtime import OnnxModel
 
-    channel = os.fdopen(os.dup(1), "wb", buffering=0)  # stdout is the protocol's alone:
+    # A terminal's ^C is for the server, which ends its workers (stdin closes, or a kill).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = os.dup(1)  # stdout is the protocol's alone:
     os.dup2(2, 1)  # anything a library prints goes to stderr
     inbox = sys.stdin.buffer
     with open("/proc/self/status") as status:
@@ -180,9 +183,14 @@ def _child(memory_bytes: int) -> None:
             reply, arrays = {"error": [exc.status, exc.message]}, []
         except MemoryError:
             reply, arrays = {"error": ["RESOURCE_EXHAUSTED", _memory_message(memory_bytes)]}, []
+        except Exception:  # a fault of ours: said, not fatal to the question's worker
+            traceback.print_exc()
+            reply, arrays = {"error": ["INTERNAL", "the audit worker failed; see the log"]}, []
         signal.alarm(0)
         for part in _encode(reply, arrays):
-            channel.write(part)
+            view = memoryview(part).cast("B")
+            while view:  # a pipe may take less than all of it
+                view = view[os.write(channel, view):]
 
 
 def _serve(header: dict[str, Any], buffers: list[memoryview], models: dict[str, Any],
