@@ -244,7 +244,7 @@ def profile_replay_range(ledger: Path, candidate: bytes | None) -> tuple[dict, s
 
     con = schema.connect(ledger, read_only=True)
     service = AuditService(LedgerReader(con.cursor), trail=None,
-                           store_model=(lambda onnx: __import__("hashlib").sha256(
+                           store_model=(lambda onnx, signature: __import__("hashlib").sha256(
                                onnx).hexdigest()) if candidate else None)
     profiler = cProfile.Profile()
     started = time.perf_counter()
@@ -253,6 +253,7 @@ def profile_replay_range(ledger: Path, candidate: bytes | None) -> tuple[dict, s
                                        candidate_onnx=candidate or b""))
     profiler.disable()
     elapsed = time.perf_counter() - started
+    service.close()
     con.close()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(28)

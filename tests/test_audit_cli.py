@@ -64,7 +64,7 @@ def test_show_prints_the_record_and_its_json(
 def test_records_filters_limit_and_json(
     audit_sidecar: AuditedSidecar, audit_ledger: AuditLedger
 ) -> None:
-    bob = cli_json(audit_sidecar, "records", "--caller", "bob")
+    bob = cli_json(audit_sidecar, "records", "--metadata", "bob")
     assert isinstance(bob, list)
     assert [r["request_id"] for r in bob] == [f"a{i:02d}" for i in range(22, -1, -3)]
     newest = cli_json(audit_sidecar, "records", "--limit", "5")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats as ss
 
-from mlwitness.bias import bias_report
+from mlwitness.bias import MAX_GROUPS, bias_report
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import InvalidInput
 from mlwitness.ledger.record import Record
@@ -300,3 +300,21 @@ def test_rows_without_a_binned_attribute_are_excluded_not_put_in_the_top_bin(
         con.close()
     assert [(g.group, g.n) for g in report.groups] == [("<40", 20), (">=40", 10)]
     assert report.excluded["missing_attribute"] == 20
+
+
+@pytest.mark.parametrize("cuts", [MAX_GROUPS, 20_000])
+def test_more_bins_than_groups_allowed_are_refused_before_any_query(con: Any, cuts: int
+                                                                    ) -> None:
+    """k cut points make k + 1 groups: past the group limit the question is refused up
+    front, naming the limit (20,000 cut points used to build a 20,000-branch CASE)."""
+    bins = [float(b) for b in range(cuts)]
+    with pytest.raises(InvalidInput, match=f"at most {MAX_GROUPS} groups"):
+        bias_report(con, attribute="age", favorable="label=1", bins=bins)
+    assert bias_report(con, attribute="age", favorable="label=1", model="fair",
+                       bins=bins[:MAX_GROUPS - 1]).verdict in ("ok", "inconclusive")
+
+
+@pytest.mark.parametrize("bins", [[1.0, math.nan], [math.inf], [30.0, 30.0]])
+def test_bins_must_be_finite_and_increasing(con: Any, bins: list[float]) -> None:
+    with pytest.raises(InvalidInput, match="bins must be"):
+        bias_report(con, attribute="age", favorable="label=1", bins=bins)

@@ -584,7 +584,7 @@ def test_minimised_inputs_are_judged_but_their_values_never_stored_or_echoed(
     """`--redact-inputs input --hash-inputs age_band`: the guards still judge the values
     (enforce refuses), but neither the refusal message nor the record holds them."""
     side = start(guards=kit.guards_path, guard_mode="enforce", redact_inputs=["input"],
-                 hash_inputs=["age_band"])
+                 hash_inputs=["age_band"], hash_inputs_unkeyed=True)
     x, _ = kit.in_range(2, seed=62)
     x[1, INCOME] = 987654321.0
     outcome = side.call(x, "private", {"age_band": "Jane Doe 1970"})

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from mlwitness.audit.reader import LedgerReader
-from mlwitness.audit.service import AuditService, store_model_with
+from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
@@ -201,6 +201,7 @@ class Sidecar:
         self.health: Any = None
         self.audit_health: Any = None
         self.service: InferenceService | None = None
+        self.audit_service: AuditService | None = None
         self._audit_ready = True  # start_audit_server starts it SERVING
         self.port = 0
         self.audit_port = 0
@@ -290,7 +291,8 @@ class Sidecar:
             checks=self.checks,
             minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
                                 key=s.hash_key.read_bytes() if s.hash_key else None,
-                                tabulator=self.ledger.tabulator)
+                                tabulator=self.ledger.tabulator,
+                                unkeyed=s.hash_inputs_unkeyed)
             if s.redact_inputs or s.hash_inputs else None,
         )
         self.inference_auth = Authenticator(_access(s.inference_access), required_role="caller")
@@ -340,7 +342,9 @@ class Sidecar:
         reader = LedgerReader(ledger.cursor, ledger.sync)
         service = AuditService(reader, trail=ledger.append_blocking,
                                store_model=store_model_with(ledger.write),
-                               threads=s.ort_threads, checks=self.checks)
+                               threads=s.ort_threads, checks=self.checks,
+                               limits=AuditLimits.of(s))
+        self.audit_service = service
         self.audit_server, self.audit_health, self.audit_port = await start_audit_server(
             service, s.ledger, s.host, s.audit_port, s, self.audit_auth)
 
@@ -557,6 +561,8 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.audit_service is not None:
+            self.audit_service.close()  # its idle sandbox workers
         if self.backend is not None:
             await self.backend.close()
         if self.metrics is not None:
@@ -654,7 +660,8 @@ async def serve_audit(settings: Settings) -> None:
     env = environment.fingerprint()
     trail.write(lambda con: store.put_environment(con, env))
     service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
-                           store_model=store_model_with(trail.write), threads=settings.ort_threads)
+                           store_model=store_model_with(trail.write), threads=settings.ort_threads,
+                           limits=AuditLimits.of(settings))
     auth = Authenticator(_access(settings.audit_access), required_role="auditor")
     server, health_servicer, port = await start_audit_server(
         service, path, settings.host, settings.audit_port, settings, auth)
@@ -667,6 +674,7 @@ async def serve_audit(settings: Settings) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=settings.drain_timeout)
+    service.close()
     await asyncio.to_thread(trail.close)
     con.close()
 

@@ -130,7 +130,8 @@ def records(args: argparse.Namespace) -> int:
     client = stub(args)
     request = apb.ListRecordsRequest(
         since_us=parse_time(args.since), until_us=parse_time(args.until), model=args.model or "",
-        status=args.status or "", caller=args.caller or "", page_size=min(args.limit, 1000))
+        status=args.status or "", caller=args.caller or "", metadata=args.metadata or "",
+        page_size=min(args.limit, 1000))
     shown: list[apb.RecordSummary] = []
     while len(shown) < args.limit:
         page = client.ListRecords(request, timeout=args.timeout)
@@ -438,7 +439,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--until", help="before this time (UTC)")
     p.add_argument("--model", help="model name or SHA-256 prefix")
     p.add_argument("--status", help="e.g. OK, INVALID_ARGUMENT")
-    p.add_argument("--caller", help="substring of the caller or its metadata")
+    p.add_argument("--caller", help="substring of the caller's identity as mlwitness "
+                   "established it (peer address, token:NAME, mtls:SUBJECT)")
+    p.add_argument("--metadata", help="substring of the metadata the caller sent (e.g. "
+                   "its x-caller header: self-declared, not checked)")
     p.add_argument("--limit", type=_at_least(1), default=50,
                    help="at most this many (default 50)")
     p = command("replay", replay, "replay a record on the exact model that made it; exit 1 "

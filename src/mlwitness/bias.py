@@ -145,11 +145,23 @@ def _group(attribute: str, present: dict[str, list[str]], bins: list[float] | No
         return source, value, []
     if not bins:
         return source, f"CASE WHEN isfinite({value}) THEN {value} END", []
-    if any(b >= c for b, c in zip(bins, bins[1:], strict=False)):
-        raise InvalidInput(f"bins must be strictly increasing, got {bins}")
     cases = " ".join(f"WHEN {value} < ? THEN {k}" for k in range(len(bins)))
     return source, (f"CASE WHEN {value} IS NULL OR NOT isfinite({value}) THEN NULL {cases} "
                     f"ELSE {len(bins)} END"), [float(b) for b in bins]
+
+
+def _check_bins(bins: list[float] | None) -> None:
+    """Before any SQL is built: k cut points make k + 1 groups and one CASE branch each,
+    so 20,000 of them would build (and plan) a 20,000-branch query to refuse afterwards."""
+    if not bins:
+        return
+    if len(bins) + 1 > MAX_GROUPS:
+        raise InvalidInput(f"{len(bins)} bins make {len(bins) + 1} groups; at most "
+                           f"{MAX_GROUPS} groups ({MAX_GROUPS - 1} cut points)")
+    if not all(math.isfinite(b) for b in bins):
+        raise InvalidInput("bins must be finite numbers")
+    if any(b >= c for b, c in zip(bins, bins[1:], strict=False)):
+        raise InvalidInput(f"bins must be strictly increasing, got {bins}")
 
 
 def _label(value: Any, bins: list[float] | None) -> str:
@@ -170,6 +182,7 @@ def bias_report(
     """Favourable-outcome rates per ``attribute`` group in the window, their tests and
     ratios (see the module docstring). ``privileged`` names a group label."""
     t = thresholds or BiasThresholds()
+    _check_bins(bins)
     filters = Filters(since_us=since_us, until_us=until_us, model=model)
     window = {"since_us": since_us, "until_us": until_us, "model": model}
     where, params = filters.where()

@@ -1,13 +1,23 @@
 """Data minimisation: inputs and request parameters stored hashed or redacted.
 
 Some inputs are personal data the ledger should not keep as sent — a name or an account
-number. For those listed in `--hash-inputs` each value is stored as the SHA-256 (hex) of
-its bytes (HMAC-SHA-256 under `--hash-key` when given: a plain hash of a name or an
-account number can be reversed by guessing candidates); for those in `--redact-inputs` it
-is stored as an empty value. Outputs are stored as sent. The stored
-request is then re-encoded (same inputs, in order, with those tensors as BYTES of the same
-shape), the record's `detail` notes what was changed and the SHA-256 of the request as
-received — so whoever holds the original can still prove it is the one recorded.
+number. For those listed in `--hash-inputs` each value is stored as HMAC-SHA-256 (hex) of
+its bytes under `--hash-key`; for those in `--redact-inputs` it is stored as an empty value.
+Outputs are stored as sent. The stored request is then re-encoded (same inputs, in order,
+with those tensors as BYTES of the same shape) and the record's `detail` notes what was
+changed.
+
+Nothing unkeyed that is derived from a minimised value may be stored: everything else of
+the request is kept in clear, so a plain SHA-256 of the value — or of the whole request
+as received — is reversed by trying candidates (10^6 account numbers × 4 age bands take
+seconds). So:
+
+* hashing needs a key of at least MIN_KEY_BYTES; plain SHA-256 only with the explicit,
+  documented-as-weak `--hash-inputs-unkeyed`;
+* the proof of the original (so whoever holds it can show it is the one recorded) is
+  `received_hmac_sha256`, HMAC-SHA-256 of the exact bytes received under the same key —
+  and with no key there is no proof at all (`--redact-inputs` alone keeps none, and so
+  does unkeyed hashing).
 
 Consequence for replay: a record whose minimised input the model actually uses cannot be
 replayed (the value is gone); hashed values can still be compared for equality.
@@ -23,20 +33,46 @@ from collections.abc import Iterable
 import numpy as np
 
 from mlwitness.codec import Tensor, decode_inputs, encode_inputs
-from mlwitness.errors import MlwitnessError
+from mlwitness.errors import ConfigError, MlwitnessError
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.wire import inference as pb
 
+MIN_KEY_BYTES = 16  # 128 bits: no guessing the key instead of the values
+
+
+def check_key(key: bytes, source: str = "--hash-key") -> bytes:
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(f"{source} holds {len(key)} bytes; a hash key needs at least "
+                          f"{MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom > hash.key)")
+    return key
+
 
 class Minimiser:
     def __init__(self, redact: Iterable[str], hashed: Iterable[str],
-                 key: bytes | None = None, tabulator: Tabulator | None = None) -> None:
+                 key: bytes | None = None, tabulator: Tabulator | None = None, *,
+                 unkeyed: bool = False) -> None:
         self.redact = frozenset(redact)
         self.hashed = frozenset(hashed)
         self.names = self.redact | self.hashed
+        if key is not None:
+            check_key(key)
+        elif self.hashed and not unkeyed:
+            raise ConfigError("--hash-inputs needs --hash-key: a plain SHA-256 of a name or "
+                              "an account number is reversed by hashing candidates "
+                              "(--hash-inputs-unkeyed accepts that, explicitly)")
         self.key = key  # HMAC key: without it, hashes of guessable values can be reversed
         self.tabulator = tabulator or Tabulator()  # names the SQL columns of a tensor
+
+    def proof(self, received: bytes) -> dict[str, str]:
+        """What a record may keep of the exact bytes received, so that whoever holds them
+        can prove they are what was recorded: their HMAC under the hash key, or nothing.
+        (An unkeyed digest would give back the minimised values to whoever tries
+        candidates against it, the rest of the request being stored in clear.)"""
+        if self.key is None:
+            return {}
+        return {"received_hmac_sha256": hmac.new(self.key, received,
+                                                 hashlib.sha256).hexdigest()}
 
     def _value(self, name: str, data: bytes) -> bytes:
         if name in self.redact:
@@ -60,14 +96,14 @@ class Minimiser:
             request = pb.ModelInferRequest.FromString(record.request)
         except Exception:  # undecodable: nothing can be picked out, so keep nothing
             record.detail = json.dumps({"minimised": "request dropped: undecodable",
-                                        "received_sha256": _sha(record.request)})
+                                        **self.proof(record.request)})
             record.request = b""
             return
         touched = sorted(self.names & ({i.name for i in request.inputs}
                                        | set(request.parameters)))
         if not touched:
             return
-        received = _sha(record.request)
+        received = self.proof(record.request)
         for key in self.names & set(request.parameters):
             text = request.parameters[key].WhichOneof("parameter_choice")
             value = str(getattr(request.parameters[key], text)) if text else ""
@@ -82,7 +118,7 @@ class Minimiser:
                     inputs = decode_inputs(request)
                 except MlwitnessError:  # cannot pick the value out: keep no request bytes
                     record.detail = json.dumps({"minimised": "request dropped: undecodable "
-                                                "inputs", "received_sha256": received})
+                                                "inputs", **received})
                     record.request = b""
                     return
             inputs = [self._tensor(t) if t.name in self.names else t for t in inputs]
@@ -100,11 +136,7 @@ class Minimiser:
                                                   "hashed": sorted(self.hashed & set(touched)),
                                                   "columns": sorted(columns),
                                                   **({"keyed": True} if self.key else {})},
-                                    "received_sha256": received}, sort_keys=True)
+                                    **received}, sort_keys=True)
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-__all__ = ["Minimiser"]
+__all__ = ["MIN_KEY_BYTES", "Minimiser", "check_key"]

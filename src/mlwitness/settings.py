@@ -114,14 +114,21 @@ SPECS: tuple[Spec, ...] = (
     Spec("upstream_ca", Path, "CA (PEM) to verify the upstream server: forward over TLS."),
     Spec("upstream_cert", Path, "Client certificate (PEM) for mTLS to the upstream."),
     Spec("upstream_key", Path, "Client key (PEM) for --upstream-cert."),
-    Spec("hash_key", Path, "Secret key file for --hash-inputs: values are stored as "
-         "HMAC-SHA-256 under this key, so low-entropy values (names, account numbers) "
-         "cannot be recovered by guessing. Keep it outside the ledger's volume."),
+    Spec("hash_key", Path, "Secret key file (at least 16 bytes) for --hash-inputs, which "
+         "needs it: values are stored as HMAC-SHA-256 under this key, so low-entropy values "
+         "(names, account numbers) cannot be recovered by guessing. With --hash-inputs or "
+         "--redact-inputs the record also keeps the HMAC of the request as received (the "
+         "proof of the original); without a key it keeps none. Keep it outside the "
+         "ledger's volume."),
     Spec("redact_inputs", _csv, "Comma-separated inputs or request parameters stored "
          "redacted (replaced by nothing) instead of as sent; such records cannot be "
          "replayed if the model uses them."),
     Spec("hash_inputs", _csv, "Comma-separated inputs or request parameters stored as the "
-         "SHA-256 of each value instead of the value."),
+         "HMAC-SHA-256 (under --hash-key) of each value instead of the value."),
+    Spec("hash_inputs_unkeyed", _bool, "Let --hash-inputs run without --hash-key, storing a "
+         "plain SHA-256 of each value. Weak: whoever can read the ledger recovers a "
+         "guessable value (a name, an account number) by hashing candidates.",
+         flag_type="bool"),
     Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
     Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
          "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
@@ -139,6 +146,17 @@ SPECS: tuple[Spec, ...] = (
     Spec("max_connection_age_grace", float, "Seconds calls still open on a connection that "
          "reached --max-connection-age get to finish before it is closed (0: none)."),
     Spec("ort_threads", int, "onnxruntime intra-op threads (embedded mode)."),
+    Spec("max_candidate_bytes", int, "Largest candidate model an auditor may upload "
+         "(candidate_onnx); larger ones are refused with RESOURCE_EXHAUSTED. A candidate "
+         "is kept in the ledger's model store only once it has run."),
+    Spec("audit_memory_bytes", int, "Memory the process running one audit question's "
+         "models (replay, what-if, sensitivity, traffic replay) may take beyond its own "
+         "start-up size; a model that needs more fails with RESOURCE_EXHAUSTED, the "
+         "sidecar untouched."),
+    Spec("audit_run_timeout", float, "Seconds one model run of an audit question may take "
+         "(a sweep's points, or a traffic replay's chunk of rows, count as one); the "
+         "caller's deadline bounds it too. The run is then stopped and the question fails "
+         "with DEADLINE_EXCEEDED."),
     Spec("load_interval", float, "Seconds between loads of journaled records into "
          "DuckDB (audit queries always see every acknowledged record)."),
     Spec("duckdb_threads", int, "DuckDB worker threads for the ledger (loads and audit "
@@ -156,7 +174,8 @@ AUDIT_SERVER_ONLY = ("audit_trail",)
 AUDIT_SERVER = ("ledger", "audit_trail", "host", "audit_port", "ort_threads", "drain_timeout",
                 "log_level", "tls_cert", "tls_key", "tls_client_ca", "audit_access",
                 "max_concurrent_rpcs", "max_streams_per_connection", "max_connection_age",
-                "max_connection_age_grace")
+                "max_connection_age_grace", "max_candidate_bytes", "audit_memory_bytes",
+                "audit_run_timeout")
 
 
 @dataclass(frozen=True)
@@ -192,6 +211,7 @@ class Settings:
     hash_key: Path | None = None
     redact_inputs: list[str] = field(default_factory=list)
     hash_inputs: list[str] = field(default_factory=list)
+    hash_inputs_unkeyed: bool = False
     record_metadata: list[str] = field(
         default_factory=lambda: ["x-request-id", "x-caller", "traceparent", "user-agent"]
     )
@@ -202,6 +222,9 @@ class Settings:
     max_connection_age: float = 1800.0
     max_connection_age_grace: float = 300.0
     ort_threads: int = 1
+    max_candidate_bytes: int = 16 << 20
+    audit_memory_bytes: int = 512 << 20
+    audit_run_timeout: float = 60.0
     load_interval: float = 1.0
     duckdb_threads: int = 1
     max_backlog: int = 200_000
@@ -229,8 +252,9 @@ class Settings:
                  if p]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"ports must differ: {ports}")
+        # 0 or less: a busy loop, or every call timed out
         for name in ("upstream_timeout", "model_poll_interval", "load_interval",
-                     "drift_window"):  # 0 or less: a busy loop, or every call timed out
+                     "drift_window", "audit_run_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of "
@@ -241,7 +265,7 @@ class Settings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
                                   f"got {value}")
         for name in ("max_request_bytes", "max_string_elements", "ort_threads", "duckdb_threads",
-                     "max_backlog"):
+                     "max_backlog", "max_candidate_bytes", "audit_memory_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",
@@ -253,6 +277,7 @@ class Settings:
         overlap = set(self.redact_inputs) & set(self.hash_inputs)
         if overlap:
             raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
+        self._check_hashing()
         if self.upstream is not None:
             _check_target(self.upstream)
         return self.validate_limits()
@@ -270,6 +295,21 @@ class Settings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
                                   f"got {value}")
         return self
+
+    def _check_hashing(self) -> None:
+        """--hash-inputs is keyed (a key of MIN_KEY_BYTES or more) unless the weak, unkeyed
+        form is asked for by name."""
+        from mlwitness.minimise import check_key  # here: the audit client needs no numpy
+
+        if self.hash_key is not None:
+            if self.hash_inputs_unkeyed:
+                raise ConfigError("give --hash-key or --hash-inputs-unkeyed, not both")
+            check_key(Path(self.hash_key).read_bytes(), f"--hash-key file {self.hash_key}")
+        elif self.hash_inputs and not self.hash_inputs_unkeyed:
+            raise ConfigError("--hash-inputs needs --hash-key (a secret file of at least 16 "
+                              "bytes): a plain SHA-256 of a name or an account number is "
+                              "reversed by hashing candidates. --hash-inputs-unkeyed accepts "
+                              "that, explicitly")
 
 
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
@@ -300,13 +340,17 @@ def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = Non
         if names is not None and spec.name not in names:
             continue
         default = ",".join(spec.default) if isinstance(spec.default, list) else spec.default
+        text = f"{(helps or {}).get(spec.name, spec.help)} [env {spec.env}; default {default}]"
+        if spec.flag_type == "bool":  # a switch: given means true
+            parser.add_argument(spec.flag, dest=spec.name, default=None,
+                                action="store_const", const=True, help=text)
+            continue
         parser.add_argument(
             spec.flag,
             dest=spec.name,
             default=None,
             choices=spec.choices,
-            help=f"{(helps or {}).get(spec.name, spec.help)} [env {spec.env}; "
-                 f"default {default}]",
+            help=text,
         )
 
 

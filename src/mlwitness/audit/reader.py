@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from mlwitness.ledger import schema, store
 from mlwitness.ledger.record import Record
 
 AMBIGUOUS_LISTED = 5  # records listed when a request id names several
+_PAGE_TOKEN = re.compile(r"[0-9]{1,18}")  # a seq; str.isdigit() would take "²" too
 
 _RECORD_COLUMNS = (
     "seq, kind, request_id, received_us, responded_us, model_name, model_version, "
@@ -38,11 +40,17 @@ class StoredRecord:
 
 @dataclass(frozen=True)
 class Filters:
+    """Which inference records. `caller` is a substring of the identity mlwitness
+    established (the network peer, `token:NAME`, `mtls:SUBJECT`); `metadata` a substring
+    of the recorded gRPC metadata, which the caller declares itself (`x-caller`): the two
+    are never mixed, so a caller cannot pass for another by the metadata it sends."""
+
     since_us: int = 0
     until_us: int = 0
     model: str = ""
     status: str = ""
     caller: str = ""
+    metadata: str = ""
 
     def where(self) -> tuple[str, list[Any]]:
         clauses: list[str] = ["kind = 'infer'"]
@@ -60,8 +68,11 @@ class Filters:
             clauses.append("status = ?")
             params.append(self.status.upper())
         if self.caller:
-            clauses.append("(contains(peer, ?) OR contains(metadata, ?))")
-            params += [self.caller, self.caller]
+            clauses.append("contains(peer, ?)")
+            params.append(self.caller)
+        if self.metadata:
+            clauses.append("contains(metadata, ?)")
+            params.append(self.metadata)
         return " AND ".join(clauses), params
 
 
@@ -156,8 +167,9 @@ class LedgerReader:
         page_size = max(1, min(page_size or 50, 1000))
         where, params = filters.where()
         if page_token:
-            if not page_token.isdigit():
-                raise InvalidInput(f"bad page token {page_token!r}")
+            if not _PAGE_TOKEN.fullmatch(page_token):
+                raise InvalidInput(f"bad page token {page_token[:40]!r}: give the "
+                                   "next_page_token of the previous page")
             where += " AND seq < ?"
             params.append(int(page_token))
         rows = self.cursor().execute(

@@ -2,8 +2,8 @@
 
 A recorded call is replayed by decoding the stored request bytes, loading the stored ONNX
 bytes by their hash (never the file on disk), and running them through the same
-`OnnxModel` the embedded backend serves with. Outputs are compared byte for byte with the
-stored response.
+`OnnxModel` the embedded backend serves with — in a sandbox process (`mlwitness.sandbox`),
+bounded in memory and time. Outputs are compared byte for byte with the stored response.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +21,6 @@ from mlwitness.codec import DATATYPES, Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator, numeric_layout
-from mlwitness.runtime import OnnxModel
 from mlwitness.wire import inference as pb
 
 MAX_SWEEP_POINTS = 10_000
@@ -315,30 +312,6 @@ def _check_fits(name: str, dtype: np.dtype, value: np.ndarray | float) -> None:
 
 
 # ── the replayer ────────────────────────────────────────────────────────────────────────
-
-@dataclass
-class ModelCache:
-    """onnxruntime sessions by model SHA-256, least recently used evicted."""
-
-    size: int = 8
-    threads: int = 1
-    _items: OrderedDict[str, OnnxModel] = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def get(self, sha256: str, load: Callable[[], bytes]) -> OnnxModel:
-        with self._lock:
-            if sha256 in self._items:
-                self._items.move_to_end(sha256)
-                return self._items[sha256]
-        model = OnnxModel(load(), threads=self.threads)
-        if model.sha256 != sha256:
-            raise FailedPrecondition(f"model bytes for {sha256} hash to {model.sha256}")
-        with self._lock:
-            self._items[sha256] = model
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return model
-
 
 def row_dicts(tensors: Sequence[Tensor], names: Sequence[str] = ()) -> list[dict[str, object]]:
     """Rows of named values, as the ledger's SQL columns show them."""

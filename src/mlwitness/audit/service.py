@@ -4,6 +4,13 @@ Every question is itself appended to a ledger as a record of kind "audit" (who a
 exact request bytes, what, when, and a summary of the answer), in the same hash chain as
 the decisions when the sidecar serves it. Results are plain dicts shaped like the audit
 API's messages; `mlwitness.wire.audit` turns them into protobuf.
+
+Models run in a sandbox worker process (`mlwitness.sandbox`), bounded in memory and in
+time (the caller's deadline, and `run_timeout` a run). An uploaded candidate is at most
+`max_candidate_bytes`, must be self-contained, and is put in the ledger's model store only
+once it has run — before the answer that rests on it; one that fails to load or run is not
+kept. The audit record's request bytes name an upload by `sha256:<hex>` instead of
+holding it again (`mlwitness.wire.audit`).
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from mlwitness.baseline import latest_baseline, load_baseline
 from mlwitness.bias import bias_report
 from mlwitness.checks import InlineChecks, guard_record, rate_states
 from mlwitness.drift import Window, drift_report
-from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError
+from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
+from mlwitness.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.record import Record
-from mlwitness.runtime import OnnxModel
+from mlwitness.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
 from mlwitness.violations import violations_report
 
 log = logging.getLogger(__name__)
@@ -41,11 +49,30 @@ PROGRESS_EVERY_S = 0.5
 
 @dataclass(frozen=True)
 class Asker:
-    """Who asks, and the exact bytes of the question (for the audit trail)."""
+    """Who asks, the bytes of the question (for the audit trail), and by when the answer
+    is wanted (a time.monotonic() value; None: no deadline)."""
 
     caller: str = ""
     rpc: str = ""
     raw: bytes = b""
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class AuditLimits:
+    # 16 MiB: the tabular models mlwitness serves are kilobytes to a few MiB, and every
+    # candidate that runs is kept for good in the ledger's model store.
+    max_candidate_bytes: int = 16 << 20
+    # What one question's sandbox worker may allocate beyond its start-up size, for all
+    # the models it holds: a credit model's session is a few MiB, a batch of 8,192 rows
+    # well under one. A model that needs more is refused, the sidecar untouched.
+    memory_bytes: int = 512 << 20
+    run_timeout: float = 60.0  # seconds one model run may take, deadline or not
+
+    @classmethod
+    def of(cls, settings: Any) -> AuditLimits:
+        return cls(settings.max_candidate_bytes, settings.audit_memory_bytes,
+                   settings.audit_run_timeout)
 
 
 class AuditService:
@@ -54,16 +81,23 @@ class AuditService:
         reader: LedgerReader,
         *,
         trail: Callable[[Record], None] | None,
-        store_model: Callable[[bytes], str] | None = None,
+        store_model: Callable[[bytes, dict[str, Any]], str] | None = None,
         threads: int = 1,
         checks: InlineChecks | None = None,
+        limits: AuditLimits | None = None,
     ) -> None:
         self.reader = reader
         self.trail = trail
-        self.store_model = store_model
-        self.models = rp.ModelCache(threads=threads)
+        self.store_model = store_model  # (onnx, signature) -> sha256, in the model store
+        self.limits = limits or AuditLimits()
+        self.sandboxes = Sandboxes(Limits(self.limits.memory_bytes, self.limits.run_timeout,
+                                          threads))
         self.environment = environment.fingerprint()
         self.checks = checks  # the sidecar's live guards (None: none, or a standalone server)
+
+    def close(self) -> None:
+        """End the idle sandbox workers."""
+        self.sandboxes.close()
 
     # ── the audit trail ────────────────────────────────────────────────────────────────
 
@@ -121,18 +155,38 @@ class AuditService:
 
     # ── replay ─────────────────────────────────────────────────────────────────────────
 
-    def _model(self, sha256: str) -> OnnxModel:
-        return self.models.get(sha256, lambda: self.reader.model(sha256).onnx)
+    @contextlib.contextmanager
+    def _runs(self, asker: Asker) -> Iterator[Runs]:
+        runs = Runs(self, asker.deadline)
+        try:
+            yield runs
+        finally:
+            runs.close()
 
-    def _candidate(self, sha256: str, onnx: bytes) -> str:
-        if onnx:
-            if self.store_model is None:
-                raise FailedPrecondition("this audit server cannot store uploaded models; "
-                                         "pass candidate_sha256 of a stored model")
-            sha = self.store_model(onnx)  # evidence first: the bytes the answer rests on
-            self.models.get(sha, lambda: onnx)
-            return sha
-        return self.reader.resolve_model(sha256) if sha256 else ""
+    def _upload(self, runs: Runs, onnx: bytes) -> SandboxedModel:
+        """An uploaded candidate, checked and loaded (not stored: see `_keep`)."""
+        if self.store_model is None:
+            raise FailedPrecondition("this audit server cannot store uploaded models; "
+                                     "pass candidate_sha256 of a stored model")
+        limit = self.limits.max_candidate_bytes
+        if len(onnx) > limit:
+            raise TooLarge(f"candidate_onnx of {len(onnx)} bytes exceeds the limit of "
+                           f"{limit} bytes (--max-candidate-bytes)")
+        try:
+            check_self_contained(onnx)  # here too: onnxruntime must never see it
+            return runs.upload(onnx)
+        except Aborted:
+            raise
+        except (NotSelfContained, NotProtobuf) as exc:
+            raise InvalidInput(f"candidate_onnx: {exc.message}") from None
+        except FailedPrecondition as exc:  # the caller's upload, not the ledger's state
+            raise InvalidInput(f"candidate_onnx is not a model onnxruntime can load: "
+                               f"{exc.message}") from None
+
+    def _keep(self, onnx: bytes, model: SandboxedModel) -> None:
+        """Store a candidate that has run: the bytes an answer rests on, before it is sent."""
+        assert self.store_model is not None
+        self.store_model(onnx, model.signature.to_dict())
 
     def _names(self, stored: StoredRecord) -> list[str]:
         first = stored.inputs[0] if stored.inputs else {}
@@ -143,13 +197,23 @@ class AuditService:
         what = dict(request_id=request_id, seq=seq, candidate_sha256=candidate_sha256,
                     candidate_upload_sha256=hashlib.sha256(candidate_onnx).hexdigest()
                     if candidate_onnx else "")
-        with self.audited(asker, **what) as summary:
+        with self.audited(asker, **what) as summary, self._runs(asker) as runs:
             record = self.reader.get(request_id, seq, rows=False).record
             call = rp.decode_call(record)
-            sha = self._candidate(candidate_sha256, candidate_onnx) or record.model_sha256
-            if not sha:
-                raise FailedPrecondition(f"record seq {record.seq} names no model")
-            replayed = self._model(sha).run(call.inputs, call.requested)
+            if candidate_onnx:
+                model = self._upload(runs, candidate_onnx)
+            else:
+                sha = self.reader.resolve_model(candidate_sha256) if candidate_sha256 \
+                    else record.model_sha256
+                if not sha:
+                    raise FailedPrecondition(f"record seq {record.seq} names no model")
+                model = runs.model(sha)
+            if candidate_onnx or candidate_sha256:
+                _check_fits(model, call, record.seq)
+            replayed = model.run(call.inputs, call.requested)
+            if candidate_onnx:
+                self._keep(candidate_onnx, model)
+            sha = model.sha256
             diffs = rp.compare(call.outputs, replayed)
             rule = rp.DecisionRule()
             before, after = rule.decisions(call.outputs), rule.decisions(replayed)
@@ -175,7 +239,7 @@ class AuditService:
     def what_if(self, asker: Asker, overrides: list[tuple[str, float]], request_id: str = "",
                 seq: int = 0, row: int = 0, all_rows: bool = False) -> dict[str, Any]:
         with self.audited(asker, request_id=request_id, seq=seq, overrides=overrides, row=row,
-                          all_rows=all_rows) as summary:
+                          all_rows=all_rows) as summary, self._runs(asker) as runs:
             if not overrides:
                 raise InvalidInput("give at least one override, e.g. income=45000")
             stored = self.reader.get(request_id, seq)
@@ -191,7 +255,7 @@ class AuditService:
                 index, column, _ = rp.locate(call.inputs, names, feature)
                 changes.append((index, column, value))
             modified = rp.with_values(call.inputs, changes, None if all_rows else [row])
-            model = self._model(stored.record.model_sha256)
+            model = runs.model(stored.record.model_sha256)
             original = model.run(call.inputs, call.requested)
             counterfactual = model.run(modified, call.requested)
             rule = rp.DecisionRule()
@@ -214,7 +278,8 @@ class AuditService:
                     threshold: float | None = None) -> dict[str, Any]:
         with self.audited(asker, request_id=request_id, seq=seq, feature=feature, start=start,
                           stop=stop, steps=steps, scale=scale, values=values, row=row,
-                          output=output, threshold=threshold) as summary:
+                          output=output, threshold=threshold) as summary, \
+                self._runs(asker) as runs:
             points = rp.sweep_values(start, stop, steps, scale, values or [])
             stored = self.reader.get(request_id, seq)
             call = rp.decode_call(stored.record)
@@ -223,7 +288,7 @@ class AuditService:
             n = call.inputs[index].array.shape[0]
             if not 0 <= row < n:
                 raise InvalidInput(f"row {row} is out of range: the request has {n} rows")
-            model = self._model(stored.record.model_sha256)
+            model = runs.model(stored.record.model_sha256)
             # The recorded row repeated once per point, the feature swept down the batch.
             base = [rp.row_of(t, row, len(points)) for t in call.inputs]
             swept = rp.with_values(base, [(index, column, points)], None)
@@ -232,11 +297,7 @@ class AuditService:
             ):
                 outputs = model.run(swept, call.requested)
             else:  # fixed batch size: one point at a time
-                parts = [model.run([rp.row_of(t, i, 1) for t in swept], call.requested)
-                         for i in range(len(points))]
-                outputs = [rp.Tensor(p[0].name, p[0].datatype, (len(points), *p[0].shape[1:]),
-                                     np.concatenate([q.array for q in p]))
-                           for p in zip(*parts, strict=True)]
+                outputs = model.run_rows(swept, call.requested)
             rule = rp.DecisionRule(output, threshold)
             decisions = rule.decisions(outputs)
             recorded = rule.decisions(model.run([rp.row_of(t, row, 1) for t in call.inputs],
@@ -368,11 +429,15 @@ class AuditService:
                      ) -> Generator[dict[str, Any], None, None]:
         """Yield {"progress"|"changed"|"summary": {...}} events."""
         what = dict(filters=filters.__dict__, candidate_sha256=candidate_sha256,
-                    max_listed=max_listed)
-        with self.audited(asker, **what) as summary:
-            candidate = self._candidate(candidate_sha256, candidate_onnx)
-            if candidate:
-                self._model(candidate)  # fail early when the candidate is unusable
+                    candidate_upload_sha256=hashlib.sha256(candidate_onnx).hexdigest()
+                    if candidate_onnx else "", max_listed=max_listed)
+        with self.audited(asker, **what) as summary, self._runs(asker) as runs:
+            candidate = ""  # fail early when the candidate is unusable
+            if candidate_onnx:
+                candidate = self._upload(runs, candidate_onnx).sha256
+            elif candidate_sha256:
+                candidate = runs.model(self.reader.resolve_model(candidate_sha256)).sha256
+            kept = not candidate_onnx  # an upload is stored once a record has run on it
             total = self.reader.count(filters)
             started = last = time.monotonic()
             counts = dict(records=0, rows=0, identical=0, changed=0, failed=0,
@@ -382,13 +447,16 @@ class AuditService:
             listed = 0
             rule = rp.DecisionRule()
             for batch in self.reader.window(filters):
-                for outcome in traffic.replay_batch(batch, candidate, rule, self._model):
+                for outcome in traffic.replay_batch(batch, candidate, rule, runs.model):
                     counts["records"] += 1
                     if isinstance(outcome, str):
                         counts["failed"] += 1
                         if len(failures) < 10:
                             failures.append(outcome)
                         continue
+                    if not kept:  # before any answer resting on it leaves
+                        self._keep(candidate_onnx, runs.model(candidate))
+                        kept = True
                     counts["rows"] += outcome.rows
                     if outcome.identical:
                         counts["identical"] += 1
@@ -419,16 +487,56 @@ class AuditService:
             yield {"summary": result}
 
 
-def store_model_with(writer_write: Callable[[Callable], Any]) -> Callable[[bytes], str]:
+def _check_fits(model: SandboxedModel, call: rp.Decoded, seq: int) -> None:
+    """A candidate that cannot take the recorded call: the auditor's choice, said so."""
+    try:
+        model.signature.check_inputs(call.inputs)
+        model.signature.check_outputs(call.requested)
+    except InvalidInput as exc:
+        raise InvalidInput(f"the candidate cannot take record seq {seq}'s call: "
+                           f"{exc.message}") from None
+
+
+class Runs:
+    """The models one question runs, in one sandbox worker (opened on first use)."""
+
+    def __init__(self, service: AuditService, deadline: float | None) -> None:
+        self.service = service
+        self.deadline = deadline
+        self.uploads: dict[str, bytes] = {}  # candidates by SHA-256: not in the store yet
+        self._sandbox: Sandbox | None = None
+
+    def _open(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = self.service.sandboxes.open(self.deadline)
+        return self._sandbox
+
+    def model(self, sha256: str) -> SandboxedModel:
+        """A stored model (or this question's upload) by SHA-256, loaded in the worker.
+        A stored one is looked up even when the worker has it loaded: a worker may still
+        hold an earlier question's upload that failed and was never stored, and an answer
+        must rest only on models the store holds."""
+        onnx = self.uploads.get(sha256)
+        if onnx is None:
+            onnx = self.service.reader.model(sha256).onnx  # or FailedPrecondition, DataLoss
+        return self._open().load(sha256, lambda: onnx)
+
+    def upload(self, onnx: bytes) -> SandboxedModel:
+        sha = hashlib.sha256(onnx).hexdigest()
+        self.uploads[sha] = onnx
+        return self.model(sha)
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+
+
+def store_model_with(writer_write: Callable[[Callable], Any]
+                     ) -> Callable[[bytes, dict[str, Any]], str]:
     """A `store_model` for AuditService that puts candidate bytes in the ledger's store."""
 
-    def put(onnx: bytes) -> str:
-        try:
-            model = OnnxModel(onnx)
-        except FailedPrecondition as exc:  # the caller's upload, not the ledger's state
-            raise InvalidInput(f"candidate_onnx is not a model onnxruntime can load: "
-                               f"{exc.message}") from exc
+    def put(onnx: bytes, signature: dict[str, Any]) -> str:
         return writer_write(lambda con: store.put_model(con, onnx, "candidate", "",
-                                                       model.signature.to_dict()))
+                                                       signature))
 
     return put

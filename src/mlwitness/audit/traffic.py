@@ -19,7 +19,8 @@ from mlwitness.audit.replay import DecisionRule, Decoded, Parsed, compare, decod
 from mlwitness.codec import DATATYPES, Tensor
 from mlwitness.errors import MlwitnessError
 from mlwitness.ledger.record import Record
-from mlwitness.runtime import OnnxModel
+from mlwitness.runtime import Runnable
+from mlwitness.sandbox import Aborted
 
 BATCH_ROWS = 8192  # rows per onnxruntime run when a model takes any batch size
 
@@ -61,7 +62,7 @@ def _rows_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.all(a.reshape(n, -1).view(np.uint8) == b.reshape(n, -1).view(np.uint8), axis=1)
 
 
-def replay_rows(model: OnnxModel, calls: list[Parsed], rule: DecisionRule
+def replay_rows(model: Runnable, calls: list[Parsed], rule: DecisionRule
                 ) -> list[Outcome | str] | None:
     """Replay calls that share one raw numeric layout (`Parsed.raw`) with one onnxruntime
     run over all their rows, compared with the recorded outputs in bulk. A call whose rows
@@ -88,15 +89,19 @@ def replay_rows(model: OnnxModel, calls: list[Parsed], rule: DecisionRule
         same &= np.logical_and.reduceat(_rows_equal(old.array, replayed[name]), starts)
     failed: dict[int, str] = {}
     names = list(replayed)
-    for i in np.flatnonzero(~same):
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
-        try:  # the session itself: this runs for every call of a differing candidate
-            alone = model.session.run(names, {t.name: t.array[lo:hi] for t in inputs})
-        except Exception:  # noqa: BLE001 — OnnxModel.run says why, in our terms
+    differing = [int(i) for i in np.flatnonzero(~same)]
+    slices = [(int(bounds[i]), int(bounds[i + 1])) for i in differing]
+    # Plain arrays, all in one request: this runs for every call of a differing candidate.
+    alone_runs = model.run_slices(names, {t.name: t.array for t in inputs}, slices) \
+        if differing else []
+    for i, (lo, hi), alone in zip(differing, slices, alone_runs, strict=True):
+        if alone is None:  # model.run says why, in our terms
             try:
                 model.run([replace(t, shape=(hi - lo, *t.shape[1:]), array=t.array[lo:hi])
                            for t in inputs], requested)
                 reason = "onnxruntime failed on this call alone"
+            except Aborted:
+                raise
             except MlwitnessError as exc:
                 reason = exc.message
             failed[int(i)] = f"seq {calls[i].record.seq}: {reason}"
@@ -151,7 +156,7 @@ def chunks(calls: list[Parsed], rows: int) -> list[list[Parsed]]:
     return chunks
 
 
-def run_concatenated(model: OnnxModel, calls: list[Decoded], requested: list[str]
+def run_concatenated(model: Runnable, calls: list[Decoded], requested: list[str]
                       ) -> list[list[Tensor]]:
     """Run many calls' rows in one onnxruntime call; split the outputs back per call."""
     if len(calls) == 1:
@@ -174,7 +179,7 @@ def run_concatenated(model: OnnxModel, calls: list[Decoded], requested: list[str
 
 
 def replay_batch(records: list[Record], candidate: str, rule: DecisionRule,
-                 model_for: Callable[[str], OnnxModel]) -> Iterator[Outcome | str]:
+                 model_for: Callable[[str], Runnable]) -> Iterator[Outcome | str]:
     """Replay records (on `candidate`, or each on its recorded model), running rows of the
     same model and layout together. Yields an Outcome per record, or why it could not be
     replayed. `model_for(sha256)` loads a model (raising MlwitnessError)."""
@@ -189,6 +194,8 @@ def replay_batch(records: list[Record], candidate: str, rule: DecisionRule,
     for (sha, layout), calls in groups.items():
         try:
             model = model_for(sha)
+        except Aborted:
+            raise
         except MlwitnessError as exc:
             for call in calls:
                 yield f"seq {call.record.seq}: {exc.message}"
@@ -202,12 +209,14 @@ def replay_batch(records: list[Record], candidate: str, rule: DecisionRule,
             if layout[2]:  # raw numeric contents: read and compare in bulk
                 try:
                     outcomes = replay_rows(model, chunk, rule)
+                except Aborted:
+                    raise
                 except MlwitnessError as exc:
                     outcomes = [f"seq {c.record.seq}: {exc.message}" for c in chunk]
             yield from outcomes if outcomes is not None else replay_calls(model, chunk, rule)
 
 
-def replay_calls(model: OnnxModel, chunk: list[Parsed], rule: DecisionRule
+def replay_calls(model: Runnable, chunk: list[Parsed], rule: DecisionRule
                  ) -> Iterator[Outcome | str]:
     """The general way: decode each call, run the chunk's rows together, and judge a
     call whose outputs differ on a run of its own."""
@@ -222,6 +231,8 @@ def replay_calls(model: OnnxModel, chunk: list[Parsed], rule: DecisionRule
     requested = items[0][1].requested
     try:
         outputs = run_concatenated(model, [c for _, c in items], requested)
+    except Aborted:
+        raise
     except MlwitnessError as exc:
         for record, _ in items:
             yield f"seq {record.seq}: {exc.message}"
@@ -234,6 +245,8 @@ def replay_calls(model: OnnxModel, chunk: list[Parsed], rule: DecisionRule
             # A batched run may round differently; judge this call on its own.
             try:
                 alone = model.run(done.inputs, requested)
+            except Aborted:
+                raise
             except MlwitnessError as exc:
                 yield f"seq {record.seq}: {exc.message}"
                 continue

@@ -83,7 +83,7 @@ class RecordDetail(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., kind: _Optional[str] = ..., received_us: _Optional[int] = ..., responded_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., env_id: _Optional[str] = ..., environment_json: _Optional[str] = ..., caller: _Optional[str] = ..., metadata_json: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., violations_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ..., request_bytes: _Optional[int] = ..., response_bytes: _Optional[int] = ...) -> None: ...
 
 class ListRecordsRequest(_message.Message):
-    __slots__ = ("since_us", "until_us", "model", "status", "caller", "page_size", "page_token")
+    __slots__ = ("since_us", "until_us", "model", "status", "caller", "page_size", "page_token", "metadata")
     SINCE_US_FIELD_NUMBER: _ClassVar[int]
     UNTIL_US_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class ListRecordsRequest(_message.Message):
     CALLER_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     since_us: int
     until_us: int
     model: str
@@ -98,7 +99,8 @@ class ListRecordsRequest(_message.Message):
     caller: str
     page_size: int
     page_token: str
-    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., caller: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    metadata: str
+    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., caller: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class RecordSummary(_message.Message):
     __slots__ = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status", "latency_us", "caller", "batch_size", "first_output")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +46,20 @@ def _ref(ref: apb.RecordRef) -> dict[str, Any]:
     return {"request_id": ref.request_id, "seq": ref.seq}
 
 
+def _without_upload(asker: Asker, request: Any) -> Asker:
+    """The question as the audit trail keeps it: an uploaded candidate's bytes replaced by
+    `sha256:<hex>` of them. The model store holds those bytes once the candidate has run;
+    the trail must not take another copy of every upload (three 3 MiB ones filled a small
+    volume, and then every inference call failed)."""
+    if not request.candidate_onnx:
+        return asker
+    kept = type(request)()
+    kept.CopyFrom(request)
+    kept.candidate_onnx = b"sha256:" + hashlib.sha256(request.candidate_onnx).hexdigest(
+        ).encode()
+    return dataclasses.replace(asker, raw=kept.SerializeToString())
+
+
 class AuditServicer:
     def __init__(self, service: AuditService, ledger_path: Any,
                  auth: Authenticator | None = None, *, mtls: bool = False) -> None:
@@ -70,7 +86,9 @@ class AuditServicer:
 
             await asyncio.to_thread(record)
             raise
-        return Asker(caller=caller, rpc=name, raw=raw)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        return Asker(caller=caller, rpc=name, raw=raw, deadline=deadline)
 
     async def GetRecord(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("GetRecord", raw, context)
@@ -84,7 +102,7 @@ class AuditServicer:
     async def ListRecords(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("ListRecords", raw, context)
         r = parse(apb.ListRecordsRequest, raw)
-        filters = Filters(r.since_us, r.until_us, r.model, r.status, r.caller)
+        filters = Filters(r.since_us, r.until_us, r.model, r.status, r.caller, r.metadata)
         items, token = await asyncio.to_thread(
             self.service.list_records, asker, filters,
             r.page_size, r.page_token)
@@ -97,6 +115,7 @@ class AuditServicer:
     async def Replay(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("Replay", raw, context)
         r = parse(apb.ReplayRequest, raw)
+        asker = _without_upload(asker, r)
         result = await asyncio.to_thread(
             self.service.replay, asker, **_ref(r.ref),
             candidate_sha256=r.candidate_sha256, candidate_onnx=r.candidate_onnx)
@@ -137,6 +156,7 @@ class AuditServicer:
                           ) -> AsyncIterator[bytes]:
         asker = await self._asker("ReplayRange", raw, context)
         r = parse(apb.ReplayRangeRequest, raw)
+        asker = _without_upload(asker, r)
         events = self.service.replay_range(
             asker,
             Filters(r.since_us, r.until_us, r.model), r.candidate_sha256, r.candidate_onnx,
