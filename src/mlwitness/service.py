@@ -5,7 +5,9 @@
 
 Answered, refused and failed calls are all recorded. The response leaves only after its
 record is durable; if the ledger cannot take it, the caller gets UNAVAILABLE and no
-prediction. The exception: calls refused before they are read (no credentials) are
+prediction. A call that fails after the model ran keeps the response it would have had
+as withheld, not sent (recorded.py), so that every decoded column of a record is read
+from its hashed bytes. The exception: calls refused before they are read (no credentials) are
 tallied, one record per caller and reason an interval (refusals.py). What a request's
 tensors would cost is judged from the parsed message before any is decoded, and large
 requests are parsed and decoded in a worker thread, so that one caller's big request does
@@ -42,7 +44,7 @@ from mlwitness.errors import (
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
-from mlwitness.recorded import parameter_text
+from mlwitness.recorded import parameter_text, withhold
 from mlwitness.refusals import Refusals
 from mlwitness.wire import inference as pb
 
@@ -145,6 +147,7 @@ class InferenceService:
             # It ran past the caller's deadline without yielding (an inline model run), so
             # the caller already has DEADLINE_EXCEEDED: the record must not say OK.
             error = DeadlineExceeded("the caller's deadline passed before the answer")
+            withhold(record, response)
             await self._record_failure(record, error.status, error.message)
             raise error
         record.response = response
@@ -211,8 +214,8 @@ class InferenceService:
 
         A caller that leaves (cancel, deadline) while its record waits for the group
         commit gets CANCELLED or DEADLINE_EXCEEDED, not this answer. The record is still
-        in the open batch (no seq, not hashed yet), so it is made to say so, without the
-        response the caller never got. (Once committed it stands: a caller that leaves
+        in the open batch (no seq, not hashed yet), so it is made to say so, its response
+        kept as withheld (recorded.py), not as sent. (Once committed it stands: a caller that leaves
         in the instant between the commit and the answer's delivery is recorded OK, as
         when the network loses an answer that was sent.)"""
         try:
@@ -225,7 +228,8 @@ class InferenceService:
                 record.status, record.message = self._cancelled(
                     started if started is not None else time.monotonic(), timeout)
                 if status == "OK":
-                    record.response, record.outputs = b"", None
+                    withhold(record, record.response)
+                    record.response = b""
                 status = record.status
             raise
         finally:
@@ -282,6 +286,9 @@ class InferenceService:
         if checks is not None and verdict is not None:
             try:
                 checks.refuse(verdict, checks.after(verdict, result.outputs).counts)
+            except Exception:  # the model ran: its answer is kept, as not sent
+                withhold(record, result.response)
+                raise
             finally:
                 record.violations = verdict.to_json()
         return result.response
