@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import stat
@@ -402,6 +403,7 @@ def test_inference_access_requires_a_caller_token(started: Start, credit_model: 
                         "ORDER BY seq")
     assert [r[0] for r in rows] == ["UNAUTHENTICATED", "UNAUTHENTICATED", "OK"]
     # a refusal keeps who and the SHA-256 of what was sent, never the bytes themselves
+    # (unkeyed: without data minimisation nothing in the request is to be withheld)
     assert rows[0][1].startswith("ipv4:127.0.0.1:") and rows[0][3] == 0
     assert len(rows[0][4]) == 64
     assert "credentials required" in rows[0][2]
@@ -468,6 +470,39 @@ def test_refused_calls_are_tallied_per_caller_not_recorded_one_by_one(
                                "WHERE kind = 'infer'") == [(2, 0)]
     report = verify(ledger)
     assert report.ok and not report.problems
+
+
+def test_with_a_hash_key_refused_calls_keep_only_keyed_digests(
+        started: Start, credit_model: CreditModel, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With data minimisation and a hash key, an unkeyed digest of a refused request would
+    give back the values the ledger withholds to whoever tries candidates against it (the
+    rest of the request being guessable too): the first refusal keeps the request's HMAC,
+    the tally a SHA-256 over the HMACs."""
+    monkeypatch.setattr(refusals, "INTERVAL_S", 3600.0)
+    access = tmp_path / "inference-access.toml"
+    add_token(access, "scoring-app", "caller")
+    key = tmp_path / "hash.key"
+    key.write_bytes(b"s" * 32)
+    ledger = tmp_path / "ledger.duckdb"
+    served = started(credit_model.path, ledger, model_name="credit", audit=False,
+                     inference_access=access, hash_inputs=["customer"], hash_key=key)
+    request = service_pb2.ModelInferRequest.FromString(credit_payload(credit_model, "anon"))
+    request.parameters["customer"].string_param = "Jane Q. Applicant"
+    payload = request.SerializeToString()
+    refuse_times(served.address, payload, 200)
+    served.stop()
+
+    (_, _, first), (_, _, tally) = refusal_tallies(ledger)
+    one = hmac.new(b"s" * 32, payload, hashlib.sha256)
+    assert first == {"refused_calls": 1, "received_bytes": len(payload),
+                     "received_hmac_sha256": one.hexdigest()}
+    assert tally["refused_calls"] == 199 and tally["keyed"] is True
+    assert tally["received_digest"] == hashlib.sha256(one.digest() * 199).hexdigest()
+    unkeyed = hashlib.sha256(payload).hexdigest()
+    assert read_ledger(ledger, "SELECT count(*) FROM entries WHERE contains(detail, ?)",
+                       [unkeyed]) == [(0,)]
+    assert verify(ledger).ok
 
 
 def test_refusal_tallies_are_written_when_their_interval_ends(

@@ -18,7 +18,6 @@ Caller.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import json
 import logging
@@ -45,7 +44,7 @@ from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
 from mlwitness.recorded import parameter_text, withhold
-from mlwitness.refusals import Refusals
+from mlwitness.refusals import Refusals, sha256_proof
 from mlwitness.wire import inference as pb
 
 log = logging.getLogger(__name__)
@@ -171,13 +170,15 @@ class InferenceService:
         """Record a call refused before it is read (e.g. missing credentials): the first of
         its caller, status and message in an interval at once, the rest in one tally record
         at the interval's end (see refusals.py)."""
-        # Who was refused and what they sent (size and SHA-256), not the bytes themselves:
-        # an unauthenticated caller must not be able to fill the ledger.
+        # Who was refused and what they sent (its size and a digest: keyed under the hash
+        # key with minimisation, see refusals.py), not the bytes themselves: an
+        # unauthenticated caller must not be able to fill the ledger.
         record = self._blank()
         record.peer, record.metadata = caller.peer, caller.metadata_json()
         record.status, record.message = error.status, error.message
-        sha256 = (await _off_loop(len(raw), hashlib.sha256, raw)).digest()
-        if self.refusals.tally(record, len(raw), sha256):
+        prove = self.minimiser.proof if self.minimiser is not None else sha256_proof
+        proof = await _off_loop(len(raw), prove, raw)
+        if self.refusals.tally(record, len(raw), proof):
             if self.observe is not None:
                 self.observe(error.status, (_now_us() - record.received_us) / 1e6)
             return
