@@ -256,6 +256,52 @@ def test_every_read_rpc_refused_without_token_is_recorded(deployment: Deployment
     assert all(caller.startswith("ipv4:127.0.0.1:") for caller, _, _ in rows)
 
 
+def test_refused_audit_questions_are_tallied_per_caller_and_rpc(
+        started: Start, credit_model: CreditModel, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 questions without a token and 3 guard changes from an auditor: a record for the
+    first of each kind at once, one tally for the rest (written at shutdown: one interval
+    spans the test), so that a flood from one peer costs a few records."""
+    monkeypatch.setattr(refusals, "INTERVAL_S", 3600.0)
+    access = tmp_path / "audit-access.toml"
+    alice = add_token(access, "alice", "auditor")
+    ledger = tmp_path / "ledger.duckdb"
+    served = started(credit_model.path, ledger, model_name="credit", audit_access=access)
+    question = apb.GetRecordRequest(ref=apb.RecordRef(request_id="nobody"))
+    channel, stub = audit_stub(served.audit_address)
+    with channel:
+        for _ in range(200):
+            assert status_of(lambda: stub.GetRecord(question, timeout=10)) == \
+                grpc.StatusCode.UNAUTHENTICATED
+        for _ in range(3):
+            assert status_of(lambda: stub.SetGuards(apb.SetGuardsRequest(
+                toml=GUARDS_TOML), timeout=10, metadata=bearer(alice))) == \
+                grpc.StatusCode.PERMISSION_DENIED
+    served.stop()
+
+    rows = [(caller, status, json.loads(detail)) for caller, status, detail in read_ledger(
+        ledger, "SELECT caller, status, detail FROM audit_log WHERE kind = 'audit' "
+        "ORDER BY seq")]
+    seen = [(status, d["rpc"], d["refused_calls"]) for _, status, d in rows]
+    assert seen[:2] == [("UNAUTHENTICATED", "GetRecord", 1),
+                        ("PERMISSION_DENIED", "SetGuards", 1)]
+    assert sorted(seen[2:]) == [("PERMISSION_DENIED", "SetGuards", 2),  # in either order
+                                ("UNAUTHENTICATED", "GetRecord", 199)]
+    sent = len(question.SerializeToString())
+    one = hashlib.sha256(question.SerializeToString()).digest()
+    first = rows[0][2]
+    (tally,) = [d for _, _, d in rows[2:] if d["rpc"] == "GetRecord"]
+    assert first["received_sha256"] == one.hex() and first["received_bytes"] == sent
+    assert tally["received_bytes"] == 199 * sent
+    assert tally["received_digest"] == hashlib.sha256(one * 199).hexdigest()
+    assert {caller for caller, status, _ in rows if status == "PERMISSION_DENIED"} == {
+        "token:alice"}
+    assert read_ledger(ledger, "SELECT sum(octet_length(request)) FROM entries "
+                               "WHERE kind = 'audit'") == [(0,)]
+    report = verify(ledger)
+    assert report.ok, report.problems
+
+
 def test_credentials_are_checked_before_the_request_is_read(deployment: Deployment) -> None:
     served = deployment.served
     before = head(served)

@@ -570,6 +570,8 @@ class Sidecar:
         await asyncio.gather(*(srv.stop(grace=self.settings.drain_timeout) for srv in servers))
         if self.service is not None:  # no call is left: the refusals tallied go in now
             await self.service.close()
+        if self.audit_service is not None:
+            await self.audit_service.close_refusals()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -688,6 +690,7 @@ async def serve_audit(settings: Settings) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=settings.drain_timeout)
+    await service.close_refusals()
     service.close()
     await asyncio.to_thread(trail.close)
     con.close()
