@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import stat
@@ -255,6 +256,52 @@ def test_every_read_rpc_refused_without_token_is_recorded(deployment: Deployment
     assert all(caller.startswith("ipv4:127.0.0.1:") for caller, _, _ in rows)
 
 
+def test_refused_audit_questions_are_tallied_per_caller_and_rpc(
+        started: Start, credit_model: CreditModel, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """200 questions without a token and 3 guard changes from an auditor: a record for the
+    first of each kind at once, one tally for the rest (written at shutdown: one interval
+    spans the test), so that a flood from one peer costs a few records."""
+    monkeypatch.setattr(refusals, "INTERVAL_S", 3600.0)
+    access = tmp_path / "audit-access.toml"
+    alice = add_token(access, "alice", "auditor")
+    ledger = tmp_path / "ledger.duckdb"
+    served = started(credit_model.path, ledger, model_name="credit", audit_access=access)
+    question = apb.GetRecordRequest(ref=apb.RecordRef(request_id="nobody"))
+    channel, stub = audit_stub(served.audit_address)
+    with channel:
+        for _ in range(200):
+            assert status_of(lambda: stub.GetRecord(question, timeout=10)) == \
+                grpc.StatusCode.UNAUTHENTICATED
+        for _ in range(3):
+            assert status_of(lambda: stub.SetGuards(apb.SetGuardsRequest(
+                toml=GUARDS_TOML), timeout=10, metadata=bearer(alice))) == \
+                grpc.StatusCode.PERMISSION_DENIED
+    served.stop()
+
+    rows = [(caller, status, json.loads(detail)) for caller, status, detail in read_ledger(
+        ledger, "SELECT caller, status, detail FROM audit_log WHERE kind = 'audit' "
+        "ORDER BY seq")]
+    seen = [(status, d["rpc"], d["refused_calls"]) for _, status, d in rows]
+    assert seen[:2] == [("UNAUTHENTICATED", "GetRecord", 1),
+                        ("PERMISSION_DENIED", "SetGuards", 1)]
+    assert sorted(seen[2:]) == [("PERMISSION_DENIED", "SetGuards", 2),  # in either order
+                                ("UNAUTHENTICATED", "GetRecord", 199)]
+    sent = len(question.SerializeToString())
+    one = hashlib.sha256(question.SerializeToString()).digest()
+    first = rows[0][2]
+    (tally,) = [d for _, _, d in rows[2:] if d["rpc"] == "GetRecord"]
+    assert first["received_sha256"] == one.hex() and first["received_bytes"] == sent
+    assert tally["received_bytes"] == 199 * sent
+    assert tally["received_digest"] == hashlib.sha256(one * 199).hexdigest()
+    assert {caller for caller, status, _ in rows if status == "PERMISSION_DENIED"} == {
+        "token:alice"}
+    assert read_ledger(ledger, "SELECT sum(octet_length(request)) FROM entries "
+                               "WHERE kind = 'audit'") == [(0,)]
+    report = verify(ledger)
+    assert report.ok, report.problems
+
+
 def test_credentials_are_checked_before_the_request_is_read(deployment: Deployment) -> None:
     served = deployment.served
     before = head(served)
@@ -402,6 +449,7 @@ def test_inference_access_requires_a_caller_token(started: Start, credit_model: 
                         "ORDER BY seq")
     assert [r[0] for r in rows] == ["UNAUTHENTICATED", "UNAUTHENTICATED", "OK"]
     # a refusal keeps who and the SHA-256 of what was sent, never the bytes themselves
+    # (unkeyed: without data minimisation nothing in the request is to be withheld)
     assert rows[0][1].startswith("ipv4:127.0.0.1:") and rows[0][3] == 0
     assert len(rows[0][4]) == 64
     assert "credentials required" in rows[0][2]
@@ -468,6 +516,39 @@ def test_refused_calls_are_tallied_per_caller_not_recorded_one_by_one(
                                "WHERE kind = 'infer'") == [(2, 0)]
     report = verify(ledger)
     assert report.ok and not report.problems
+
+
+def test_with_a_hash_key_refused_calls_keep_only_keyed_digests(
+        started: Start, credit_model: CreditModel, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With data minimisation and a hash key, an unkeyed digest of a refused request would
+    give back the values the ledger withholds to whoever tries candidates against it (the
+    rest of the request being guessable too): the first refusal keeps the request's HMAC,
+    the tally a SHA-256 over the HMACs."""
+    monkeypatch.setattr(refusals, "INTERVAL_S", 3600.0)
+    access = tmp_path / "inference-access.toml"
+    add_token(access, "scoring-app", "caller")
+    key = tmp_path / "hash.key"
+    key.write_bytes(b"s" * 32)
+    ledger = tmp_path / "ledger.duckdb"
+    served = started(credit_model.path, ledger, model_name="credit", audit=False,
+                     inference_access=access, hash_inputs=["customer"], hash_key=key)
+    request = service_pb2.ModelInferRequest.FromString(credit_payload(credit_model, "anon"))
+    request.parameters["customer"].string_param = "Jane Q. Applicant"
+    payload = request.SerializeToString()
+    refuse_times(served.address, payload, 200)
+    served.stop()
+
+    (_, _, first), (_, _, tally) = refusal_tallies(ledger)
+    one = hmac.new(b"s" * 32, payload, hashlib.sha256)
+    assert first == {"refused_calls": 1, "received_bytes": len(payload),
+                     "received_hmac_sha256": one.hexdigest()}
+    assert tally["refused_calls"] == 199 and tally["keyed"] is True
+    assert tally["received_digest"] == hashlib.sha256(one.digest() * 199).hexdigest()
+    unkeyed = hashlib.sha256(payload).hexdigest()
+    assert read_ledger(ledger, "SELECT count(*) FROM entries WHERE contains(detail, ?)",
+                       [unkeyed]) == [(0,)]
+    assert verify(ledger).ok
 
 
 def test_refusal_tallies_are_written_when_their_interval_ends(

@@ -76,7 +76,7 @@ def test_every_audit_question_is_recorded_in_the_chain_and_verify_passes(
     assert rpcs == ["GetRecord"] * 4 + ["ListRecords", "Replay", "Replay", "WhatIf",
                                         "Sensitivity", "ReplayRange", "GetRecord", "Replay",
                                         "VerifyLedger"]
-    assert [row[0] for row in trail] == list(range(36, 36 + len(trail)))  # the same chain
+    assert [row[0] for row in trail] == list(range(37, 37 + len(trail)))  # the same chain
     assert all(row[1].startswith("ipv4:127.0.0.1:") for row in trail)  # who asked
     by_rpc = {json.loads(row[4])["rpc"]: json.loads(row[4]) for row in trail}
     replay = json.loads(trail[5][4])
@@ -91,12 +91,12 @@ def test_every_audit_question_is_recorded_in_the_chain_and_verify_passes(
     ghost, refused = trail[-3], trail[-2]
     assert (ghost[2], ghost[3]) == ("NOT_FOUND", "no record with request id 'ghost'")
     assert refused[2] == "FAILED_PRECONDITION" and "not answered" in refused[3]
-    assert verified.ok and verified.records == 35 + len(trail) - 1 and not verified.problems
+    assert verified.ok and verified.records == 36 + len(trail) - 1 and not verified.problems
 
     result = run_verify(path, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
-    assert report["ok"] and report["records"] == 35 + len(trail)
+    assert report["ok"] and report["records"] == 36 + len(trail)
 
 
 def test_verify_ledger_through_the_api_finds_a_tampered_record(
@@ -153,7 +153,7 @@ def test_standalone_audit_server_answers_like_the_sidecar_and_leaves_the_copy_un
 
     assert standalone == ask_everything(audit_sidecar.stub, audit_ledger)
     assert list(uploaded.decisions_changed) == [3, 8]
-    assert verified.ok and verified.records == 35 and verified.head_seq == 35
+    assert verified.ok and verified.records == 36 and verified.head_seq == 36
     assert missing.code() == grpc.StatusCode.NOT_FOUND
 
     assert sha256_of(copy) == before_hash  # read-only: not a byte changed

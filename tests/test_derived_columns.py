@@ -3,17 +3,22 @@ parameters) are derived from the bytes it keeps: a call whose columns cannot be 
 loaded without them, counted and logged, and never stops the loads, the audit reads that
 wait for them, or the next start.
 
-The calls are real ModelInfer bytes (or records with the tensors a sidecar keeps in
-memory) appended through the real LedgerWriter; the one fault injected by hand is DuckDB
-refusing a record's decoded columns, by subclassing the writer.
+The calls are real ModelInfer bytes (with the tensors a sidecar keeps in memory, which
+are what the bytes hold) appended through the real LedgerWriter. Two faults are injected
+by hand: a decoder that hands the tabulator a value Arrow cannot hold (row_faults.py,
+which the table builder child imports too), and DuckDB refusing a record's decoded
+columns, by subclassing the writer. `mlwitness verify` then counts the columns left empty
+as not covered, and nothing else.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import grpc
@@ -22,9 +27,11 @@ import pyarrow as pa
 import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client import generate_latest
+from row_faults import UNBUILDABLE, decode_or_fault
 from sidecar import raw_rpc, read_ledger, run_verify
 
-from mlwitness.codec import Tensor, encode_inputs, tensor_from_array
+from mlwitness.codec import encode_inputs, tensor_from_array
+from mlwitness.ledger.decoded import EMPTIED
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import DECODED_COLUMNS, MAX_VALUES_PER_RECORD, Tabulator
 from mlwitness.ledger.verify import verify
@@ -45,13 +52,15 @@ def issue_request(rows: int = 2**40) -> bytes:
     return request.SerializeToString()
 
 
-def call(i: int) -> Record:
+def call(i: int, request_id: str = "") -> Record:
     """An answered call: its bytes, and the tensors decoded from them kept in memory."""
+    request_id = request_id or f"r{i}"
     x = tensor_from_array("x", np.array([[1000.0 * i, 30 + i, 0.5]], np.float32))
-    request = pb.ModelInferRequest(model_name="credit", id=f"r{i}")
+    request = pb.ModelInferRequest(model_name="credit", id=request_id)
     encode_inputs(request, [x], raw=True)
-    return Record(request_id=f"r{i}", model_name="credit", request=request.SerializeToString(),
-                  inputs=[x], outputs=[], parameters=None)
+    return Record(request_id=request_id, model_name="credit",
+                  request=request.SerializeToString(), inputs=[x], outputs=[],
+                  parameters=None)
 
 
 def refused(request_id: str, request: bytes) -> Record:
@@ -60,17 +69,19 @@ def refused(request_id: str, request: bytes) -> Record:
                   message="refused", request=request)
 
 
-def in_memory_only(i: int, inputs: list) -> Record:
-    """A call whose decoded tensors live in memory only (its request bytes were dropped by
-    the minimiser): the writer builds its rows itself, child or not."""
-    return Record(request_id=f"m{i}", model_name="credit", inputs=inputs, outputs=[])
+def unbuildable(i: int) -> Record:
+    """A call whose rows cannot be built (row_faults.py): only its bytes, so that the
+    writer decodes them, in its loader thread as in the table builder child."""
+    record = call(i, f"{UNBUILDABLE}{i}")
+    record.inputs = record.outputs = None
+    return record
 
 
 def open_writer(path: Path, *, table_process: bool, writer_class: type = LedgerWriter,
-                **options: float) -> LedgerWriter:
+                decoder: Any = decode_record_tensors, **options: float) -> LedgerWriter:
     writer = writer_class(path, WriterOptions(durability="write", table_process=table_process,
                                               **options),
-                          tabulator=TABULATOR, decoder=decode_record_tensors)
+                          tabulator=TABULATOR, decoder=decoder)
     writer.open()
     return writer
 
@@ -86,14 +97,18 @@ def features(i: int) -> list:
     return [{"income": 1000.0 * i, "age": 30.0 + i, "debt": 0.5}]
 
 
-def reopened_and_verified(path: Path, records: int) -> None:
-    """A later start opens the ledger (nothing left to load) and the chain verifies."""
+def reopened_and_verified(path: Path, records: int, emptied: tuple[int, ...] = ()) -> None:
+    """A later start opens the ledger (nothing left to load) and the chain verifies: every
+    decoded column is what the bytes give, but those of the records `emptied`, left empty
+    at load, which are reported as not covered."""
     writer = LedgerWriter(path)
     writer.open()
     writer.close()
     report = verify(path)
     assert report.ok, report.problems
     assert (report.records, report.journal_records) == (records, 0)
+    assert report.not_covered == ([{"why": EMPTIED, "records": len(emptied),
+                                    "first_seqs": list(emptied)}] if emptied else [])
 
 
 @pytest.mark.parametrize("table_process", [True, False], ids=["child", "thread"])
@@ -179,27 +194,29 @@ def test_the_sidecar_answers_loads_and_restarts_after_such_a_call(
 
 @pytest.mark.parametrize("table_process", [True, False], ids=["child", "thread"])
 def test_a_record_whose_rows_cannot_be_built_loads_without_them_its_neighbours_with(
-    tmp_path: Path, table_process: bool
+    tmp_path: Path, table_process: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bad = np.empty(1, dtype=object)
-    bad[0] = "\ud800"  # a text value Arrow cannot hold
+    here = str(Path(__file__).parent)  # the child imports row_faults by name
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [here, os.environ.get("PYTHONPATH")])))
     path = tmp_path / "ledger.duckdb"
-    writer = open_writer(path, table_process=table_process, load_interval_s=3600)
+    writer = open_writer(path, table_process=table_process, decoder=decode_or_fault,
+                         load_interval_s=3600)
     try:
         for i in range(3):  # one load: all five records are built together
-            writer.append_blocking(in_memory_only(i, [tensor_from_array(
-                "x", np.array([[1000.0 * i, 30 + i, 0.5]], np.float32))]))
-        writer.append_blocking(in_memory_only(3, [Tensor("band", "BYTES", (1,), bad)]))
+            writer.append_blocking(call(i))
+        writer.append_blocking(unbuildable(3))
         writer.append_blocking(call(4))
         assert writer.sync(timeout=10) == 5
         decoded = decoded_by_id(writer)
-        assert decoded["m3"] == NOTHING
-        assert [decoded[f"m{i}"][0] for i in range(3)] == [features(i) for i in range(3)]
-        assert decoded["r4"][0] == features(4)
+        assert decoded[f"{UNBUILDABLE}3"] == NOTHING
+        assert [decoded[f"r{i}"][0] for i in (0, 1, 2, 4)] == [
+            features(i) for i in (0, 1, 2, 4)]
         assert writer.stats.undecoded == 1
+        assert writer.stats.built_by_child == (5 if table_process else 0)
     finally:
         writer.close()
-    reopened_and_verified(path, 5)
+    reopened_and_verified(path, 5, emptied=(4,))
 
 
 def test_a_call_over_the_value_cap_is_loaded_without_its_rows_and_counted(
@@ -291,7 +308,7 @@ def test_a_record_duckdb_refuses_for_its_decoded_columns_loads_without_them(
         assert writer.stats.undecoded == 1
     finally:
         writer.close()
-    reopened_and_verified(path, 6)
+    reopened_and_verified(path, 6, emptied=(3,))
 
 
 CRASH_CALLS = """

@@ -8,6 +8,7 @@ else is replaced. tests/test_disk_full.py has the ledger's side of a failing dis
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import json
 import threading
@@ -465,3 +466,12 @@ def test_a_caller_that_leaves_while_its_record_awaits_the_commit_is_recorded_so(
             break
         time.sleep(0.1)
     assert rows == [(expected, 0)]
+    # the answer it never got is kept as withheld, and its outputs are read from it
+    ((detail, outputs),) = sidecar.query("SELECT detail, outputs FROM entries "
+                                         "WHERE request_id = 'leaver'")
+    withheld = service_pb2.ModelInferResponse.FromString(
+        base64.b64decode(json.loads(detail)["withheld_response"]))
+    assert withheld.id == "leaver" and len(outputs) == 1
+    sidecar.stop()
+    report = verify(sidecar.ledger_path)
+    assert report.ok and report.not_covered == [], (report.problems, report.not_covered)

@@ -8,6 +8,7 @@ pinned by its new hash.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -23,10 +24,12 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import SidecarFactory, SlowModel
-from sidecar import RunningSidecar, closed_port, raw_rpc
+from sidecar import RunningSidecar, closed_port, raw_rpc, read_ledger
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 from upstream_server import UpstreamServer, run_mlserver, upstream_venv
+
+from mlwitness.ledger.verify import verify
 
 pytestmark = pytest.mark.skipif(
     upstream_venv() is None,
@@ -436,3 +439,62 @@ def test_inputs_the_guards_cannot_read_are_refused_in_enforce_and_marked_in_obse
     verdict = json.loads(violations)
     assert status == ("INVALID_ARGUMENT" if mode == "enforce" else "OK")
     assert verdict["unchecked"] and verdict.get("refused", False) == (mode == "enforce")
+
+
+def test_an_output_guard_refusal_keeps_the_upstreams_answer_as_withheld(
+    make_sidecar: SidecarFactory, mlserver: UpstreamServer, affine_model: Path,
+    tmp_path: Path,
+) -> None:
+    """The upstream answered; the guard refused the answer. The record sends nothing and
+    stores no response, but keeps the upstream's bytes as withheld: its decoded outputs are
+    read from them, so verify covers them."""
+    guards = tmp_path / "guards.toml"
+    guards.write_text("version = 1\n[outputs.score]\nmax = -1e30\n")  # every answer breaks it
+    front = make_sidecar(affine_model, upstream=mlserver.grpc_address, guards=guards,
+                         guard_mode="enforce")
+    payload = raw_request(sample(3), "refused-answer")
+    direct = call(mlserver.grpc_address, payload)
+    assert error_of(front.address, payload).code() == grpc.StatusCode.INVALID_ARGUMENT
+    front.stop()
+    ((response, detail, outputs),) = read_ledger(
+        front.ledger_path, "SELECT response, detail, outputs FROM entries "
+        "WHERE request_id = 'refused-answer'")
+    assert bytes(response) == b""
+    assert base64.b64decode(json.loads(detail)["withheld_response"]) == direct
+    answer = service_pb2.ModelInferResponse.FromString(direct)
+    score = np.frombuffer(answer.raw_output_contents[1], np.float32)
+    assert [row["score"] for row in outputs] == score.tolist()
+    report = verify(front.ledger_path)
+    assert report.ok and report.not_covered == [], (report.problems, report.not_covered)
+
+
+def test_a_minimised_request_the_sidecar_cannot_decode_keeps_its_parameters(
+    make_sidecar: SidecarFactory, mlserver: UpstreamServer, affine_model: Path,
+    tmp_path: Path,
+) -> None:
+    """The upstream answers a request mlwitness cannot decode; its input is to be hashed,
+    so no value can be picked out of it: the record keeps the request without inputs, its
+    parameters minimised, and verify covers every decoded column."""
+    key = tmp_path / "hash.key"
+    key.write_bytes(b"k" * 32)
+    front = make_sidecar(affine_model, upstream=mlserver.grpc_address,
+                         hash_inputs=["x", "customer"], hash_key=key)
+    request = service_pb2.ModelInferRequest.FromString(
+        _fp32_in_fp64_contents("no-inputs", 3.0))
+    request.parameters["customer"].string_param = "Jane Q. Applicant"
+    request.parameters["channel"].string_param = "web"
+    assert service_pb2.ModelInferResponse.FromString(
+        call(front.address, request.SerializeToString())).outputs
+    front.stop()
+    ((stored, detail, parameters, outputs),) = read_ledger(
+        front.ledger_path, "SELECT request, detail, parameters, outputs FROM entries "
+        "WHERE request_id = 'no-inputs'")
+    kept = service_pb2.ModelInferRequest.FromString(bytes(stored))
+    assert (len(kept.inputs), kept.parameters["channel"].string_param) == (0, "web")
+    assert b"Jane" not in bytes(stored)
+    assert parameters == {"channel": "web",
+                          "customer": kept.parameters["customer"].string_param}
+    assert json.loads(detail)["minimised"] == "inputs dropped: undecodable"
+    assert len(outputs) == 1  # the upstream's answer, as sent
+    report = verify(front.ledger_path)
+    assert report.ok and report.not_covered == [], (report.problems, report.not_covered)

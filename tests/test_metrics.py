@@ -83,7 +83,8 @@ def test_requests_latency_violations_and_ledger_counters_move(kit: MonitoringKit
     side.running.sync()
     before = side.scrape()
     assert before.value("mlwitness_ledger_healthy") == 1.0
-    assert before.value("mlwitness_ledger_records_total") == 1.0  # the startup guards record
+    # the start-up records: the --features names, then the guards
+    assert before.value("mlwitness_ledger_records_total") == 2.0
     sent = send_with_violations(side, kit)
     side.running.sync()
     after = side.scrape()

@@ -282,6 +282,9 @@ def test_refused_calls_do_not_keep_the_value(started: Start, models_dir: dict[st
     assert [r[0] for r in rows] == ["UNAUTHENTICATED", "INVALID_ARGUMENT"]
     for (_, request, _), _sent in zip(rows, (good, wrong_shape), strict=True):
         assert NAME.encode() not in bytes(request)
+    # refused before it was read (no token): only the keyed proof of what was sent
+    assert json.loads(rows[0][2]) == {"refused_calls": 1, "received_bytes": len(good),
+                                      "received_hmac_sha256": keyed(good)}
     # refused after it was read: minimised, with the keyed proof of what was sent
     invalid_detail = json.loads(rows[1][2])
     assert invalid_detail["received_hmac_sha256"] == keyed(wrong_shape)

@@ -19,7 +19,6 @@ import pytest
 from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.errors import DataLoss
 from mlwitness.ledger import journal as journal_mod
-from mlwitness.ledger import writer as writer_mod
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.tabler import (
@@ -30,7 +29,7 @@ from mlwitness.ledger.tabler import (
     decoder_path,
 )
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.recorded import decode_record_tensors
+from mlwitness.recorded import decode_record_tensors, withhold
 from mlwitness.wire import inference as pb
 
 FEATURES = ("income", "age", "debt")
@@ -40,7 +39,8 @@ DECODED = ("inputs", "inputs_text", "outputs", "outputs_text", "parameters")
 
 def make_record(i: int, *, status: str = "OK", rows: int = 1) -> Record:
     """A ModelInfer record as the sidecar makes it: bytes, and the tensors decoded from
-    them kept in memory."""
+    them kept in memory. A call refused after the model ran keeps the response it would
+    have had as withheld, not as sent."""
     rng = np.random.default_rng(i)
     x = tensor_from_array("x", rng.normal(size=(rows, 3)).astype(np.float32))
     band = tensor_from_array("band", np.array([f"b{i % 3}".encode()] * rows, dtype=object))
@@ -52,12 +52,15 @@ def make_record(i: int, *, status: str = "OK", rows: int = 1) -> Record:
     response = pb.ModelInferResponse(model_name="credit", id=f"r{i}")
     encode_outputs(response, [label, prob], raw=i % 2 == 0)
     answered = status == "OK"
-    return Record(
+    record = Record(
         request_id=f"r{i}", received_us=i, responded_us=i + 1, model_name="credit",
         status=status, request=request.SerializeToString(),
         response=response.SerializeToString() if answered else b"",
         inputs=[x, band], outputs=[label, prob], parameters={"segment": f"s{i % 2}"},
     )
+    if not answered:
+        withhold(record, response.SerializeToString())
+    return record
 
 
 def _idle_priority_allowed() -> bool:
@@ -91,8 +94,8 @@ def fill(path: Path, records: list[Record], *, table_process: bool, **options) -
 
 def test_rows_built_by_the_child_equal_rows_built_from_memory(tmp_path: Path) -> None:
     # Batches of 1 and 3 rows, raw and typed contents, BYTES inputs, request parameters,
-    # and a call refused after the model ran: its outputs are in memory only (no response
-    # bytes), so the writer must tabulate that one itself.
+    # and a call refused after the model ran: no response bytes, its outputs read back from
+    # the response withheld.
     def records() -> list[Record]:
         made = [make_record(i, rows=1 + (i % 3 == 0) * 2) for i in range(40)]
         made[17] = make_record(17, status="INVALID_ARGUMENT", rows=3)
@@ -229,28 +232,6 @@ def test_the_child_outlives_ctrl_c_and_stops_when_the_writer_closes(tmp_path: Pa
     assert child.returncode == 0
 
 
-def test_a_kept_record_is_kept_before_the_loader_can_see_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The loader reads how far records are durable; a record it must build itself has to
-    # be among the kept ones by then. A slow check widens the moment in between.
-    original = writer_mod._not_in_bytes
-
-    def slow(record: Record) -> bool:
-        if record.status != "OK":
-            time.sleep(0.3)
-        return original(record)
-
-    monkeypatch.setattr(writer_mod, "_not_in_bytes", slow)
-    writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True,
-                  load_interval_s=0.01)
-    try:
-        writer.append_blocking(make_record(1, status="INVALID_ARGUMENT", rows=3))
-        assert len(entries(writer)[1][DECODED.index("outputs") + 5]) == 3
-    finally:
-        writer.close()
-
-
 @pytest.mark.parametrize("table_process", [True, False], ids=["child", "thread"])
 def test_a_load_retried_after_duckdb_failed_keeps_withheld_outputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table_process: bool
@@ -276,14 +257,19 @@ def test_a_load_retried_after_duckdb_failed_keeps_withheld_outputs(
         writer.close()
 
 
-def test_parameters_of_a_call_whose_request_bytes_were_dropped_are_kept(
+def test_parameters_of_a_call_kept_without_its_inputs_are_read_from_its_bytes(
     tmp_path: Path,
 ) -> None:
-    # The minimiser drops request bytes it cannot pick a value out of; the call's (already
-    # minimised) parameters then live on only in memory, as do the upstream's outputs.
+    # The minimiser keeps a request whose inputs it cannot pick a value out of without
+    # them, its parameters minimised: the child reads those back from the request bytes.
     def records() -> list[Record]:
         dropped = make_record(1)
-        dropped.request, dropped.inputs = b"", None
+        request = pb.ModelInferRequest.FromString(dropped.request)
+        del request.inputs[:]
+        del request.raw_input_contents[:]
+        request.parameters["segment"].string_param = "9f86d081"
+        request.parameters["priority"].int64_param = 3
+        dropped.request, dropped.inputs = request.SerializeToString(), None
         dropped.parameters = {"segment": "9f86d081", "priority": "3"}
         return [make_record(0), dropped, make_record(2)]
 
@@ -294,12 +280,14 @@ def test_parameters_of_a_call_whose_request_bytes_were_dropped_are_kept(
         assert built == entries(thread)
         assert built[1][DECODED.index("parameters") + 5] == {"segment": "9f86d081",
                                                              "priority": "3"}
+        assert built[1][5] == [] and len(built[1][DECODED.index("outputs") + 5]) == 1
+        assert child.stats.built_by_child == 3
     finally:
         child.close()
         thread.close()
 
 
-def test_kept_records_do_not_make_extra_loads(tmp_path: Path) -> None:
+def test_withheld_outputs_take_no_extra_load(tmp_path: Path) -> None:
     records = [make_record(i, status="OK" if i % 5 else "INVALID_ARGUMENT")
                for i in range(100)]
     writer = fill(tmp_path / "ledger.duckdb", records, table_process=True,

@@ -3,16 +3,22 @@ request parameters, and stored baselines.
 
 The ledger is written by real sidecars, one after another on one file: the affine model
 with `--features`, enforced guards (a call refused before the model ran, two refused after
-it, their outputs withheld) and a baseline; then the strings model (BYTES inputs and
+it, their responses withheld) and a baseline; then the strings model (BYTES inputs and
 outputs) with a hashed request parameter and observed guard violations; then again with
-the BYTES input itself hashed. Each test tampers with its own copy through DuckDB.
+the BYTES input itself hashed (and a request whose inputs cannot be decoded, kept without
+them); then the slow model, a call whose deadline passed during an inline run; then the
+affine model again under other `--features` names. Every decoded column is then a function
+of hashed bytes. Each test tampers with its own copy through DuckDB.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +27,22 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from conftest import SLOW_IO, SlowModel
 from sidecar import raw_rpc, read_ledger, run_verify, start_sidecar
 from tritonclient.utils import InferenceServerException
 
+from mlwitness.backends.embedded import INLINE_ELEMENTS
 from mlwitness.baseline import build_baseline
-from mlwitness.codec import Tensor, encode_inputs, encode_outputs, tensor_from_array
+from mlwitness.codec import (
+    Tensor,
+    decode_outputs,
+    encode_inputs,
+    encode_outputs,
+    tensor_from_array,
+)
 from mlwitness.ledger.decoded import DROPPED, WITHHELD
 from mlwitness.ledger.record import Record
+from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.recorded import decode_record_tensors
@@ -72,10 +87,44 @@ def strings_call(client: Any, request_id: str, colors: list[str], **parameters: 
     return "OK"
 
 
+RENAMED = ["g0", "g1", "g2", "g3"]
+
+
+def undecodable_strings(request_id: str, **parameters: str) -> bytes:
+    """A strings call whose BYTES input cannot be decoded (its length prefix claims more
+    bytes than follow), with request parameters."""
+    request = pb.ModelInferRequest(model_name="strings", id=request_id)
+    request.inputs.add(name="category", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(b"\x05\x00\x00\x00re")
+    for key, value in parameters.items():
+        request.parameters[key].string_param = value
+    return request.SerializeToString()
+
+
+def late_inline_call(side: Any, slow: SlowModel) -> str:
+    """A call whose deadline passes while the model runs inline, on the event loop (the
+    backend takes a run of this size for cheap); the status the caller got."""
+    side.sidecar.backend.seconds_per_element = 1e-12  # inline, however long it runs
+    x = np.ones((INLINE_ELEMENTS // SLOW_IO, SLOW_IO), np.float32)
+    runs_for = len(x) * slow.seconds_per_row
+    assert runs_for > 0.2, "the slow model is too fast here to outlast a deadline"
+    with grpcclient.InferenceServerClient(side.address) as client:
+        tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        try:
+            client.infer("slow", [tensor], request_id="late", client_timeout=runs_for / 4)
+        except InferenceServerException as exc:
+            return str(exc.status()).removeprefix("StatusCode.")
+    return "OK"
+
+
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory, model_paths: dict[str, Path]) -> Path:
+def pristine(tmp_path_factory: pytest.TempPathFactory, model_paths: dict[str, Path],
+             slow_model: SlowModel) -> Path:
     root = tmp_path_factory.mktemp("verify-decoded")
     ledger = root / "ledger.duckdb"
+    key = root / "hash.key"
+    key.write_bytes(b"k" * 32)
     guards, colors = root / "guards.toml", root / "colors.toml"
     guards.write_text(GUARDS)
     colors.write_text(COLOR_GUARDS)
@@ -112,15 +161,34 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, model_paths: dict[str, Pa
         side.stop()
 
     for phase, more in (("colors", {"hash_inputs": ["customer"], "guards": colors}),
-                        ("hashed", {"hash_inputs": ["category"]})):
-        side = start_sidecar(settings(ledger, model_paths["strings"], **more))
+                        ("hashed", {"hash_inputs": ["category", "customer"]})):
+        side = start_sidecar(settings(ledger, model_paths["strings"], hash_key=key, **more))
         try:
             with grpcclient.InferenceServerClient(side.address) as client:
                 strings_call(client, f"{phase}-a", ["red", "green"],
                              customer="Jane Q. Applicant", channel="web")
                 strings_call(client, f"{phase}-b", ["magenta"])
+            if phase == "hashed":
+                with grpc.insecure_channel(side.address) as channel:
+                    with pytest.raises(grpc.RpcError) as info:
+                        raw_rpc(channel, "ModelInfer", undecodable_strings(
+                            "inputs-dropped", customer="Jane Q. Applicant", channel="web"))
+                    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             side.stop()
+
+    side = start_sidecar(settings(ledger, slow_model.path))
+    try:
+        assert late_inline_call(side, slow_model) == "DEADLINE_EXCEEDED"
+    finally:
+        side.stop()
+
+    side = start_sidecar(settings(ledger, model_paths["affine_fp32"], features=RENAMED))
+    try:
+        with grpcclient.InferenceServerClient(side.address) as client:
+            assert affine_call(client, "renamed", [[1, 2, 3, 4], [5, 6, 7, 8]]) == "OK"
+    finally:
+        side.stop()
     return ledger
 
 
@@ -159,30 +227,63 @@ def each_value(column: str, expression: str) -> str:
 # ── an intact ledger ──────────────────────────────────────────────────────────────────
 
 
-def test_intact_ledger_verifies_and_says_what_its_bytes_do_not_cover(ledger: Path) -> None:
+def test_intact_ledger_verifies_every_decoded_column_from_hashed_bytes(ledger: Path) -> None:
     code, report = verify_json(ledger)
     assert code == 0, report["problems"]
     (count,) = read_ledger(ledger, "SELECT count(*) FROM entries")[0]
     assert report["decoded_checked"] == report["records"] == count
-    assert report["not_covered"] == [{
-        "why": WITHHELD, "records": 2,
-        "first_seqs": [seq_of(ledger, "withheld-nan"), seq_of(ledger, "withheld-big")]}]
-    assert report["decoded_not_covered"] == 2
-    assert report["column_names"] == {"x": {"names": FEATURES,
-                                            "first_seq": seq_of(ledger, "ok1")}}
-    assert (report["models"], report["baselines"]) == (2, 1)
-    text = run_verify(ledger).stdout
-    assert "2 records: outputs of a call refused after the model ran" in text
-    assert "columns of tensor x named f0, f1, f2, f3" in text
+    assert report["not_covered"] == [] and report["decoded_not_covered"] == 0
+    assert report["column_names"] == {}  # announced on the chain, not learned from data
+    assert (report["models"], report["baselines"]) == (3, 1)
+    assert "0 not covered by the chain" in run_verify(ledger).stdout
 
 
-def test_withheld_outputs_are_in_the_ledger_but_not_in_its_bytes(ledger: Path) -> None:
-    """Why two records are not covered: their outputs were tabulated, no response stored."""
-    for request_id in ("withheld-nan", "withheld-big"):
-        (response, outputs) = read_ledger(
-            ledger, "SELECT response, outputs FROM entries WHERE request_id = ?",
-            [request_id])[0]
-        assert bytes(response) == b"" and len(outputs) == 1
+def withheld(ledger: Path, request_id: str) -> tuple[bytes, Any, list]:
+    """(response stored, the response kept as withheld, decoded outputs) of a record."""
+    response, detail, outputs = read_ledger(
+        ledger, "SELECT response, detail, outputs FROM entries WHERE request_id = ?",
+        [request_id])[0]
+    kept = base64.b64decode(json.loads(detail)["withheld_response"])
+    return bytes(response), pb.ModelInferResponse.FromString(kept), outputs
+
+
+@pytest.mark.parametrize("request_id", ["withheld-nan", "withheld-big", "late"])
+def test_a_call_that_failed_after_the_model_ran_keeps_its_response_as_withheld(
+        ledger: Path, request_id: str) -> None:
+    """No response was sent, so none is stored; the one the call would have had is kept in
+    `detail`, and its outputs are what the decoded columns hold."""
+    response, kept, outputs = withheld(ledger, request_id)
+    assert response == b""
+    assert kept.id == request_id
+    tensors = decode_outputs(kept)
+    assert len(outputs) == tensors[0].array.shape[0] > 0
+    expected = np.concatenate([t.array.reshape(len(outputs), -1) for t in tensors], axis=1)
+    stored = np.array([list(row.values()) for row in outputs], np.float32)
+    assert np.array_equal(stored, expected, equal_nan=True)
+
+
+def test_a_request_whose_inputs_cannot_be_decoded_is_kept_without_them(ledger: Path) -> None:
+    request, detail, parameters, inputs = read_ledger(
+        ledger, "SELECT request, detail, parameters, inputs_text FROM entries "
+        "WHERE request_id = 'inputs-dropped'")[0]
+    kept = pb.ModelInferRequest.FromString(bytes(request))
+    assert (kept.id, len(kept.inputs), len(kept.raw_input_contents)) == ("inputs-dropped", 0, 0)
+    assert kept.parameters["channel"].string_param == "web"
+    hashed = kept.parameters["customer"].string_param
+    assert len(hashed) == 64 and "Jane" not in bytes(request).decode(errors="replace")
+    assert parameters == {"channel": "web", "customer": hashed}
+    assert json.loads(detail)["minimised"] == "inputs dropped: undecodable"
+    assert inputs == []
+
+
+def test_features_names_are_announced_on_the_chain_when_they_change(ledger: Path) -> None:
+    announced = [json.loads(detail) for (detail,) in read_ledger(
+        ledger, "SELECT detail FROM entries WHERE kind = 'admin' AND detail->>'action' = "
+        "'features' ORDER BY seq")]
+    assert [(a["tensor"], a["names"]) for a in announced] == [
+        ("x", FEATURES), ("", []), ("x", RENAMED)]  # the strings model names none
+    (inputs,) = read_ledger(ledger, "SELECT inputs FROM entries WHERE request_id = 'renamed'")[0]
+    assert [list(row) for row in inputs] == [RENAMED, RENAMED]
 
 
 # ── tampered decoded columns ──────────────────────────────────────────────────────────
@@ -208,6 +309,15 @@ CHANGES: dict[str, tuple[str, str]] = {
     "text_input": ("colors-a", "inputs_text = " + each_value("inputs_text", "'blue'")),
     "text_output": ("colors-b", "outputs_text = " + each_value("outputs_text", "'red'")),
     "hashed_text_input": ("hashed-b", "inputs_text = " + each_value("inputs_text", "'x'")),
+    "withheld_output": ("withheld-big", "outputs = " + each_value("outputs", "0.0")),
+    "output_withheld_after_the_deadline": ("late", "outputs = " + each_value(
+        "outputs", "e.value + 1")),
+    "parameter_of_a_request_kept_without_inputs": (
+        "inputs-dropped", "parameters = MAP {'channel': 'branch', 'customer': 'x'}"),
+    "input_key_under_other_features": ("renamed", "inputs = list_transform(inputs, "
+                                       "lambda r: map_from_entries(list_transform("
+                                       "map_entries(r), lambda e: {'key': replace(e.key, "
+                                       "'g', 'f'), 'value': e.value})))"),
 }
 
 
@@ -224,16 +334,6 @@ def test_changed_decoded_column_fails_naming_its_seq(ledger: Path, change: str) 
     assert "differ from what its hashed bytes give" in problem["what"]
     column = assignment.split(" = ")[0]
     assert problem["what"].startswith(f"decoded {column}")
-
-
-def test_withheld_outputs_stay_not_covered_even_when_changed(ledger: Path) -> None:
-    """The limit of what the chain covers today: outputs withheld by a guard are not in
-    the bytes, so a change to them is counted as not covered, not caught."""
-    seq = seq_of(ledger, "withheld-big")
-    tamper(ledger, "UPDATE entries SET outputs = " + each_value("outputs", "0.0") +
-           " WHERE seq = ?", [seq])
-    code, report = verify_json(ledger)
-    assert code == 0 and report["decoded_not_covered"] == 2
 
 
 def test_many_changed_records_are_counted_after_the_first_listed(tmp_path: Path) -> None:
@@ -276,14 +376,15 @@ def test_changed_baseline_fails(ledger: Path, change: str, words: str) -> None:
     assert any(words in p["what"] for p in report["problems"]), report["problems"]
 
 
-# ── records whose bytes do not hold what was tabulated ─────────────────────────────────
+# ── older ledgers: records whose bytes do not hold what was tabulated ────────────────
 
 
 def test_values_the_bytes_do_not_hold_are_counted_or_caught(tmp_path: Path) -> None:
-    """Records as the inference service makes them and the writer stores them from memory:
-    a call whose request bytes the minimiser dropped (its parameters kept), one whose
-    deadline passed while the model ran (its outputs kept, no response). Those values are
-    not covered by the chain. Outputs on any other refused call are caught."""
+    """Records as an older inference service made them, and its writer stored them from
+    memory: a call whose request bytes the minimiser dropped (its parameters kept), one
+    whose deadline passed while the model ran (its outputs kept, no response withheld).
+    Those values are not covered by the chain. Outputs on any other refused call are
+    caught."""
     x = tensor_from_array("x", np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32))
     y = [tensor_from_array("score", np.array([7.5], dtype=np.float32))]
     request = pb.ModelInferRequest(model_name="m", id="r")
@@ -334,3 +435,50 @@ def test_decoder_failure_is_compared_as_nothing_decoded(tmp_path: Path) -> None:
     report = verify(tmp_path / "ledger.duckdb")
     assert [p.seq for p in report.problems] == [1]
     assert report.problems[0].what.startswith("decoded inputs")
+
+
+# ── column names announced before a crash ─────────────────────────────────────────────
+
+CRASH_UNDER_NAMES = """
+import json, os, sys
+from pathlib import Path
+import numpy as np
+from mlwitness.codec import encode_inputs, tensor_from_array
+from mlwitness.ledger.record import Record
+from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.recorded import decode_record_tensors
+from mlwitness.wire import inference as pb
+
+names = {"x": tuple(sys.argv[2].split(","))}
+writer = LedgerWriter(Path(sys.argv[1]), WriterOptions(load_interval_s=3600),
+                      tabulator=Tabulator(names), decoder=decode_record_tensors)
+writer.open()
+writer.append_blocking(Record(kind="admin", request_id="names", detail=json.dumps(
+    {"action": "features", "tensor": "x", "names": list(names["x"])})))
+request = pb.ModelInferRequest(model_name="affine_fp32", id="before-crash")
+encode_inputs(request, [tensor_from_array("x", np.ones((1, 4), np.float32))], raw=True)
+writer.append_blocking(Record(request_id="before-crash", model_name="affine_fp32",
+                              request=request.SerializeToString()))
+os._exit(0)  # a crash: both records are in the journal only
+"""
+
+
+def test_a_journal_tail_is_tabulated_with_the_names_announced_before_it(
+        tmp_path: Path) -> None:
+    """A sidecar crashes; the next start, under other --features names, loads the journal
+    tail with the names the chain says were in force, not its own."""
+    path = tmp_path / "ledger.duckdb"
+    subprocess.run([sys.executable, "-c", CRASH_UNDER_NAMES, str(path), ",".join(FEATURES)],
+                   check=True, timeout=60)
+    writer = LedgerWriter(path, WriterOptions(durability="write"),
+                          tabulator=Tabulator({"x": tuple(RENAMED)}),
+                          decoder=decode_record_tensors)
+    writer.open()
+    writer.close()
+    (inputs,) = read_ledger(path, "SELECT inputs FROM entries WHERE request_id = "
+                                  "'before-crash'")[0]
+    assert [list(row) for row in inputs] == [FEATURES]
+    assert writer.announced_features == {"x": tuple(FEATURES)}
+    report = verify(path)
+    assert report.ok and report.column_names == {}, report.problems

@@ -38,7 +38,7 @@ from mlwitness.errors import ConfigError, MlwitnessError, ModelNotSettled
 from mlwitness.guards import GuardConfig, load_guards
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.record import Record
-from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.rows import Tabulator, features_detail
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
 from mlwitness.minimise import Minimiser
@@ -242,6 +242,7 @@ class Sidecar:
             decoder=decode_record_tensors,
         )
         await asyncio.to_thread(self.ledger.open)
+        await self._announce_features()
         loop = asyncio.get_running_loop()
         def on_change() -> None:  # from a writer thread, on failure or recovery: flip health now
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._update_health()))
@@ -353,6 +354,19 @@ class Sidecar:
         assert self.ledger is not None
         await self.ledger.append(guard_record(config, mode=self.settings.guard_mode,
                                               source=source, caller=caller))
+
+    async def _announce_features(self) -> None:
+        """Put the column names --features gives on the chain (an "admin" record) when they
+        differ from the last ones announced, before any call uses them: they are not in a
+        call's bytes, and verify derives the records after it with them."""
+        assert self.ledger is not None
+        names = {tensor: tuple(n) for tensor, n in self.ledger.tabulator.feature_names.items()}
+        if names == (self.ledger.announced_features or {}):
+            return
+        now = time.time_ns() // 1000
+        await self.ledger.append(Record(
+            kind="admin", request_id=uuid.uuid4().hex, received_us=now, responded_us=now,
+            peer="startup", detail=features_detail(names)))
 
     async def _store_baseline(self, path: Any) -> None:
         """Keep the baseline in the ledger (content-addressed) and say so in the chain."""
@@ -556,6 +570,8 @@ class Sidecar:
         await asyncio.gather(*(srv.stop(grace=self.settings.drain_timeout) for srv in servers))
         if self.service is not None:  # no call is left: the refusals tallied go in now
             await self.service.close()
+        if self.audit_service is not None:
+            await self.audit_service.close_refusals()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -674,6 +690,7 @@ async def serve_audit(settings: Settings) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=settings.drain_timeout)
+    await service.close_refusals()
     service.close()
     await asyncio.to_thread(trail.close)
     con.close()

@@ -5,7 +5,9 @@ number. For those listed in `--hash-inputs` each value is stored as HMAC-SHA-256
 its bytes under `--hash-key`; for those in `--redact-inputs` it is stored as an empty value.
 Outputs are stored as sent. The stored request is then re-encoded (same inputs, in order,
 with those tensors as BYTES of the same shape) and the record's `detail` notes what was
-changed.
+changed. A request whose inputs cannot be decoded (so no value can be picked out of them)
+is kept without any input, its parameters minimised; one that is not a ModelInferRequest
+at all is not kept.
 
 Nothing unkeyed that is derived from a minimised value may be stored: everything else of
 the request is kept in clear, so a plain SHA-256 of the value — or of the whole request
@@ -27,18 +29,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from mlwitness.codec import Tensor, decode_inputs, encode_inputs
 from mlwitness.errors import ConfigError, MlwitnessError
-from mlwitness.ledger.record import Record
+from mlwitness.ledger.record import Record, with_detail
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.wire import inference as pb
 
 MIN_KEY_BYTES = 16  # 128 bits: no guessing the key instead of the values
+INPUTS_DROPPED = "inputs dropped: undecodable"  # the note on a request kept without inputs
 
 
 def check_key(key: bytes, source: str = "--hash-key") -> bytes:
@@ -95,8 +98,8 @@ class Minimiser:
         try:
             request = pb.ModelInferRequest.FromString(record.request)
         except Exception:  # undecodable: nothing can be picked out, so keep nothing
-            record.detail = json.dumps({"minimised": "request dropped: undecodable",
-                                        **self.proof(record.request)})
+            record.detail = with_detail(record.detail, minimised="request dropped: undecodable",
+                                        **self.proof(record.request))
             record.request = b""
             return
         touched = sorted(self.names & ({i.name for i in request.inputs}
@@ -116,10 +119,8 @@ class Minimiser:
             if inputs is None:
                 try:
                     inputs = decode_inputs(request)
-                except MlwitnessError:  # cannot pick the value out: keep no request bytes
-                    record.detail = json.dumps({"minimised": "request dropped: undecodable "
-                                                "inputs", **received})
-                    record.request = b""
+                except MlwitnessError:  # cannot pick the values out: keep no inputs
+                    self._without_inputs(record, request, received)
                     return
             inputs = [self._tensor(t) if t.name in self.names else t for t in inputs]
             raw = bool(request.raw_input_contents)
@@ -132,11 +133,20 @@ class Minimiser:
         for tensor in record.inputs or ():
             if tensor.name in self.names:
                 columns.update(self.tabulator.columns_of(tensor.name, tensor.array.shape))
-        record.detail = json.dumps({"minimised": {"redacted": sorted(self.redact & set(touched)),
-                                                  "hashed": sorted(self.hashed & set(touched)),
-                                                  "columns": sorted(columns),
-                                                  **({"keyed": True} if self.key else {})},
-                                    **received}, sort_keys=True)
+        record.detail = with_detail(record.detail, minimised={
+            "redacted": sorted(self.redact & set(touched)),
+            "hashed": sorted(self.hashed & set(touched)), "columns": sorted(columns),
+            **({"keyed": True} if self.key else {})}, **received)
+
+    @staticmethod
+    def _without_inputs(record: Record, request: Any, received: dict[str, str]) -> None:
+        """Keep a request whose inputs cannot be decoded (so no value can be picked out of
+        them) without any input: its other fields, the parameters minimised already, stay
+        in the hashed bytes the record's `parameters` column is read from."""
+        del request.inputs[:]
+        del request.raw_input_contents[:]
+        record.request = request.SerializeToString()
+        record.detail = with_detail(record.detail, minimised=INPUTS_DROPPED, **received)
 
 
 __all__ = ["MIN_KEY_BYTES", "Minimiser", "check_key"]

@@ -10,6 +10,12 @@ One chained record per refused call let a single client without a token add ~1,0
   interval ends (or at shutdown): how many, their bytes in total, the first and last time,
   and a digest of what they sent (the bytes themselves are never kept).
 
+What a refused call sent is proven by a digest of it (`proof`): with data minimisation
+and a hash key, its HMAC under that key (Minimiser.proof), since an unkeyed digest of a
+request would give back values the ledger withholds to whoever tries candidates against
+it; without minimisation, its SHA-256 (`sha256_proof`); with minimisation but no key,
+nothing. The audit port tallies its refused questions the same way, per RPC too.
+
 Memory is bounded: at most MAX_KEYS tallies an interval; refusals beyond them are tallied
 together per status under the caller OTHER_CALLERS.
 """
@@ -24,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlwitness.ledger.record import Record
+from mlwitness.ledger.record import Record, with_detail
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,14 @@ INTERVAL_S = 10.0
 MAX_KEYS = 256
 OTHER_CALLERS = "(other callers)"
 
-Key = tuple[str, str, str]  # caller, status, message
+Key = tuple[str, str, str, tuple[tuple[str, str], ...]]  # caller, status, message, about
+KEYED_PROOF = "received_hmac_sha256"  # Minimiser.proof's
+
+
+def sha256_proof(received: bytes) -> dict[str, str]:
+    """The digest a refusal keeps of what was sent when nothing in it is to be withheld
+    (no data minimisation): its SHA-256."""
+    return {"received_sha256": hashlib.sha256(received).hexdigest()}
 
 
 @dataclass
@@ -43,17 +56,20 @@ class Tally:
     received_bytes: int = 0
     first_us: int = 0
     last_us: int = 0
-    # SHA-256 over the SHA-256 digests of the requests, in the order they were tallied:
-    # whoever kept the requests can show they are the ones counted.
+    # SHA-256 over the digests of the requests (their proofs), in the order they were
+    # tallied: whoever kept the requests (and the key) can show they are the ones counted.
     digest: Any = field(default_factory=hashlib.sha256)
+    proven: str = ""  # the kind of proof digested ("" when none was kept)
 
-    def add(self, received_us: int, size: int, sha256: bytes) -> None:
+    def add(self, received_us: int, size: int, proof: dict[str, str]) -> None:
         if not self.calls:
             self.first_us = received_us
         self.calls += 1
         self.received_bytes += size
         self.last_us = received_us
-        self.digest.update(sha256)
+        for kind, digest in proof.items():
+            self.proven = kind
+            self.digest.update(bytes.fromhex(digest))
 
 
 class Refusals:
@@ -71,23 +87,26 @@ class Refusals:
         self._timer: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task] = set()
 
-    def tally(self, record: Record, size: int, sha256: bytes) -> bool:
-        """Count a refusal (`record`: its caller, status, message and time). True when it
-        was tallied for the interval's record; False when it is the first of its key in
-        the interval, to be recorded now: its `detail` is then filled in."""
-        key = (record.peer, record.status, record.message)
+    def tally(self, record: Record, size: int, proof: dict[str, str], **about: str) -> bool:
+        """Count a refusal (`record`: its caller, status, message and time; `proof`: the
+        digest kept of what was sent, see the module's doc; `about`: more that tells
+        refusals apart, e.g. the RPC, noted on their records). True when it was tallied for
+        the interval's record; False when it is the first of its key in the interval, to
+        be recorded now: its `detail` is then filled in."""
+        noted = tuple(sorted(about.items()))
+        key = (record.peer, record.status, record.message, noted)
         if key not in self._tallies and len(self._tallies) >= self.max_keys:
-            key = (OTHER_CALLERS, record.status, "")
+            key = (OTHER_CALLERS, record.status, "", noted)
         tally = self._tallies.get(key)
         if tally is not None:
-            tally.add(record.received_us, size, sha256)
+            tally.add(record.received_us, size, proof)
             return True
         self._tallies[key] = Tally()
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.interval_s, self._end_interval)
-        record.detail = json.dumps({"refused_calls": 1, "received_bytes": size,
-                                    "received_sha256": sha256.hex()})
+        record.detail = with_detail(record.detail, refused_calls=1, received_bytes=size,
+                                    **proof, **about)
         return False
 
     def _end_interval(self) -> None:
@@ -100,16 +119,21 @@ class Refusals:
             task.add_done_callback(self._writing.discard)
 
     def _record(self, key: Key, tally: Tally) -> Record:
-        caller, status, message = key
+        caller, status, message, about = key
         record = self.blank()
         record.peer, record.status = caller, status
         record.message = message or (f"refused calls from more than {self.max_keys} "
                                      "callers in one interval, tallied together")
         record.received_us, record.responded_us = tally.first_us, tally.last_us
-        record.detail = json.dumps({
-            "refused_calls": tally.calls, "received_bytes": tally.received_bytes,
-            "first_received_us": tally.first_us, "last_received_us": tally.last_us,
-            "received_digest": tally.digest.hexdigest(), "interval_s": self.interval_s})
+        proven: dict[str, Any] = {}
+        if tally.proven:
+            proven["received_digest"] = tally.digest.hexdigest()
+            if tally.proven == KEYED_PROOF:
+                proven["keyed"] = True
+        record.detail = with_detail(
+            record.detail, refused_calls=tally.calls, received_bytes=tally.received_bytes,
+            first_received_us=tally.first_us, last_received_us=tally.last_us,
+            interval_s=self.interval_s, **proven, **dict(about))
         return record
 
     async def _write_all(self, records: list[Record]) -> None:

@@ -5,7 +5,9 @@
 
 Answered, refused and failed calls are all recorded. The response leaves only after its
 record is durable; if the ledger cannot take it, the caller gets UNAVAILABLE and no
-prediction. The exception: calls refused before they are read (no credentials) are
+prediction. A call that fails after the model ran keeps the response it would have had
+as withheld, not sent (recorded.py), so that every decoded column of a record is read
+from its hashed bytes. The exception: calls refused before they are read (no credentials) are
 tallied, one record per caller and reason an interval (refusals.py). What a request's
 tensors would cost is judged from the parsed message before any is decoded, and large
 requests are parsed and decoded in a worker thread, so that one caller's big request does
@@ -16,7 +18,6 @@ Caller.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import json
 import logging
@@ -42,8 +43,8 @@ from mlwitness.errors import (
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
-from mlwitness.recorded import parameter_text
-from mlwitness.refusals import Refusals
+from mlwitness.recorded import parameter_text, withhold
+from mlwitness.refusals import Refusals, sha256_proof
 from mlwitness.wire import inference as pb
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class InferenceService:
             # It ran past the caller's deadline without yielding (an inline model run), so
             # the caller already has DEADLINE_EXCEEDED: the record must not say OK.
             error = DeadlineExceeded("the caller's deadline passed before the answer")
+            withhold(record, response)
             await self._record_failure(record, error.status, error.message)
             raise error
         record.response = response
@@ -168,13 +170,15 @@ class InferenceService:
         """Record a call refused before it is read (e.g. missing credentials): the first of
         its caller, status and message in an interval at once, the rest in one tally record
         at the interval's end (see refusals.py)."""
-        # Who was refused and what they sent (size and SHA-256), not the bytes themselves:
-        # an unauthenticated caller must not be able to fill the ledger.
+        # Who was refused and what they sent (its size and a digest: keyed under the hash
+        # key with minimisation, see refusals.py), not the bytes themselves: an
+        # unauthenticated caller must not be able to fill the ledger.
         record = self._blank()
         record.peer, record.metadata = caller.peer, caller.metadata_json()
         record.status, record.message = error.status, error.message
-        sha256 = (await _off_loop(len(raw), hashlib.sha256, raw)).digest()
-        if self.refusals.tally(record, len(raw), sha256):
+        prove = self.minimiser.proof if self.minimiser is not None else sha256_proof
+        proof = await _off_loop(len(raw), prove, raw)
+        if self.refusals.tally(record, len(raw), proof):
             if self.observe is not None:
                 self.observe(error.status, (_now_us() - record.received_us) / 1e6)
             return
@@ -211,8 +215,8 @@ class InferenceService:
 
         A caller that leaves (cancel, deadline) while its record waits for the group
         commit gets CANCELLED or DEADLINE_EXCEEDED, not this answer. The record is still
-        in the open batch (no seq, not hashed yet), so it is made to say so, without the
-        response the caller never got. (Once committed it stands: a caller that leaves
+        in the open batch (no seq, not hashed yet), so it is made to say so, its response
+        kept as withheld (recorded.py), not as sent. (Once committed it stands: a caller that leaves
         in the instant between the commit and the answer's delivery is recorded OK, as
         when the network loses an answer that was sent.)"""
         try:
@@ -225,7 +229,8 @@ class InferenceService:
                 record.status, record.message = self._cancelled(
                     started if started is not None else time.monotonic(), timeout)
                 if status == "OK":
-                    record.response, record.outputs = b"", None
+                    withhold(record, record.response)
+                    record.response = b""
                 status = record.status
             raise
         finally:
@@ -282,6 +287,9 @@ class InferenceService:
         if checks is not None and verdict is not None:
             try:
                 checks.refuse(verdict, checks.after(verdict, result.outputs).counts)
+            except Exception:  # the model ran: its answer is kept, as not sent
+                withhold(record, result.response)
+                raise
             finally:
                 record.violations = verdict.to_json()
         return result.response

@@ -76,7 +76,7 @@ def _check_not_minimised(record: Record, request: object) -> None:
         return
     note = json.loads(record.detail).get("minimised")
     if not isinstance(note, dict):
-        raise FailedPrecondition(f"record seq {record.seq}: its request was not stored "
+        raise FailedPrecondition(f"record seq {record.seq}: its inputs were not stored "
                                  f"({note}); there is nothing to replay")
     gone = {i.name for i in request.inputs} & {*note.get("redacted", []),  # type: ignore[attr-defined]
                                                *note.get("hashed", [])}

@@ -2,8 +2,11 @@
 
 Every question is itself appended to a ledger as a record of kind "audit" (who asked, the
 exact request bytes, what, when, and a summary of the answer), in the same hash chain as
-the decisions when the sidecar serves it. Results are plain dicts shaped like the audit
-API's messages; `mlwitness.wire.audit` turns them into protobuf.
+the decisions when the sidecar serves it. Questions refused before they are read (no or
+unknown credentials, a role too low) are tallied instead (refusals.py): the first of a
+caller, status, message and RPC in an interval at once, the rest in one record. Results
+are plain dicts shaped like the audit API's messages; `mlwitness.wire.audit` turns them
+into protobuf.
 
 Models run in a sandbox worker process (`mlwitness.sandbox`), bounded in memory and in
 time (the caller's deadline, and `run_timeout` a run). An uploaded candidate is at most
@@ -15,6 +18,7 @@ holding it again (`mlwitness.wire.audit`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -33,12 +37,14 @@ from mlwitness.audit.reader import Filters, LedgerReader, StoredRecord, detail_j
 from mlwitness.baseline import latest_baseline, load_baseline
 from mlwitness.bias import bias_report
 from mlwitness.checks import InlineChecks, guard_record, rate_states
+from mlwitness.codec import INLINE_BYTES
 from mlwitness.drift import Window, drift_report
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
 from mlwitness.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.record import Record
+from mlwitness.refusals import Refusals, sha256_proof
 from mlwitness.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
 from mlwitness.violations import violations_report
 
@@ -94,10 +100,46 @@ class AuditService:
                                           threads))
         self.environment = environment.fingerprint()
         self.checks = checks  # the sidecar's live guards (None: none, or a standalone server)
+        self.refusals = Refusals(self._append, self._refusal)
 
     def close(self) -> None:
         """End the idle sandbox workers."""
         self.sandboxes.close()
+
+    # ── questions refused before they are read ─────────────────────────────────────────
+
+    async def refuse(self, asker: Asker, error: MlwitnessError) -> None:
+        """Record a question refused before it is read: who, which RPC, the size and
+        SHA-256 of what was sent (not the bytes: an anonymous caller must not make the
+        ledger keep large blobs), tallied per caller, status, message and RPC so that a
+        flood of them costs a few records. The caller's answer is the refusal, whether or
+        not the record can be written."""
+        record = self._refusal()
+        record.peer, record.status, record.message = asker.caller, error.status, error.message
+        raw = asker.raw
+        proof = (await asyncio.to_thread(sha256_proof, raw) if len(raw) > INLINE_BYTES
+                 else sha256_proof(raw))
+        if self.refusals.tally(record, len(raw), proof, rpc=asker.rpc):
+            return
+        record.responded_us = time.time_ns() // 1000
+        try:
+            await self._append(record)
+        except MlwitnessError as exc:
+            log.warning("a refused %s question could not be recorded: %s", asker.rpc,
+                        exc.message)
+
+    async def close_refusals(self) -> None:
+        """Record the refusals tallied so far: at shutdown, once no question is left."""
+        await self.refusals.close()
+
+    def _refusal(self) -> Record:
+        now = time.time_ns() // 1000
+        return Record(kind="audit", request_id=uuid.uuid4().hex, received_us=now,
+                      responded_us=now, env_id=environment.env_id(self.environment))
+
+    async def _append(self, record: Record) -> None:
+        if self.trail is not None:
+            await asyncio.to_thread(self.trail, record)
 
     # ── the audit trail ────────────────────────────────────────────────────────────────
 

@@ -3,22 +3,30 @@
 `entries.inputs`, `inputs_text`, `outputs`, `outputs_text` and `parameters` are what SQL,
 `audit show`, drift and bias read, yet they are not hashed: the writer derives them from
 the request and response bytes, which are. `DecodedCheck` derives them again with the
-writer's own code (`recorded.decode_record_tensors`, `rows.arrow_columns`), a batch of
+writer's own code (`recorded.decode_record_tensors`, `rows.decoded_columns`), a batch of
 records at a time, and compares them with what is stored: keys and row layout exactly,
 numbers bit for bit (any NaN equals any NaN), text exactly, NULL only where NULL.
 
-Some stored values are not a function of the bytes today, and are counted as not covered
-by the chain instead of compared (when the record's hashed fields say it is such a call):
+Ledgers written before every decoded column was a function of the hashed bytes hold two
+kinds of values that are not; they are counted as not covered by the chain instead of
+compared (when the record's hashed fields say it is such a call):
 
-* the outputs of a call refused after the model ran — an output guard refused it, or the
-  caller's deadline passed during the run: no response was sent, so none is stored, and
-  the writer tabulated the outputs from memory;
-* the request parameters of a call whose request bytes the minimiser dropped (its inputs
-  could not be decoded): tabulated from memory.
+* the outputs of a call refused after the model ran (an output guard refused it, or the
+  caller's deadline passed during the run) that keeps no withheld response in `detail`
+  (recorded.py): the writer tabulated them from memory;
+* the request parameters of a call whose request bytes the minimiser dropped because its
+  inputs could not be decoded (it now keeps the request without its inputs).
 
-Column names of a tensor named by `--features` are not in the bytes either. The first
-naming seen for a tensor is taken as its configuration (and reported); a record that
-names that tensor's columns in any other way fails.
+A record whose decoded columns the writer could not build, or DuckDB refused, is loaded
+with none (ledger/writer.py; where its bytes alone decide that, as for the cap on values,
+they are derived empty here too): its columns stored empty are counted as not covered,
+being what the writer stores then; any other difference fails.
+
+Column names of a tensor named by `--features` are not in a call's bytes: the sidecar
+announces them in an admin record (rows.features_detail) whenever they change, and the
+records after it are derived with the names it announces. In an older ledger, before any
+announcement, the first naming seen for a tensor is taken as its configuration (and
+reported); a record that names that tensor's columns in any other way fails.
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlwitness.ledger.record import Record
-from mlwitness.ledger.rows import Tabulator, arrow_columns, tabular
-from mlwitness.recorded import decode_record_tensors
+from mlwitness.ledger.rows import Tabulator, announced_names, decoded_columns, tabular
+from mlwitness.recorded import WITHHELD_RESPONSE, decode_record_tensors
 
 COLUMNS = ("inputs", "inputs_text", "outputs", "outputs_text", "parameters")
 _OUTPUT_SIDE = {"inputs": False, "inputs_text": False, "outputs": True, "outputs_text": True}
@@ -41,6 +49,8 @@ MAX_LEARNED = 16  # tensors whose column names a ledger may configure (--feature
 
 WITHHELD = "outputs of a call refused after the model ran (no response was sent)"
 DROPPED = "parameters of a request whose bytes the minimiser dropped"
+EMPTIED = ("decoded columns left empty at load (the writer could not build or store them; "
+           "the bytes hold them)")
 LISTED = 20  # seqs kept of each kind of record not covered
 
 
@@ -68,26 +78,48 @@ class DecodedCheck:
     """Compares batches of stored records with their bytes; keeps what it learned and
     counted across batches (a whole ledger is checked in one pass)."""
 
-    feature_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    feature_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # learned
     named_at: dict[str, int] = field(default_factory=dict)  # tensor -> first seq so named
+    # The column names last announced on the chain; None until an announcement is seen
+    # (until then, in older ledgers, they are learned)
+    announced: dict[str, tuple[str, ...]] | None = None
     checked: int = 0
     uncovered: dict[str, NotCovered] = field(default_factory=dict)  # by why
 
     def check(self, records: list[Record], stored: pa.RecordBatch) -> list[Mismatch]:
         """Records whose stored decoded columns are not those their bytes give (except
-        columns not covered by the chain, which are counted)."""
-        if not records:
-            return []
+        columns not covered by the chain, which are counted). The records after an
+        announcement of column names are derived with those names."""
+        found: list[Mismatch] = []
+        start = 0
+        for index, record in enumerate(records):
+            names = announced_names(record)
+            if names is not None:
+                found += self._check(records[start:index + 1],
+                                     stored.slice(start, index + 1 - start))
+                start, self.announced = index + 1, names
+        if start < len(records):
+            found += self._check(records[start:], stored.slice(start))
+        return found
+
+    def _check(self, records: list[Record], stored: pa.RecordBatch) -> list[Mismatch]:
         stored_columns = {name: stored.column(name) for name in COLUMNS}
         derived = [_decode(record) for record in records]
-        for _ in range(MAX_LEARNED + 1):
-            expected = _derive(derived, Tabulator(dict(self.feature_names)))
-            differs, names_only = {}, {}
+        seqs = [record.seq for record in records]
+        differs: dict[str, np.ndarray] = {}
+        if self.announced is not None:
+            expected = _derive(seqs, derived, Tabulator(self.announced))
             for name in COLUMNS:
-                differs[name], names_only[name] = _differing(stored_columns[name],
-                                                             expected[name])
-            if not self._learn(records, derived, stored_columns, names_only):
-                break
+                differs[name] = _differing(stored_columns[name], expected[name])[0]
+        else:
+            for _ in range(MAX_LEARNED + 1):
+                expected = _derive(seqs, derived, Tabulator(dict(self.feature_names)))
+                names_only = {}
+                for name in COLUMNS:
+                    differs[name], names_only[name] = _differing(stored_columns[name],
+                                                                 expected[name])
+                if not self._learn(records, derived, stored_columns, names_only):
+                    break
         self.checked += len(records)
         found: list[Mismatch] = []
         bad = np.zeros(len(records), dtype=bool)
@@ -96,6 +128,8 @@ class DecodedCheck:
         for index in np.flatnonzero(bad):
             record = records[index]
             allowed = _not_covered(record)
+            if _emptied(stored_columns, int(index)):
+                allowed = dict.fromkeys(COLUMNS, EMPTIED)
             columns = [name for name in COLUMNS if differs[name][index]]
             reasons = {allowed[c] for c in columns if c in allowed}
             columns = [c for c in columns if c not in allowed]
@@ -138,15 +172,19 @@ def _decode(record: Record) -> tuple[list, list, dict[str, str]]:
         return [], [], {}
 
 
-def _derive(decoded: list[tuple[list, list, dict[str, str]]],
+def _derive(seqs: list[int], decoded: list[tuple[list, list, dict[str, str]]],
             tabulator: Tabulator) -> dict[str, pa.Array]:
     """The decoded columns the writer builds from records with these tensors and
-    parameters: its own `arrow_columns`, and `parameters` as `record_table` makes it
-    (record_table itself also builds the 19 record columns, which would double the cost)."""
-    columns = arrow_columns([d[0] for d in decoded], [d[1] for d in decoded], tabulator)
-    columns["parameters"] = pa.array([list(d[2].items()) if d[2] else None for d in decoded],
-                                     pa.map_(pa.string(), pa.string()))
-    return columns
+    parameters: its own `decoded_columns` (`record_table` itself also builds the 19 record
+    columns, which would double the cost)."""
+    return decoded_columns(seqs, decoded, tabulator, [])
+
+
+def _emptied(stored: dict[str, pa.Array], index: int) -> bool:
+    """Whether a record's decoded columns are stored empty, as the writer loads a record
+    whose columns DuckDB refused (rows.without_decoded)."""
+    return all(not stored[name][index].as_py() for name in COLUMNS[:4]) and (
+        not stored["parameters"][index].is_valid)
 
 
 def _names(tensors: list, keys: list[str], *, text: bool) -> dict[str, tuple[str, ...]]:
@@ -176,7 +214,8 @@ def _not_covered(record: Record) -> dict[str, str]:
     if record.kind != "infer":
         return {}
     out: dict[str, str] = {}
-    if record.status != "OK" and not record.response and record.request and _ran(record):
+    if (record.status != "OK" and not record.response and record.request
+            and WITHHELD_RESPONSE not in _detail(record) and _ran(record)):
         out["outputs"] = out["outputs_text"] = WITHHELD
     if not record.request and _detail(record).get("minimised", "") in (
             "request dropped: undecodable inputs",):

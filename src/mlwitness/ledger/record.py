@@ -12,6 +12,7 @@ from the request and response bytes and are not part of the encoding.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +116,19 @@ def decode(data: bytes | memoryview) -> Record:
     if offset != len(view):
         raise ValueError("trailing bytes after record")
     return record
+
+
+def with_detail(detail: str, **notes: Any) -> str:
+    """A record's `detail` JSON with `notes` added. Several places note things on one
+    record (the minimiser, a withheld response, a refusal's digest): each adds, none
+    replaces what another wrote."""
+    try:
+        found = json.loads(detail) if detail else {}
+    except ValueError:
+        found = {}
+    merged = found if isinstance(found, dict) else {}
+    merged.update(notes)
+    return json.dumps(merged, sort_keys=True)
 
 
 def chain_hash(prev_hash: bytes, canonical: bytes) -> bytes:

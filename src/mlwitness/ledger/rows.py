@@ -166,6 +166,42 @@ class Tabulator:
                                   rows.text_values, pa.string()))
 
 
+# ── column names on the chain ─────────────────────────────────────────────────────────
+# The names `--features` gives a tensor's columns are not in a call's bytes. The sidecar
+# announces them in an admin record whenever they differ from the last announcement, so
+# the chain says which names the records after it use (and verify derives those).
+
+FEATURES_ACTION = "features"
+
+
+def features_detail(feature_names: Mapping[str, Sequence[str]]) -> str:
+    """The `detail` of the admin record announcing a Tabulator's configured names: its
+    tensor and their names, or tensor "" and no names when there are none."""
+    if len(feature_names) > 1:
+        raise ValueError("the column names of one tensor are announced, not of several")
+    tensor, names = next(iter(feature_names.items()), ("", ()))
+    return json.dumps({"action": FEATURES_ACTION, "tensor": tensor, "names": list(names)},
+                      sort_keys=True)
+
+
+def announced_names(record: Record) -> dict[str, tuple[str, ...]] | None:
+    """The configured column names an admin record announces ({} for none), or None when
+    it is no such announcement."""
+    if record.kind != "admin" or FEATURES_ACTION not in record.detail:
+        return None
+    try:
+        detail = json.loads(record.detail)
+    except ValueError:
+        return None
+    if not isinstance(detail, dict) or detail.get("action") != FEATURES_ACTION:
+        return None
+    tensor, names = detail.get("tensor"), detail.get("names")
+    if not (isinstance(tensor, str) and isinstance(names, list)
+            and all(isinstance(name, str) for name in names)):
+        return None
+    return {tensor: tuple(names)} if tensor and names else {}
+
+
 def _layout_key(tensors: Sequence) -> tuple | None:
     """Names, datatypes and row shapes of a call's tensors when every one is a table of the
     same row count (so calls can be stacked); else None. Read from each Tensor's declared
@@ -341,9 +377,7 @@ def record_table(
     tensors are released once tabulated (its request and response bytes stay). Never fails
     for a record's derived data: a record whose decoded columns cannot be built gets empty
     ones, and is listed with the reason in the table's schema metadata (`undecoded`)."""
-    tensors_in: list[Any] = []
-    tensors_out: list[Any] = []
-    parameters: list[Any] = []
+    decoded: list[tuple[Any, Any, Any]] = []
     notes: list[tuple[int, str]] = []
     for record in records:
         ins, outs, params = record.inputs, record.outputs, record.parameters
@@ -354,28 +388,42 @@ def record_table(
             except Exception as exc:  # derived data: the record goes in without it
                 ins = outs = params = None
                 notes.append((record.seq, f"its tensors could not be decoded ({_why(exc)})"))
-        claimed = _values(ins) + _values(outs) if ins or outs else 0
-        if claimed > MAX_VALUES_PER_RECORD:
-            notes.append((record.seq, f"its tensors claim {claimed} values, more than the "
-                                      f"{MAX_VALUES_PER_RECORD} a record's decoded columns "
-                                      "hold"))
-            ins = outs = None
-        tensors_in.append(ins)
-        tensors_out.append(outs)
-        parameters.append(list(params.items()) if params else None)
+        decoded.append((ins, outs, params))
     columns = {
         name: pa.array(list(map(attrgetter(name), records)), kind)
         for name, kind in _RECORD_COLUMNS
     }
-    try:
-        columns.update(_decoded_columns(tensors_in, tensors_out, parameters, tabulator))
-    except Exception:  # some record's columns cannot be built: find it, build the rest
-        columns.update(_decoded_one_by_one(records, tensors_in, tensors_out, parameters,
-                                           tabulator, notes))
+    columns.update(decoded_columns([record.seq for record in records], decoded, tabulator,
+                                   notes))
     table = pa.table(columns)
     if notes:
         table = table.replace_schema_metadata({UNDECODED_KEY: json.dumps(notes)})
     return table
+
+
+def decoded_columns(seqs: Sequence[int], decoded: Sequence[tuple[Any, Any, Any]],
+                    tabulator: Tabulator, notes: list[tuple[int, str]]) -> dict[str, pa.Array]:
+    """The decoded columns of records from their (inputs, outputs, parameters), as the
+    ledger stores them (and `mlwitness verify` derives them again): no rows for tensors
+    claiming more than MAX_VALUES_PER_RECORD values, empty columns for a record whose
+    columns cannot be built; each such record noted in `notes` as (seq, why)."""
+    tensors_in: list[Any] = []
+    tensors_out: list[Any] = []
+    parameters: list[Any] = []
+    for seq, (ins, outs, params) in zip(seqs, decoded, strict=True):
+        claimed = _values(ins) + _values(outs) if ins or outs else 0
+        if claimed > MAX_VALUES_PER_RECORD:
+            notes.append((seq, f"its tensors claim {claimed} values, more than the "
+                               f"{MAX_VALUES_PER_RECORD} a record's decoded columns hold"))
+            ins = outs = None
+        tensors_in.append(ins)
+        tensors_out.append(outs)
+        parameters.append(list(params.items()) if params else None)
+    try:
+        return _decoded_columns(tensors_in, tensors_out, parameters, tabulator)
+    except Exception:  # some record's columns cannot be built: find it, build the rest
+        return _decoded_one_by_one(seqs, tensors_in, tensors_out, parameters, tabulator,
+                                   notes)
 
 
 def undecoded(table: pa.Table) -> list[tuple[int, str]]:
@@ -425,18 +473,17 @@ def _decoded_columns(tensors_in: list[Any], tensors_out: list[Any], parameters: 
     return columns
 
 
-def _decoded_one_by_one(records: list[Record], tensors_in: list[Any], tensors_out: list[Any],
+def _decoded_one_by_one(seqs: Sequence[int], tensors_in: list[Any], tensors_out: list[Any],
                         parameters: list[Any], tabulator: Tabulator,
                         notes: list[tuple[int, str]]) -> dict[str, pa.Array]:
     """The decoded columns record by record; a record whose columns fail gets empty ones
     and a note."""
     parts: list[dict[str, pa.Array]] = []
-    for record, ins, outs, params in zip(records, tensors_in, tensors_out, parameters,
-                                         strict=True):
+    for seq, ins, outs, params in zip(seqs, tensors_in, tensors_out, parameters, strict=True):
         try:
             parts.append(_decoded_columns([ins], [outs], [params], tabulator))
         except Exception as exc:
-            notes.append((record.seq, f"its decoded columns could not be built ({_why(exc)})"))
+            notes.append((seq, f"its decoded columns could not be built ({_why(exc)})"))
             parts.append(_decoded_columns([None], [None], [None], tabulator))
     return {name: pa.concat_arrays([part[name] for part in parts]) for name in DECODED_COLUMNS}
 

@@ -61,7 +61,8 @@ class VerifyReport:
     decoded_checked: int = 0  # records whose decoded columns were derived and compared
     # Stored decoded values the hashed bytes do not determine: {why, records, first_seqs}
     not_covered: list[dict[str, Any]] = field(default_factory=list)
-    # Column names of tensors configured by --features, as found: {tensor: {names, first_seq}}
+    # Column names of tensors configured by --features, learned from the data where no
+    # record announced them (older ledgers): {tensor: {names, first_seq}}
     column_names: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property

@@ -19,8 +19,8 @@
 * **Rows built elsewhere.** With `table_process` (the sidecar's setting) the serving process
   keeps no record once it is durable: a low-priority child process reads the records back
   from the journal and builds their DuckDB rows, and the loader thread only inserts them.
-  Records whose decoded tensors their bytes do not hold (a call refused after the model
-  ran) are kept and tabulated here. If the child fails, the loader builds the rows itself.
+  It can build every row: a record's decoded columns are a function of its hashed bytes
+  (recorded.py). If the child fails, the loader builds the rows itself.
 * **One writer.** Only the loader thread touches the read-write DuckDB connection; other
   DuckDB writes (models, environments, guards) are handed to it with `write`. Readers get
   their own cursors from `cursor()`.
@@ -70,8 +70,10 @@ from mlwitness.ledger import schema
 from mlwitness.ledger.commit import Batch, Linger, settle_elsewhere, settle_futures
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 from mlwitness.ledger.rows import (
+    FEATURES_ACTION,
     Tabulator,
     TensorDecoder,
+    announced_names,
     record_table,
     undecoded,
     without_decoded,
@@ -209,9 +211,10 @@ class LedgerWriter:
         self._threads: list[threading.Thread] = []
         self._tabler: Tabler | None = None
         self._tail: JournalTail | None = None  # the loader's own reader, when the child fails
-        # With the child: records whose decoded tensors their bytes do not hold, by seq
-        self._kept: dict[int, Record] = {}
         self._claimed = 0  # the last seq a load has taken on
+        # The column names last announced on the chain (rows.features_detail) when it was
+        # opened; None when none ever was
+        self.announced_features: dict[str, tuple[str, ...]] | None = None
 
     # ── lifecycle ──────────────────────────────────────────────────────────────────────
 
@@ -258,6 +261,13 @@ class LedgerWriter:
             self._head_seq, self._head_hash = 0, genesis_hash(self.chain_id)
         else:
             self._head_seq, self._head_hash = int(last[0][0]), bytes(last[0][1])
+        for kind, detail in con.execute(
+            "SELECT kind, detail FROM entries WHERE kind = 'admin' AND detail LIKE ? "
+            "ORDER BY seq DESC", [f"%{FEATURES_ACTION}%"]).fetchall():
+            names = announced_names(Record(kind=kind, detail=detail))
+            if names is not None:
+                self.announced_features = names
+                break
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = schema.connect(self.path)
@@ -270,7 +280,9 @@ class LedgerWriter:
         in RECOVER_CHUNK at a time, each chunk its own transaction, with a checkpoint
         whenever DuckDB's WAL has grown past RECOVER_WAL_BYTES, and each journal segment is
         deleted once loaded: the disk needs room for about one segment's rows, not for the
-        WAL of the whole tail's beside the tail (see the README, "Room for a restart")."""
+        WAL of the whole tail's beside the tail (see the README, "Room for a restart").
+        Records are tabulated with the column names announced on the chain before them,
+        which a restart with other `--features` names does not change."""
         assert self._con is not None
         start = seq = self._head_seq
         prev = self._head_hash
@@ -295,15 +307,19 @@ class LedgerWriter:
                          record.seq)
             seq, prev = record.seq, record.hash
             chunk.append(record)
-            if len(chunk) >= RECOVER_CHUNK:
+            names = announced_names(record)
+            if names is not None or len(chunk) >= RECOVER_CHUNK:
                 self._recover_chunk(chunk)
                 chunk = []
+            if names is not None:
+                self.announced_features = names
         if chunk:
             self._recover_chunk(chunk)
 
     def _recover_chunk(self, chunk: list[Record]) -> None:
         assert self._con is not None
-        self._store(self._table(chunk))
+        names = self.announced_features
+        self._store(self._table(chunk, self.tabulator if names is None else Tabulator(names)))
         self._head_seq, self._head_hash = chunk[-1].seq, chunk[-1].hash
         journal_mod.remove_loaded(journal_mod.journal_dir(self.path), self._head_seq)
         wal = self.path.with_name(self.path.name + ".wal")
@@ -488,7 +504,7 @@ class LedgerWriter:
                     discarded = False
                 raise self._fail(exc, retry=discarded and _out_of_space(exc)) from exc
             self._head_seq, self._head_hash = seq, prev
-            self._hand_to_loader(batch)  # first: the loader must find kept records kept
+            self._hand_to_loader(batch)
             self._durable_seq = seq
             self.stats.appended += len(batch)
             self.stats.flushes += 1
@@ -554,10 +570,6 @@ class LedgerWriter:
         if self._tabler is not None and not self._unloaded and (
             self._head_seq - max(self._claimed, self._loaded_seq) <= self.options.load_batch
         ):
-            kept = [record for record in records if _not_in_bytes(record)]
-            if kept:
-                with self._load_cond:
-                    self._kept.update((record.seq, record) for record in kept)
             if self.backlog >= self.options.load_batch:
                 with self._load_cond:
                     self._load_cond.notify()
@@ -581,8 +593,8 @@ class LedgerWriter:
                 if now >= next_load:
                     next_load += interval * (1 + (now - next_load) // interval)
                 self._load_now = False
-                # In seq order: records kept in memory are built here; records before
-                # the first of them (or all, when none is kept) by the child
+                # In seq order: records kept in memory are built here, the others by the
+                # child from the journal
                 first = self._loaded_seq + 1
                 batch: list[Record] = []
                 if self._unloaded and self._unloaded[0].seq == first:
@@ -615,25 +627,14 @@ class LedgerWriter:
 
     def _journal_table(self, first: int, last: int) -> pa.Table:
         """Records first..last as rows, built by the child process from the journal (or
-        here, from the journal, when it fails); the rows of records kept in memory are
-        built here and take the place of theirs."""
+        here, from the journal, when it fails)."""
         assert self._tabler is not None and self._tail is not None
         try:
             table = self._noted(self._tabler.table(first, last))
-            self.stats.built_by_child += last - first + 1
         except TablerFailed:
-            table = self._table(self._tail.records(first, last))
-        with self._load_cond:
-            kept = sorted((seq, record) for seq, record in self._kept.items()
-                          if first <= seq <= last)
-        if not kept:
-            return table
-        parts, at = [], first
-        for seq, record in kept:
-            parts += [table.slice(at - first, seq - at), self._table([record])]
-            at = seq + 1
-        parts.append(table.slice(at - first))
-        return pa.concat_tables(parts)
+            return self._table(self._tail.records(first, last))
+        self.stats.built_by_child += last - first + 1
+        return table
 
     def _load(self, first: int, last: int, build: Callable[[], pa.Table]) -> bool:
         """Insert records first..last (their rows made by `build`) into DuckDB, retrying
@@ -671,10 +672,6 @@ class LedgerWriter:
                 else:
                     self._stopping.wait(min(LOAD_RETRY_MAX_S, 0.5 * 2 ** (attempts - 1)))
         self._loaded_seq = last
-        if self._kept:
-            with self._load_cond:
-                for seq in [seq for seq in self._kept if seq <= last]:
-                    del self._kept[seq]
         self.stats.loads += 1
         self.stats.loaded += last - first + 1
         self.stats.load_seconds += time.perf_counter() - started
@@ -683,15 +680,16 @@ class LedgerWriter:
             self._space.notify_all()
         return True
 
-    def _table(self, batch: list[Record]) -> pa.Table:
-        """The `entries` rows of records, built here. The Arrow table is built a chunk at
-        a time with a pause between chunks, so the event loop never waits long for the GIL
-        behind a large load."""
+    def _table(self, batch: list[Record], tabulator: Tabulator | None = None) -> pa.Table:
+        """The `entries` rows of records, built here (with the writer's tabulator unless
+        another is given). The Arrow table is built a chunk at a time with a pause between
+        chunks, so the event loop never waits long for the GIL behind a large load."""
         tables = []
         for start in range(0, len(batch), TABLE_CHUNK):
             began = time.perf_counter()
             tables.append(self._noted(record_table(batch[start : start + TABLE_CHUNK],
-                                                   self.tabulator, self.decoder)))
+                                                   tabulator or self.tabulator,
+                                                   self.decoder)))
             serving = began - self._written_at < SERVING_WINDOW_S
             if serving and self.backlog <= self.options.load_batch:
                 time.sleep(max(LOADER_YIELD_S, 2 * (time.perf_counter() - began)))
@@ -854,19 +852,6 @@ def _fatal(exc: Exception) -> bool:
     """DuckDB invalidated its database (after a failed checkpoint, e.g. on a full disk):
     every statement fails until it is opened again."""
     return isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc)
-
-
-def _not_in_bytes(record: Record) -> bool:
-    """Whether the rows `record_table` builds from a record's tensors in memory could not
-    be rebuilt from its bytes (rows.TensorDecoder, as the table builder does): a call
-    refused after the model ran (its outputs withheld by a guard, so no response bytes),
-    or one whose request bytes the minimiser dropped (their parameters live on in memory).
-    With no tensors in memory, `record_table` decodes the bytes too."""
-    if record.inputs is None and record.outputs is None:
-        return False
-    if not record.request:
-        return True
-    return bool(record.outputs) and not (record.status == "OK" and record.response)
 
 
 def _checkpoint(con: duckdb.DuckDBPyConnection, attempts: int = 40) -> None:

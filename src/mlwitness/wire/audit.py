@@ -70,21 +70,12 @@ class AuditServicer:
 
     async def _asker(self, name: str, raw: bytes, context: grpc.aio.ServicerContext) -> Asker:
         """Who asks — checked before the request is even read. A refused question is
-        recorded too (who, which RPC, the size and SHA-256 of what was sent: not the
-        bytes, so an anonymous caller cannot make the ledger keep large blobs)."""
+        recorded too, tallied (AuditService.refuse)."""
         try:
             caller, _ = identify(self.auth, context, name, mtls=self.mtls)
         except MlwitnessError as exc:
             who = getattr(exc, "caller", "") or context.peer() or ""
-            refused = Asker(caller=who, rpc=name, raw=b"")
-            note = {"received_bytes": len(raw),
-                    "received_sha256": hashlib.sha256(raw).hexdigest()}
-
-            def record(error: MlwitnessError = exc) -> None:
-                with contextlib.suppress(MlwitnessError), self.service.audited(refused, **note):
-                    raise error from None
-
-            await asyncio.to_thread(record)
+            await self.service.refuse(Asker(caller=who, rpc=name, raw=raw), exc)
             raise
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
