@@ -54,8 +54,8 @@ from mlwitness.ledger import schema
 from mlwitness.ledger.record import Record, chain_hash, encode
 from mlwitness.ledger.rows import Tabulator, arrow_columns
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.protocol import inference as pb
 from mlwitness.recorded import decode_record_tensors
-from mlwitness.wire import inference as pb
 
 SHA = "5c513e084374" + "0" * 52
 ENV = "e" * 16

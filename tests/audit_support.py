@@ -47,7 +47,7 @@ from tritonclient.utils import np_to_triton_dtype
 from mlwitness.codec import decode_outputs, encode_inputs, tensor_from_array
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.protocol import audit_pb2_grpc
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 REPO = Path(__file__).resolve().parents[1]
 CREDIT_BUILDER = REPO / "examples" / "credit" / "build_model.py"

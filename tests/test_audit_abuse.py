@@ -54,8 +54,8 @@ from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.protocol import audit_pb2 as apb
+from mlwitness.protocol import inference as pb
 from mlwitness.settings import Settings
-from mlwitness.wire import inference as pb
 
 try:
     from tests import models

@@ -14,7 +14,7 @@ from tritonclient.utils import np_to_triton_dtype
 from mlwitness import codec
 from mlwitness.codec import Tensor
 from mlwitness.errors import InvalidInput, TooLarge
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 SUPPORTED = [name for name, info in codec.DATATYPES.items() if info.dtype is not None]
 TYPED = [name for name in SUPPORTED if codec.DATATYPES[name].field is not None]

@@ -30,8 +30,8 @@ from mlwitness.ledger.rows import DECODED_COLUMNS, MAX_VALUES_PER_RECORD, Tabula
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
+from mlwitness.protocol import inference as pb
 from mlwitness.recorded import decode_record_tensors
-from mlwitness.wire import inference as pb
 
 TABULATOR = Tabulator({"x": ("income", "age", "debt")})
 NOTHING = ([], [], [], [], None)  # the decoded columns of a record loaded without them
@@ -301,7 +301,7 @@ import numpy as np
 from mlwitness.codec import encode_inputs, tensor_from_array
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 writer = LedgerWriter(Path(sys.argv[1]), WriterOptions(load_interval_s=3600))
 writer.open()

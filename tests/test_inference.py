@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlwitness.backends.embedded import INLINE_ELEMENTS
 from mlwitness.codec import decode_outputs, encode_inputs, tensor_from_array
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 

@@ -44,7 +44,7 @@ from mlwitness.errors import ConfigError
 from mlwitness.ledger import journal
 from mlwitness.minimise import Minimiser
 from mlwitness.protocol import audit_pb2 as apb
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 NAME = "Jane Q. Applicant"
 CATEGORIES = [b"red", b"green", b"magenta"]  # none of these can occur in hex digests

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import service_pb2
 
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,8 +30,8 @@ from mlwitness.ledger.tabler import (
     decoder_path,
 )
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.protocol import inference as pb
 from mlwitness.recorded import decode_record_tensors
-from mlwitness.wire import inference as pb
 
 FEATURES = ("income", "age", "debt")
 TABULATOR = Tabulator({"x": FEATURES})

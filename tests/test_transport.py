@@ -27,7 +27,7 @@ from sidecar import RunningSidecar, free_ports
 from tritonclient.utils import InferenceServerException
 
 from mlwitness.protocol import audit_pb2, audit_pb2_grpc
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 INFER = "/inference.GRPCInferenceService/ModelInfer"

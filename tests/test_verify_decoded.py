@@ -30,9 +30,9 @@ from mlwitness.ledger.decoded import DROPPED, WITHHELD
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.protocol import inference as pb
 from mlwitness.recorded import decode_record_tensors
 from mlwitness.settings import Settings
-from mlwitness.wire import inference as pb
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 GUARDS = """version = 1

@@ -36,7 +36,7 @@ from mlwitness.codec import Tensor, decode_inputs, encode_inputs
 from mlwitness.errors import ConfigError, MlwitnessError
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 MIN_KEY_BYTES = 16  # 128 bits: no guessing the key instead of the values
 

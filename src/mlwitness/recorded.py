@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from mlwitness.codec import Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import MlwitnessError
 from mlwitness.ledger.record import Record
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 
 def parameter_text(parameters: Any) -> dict[str, str]:

@@ -42,9 +42,9 @@ from mlwitness.errors import (
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
+from mlwitness.protocol import inference as pb
 from mlwitness.recorded import parameter_text
 from mlwitness.refusals import Refusals
-from mlwitness.wire import inference as pb
 
 log = logging.getLogger(__name__)
 DRAIN_SLACK_S = 0.05  # a drain-end cancellation may land this early

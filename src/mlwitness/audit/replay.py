@@ -21,7 +21,7 @@ from mlwitness.codec import DATATYPES, Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator, numeric_layout
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 MAX_SWEEP_POINTS = 10_000
 

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from mlwitness.backends import Call, Inference
 from mlwitness.codec import INLINE_BYTES, Tensor, decode_outputs
 from mlwitness.errors import UpstreamError
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 log = logging.getLogger(__name__)
 
