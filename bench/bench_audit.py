@@ -56,9 +56,9 @@ from mlwitness.codec import encode_inputs, tensor_from_array
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
 from mlwitness.recorded import decode_record_tensors
-from mlwitness.runtime import OnnxModel
 from mlwitness.service import Caller, InferenceService
 
 REPO = Path(__file__).resolve().parents[1]

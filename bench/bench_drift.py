@@ -46,7 +46,7 @@ from mlwitness.drift import drift_report
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.runtime import OnnxModel
+from mlwitness.model.runtime import OnnxModel
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs

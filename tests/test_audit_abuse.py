@@ -48,11 +48,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.errors import ConfigError
-from mlwitness.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.ledger import journal, store
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.model.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.protocol import inference as pb
 from mlwitness.settings import Settings
@@ -308,7 +308,8 @@ def test_every_model_of_the_test_zoo_is_self_contained(model_paths: dict[str, Pa
 
 def test_running_models_does_not_need_the_onnx_package() -> None:
     """`onnx` is a development dependency: the check and the sandbox read the wire format."""
-    code = ("import sys; import mlwitness.app, mlwitness.sandbox, mlwitness.external_data; "
+    code = ("import sys; import mlwitness.app, mlwitness.model.sandbox, "
+            "mlwitness.model.external_data; "
             "print(sorted(m for m in sys.modules if m == 'onnx' or m.startswith('onnx.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)

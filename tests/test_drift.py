@@ -28,8 +28,8 @@ from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.minimise import Minimiser
+from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
-from mlwitness.runtime import OnnxModel
 
 TOL = {"rel": 1e-9, "abs": 1e-9}
 SECOND = 1_000_000

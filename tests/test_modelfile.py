@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlwitness.modelfile import ModelFile
+from mlwitness.model.modelfile import ModelFile
 
 
 class Store:

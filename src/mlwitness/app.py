@@ -42,13 +42,13 @@ from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
 from mlwitness.minimise import Minimiser
-from mlwitness.modelfile import ModelFile
+from mlwitness.model.modelfile import ModelFile
+from mlwitness.model.runtime import OnnxModel
+from mlwitness.model.signature import Signature
 from mlwitness.protocol import inference as pb
 from mlwitness.recorded import decode_record_tensors
-from mlwitness.runtime import OnnxModel
 from mlwitness.service import InferenceService
 from mlwitness.settings import Settings
-from mlwitness.signature import Signature
 from mlwitness.wire import audit as audit_servicer
 from mlwitness.wire import security
 from mlwitness.wire import servicer as inference_servicer

@@ -301,7 +301,7 @@ _DTYPE_NAMES = {np.float16: "FP16", np.float32: "FP32"}
 def _feature_rounding(model: Path | None, feature_dtype: str | None) -> Any:
     """The numpy type features are rounded through (None: float64, no rounding)."""
     if feature_dtype is None and model is not None:
-        from mlwitness.runtime import OnnxModel
+        from mlwitness.model.runtime import OnnxModel
 
         specs = OnnxModel(Path(model).read_bytes()).signature.inputs
         feature_dtype = specs[0].datatype if len(specs) == 1 else None
@@ -320,7 +320,7 @@ def _profile_model(
 ) -> tuple[dict[str, str], dict[str, ColumnProfile]]:
     from mlwitness.codec import numpy_dtype, tensor_from_array
     from mlwitness.ledger.rows import Tabulator
-    from mlwitness.runtime import OnnxModel
+    from mlwitness.model.runtime import OnnxModel
 
     onnx = OnnxModel(path.read_bytes())
     specs = onnx.signature.inputs

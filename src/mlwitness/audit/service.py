@@ -5,7 +5,7 @@ exact request bytes, what, when, and a summary of the answer), in the same hash 
 the decisions when the sidecar serves it. Results are plain dicts shaped like the audit
 API's messages; `mlwitness.wire.audit` turns them into protobuf.
 
-Models run in a sandbox worker process (`mlwitness.sandbox`), bounded in memory and in
+Models run in a sandbox worker process (`mlwitness.model.sandbox`), bounded in memory and in
 time (the caller's deadline, and `run_timeout` a run). An uploaded candidate is at most
 `max_candidate_bytes`, must be self-contained, and is put in the ledger's model store only
 once it has run — before the answer that rests on it; one that fails to load or run is not
@@ -35,11 +35,11 @@ from mlwitness.bias import bias_report
 from mlwitness.checks import InlineChecks, guard_record, rate_states
 from mlwitness.drift import Window, drift_report
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
-from mlwitness.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.record import Record
-from mlwitness.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
+from mlwitness.model.external_data import NotProtobuf, NotSelfContained, check_self_contained
+from mlwitness.model.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
 from mlwitness.violations import violations_report
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from typing import Any
 from mlwitness.backends import Call, Inference
 from mlwitness.codec import Tensor, encode_outputs
 from mlwitness.errors import InvalidInput
+from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
-from mlwitness.runtime import OnnxModel
 
 # A run expected to take longer than INLINE_SECONDS, or with more than INLINE_ELEMENTS
 # input elements, goes to a worker thread so that it does not hold up the event loop (and

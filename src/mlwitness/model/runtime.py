@@ -1,9 +1,9 @@
 """An ONNX model in onnxruntime: built from exact bytes, run on codec tensors.
 
-Used by the embedded backend to serve and (in a sandbox process, `mlwitness.sandbox`) by
+Used by the embedded backend to serve and (in a sandbox process, `mlwitness.model.sandbox`) by
 the audit service to replay, so a decision and its replay go through the same code.
 
-Only self-contained ONNX models are built (`mlwitness.external_data`): onnxruntime would
+Only self-contained ONNX models are built (`mlwitness.model.external_data`): onnxruntime would
 read a tensor's external data file from the working directory — the ledger's volume.
 What onnxruntime says when it cannot load a model is logged, not passed on: it can name
 paths and files; callers get its status code and a fixed description.
@@ -22,8 +22,8 @@ import onnxruntime as ort
 
 from mlwitness.codec import Tensor, tensor_from_array
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError
-from mlwitness.external_data import NotProtobuf, check_self_contained
-from mlwitness.signature import Signature
+from mlwitness.model.external_data import NotProtobuf, check_self_contained
+from mlwitness.model.signature import Signature
 
 log = logging.getLogger(__name__)
 

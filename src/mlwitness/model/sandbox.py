@@ -62,8 +62,8 @@ from mlwitness.errors import (
     MlwitnessError,
     TooLarge,
 )
-from mlwitness.runtime import MEMORY_SIGNS
-from mlwitness.signature import Signature, TensorSpec
+from mlwitness.model.runtime import MEMORY_SIGNS
+from mlwitness.model.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _error(status: str, message: str) -> MlwitnessError:
     cls = _STATUSES.get(status)
     if cls is not None:
         return cls(message)
-    from mlwitness.runtime import ModelError  # INTERNAL: the model failed
+    from mlwitness.model.runtime import ModelError  # INTERNAL: the model failed
 
     return ModelError(message)
 
@@ -158,8 +158,8 @@ def _decode(header: dict[str, Any], buffers: list[memoryview]) -> list[np.ndarra
 # ── the child ───────────────────────────────────────────────────────────────────────────
 
 def _child(memory_bytes: int) -> None:
-    """`python -m mlwitness.sandbox MEMORY_BYTES`: serve requests until stdin closes."""
-    from mlwitness.runtime import OnnxModel
+    """`python -m mlwitness.model.sandbox MEMORY_BYTES`: serve requests until stdin closes."""
+    from mlwitness.model.runtime import OnnxModel
 
     # A terminal's ^C is for the server, which ends its workers (stdin closes, or a kill).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -195,7 +195,7 @@ def _child(memory_bytes: int) -> None:
 
 def _serve(header: dict[str, Any], buffers: list[memoryview], models: dict[str, Any],
            memory_bytes: int) -> tuple[dict[str, Any], list[np.ndarray]]:
-    from mlwitness.runtime import OnnxModel
+    from mlwitness.model.runtime import OnnxModel
 
     op, sha = header["op"], header["sha256"]
     if op == "load":
@@ -272,7 +272,7 @@ def _spawn(limits: Limits, home: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # per-thread arenas reserve address space
     # In an empty directory: should a relative file name ever reach onnxruntime, it finds
     # nothing there (the sidecar's own working directory is the ledger's volume).
-    return subprocess.Popen([sys.executable, "-m", "mlwitness.sandbox",
+    return subprocess.Popen([sys.executable, "-m", "mlwitness.model.sandbox",
                              str(limits.memory_bytes)], cwd=home,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
