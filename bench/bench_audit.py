@@ -55,10 +55,10 @@ from machine import basics  # bench/machine.py (scripts run from bench/)
 from mlwitness.codec import encode_inputs, tensor_from_array
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
-from mlwitness.recorded import decode_record_tensors
 from mlwitness.service import Caller, InferenceService
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,9 +238,9 @@ def replay_range(stub: Any, apb: Any, **request: Any) -> tuple[float, Any]:
 
 
 def profile_replay_range(ledger: Path, candidate: bytes | None) -> tuple[dict, str]:
-    from mlwitness.audit.reader import Filters, LedgerReader
     from mlwitness.audit.service import Asker, AuditService
     from mlwitness.ledger import schema
+    from mlwitness.ledger.reader import Filters, LedgerReader
 
     con = schema.connect(ledger, read_only=True)
     service = AuditService(LedgerReader(con.cursor), trail=None,

@@ -25,7 +25,7 @@ from audit_support import (
 from onnx import TensorProto, helper, numpy_helper
 
 from mlwitness.audit import service as audit_service
-from mlwitness.audit.reader import Filters, LedgerReader
+from mlwitness.ledger.reader import Filters, LedgerReader
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.protocol import audit_pb2 as apb
 

@@ -27,11 +27,11 @@ from sidecar import raw_rpc, read_ledger, run_verify
 from mlwitness.codec import Tensor, encode_inputs, tensor_from_array
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import DECODED_COLUMNS, MAX_VALUES_PER_RECORD, Tabulator
+from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
 from mlwitness.protocol import inference as pb
-from mlwitness.recorded import decode_record_tensors
 
 TABULATOR = Tabulator({"x": ("income", "age", "debt")})
 NOTHING = ([], [], [], [], None)  # the decoded columns of a record loaded without them

@@ -21,10 +21,10 @@ from conftest import CreditModel, SidecarFactory
 from sidecar import RunningSidecar, raw_rpc, read_ledger, run_verify
 from tritonclient.grpc import service_pb2
 
-from mlwitness.audit.reader import Filters, LedgerReader
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger import journal, schema, store
+from mlwitness.ledger.reader import Filters, LedgerReader
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 

@@ -29,9 +29,9 @@ from mlwitness.ledger.tabler import (
     TablerFailed,
     decoder_path,
 )
+from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.protocol import inference as pb
-from mlwitness.recorded import decode_record_tensors
 
 FEATURES = ("income", "age", "debt")
 TABULATOR = Tabulator({"x": FEATURES})
@@ -203,7 +203,7 @@ def test_journal_tail_reads_ranges_across_segments(tmp_path: Path) -> None:
 
 
 def test_only_an_importable_decoder_can_go_to_the_child() -> None:
-    assert decoder_path(decode_record_tensors) == "mlwitness.recorded:decode_record_tensors"
+    assert decoder_path(decode_record_tensors) == "mlwitness.ledger.tensors:decode_record_tensors"
     with pytest.raises(ValueError, match="cannot be imported"):
         decoder_path(lambda record: ([], [], {}))
     with pytest.raises(ValueError, match="needs a decoder"):

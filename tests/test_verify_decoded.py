@@ -28,10 +28,10 @@ from mlwitness.baseline import build_baseline
 from mlwitness.codec import Tensor, encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.ledger.decoded import DROPPED, WITHHELD
 from mlwitness.ledger.record import Record
+from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.protocol import inference as pb
-from mlwitness.recorded import decode_record_tensors
 from mlwitness.settings import Settings
 
 FEATURES = ["f0", "f1", "f2", "f3"]

@@ -25,7 +25,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from mlwitness.audit.reader import LedgerReader
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
 from mlwitness.backends import Backend
@@ -37,8 +36,10 @@ from mlwitness.drift import drift_report
 from mlwitness.errors import ConfigError, MlwitnessError, ModelNotSettled
 from mlwitness.guards import GuardConfig, load_guards
 from mlwitness.ledger import environment, store
+from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
 from mlwitness.minimise import Minimiser
@@ -46,7 +47,6 @@ from mlwitness.model.modelfile import ModelFile
 from mlwitness.model.runtime import OnnxModel
 from mlwitness.model.signature import Signature
 from mlwitness.protocol import inference as pb
-from mlwitness.recorded import decode_record_tensors
 from mlwitness.service import InferenceService
 from mlwitness.settings import Settings
 from mlwitness.wire import audit as audit_servicer

@@ -47,10 +47,10 @@ import duckdb
 import numpy as np
 
 from mlwitness import stats
-from mlwitness.audit.reader import Filters
 from mlwitness.baseline import category_key, json_safe
 from mlwitness.drift import window_columns
 from mlwitness.errors import InvalidInput
+from mlwitness.ledger.reader import Filters
 
 MAX_GROUPS = 100
 MIN_REFERENCE_N = 30  # rows a group needs to be the default privileged (reference) group

@@ -60,9 +60,9 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from mlwitness import stats
-from mlwitness.audit.reader import Filters
 from mlwitness.baseline import MAX_CATEGORIES, Baseline, ColumnProfile, category_key, json_safe
 from mlwitness.errors import InvalidInput
+from mlwitness.ledger.reader import Filters
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ from mlwitness.errors import (
     TooLarge,
 )
 from mlwitness.ledger.record import Record
+from mlwitness.ledger.tensors import parameter_text
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.minimise import Minimiser
 from mlwitness.protocol import inference as pb
-from mlwitness.recorded import parameter_text
 from mlwitness.refusals import Refusals
 
 log = logging.getLogger(__name__)

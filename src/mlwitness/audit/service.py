@@ -29,7 +29,6 @@ import numpy as np
 
 from mlwitness.audit import replay as rp
 from mlwitness.audit import traffic
-from mlwitness.audit.reader import Filters, LedgerReader, StoredRecord, detail_json
 from mlwitness.baseline import latest_baseline, load_baseline
 from mlwitness.bias import bias_report
 from mlwitness.checks import InlineChecks, guard_record, rate_states
@@ -37,6 +36,7 @@ from mlwitness.drift import Window, drift_report
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
 from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store
+from mlwitness.ledger.reader import Filters, LedgerReader, StoredRecord, detail_json
 from mlwitness.ledger.record import Record
 from mlwitness.model.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.model.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
