@@ -240,7 +240,8 @@ def replay_range(stub: Any, apb: Any, **request: Any) -> tuple[float, Any]:
 def profile_replay_range(ledger: Path, candidate: bytes | None) -> tuple[dict, str]:
     from mlwitness.audit.service import Asker, AuditService
     from mlwitness.ledger import schema
-    from mlwitness.ledger.reader import Filters, LedgerReader
+    from mlwitness.ledger.filters import Filters
+    from mlwitness.ledger.reader import LedgerReader
 
     con = schema.connect(ledger, read_only=True)
     service = AuditService(LedgerReader(con.cursor), trail=None,

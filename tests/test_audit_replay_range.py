@@ -25,7 +25,8 @@ from audit_support import (
 from onnx import TensorProto, helper, numpy_helper
 
 from mlwitness.audit import service as audit_service
-from mlwitness.ledger.reader import Filters, LedgerReader
+from mlwitness.ledger.filters import Filters
+from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.protocol import audit_pb2 as apb
 

@@ -24,7 +24,8 @@ from tritonclient.grpc import service_pb2
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger import journal, schema, store
-from mlwitness.ledger.reader import Filters, LedgerReader
+from mlwitness.ledger.filters import Filters
+from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 

@@ -50,7 +50,7 @@ from mlwitness import stats
 from mlwitness.baseline import category_key, json_safe
 from mlwitness.drift import window_columns
 from mlwitness.errors import InvalidInput
-from mlwitness.ledger.reader import Filters
+from mlwitness.ledger.filters import Filters
 
 MAX_GROUPS = 100
 MIN_REFERENCE_N = 30  # rows a group needs to be the default privileged (reference) group

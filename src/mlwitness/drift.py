@@ -62,7 +62,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 from mlwitness import stats
 from mlwitness.baseline import MAX_CATEGORIES, Baseline, ColumnProfile, category_key, json_safe
 from mlwitness.errors import InvalidInput
-from mlwitness.ledger.reader import Filters
+from mlwitness.ledger.filters import Filters
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import duckdb
 
-from mlwitness.ledger.reader import Filters
+from mlwitness.ledger.filters import Filters
 
 _VIOLATION = '[{"guard": "VARCHAR", "column": "VARCHAR", "kind": "VARCHAR", "n": "BIGINT"}]'
 # A record's violations counted by guard, column and kind: its "counts" (every one, while

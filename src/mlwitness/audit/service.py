@@ -36,7 +36,8 @@ from mlwitness.drift import Window, drift_report
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
 from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store
-from mlwitness.ledger.reader import Filters, LedgerReader, StoredRecord, detail_json
+from mlwitness.ledger.filters import Filters
+from mlwitness.ledger.reader import LedgerReader, StoredRecord, detail_json
 from mlwitness.ledger.record import Record
 from mlwitness.model.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.model.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes

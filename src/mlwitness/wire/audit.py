@@ -19,7 +19,7 @@ import grpc
 from mlwitness.audit.service import Asker, AuditService
 from mlwitness.auth import Authenticator
 from mlwitness.errors import InvalidInput, MlwitnessError
-from mlwitness.ledger.reader import Filters
+from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.verify import expected_head, verify
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.wire.security import identify
