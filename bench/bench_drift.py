@@ -40,9 +40,9 @@ import duckdb
 import numpy as np
 from machine import cpu_model  # bench/machine.py (scripts run from bench/)
 
-from mlwitness.baseline import Baseline, build_baseline
+from mlwitness.analytics.baseline import Baseline, build_baseline
+from mlwitness.analytics.drift import drift_report
 from mlwitness.codec import tensor_from_array
-from mlwitness.drift import drift_report
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions

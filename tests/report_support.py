@@ -14,6 +14,7 @@ import numpy as np
 
 from mlwitness.analytics import quality as q
 from mlwitness.analytics import review
+from mlwitness.analytics.stats import wilson_interval
 from mlwitness.report import (
     BiasGroup,
     BiasSection,
@@ -36,7 +37,6 @@ from mlwitness.report import (
     ViolationSection,
     VolumeSection,
 )
-from mlwitness.stats import wilson_interval
 
 DAY = 86_400_000_000
 START = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z

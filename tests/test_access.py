@@ -42,8 +42,8 @@ from sidecar import free_ports, raw_rpc, read_ledger
 from tritonclient.grpc import service_pb2
 
 from mlwitness import cli, refusals
+from mlwitness.analytics.baseline import build_baseline
 from mlwitness.auth import hash_token
-from mlwitness.baseline import build_baseline
 from mlwitness.ledger.verify import verify
 from mlwitness.protocol import audit_pb2 as apb
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import CreditModel
 from onnx import TensorProto, helper
 
-from mlwitness import stats
-from mlwitness.baseline import (
+from mlwitness.analytics import stats
+from mlwitness.analytics.baseline import (
     Baseline,
     build_baseline,
     load_baseline,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats as ss
 
-from mlwitness.bias import MAX_GROUPS, bias_report
+from mlwitness.analytics.bias import MAX_GROUPS, bias_report
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import InvalidInput
 from mlwitness.ledger.record import Record

@@ -40,8 +40,8 @@ import yaml
 
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
+from mlwitness.analytics.baseline import Baseline
 from mlwitness.auth import Access
-from mlwitness.baseline import Baseline
 from mlwitness.cli import parser
 from mlwitness.guards import load_guards
 

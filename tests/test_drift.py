@@ -20,9 +20,9 @@ import scipy.stats as ss
 from conftest import CreditModel
 from scipy.spatial.distance import jensenshannon
 
-from mlwitness.baseline import Baseline, build_baseline
+from mlwitness.analytics.baseline import Baseline, build_baseline
+from mlwitness.analytics.drift import DriftReport, FeatureDrift, Thresholds, Window, drift_report
 from mlwitness.codec import encode_inputs, tensor_from_array
-from mlwitness.drift import DriftReport, FeatureDrift, Thresholds, Window, drift_report
 from mlwitness.errors import InvalidInput
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
@@ -344,7 +344,8 @@ def test_report_is_json(con: Any, ledger: Ledger) -> None:
 
 
 def test_analytics_modules_import_neither_grpc_nor_scipy_eagerly() -> None:
-    code = ("import sys, mlwitness.baseline, mlwitness.drift, mlwitness.bias; "
+    code = ("import sys, mlwitness.analytics.baseline, mlwitness.analytics.drift, "
+            "mlwitness.analytics.bias; "
             "print(sorted(m for m in ('grpc', 'scipy', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

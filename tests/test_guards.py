@@ -537,7 +537,7 @@ def test_suggest_reads_the_baseline_document_format() -> None:
 
 
 def test_suggest_from_a_baseline_built_by_mlwitness(tmp_path: Path) -> None:
-    baseline = pytest.importorskip("mlwitness.baseline")
+    baseline = pytest.importorskip("mlwitness.analytics.baseline")
     rng = np.random.default_rng(3)
     csv = tmp_path / "train.csv"
     lines = ["income,debt_ratio,age_band,approved"]

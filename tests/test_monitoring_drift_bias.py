@@ -41,8 +41,8 @@ TOL = {"rel": 1e-9, "abs": 1e-12}
 ROWS = 1000
 BATCH = 10  # rows per call: age_band, a request parameter, is counted once per call
 INCOME = 0
-PSI_EPSILON = 1e-4  # documented floor of empty bins (mlwitness.stats.psi)
-# Documented default thresholds (mlwitness.drift.Thresholds, bias.BiasThresholds).
+PSI_EPSILON = 1e-4  # documented floor of empty bins (mlwitness.analytics.stats.psi)
+# Documented default thresholds (mlwitness.analytics.drift.Thresholds, bias.BiasThresholds).
 PSI, KS_P, KS_D, JS, CHI2_P, LINF = 0.2, 0.01, 0.1, 0.1, 0.01, 0.1
 
 

@@ -12,9 +12,8 @@ import pytest
 from sklearn import metrics
 from sklearn.calibration import calibration_curve
 
-from mlwitness import stats
 from mlwitness.analytics import quality as q
-from mlwitness.analytics import review
+from mlwitness.analytics import review, stats
 from mlwitness.analytics.intervals import (
     Estimate,
     difference,

@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 from sidecar import raw_rpc, read_ledger, run_verify, start_sidecar
 from tritonclient.utils import InferenceServerException
 
-from mlwitness.baseline import build_baseline
+from mlwitness.analytics.baseline import build_baseline
 from mlwitness.codec import Tensor, encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.ledger.decoded import DROPPED, WITHHELD
 from mlwitness.ledger.record import Record

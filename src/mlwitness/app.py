@@ -25,14 +25,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from mlwitness.analytics.baseline import Baseline, store_baseline
+from mlwitness.analytics.drift import drift_report
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
 from mlwitness.backends.upstream import UpstreamBackend
-from mlwitness.baseline import Baseline, store_baseline
 from mlwitness.checks import InlineChecks, guard_record
-from mlwitness.drift import drift_report
 from mlwitness.errors import ConfigError, MlwitnessError, ModelNotSettled
 from mlwitness.guards import GuardConfig, load_guards
 from mlwitness.ledger import environment, store

@@ -69,7 +69,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from mlwitness.baseline import build_baseline
+    from mlwitness.analytics.baseline import build_baseline
 
     features = [f.strip() for f in args.features.split(",")] if args.features else None
     baseline = build_baseline(Path(args.data), model=Path(args.model) if args.model else None,

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from mlwitness.analytics.stats import wilson_interval
 from mlwitness.errors import ConfigError
-from mlwitness.stats import wilson_interval
 
 if TYPE_CHECKING:
     from mlwitness.ledger.rows import Rows

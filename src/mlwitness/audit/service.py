@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from mlwitness.analytics.baseline import latest_baseline, load_baseline
+from mlwitness.analytics.bias import bias_report
+from mlwitness.analytics.drift import Window, drift_report
 from mlwitness.audit import replay as rp
 from mlwitness.audit import traffic
-from mlwitness.baseline import latest_baseline, load_baseline
-from mlwitness.bias import bias_report
 from mlwitness.checks import InlineChecks, guard_record, rate_states
-from mlwitness.drift import Window, drift_report
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
 from mlwitness.guards import loads_guards
 from mlwitness.ledger import environment, store

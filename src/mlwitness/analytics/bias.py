@@ -1,6 +1,6 @@
 """Bias tests: does the favourable-outcome rate depend on a protected attribute?
 
-Over the window's decision rows (as in :mod:`mlwitness.drift`: status OK, ``received_us``
+Over the window's decision rows (as in :mod:`mlwitness.analytics.drift`: status OK, ``received_us``
 in ``[since_us, until_us)``, model name or SHA-256 prefix), each row is put in a *group*
 by ``attribute`` and marked favourable or not by ``favorable``; all counting is one DuckDB
 query.
@@ -15,7 +15,7 @@ query.
   ``outputs_text`` (``=`` / ``!=`` only).
 * Rows without the attribute or the outcome (NULL, NaN, ±inf) are excluded and counted.
 
-Statistics (:mod:`mlwitness.stats`): the k×2 table ``[[favourable, unfavourable], …]`` in
+Statistics (:mod:`mlwitness.analytics.stats`): the k×2 table ``[[favourable, unfavourable], …]`` in
 group order; Pearson χ² of independence (no continuity correction); Fisher's exact test
 when k = 2; per group the rate with its 95 % Wilson interval, and the disparate-impact
 ratio (``rate_g / rate_privileged``) and statistical-parity difference
@@ -46,9 +46,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mlwitness import stats
-from mlwitness.baseline import category_key, json_safe
-from mlwitness.drift import window_columns
+from mlwitness.analytics import stats
+from mlwitness.analytics.baseline import category_key, json_safe
+from mlwitness.analytics.drift import window_columns
 from mlwitness.errors import InvalidInput
 from mlwitness.ledger.filters import Filters
 

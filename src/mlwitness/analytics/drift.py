@@ -15,7 +15,7 @@ How it is computed
 3. Per numeric column the finite values are sorted (numpy: its SIMD sort is ~10× faster
    here than ``ORDER BY`` + fetch) for KS and Wasserstein, columns in parallel threads.
 
-Statistics (all from :mod:`mlwitness.stats`). Numeric: PSI and Jensen–Shannon distance
+Statistics (all from :mod:`mlwitness.analytics.stats`). Numeric: PSI and Jensen–Shannon distance
 (base 2) of the window's bin counts against the reference's, KS statistic and asymptotic
 p-value and Wasserstein-1 of the window's finite values against the reference sample
 (baseline) or values (reference window), mean and std (ddof = 1) shifts as
@@ -59,8 +59,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from mlwitness import stats
-from mlwitness.baseline import MAX_CATEGORIES, Baseline, ColumnProfile, category_key, json_safe
+from mlwitness.analytics import stats
+from mlwitness.analytics.baseline import (
+    MAX_CATEGORIES,
+    Baseline,
+    ColumnProfile,
+    category_key,
+    json_safe,
+)
 from mlwitness.errors import InvalidInput
 from mlwitness.ledger.filters import Filters
 

@@ -39,7 +39,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mlwitness import stats
+from mlwitness.analytics import stats
 from mlwitness.errors import DataLoss, InvalidInput, RecordNotFound
 
 FORMAT = "mlwitness.baseline/1"
