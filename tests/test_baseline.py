@@ -25,7 +25,7 @@ from mlwitness.analytics.baseline import (
     store_baseline,
 )
 from mlwitness.errors import DataLoss, InvalidInput, RecordNotFound
-from mlwitness.guards import suggest
+from mlwitness.guards.suggestions import suggest
 from mlwitness.ledger import schema
 from mlwitness.ledger.writer import LedgerWriter
 

@@ -43,7 +43,7 @@ from mlwitness import settings as settings_mod
 from mlwitness.analytics.baseline import Baseline
 from mlwitness.auth import Access
 from mlwitness.cli import parser
-from mlwitness.guards import load_guards
+from mlwitness.guards.file import load_guards
 
 try:
     from tests import models

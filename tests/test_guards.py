@@ -13,23 +13,14 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from mlwitness.checks import InlineChecks, unknown_names
 from mlwitness.codec import tensor_from_array
 from mlwitness.errors import ConfigError, GuardViolation
-from mlwitness.guards import (
-    FieldGuard,
-    GuardConfig,
-    GuardSet,
-    Violation,
-    dumps_toml,
-    load_guards,
-    loads_guards,
-    refusal,
-    suggest,
-    suggest_toml,
-)
+from mlwitness.guards.checks import InlineChecks, unknown_names
+from mlwitness.guards.file import FieldGuard, GuardConfig, dumps_toml, load_guards, loads_guards
+from mlwitness.guards.rates import TIME_BUCKETS, RateGuard, RateTracker
+from mlwitness.guards.rules import GuardSet, Violation, refusal
+from mlwitness.guards.suggestions import suggest, suggest_toml
 from mlwitness.ledger.rows import Rows, Tabulator
-from mlwitness.rates import TIME_BUCKETS, RateGuard, RateTracker
 
 FEATURES = ("income", "debt_ratio", "fico", "age", "years_employed", "open_loans")
 TABULATOR = Tabulator({"input": FEATURES})
@@ -453,7 +444,7 @@ def test_guards_naming_no_model_column_are_warned_at_every_replacement(
         "never judge anything."]
     good = loads_guards("version = 1\n[features.income]\nmin = 0\n")
     checks = InlineChecks(good, "observe", TABULATOR, columns=columns)
-    with caplog.at_level("WARNING", logger="mlwitness.checks"):
+    with caplog.at_level("WARNING", logger="mlwitness.guards.checks"):
         assert checks.replace(typo) == unknown_names(typo, *columns)
         assert checks.replace(good) == []
     assert sum("rate guards high" in r.getMessage() for r in caplog.records) == 1
@@ -762,7 +753,7 @@ def test_a_rate_guard_on_a_bool_output_takes_true_and_false(
         RateGuard("no", "approved", equals="False", max=0.5, window=40, min_samples=20),
         RateGuard("typo", "approved", equals="approve", max=0.5, window=40, min_samples=20),
     ])
-    with caplog.at_level("WARNING", logger="mlwitness.rates"):
+    with caplog.at_level("WARNING", logger="mlwitness.guards.rates"):
         yes, no, typo = tracker.observe(approved)
     assert (yes.n, yes.successes, yes.state) == (40, 30, "breach_high")
     assert (no.n, no.successes, no.state) == (40, 10, "ok")

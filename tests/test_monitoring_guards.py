@@ -35,9 +35,9 @@ from monitoring_support import (
     wait_for,
 )
 
-from mlwitness.checks import InlineChecks
 from mlwitness.codec import tensor_from_array
-from mlwitness.guards import loads_guards
+from mlwitness.guards.checks import InlineChecks
+from mlwitness.guards.file import loads_guards
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.protocol import audit_pb2 as apb
 

@@ -32,9 +32,9 @@ from mlwitness.auth import Access, Authenticator
 from mlwitness.backends import Backend
 from mlwitness.backends.embedded import EmbeddedBackend
 from mlwitness.backends.upstream import UpstreamBackend
-from mlwitness.checks import InlineChecks, guard_record
 from mlwitness.errors import ConfigError, MlwitnessError, ModelNotSettled
-from mlwitness.guards import GuardConfig, load_guards
+from mlwitness.guards.checks import InlineChecks, guard_record
+from mlwitness.guards.file import GuardConfig, load_guards
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.record import Record

@@ -82,7 +82,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_guards_suggest(args: argparse.Namespace) -> int:
-    from mlwitness.guards import suggest_toml
+    from mlwitness.guards.suggestions import suggest_toml
 
     try:
         baseline = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
@@ -103,7 +103,7 @@ def cmd_guards_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_guards_check(args: argparse.Namespace) -> int:
-    from mlwitness.guards import load_guards
+    from mlwitness.guards.file import load_guards
 
     config = load_guards(Path(args.file))
     print(f"{args.file}: valid, version {config.sha256} ({len(config.features)} feature, "

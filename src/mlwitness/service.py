@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError
 
 from mlwitness.backends import Backend, Call
-from mlwitness.checks import InlineChecks
 from mlwitness.codec import INLINE_BYTES, Tensor, check_sizes, decode_inputs
 from mlwitness.errors import (
     DeadlineExceeded,
@@ -39,6 +38,7 @@ from mlwitness.errors import (
     ModelNotFound,
     TooLarge,
 )
+from mlwitness.guards.checks import InlineChecks
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.tensors import parameter_text
 from mlwitness.ledger.writer import LedgerWriter

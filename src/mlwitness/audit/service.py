@@ -32,16 +32,16 @@ from mlwitness.analytics.bias import bias_report
 from mlwitness.analytics.drift import Window, drift_report
 from mlwitness.audit import replay as rp
 from mlwitness.audit import traffic
-from mlwitness.checks import InlineChecks, guard_record, rate_states
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
-from mlwitness.guards import loads_guards
+from mlwitness.guards.checks import InlineChecks, guard_record, rate_states
+from mlwitness.guards.file import loads_guards
+from mlwitness.guards.violations import violations_report
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.reader import LedgerReader, StoredRecord, detail_json
 from mlwitness.ledger.record import Record
 from mlwitness.model.external_data import NotProtobuf, NotSelfContained, check_self_contained
 from mlwitness.model.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
-from mlwitness.violations import violations_report
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ class AuditService:
     def _guards_state(self) -> dict[str, Any]:
         if self.checks is None:
             return {"active": False}
-        from mlwitness.guards import dumps_toml
+        from mlwitness.guards.file import dumps_toml
 
         return {"active": True, "sha256": self.checks.sha256, "mode": self.checks.mode,
                 "toml": dumps_toml(self.checks.config),

@@ -1,16 +1,12 @@
 """Guards: checking a model's inputs and outputs against a guard file, per row.
 
-`GuardSet` compiles a `GuardConfig` (the guard file, see `mlwitness.guardfile`) and checks
+`GuardSet` compiles a `GuardConfig` (the guard file, see `mlwitness.guards.file`) and checks
 decoded `Rows` vectorised over all rows, giving `Violation`s; `refusal` turns them into the
 error an enforcing server raises. A guard whose name is neither a column nor (for
 features) a request parameter is skipped, unless it is `required`. NaN is never compared
 with min/max. `allowed` matches text exactly ("1" is not "1.0"); on a numeric column its
 entries are read as numbers. A text value under a min/max guard is read as a number
 ("not_numeric" if it is not one).
-
-The guard-file API (`FieldGuard`, `GuardConfig`, `load_guards`, `loads_guards`,
-`dumps_toml` from `mlwitness.guardfile`; `suggest`, `suggest_toml`, `baseline_id` from
-`mlwitness.guard_suggestions`) is re-exported from here.
 """
 
 from __future__ import annotations
@@ -23,33 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlwitness.errors import GuardViolation
-from mlwitness.guard_suggestions import baseline_id, suggest, suggest_toml
-from mlwitness.guardfile import (
-    FieldGuard,
-    GuardConfig,
-    _number_or_none,
-    dumps_toml,
-    load_guards,
-    loads_guards,
-)
+from mlwitness.guards.file import FieldGuard, GuardConfig, _number_or_none
 
 if TYPE_CHECKING:
     from mlwitness.ledger.rows import Rows
 
-__all__ = [
-    "FieldGuard",
-    "Findings",
-    "GuardConfig",
-    "GuardSet",
-    "Violation",
-    "baseline_id",
-    "dumps_toml",
-    "load_guards",
-    "loads_guards",
-    "refusal",
-    "suggest",
-    "suggest_toml",
-]
+__all__ = ["Findings", "GuardSet", "Violation", "refusal"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlwitness.errors import GuardViolation
-from mlwitness.guards import LISTED, Findings, GuardConfig, GuardSet, Violation, refusal
+from mlwitness.guards.file import GuardConfig
+from mlwitness.guards.rates import RateStatus, RateTracker
+from mlwitness.guards.rules import LISTED, Findings, GuardSet, Violation, refusal
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
-from mlwitness.rates import RateStatus, RateTracker
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ Wilson interval at `confidence` and a state:
 * ``ok`` — otherwise (the interval touches [min, max]).
 
 Decisions whose output is NaN, or whose column is absent from a response, are not counted.
-`RateGuard` (the configuration of one guard) lives here; `mlwitness.guards` reads it from
-the guard file.
+`RateGuard` (the configuration of one guard) lives here; `mlwitness.guards.file` reads it
+from the guard file.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ training [min, max] widened by `margin` of its range on both sides (clamped at 0
 non-negative data, and to [0, 1] for an output that looks like a probability), each
 categorical column the values seen, and a 0/1 output a rate guard of training rate ± 0.15.
 `suggest_toml` writes the same draft as commented TOML naming the baseline by `baseline_id`.
-The file format itself is `mlwitness.guardfile`.
+The file format itself is `mlwitness.guards.file`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlwitness.errors import ConfigError
-from mlwitness.guardfile import FieldGuard, GuardConfig, _number_or_none, dumps_toml
-from mlwitness.rates import RateGuard, require_number
+from mlwitness.guards.file import FieldGuard, GuardConfig, _number_or_none, dumps_toml
+from mlwitness.guards.rates import RateGuard, require_number
 
 __all__ = ["baseline_id", "suggest", "suggest_toml"]
 

@@ -13,13 +13,13 @@ A guard file (TOML, or JSON of the same shape; ``version = 1``) has three parts:
     [outputs.probabilities_1]      # an output column; same keys
     min = 0.0
     max = 1.0
-    [[rates]]                      # see mlwitness.rates
+    [[rates]]                      # see mlwitness.guards.rates
     name = "approval_rate"
     ...
 
 `FieldGuard` and `GuardConfig` model it; `load_guards` / `loads_guards` parse and validate
 it, `dumps_toml` writes it back. Drafting one from a baseline is
-`mlwitness.guard_suggestions`; checking rows against it is `mlwitness.guards.GuardSet`.
+`mlwitness.guards.suggestions`; checking rows against it is `mlwitness.guards.rules.GuardSet`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mlwitness.errors import ConfigError
-from mlwitness.rates import RateGuard, require_number
+from mlwitness.guards.rates import RateGuard, require_number
 
 __all__ = [
     "FieldGuard",
