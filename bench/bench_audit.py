@@ -53,13 +53,13 @@ import numpy as np
 from machine import basics  # bench/machine.py (scripts run from bench/)
 
 from mlwitness.codec import encode_inputs, tensor_from_array
+from mlwitness.inference.service import Caller, InferenceService
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
-from mlwitness.service import Caller, InferenceService
 
 REPO = Path(__file__).resolve().parents[1]
 IN_FLIGHT = 512
@@ -100,7 +100,7 @@ def request_bytes(x: np.ndarray, request_id: str) -> bytes:
 
 async def _record(ledger: Path, model_path: Path, x: np.ndarray, rows: int,
                   features: list[str]) -> float:
-    from mlwitness.backends.embedded import EmbeddedBackend
+    from mlwitness.inference.backends.embedded import EmbeddedBackend
 
     onnx = model_path.read_bytes()
     model = OnnxModel(onnx)

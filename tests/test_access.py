@@ -41,9 +41,10 @@ from security_support import (
 from sidecar import free_ports, raw_rpc, read_ledger
 from tritonclient.grpc import service_pb2
 
-from mlwitness import cli, refusals
+from mlwitness import cli
 from mlwitness.analytics.baseline import build_baseline
 from mlwitness.auth import hash_token
+from mlwitness.inference import refusals
 from mlwitness.ledger.verify import verify
 from mlwitness.protocol import audit_pb2 as apb
 

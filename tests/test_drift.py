@@ -24,10 +24,10 @@ from mlwitness.analytics.baseline import Baseline, build_baseline
 from mlwitness.analytics.drift import DriftReport, FeatureDrift, Thresholds, Window, drift_report
 from mlwitness.codec import encode_inputs, tensor_from_array
 from mlwitness.errors import InvalidInput
+from mlwitness.inference.minimise import Minimiser
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.minimise import Minimiser
 from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
 

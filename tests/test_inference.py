@@ -20,8 +20,8 @@ from sidecar import RunningSidecar, raw_rpc, read_ledger
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from mlwitness.backends.embedded import INLINE_ELEMENTS
 from mlwitness.codec import decode_outputs, encode_inputs, tensor_from_array
+from mlwitness.inference.backends.embedded import INLINE_ELEMENTS
 from mlwitness.protocol import inference as pb
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")

@@ -41,8 +41,8 @@ from sidecar import raw_rpc
 from mlwitness import settings as settings_mod
 from mlwitness.codec import encode_inputs, tensor_from_array
 from mlwitness.errors import ConfigError
+from mlwitness.inference.minimise import Minimiser
 from mlwitness.ledger import journal
-from mlwitness.minimise import Minimiser
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.protocol import inference as pb
 

@@ -29,12 +29,14 @@ from mlwitness.analytics.baseline import Baseline, store_baseline
 from mlwitness.analytics.drift import drift_report
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
-from mlwitness.backends import Backend
-from mlwitness.backends.embedded import EmbeddedBackend
-from mlwitness.backends.upstream import UpstreamBackend
 from mlwitness.errors import ConfigError, MlwitnessError, ModelNotSettled
 from mlwitness.guards.checks import InlineChecks, guard_record
 from mlwitness.guards.file import GuardConfig, load_guards
+from mlwitness.inference.backends import Backend
+from mlwitness.inference.backends.embedded import EmbeddedBackend
+from mlwitness.inference.backends.upstream import UpstreamBackend
+from mlwitness.inference.minimise import Minimiser
+from mlwitness.inference.service import InferenceService
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.record import Record
@@ -42,12 +44,10 @@ from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics
-from mlwitness.minimise import Minimiser
 from mlwitness.model.modelfile import ModelFile
 from mlwitness.model.runtime import OnnxModel
 from mlwitness.model.signature import Signature
 from mlwitness.protocol import inference as pb
-from mlwitness.service import InferenceService
 from mlwitness.settings import Settings
 from mlwitness.wire import audit as audit_servicer
 from mlwitness.wire import security

@@ -299,7 +299,7 @@ class Settings:
     def _check_hashing(self) -> None:
         """--hash-inputs is keyed (a key of MIN_KEY_BYTES or more) unless the weak, unkeyed
         form is asked for by name."""
-        from mlwitness.minimise import check_key  # here: the audit client needs no numpy
+        from mlwitness.inference.minimise import check_key  # here: the audit client needs no numpy
 
         if self.hash_key is not None:
             if self.hash_inputs_unkeyed:

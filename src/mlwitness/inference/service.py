@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from mlwitness.backends import Backend, Call
 from mlwitness.codec import INLINE_BYTES, Tensor, check_sizes, decode_inputs
 from mlwitness.errors import (
     DeadlineExceeded,
@@ -39,12 +38,13 @@ from mlwitness.errors import (
     TooLarge,
 )
 from mlwitness.guards.checks import InlineChecks
+from mlwitness.inference.backends import Backend, Call
+from mlwitness.inference.minimise import Minimiser
+from mlwitness.inference.refusals import Refusals
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.tensors import parameter_text
 from mlwitness.ledger.writer import LedgerWriter
-from mlwitness.minimise import Minimiser
 from mlwitness.protocol import inference as pb
-from mlwitness.refusals import Refusals
 
 log = logging.getLogger(__name__)
 DRAIN_SLACK_S = 0.05  # a drain-end cancellation may land this early

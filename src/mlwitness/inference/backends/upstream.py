@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from mlwitness.backends import Call, Inference
 from mlwitness.codec import INLINE_BYTES, Tensor, decode_outputs
 from mlwitness.errors import UpstreamError
+from mlwitness.inference.backends import Call, Inference
 from mlwitness.protocol import inference as pb
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-from mlwitness.backends import Call, Inference
 from mlwitness.codec import Tensor, encode_outputs
 from mlwitness.errors import InvalidInput
+from mlwitness.inference.backends import Call, Inference
 from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
 
