@@ -37,15 +37,7 @@ from mlwitness.errors import ConfigError, MlwitnessError
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.protocol import inference as pb
-
-MIN_KEY_BYTES = 16  # 128 bits: no guessing the key instead of the values
-
-
-def check_key(key: bytes, source: str = "--hash-key") -> bytes:
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(f"{source} holds {len(key)} bytes; a hash key needs at least "
-                          f"{MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom > hash.key)")
-    return key
+from mlwitness.settings import MIN_KEY_BYTES, check_key
 
 
 class Minimiser:
