@@ -1,7 +1,7 @@
 """Fixtures and helpers for the audit-service tests (tests/test_audit_*.py).
 
 Real things only: the demo credit model trained by examples/credit/build_model.py (v1, and
-the v2 candidate whose decisions differ on a few % of rows), `mlwitness.app.Sidecar` on
+the v2 candidate whose decisions differ on a few % of rows), `mlwitness.server.app.Sidecar` on
 127.0.0.1 with its ledger under a tmp dir, tritonclient as the inference caller, the
 generated audit stub (or the `mlwitness` command) as the auditor, and onnxruntime called
 directly for the expected answers.

@@ -2,7 +2,7 @@
 
 Real things only: the demo credit model and its training CSV (examples/credit), a baseline
 and a suggested guard file written by the `mlwitness baseline` and `mlwitness guards
-suggest` commands, `mlwitness.app.Sidecar` on 127.0.0.1 with its ledger under a tmp dir,
+suggest` commands, `mlwitness.server.app.Sidecar` on 127.0.0.1 with its ledger under a tmp dir,
 tritonclient as the caller, the generated audit stub or the `mlwitness audit` command as
 the auditor, and plain HTTP scrapes of the Prometheus endpoint.
 

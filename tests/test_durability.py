@@ -29,12 +29,12 @@ from sidecar import RunningSidecar, free_ports, read_ledger, run_verify
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from mlwitness import app as app_module
 from mlwitness.ledger import journal as journal_module
 from mlwitness.ledger import writer as writer_module
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
+from mlwitness.server import app as app_module
 
 X1 = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
 
