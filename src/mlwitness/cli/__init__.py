@@ -20,8 +20,9 @@ from pathlib import Path
 
 import grpc
 
-from mlwitness import __version__, audit_cli
+from mlwitness import __version__
 from mlwitness import settings as settings_mod
+from mlwitness.cli import audit as audit_cli
 from mlwitness.errors import ConfigError, InvalidInput, MlwitnessError
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from mlwitness.audit_client import DEFAULT_TARGET, stub
+from mlwitness.cli.client import DEFAULT_TARGET, stub
 from mlwitness.errors import InvalidInput
 from mlwitness.protocol import audit_pb2 as apb
 
