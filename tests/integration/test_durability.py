@@ -1,8 +1,8 @@
 """No decision without a record: SIGKILL, SIGTERM, a failing disk, a full backlog.
 
 The process tests run the real `mlwitness serve` command; the disk-failure tests inject
-the fault at the journal's seam for its system calls (tests/disk_support.py), and nothing
-else is replaced. tests/test_disk_full.py has the ledger's side of a failing disk.
+the fault at the journal's seam for its system calls (tests/support/disk_support.py), and nothing
+else is replaced. tests/integration/test_disk_full.py has the ledger's side of a failing disk.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def _unknown_output(request: service_pb2.ModelInferRequest) -> None:
     request.outputs.add(name="nope")
 
 
-# MLServer's own refusals (see tests/test_upstream_server.py), forwarded untouched.
+# MLServer's own refusals (see tests/integration/test_upstream_server.py), forwarded untouched.
 UPSTREAM_ERRORS = {
     "wrong_input_name": _with(_raw("z", "FP32", [1, 4], X1.tobytes())),
     "wrong_datatype": _with(_raw("x", "FP64", [1, 4], X1.astype(np.float64).tobytes())),

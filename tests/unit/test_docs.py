@@ -11,7 +11,7 @@ from mlwitness import cli, settings
 from mlwitness.metrics import DOCUMENTED
 from mlwitness.protocol import audit_pb2
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = "mlwitness") -> list[str]:
@@ -68,5 +68,5 @@ def test_every_metric_is_documented(metric: str) -> None:
 
 def test_readme_states_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert "bash scripts/demo.sh" in README and "bash scripts/test.sh" in README
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci

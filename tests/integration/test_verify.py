@@ -3,7 +3,8 @@
 The ledger is made once by a real sidecar; each test tampers with its own copy through
 DuckDB, the way someone with write access to the file would — down to rewriting a record
 and recomputing every later hash, redefining the views, or adding a macro that stands in
-for a built-in function. Tampering with the decoded columns: tests/test_verify_decoded.py.
+for a built-in function. Tampering with the decoded columns:
+tests/integration/test_verify_decoded.py.
 """
 
 from __future__ import annotations

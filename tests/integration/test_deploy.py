@@ -35,6 +35,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import models
 import pytest
 import yaml
 
@@ -45,12 +46,7 @@ from mlwitness.auth import Access
 from mlwitness.cli import parser
 from mlwitness.guards.file import load_guards
 
-try:
-    from tests import models
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    import models
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUSTOMIZE = DEPLOY / "kubernetes"
 BASE_CONFIG = KUSTOMIZE / "base" / "config"
@@ -916,8 +912,9 @@ def test_tls_overlay_sidecar_probes_in_plaintext_and_serves_callers_over_mtls(
         import security_support as sec
         from sidecar import closed_port, free_ports, read_ledger, start_sidecar
     except ImportError:
-        from tests import security_support as sec
         from tests.sidecar import closed_port, free_ports, read_ledger, start_sidecar
+
+        from tests import security_support as sec
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

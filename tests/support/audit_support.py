@@ -49,7 +49,7 @@ from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.protocol import audit_pb2_grpc
 from mlwitness.protocol import inference as pb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CREDIT_BUILDER = REPO / "examples" / "credit" / "build_model.py"
 START_TIMEOUT_S = 30.0
 

@@ -42,7 +42,7 @@ from mlwitness.explain.treeshap import TreeExplainer, tree_shap
 # skl2onnx's converters pass bools where onnx wants ints; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Field onnx.AttributeProto.ints:DeprecationWarning")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 OPSETS = {"": 17, "ai.onnx.ml": 3}
 Fn = Callable[[np.ndarray], np.ndarray]
 

@@ -1,5 +1,5 @@
-"""Helpers for the TLS, access-control and minimisation tests (tests/test_tls.py,
-tests/test_access.py, tests/test_minimise.py).
+"""Helpers for the TLS, access-control and minimisation tests (tests/integration/test_tls.py,
+tests/integration/test_access.py, tests/integration/test_minimise.py).
 
 Real things only: certificates made on the fly with `cryptography` (a CA, a server
 certificate for 127.0.0.1/localhost, client certificates it signs, and a second CA nobody

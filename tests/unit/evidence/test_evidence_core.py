@@ -2,9 +2,10 @@
 vectors and against the independent verifier (check.py), and the verifier against published
 vectors and damaged evidence.
 
-Vectors are data typed in from their sources (tests/vectors/*.json name them): the RFC 6962
-reference tree and the proof-verification cases of transparency-dev/merkle, the signed-note
-examples of C2SP and of Go's golang.org/x/mod/sumdb/note, and sum.golang.org checkpoints.
+Vectors are data typed in from their sources (vectors/*.json beside this file name them):
+the RFC 6962 reference tree and the proof-verification cases of transparency-dev/merkle, the
+signed-note examples of C2SP and of Go's golang.org/x/mod/sumdb/note, and sum.golang.org
+checkpoints.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from mlwitness.report import (
 DAY = 86_400_000_000
 START = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z
 SHA = "9f2c4e7a1b3d5f60718293a4b5c6d7e8f90112233445566778899aabbccddeeff"
+PAYLOAD = "<script>alert(1)</script>\"'&"  # a caller's string that must stay text
 
 
 def _plain(text: str) -> str:

@@ -1,6 +1,6 @@
 """GetRecord and ListRecords: one record by request id or seq, filtered lists, cursor paging.
 
-Against a real sidecar serving a copy of the recorded ledger (tests/audit_support.py):
+Against a real sidecar serving a copy of the recorded ledger (tests/support/audit_support.py):
 25 answered calls of credit v1 (`credit`), 2 refused ones, then 8 of credit v2
 (`credit_v2`), from callers alice, bob, carol and mallory.
 """

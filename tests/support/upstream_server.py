@@ -3,7 +3,7 @@
 MLServer lives in its own virtualenv (``scripts/setup_upstream_venv.sh``, default
 ``<repo>/.venv-upstream``, overridable with ``MLWITNESS_UPSTREAM_VENV``) and is run as a
 subprocess; this module never imports mlserver. It serves one ONNX file through the
-small runtime in ``tests/upstream/onnx_runtime.py``.
+small runtime in ``tests/support/upstream/onnx_runtime.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_DIR = Path(__file__).resolve().parent / "upstream"
 RUNTIME_IMPLEMENTATION = "onnx_runtime.OnnxRuntime"
 LOG_TAIL_CHARS = 8000

@@ -1,7 +1,7 @@
 """Minimal Seldon MLServer runtime serving one ONNX file with onnxruntime (CPU).
 
 Runs inside the MLServer virtualenv (.venv-upstream), never in the project's venv:
-tests/upstream_server.py puts this folder on the server's PYTHONPATH and names
+tests/support/upstream_server.py puts this folder on the server's PYTHONPATH and names
 ``onnx_runtime.OnnxRuntime`` as the model-settings ``implementation``.
 
 Request inputs are decoded with MLServer's NumpyCodec exactly as sent (datatype and

@@ -3,7 +3,7 @@
 Pins down how a v2 server that nobody on this team wrote behaves on the wire (raw vs
 typed contents, requested outputs, error status codes) so that forwarding-mode tests can
 rely on it. MLServer runs from its own venv (scripts/setup_upstream_venv.sh) with the
-runtime in tests/upstream/onnx_runtime.py; this process only talks gRPC to it.
+runtime in tests/support/upstream/onnx_runtime.py; this process only talks gRPC to it.
 """
 
 from __future__ import annotations

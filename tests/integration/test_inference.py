@@ -77,7 +77,7 @@ def assert_bit_equal(got: np.ndarray, want: np.ndarray) -> None:
         assert got.ravel().tolist() == want.ravel().tolist()
 
 
-# ── inputs for each model of tests/models.py ───────────────────────────────────────────
+# ── inputs for each model of tests/support/models.py ───────────────────────────────────
 
 SAMPLES: dict[str, Callable[[int, np.random.Generator], dict[str, np.ndarray]]] = {
     "affine_fp32": lambda n, rng: {"x": (rng.standard_normal((n, 4)) * 1000).astype(np.float32)},

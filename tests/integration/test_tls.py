@@ -1,6 +1,6 @@
 """TLS on the inference and audit ports, mTLS identities, and TLS to the upstream.
 
-Certificates are made per module with `cryptography` (tests/security_support.py): a CA the
+Certificates are made per module with `cryptography` (tests/support/security_support.py): a CA the
 sidecar trusts, a server certificate for 127.0.0.1, client certificates it signs, and a
 second CA nobody trusts. Callers are tritonclient (inference) and the generated audit stub.
 A failed handshake is UNAVAILABLE to a gRPC client: that is the status asserted. The

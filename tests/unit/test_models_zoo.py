@@ -17,7 +17,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
     import models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUILD_MODEL = REPO / "examples" / "credit" / "build_model.py"
 
 
@@ -41,7 +41,7 @@ def build_model() -> ModuleType:
     return module
 
 
-# --- tests/models.py -------------------------------------------------------------------------
+# --- tests/support/models.py -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))

@@ -12,7 +12,7 @@ from tritonclient.grpc import service_pb2
 
 from mlwitness.protocol import inference as pb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_generated_protocol_code_is_up_to_date() -> None:
