@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 PREFIX = "/inference.GRPCInferenceService/"
-# As the sidecar's upstream channel (mlwitness.backends.upstream), so both hops differ only
-# in what runs between receiving and forwarding.
+# As the sidecar's upstream channel (mlwitness.inference.backends.upstream), so both hops
+# differ only in what runs between receiving and forwarding.
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),

@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 # v2 datatype <-> numpy dtype and the typed-contents field, for the types the demo needs.
 DTYPES = {

@@ -53,13 +53,13 @@ import numpy as np
 from machine import basics  # bench/machine.py (scripts run from bench/)
 
 from mlwitness.codec import encode_inputs, tensor_from_array
+from mlwitness.inference.service import Caller, InferenceService
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.rows import Tabulator
+from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.recorded import decode_record_tensors
-from mlwitness.runtime import OnnxModel
-from mlwitness.service import Caller, InferenceService
-from mlwitness.wire import inference as pb
+from mlwitness.model.runtime import OnnxModel
+from mlwitness.protocol import inference as pb
 
 REPO = Path(__file__).resolve().parents[1]
 IN_FLIGHT = 512
@@ -100,7 +100,7 @@ def request_bytes(x: np.ndarray, request_id: str) -> bytes:
 
 async def _record(ledger: Path, model_path: Path, x: np.ndarray, rows: int,
                   features: list[str]) -> float:
-    from mlwitness.backends.embedded import EmbeddedBackend
+    from mlwitness.inference.backends.embedded import EmbeddedBackend
 
     onnx = model_path.read_bytes()
     model = OnnxModel(onnx)
@@ -238,9 +238,10 @@ def replay_range(stub: Any, apb: Any, **request: Any) -> tuple[float, Any]:
 
 
 def profile_replay_range(ledger: Path, candidate: bytes | None) -> tuple[dict, str]:
-    from mlwitness.audit.reader import Filters, LedgerReader
     from mlwitness.audit.service import Asker, AuditService
     from mlwitness.ledger import schema
+    from mlwitness.ledger.filters import Filters
+    from mlwitness.ledger.reader import LedgerReader
 
     con = schema.connect(ledger, read_only=True)
     service = AuditService(LedgerReader(con.cursor), trail=None,

@@ -40,13 +40,13 @@ import duckdb
 import numpy as np
 from machine import cpu_model  # bench/machine.py (scripts run from bench/)
 
-from mlwitness.baseline import Baseline, build_baseline
+from mlwitness.analytics.baseline import Baseline, build_baseline
+from mlwitness.analytics.drift import drift_report
 from mlwitness.codec import tensor_from_array
-from mlwitness.drift import drift_report
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.runtime import OnnxModel
+from mlwitness.model.runtime import OnnxModel
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs

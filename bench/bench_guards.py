@@ -26,12 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from machine import cpu_model  # bench/machine.py (scripts run from bench/)
 
-from mlwitness.checks import InlineChecks  # noqa: E402
+from mlwitness.analytics.stats import wilson_interval  # noqa: E402
 from mlwitness.codec import tensor_from_array  # noqa: E402
-from mlwitness.guards import GuardSet, suggest  # noqa: E402
+from mlwitness.guards.checks import InlineChecks  # noqa: E402
+from mlwitness.guards.rates import RateTracker, _wilson  # noqa: E402
+from mlwitness.guards.rules import GuardSet  # noqa: E402
+from mlwitness.guards.suggestions import suggest  # noqa: E402
 from mlwitness.ledger.rows import Rows, Tabulator  # noqa: E402
-from mlwitness.rates import RateTracker, _wilson  # noqa: E402
-from mlwitness.stats import wilson_interval  # noqa: E402
 
 FEATURES = ("income", "debt_ratio", "fico", "age", "years_employed", "open_loans")
 LOWS = np.array([1000.0, 0.0, 300.0, 18.0, 0.0, 0.0])

@@ -9,7 +9,7 @@ settings file, guards (observe) and baseline (deploy/kubernetes/base/config/), f
 to bench/bare_server.py the way the pod forwards to Triton (or, with --mode embedded,
 running the model itself). For each count in --records it starts a sidecar on a fresh
 ledger and sends that many batch-1 ModelInfer calls, tritonclient style: raw input contents
-built with `mlwitness.wire.inference` and `mlwitness.codec`, a request id, the applicant's
+built with `mlwitness.protocol.inference` and `mlwitness.codec`, a request id, the applicant's
 age band as a request parameter and an x-caller header, rows from the demo data set. Then
 SIGTERM: the sidecar drains, loads the journal, CHECKPOINTs DuckDB and removes the journal,
 and the script measures what is left on disk, checks the ledger holds every call, and
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sidecar import Server, bare, machine, source_revision  # noqa: E402
 
 from mlwitness.codec import Tensor, encode_inputs  # noqa: E402
-from mlwitness.wire import inference as pb  # noqa: E402
+from mlwitness.protocol import inference as pb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "deploy" / "kubernetes" / "base" / "config"

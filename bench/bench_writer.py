@@ -53,9 +53,9 @@ from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger import schema
 from mlwitness.ledger.record import Record, chain_hash, encode
 from mlwitness.ledger.rows import Tabulator, arrow_columns
+from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.recorded import decode_record_tensors
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 SHA = "5c513e084374" + "0" * 52
 ENV = "e" * 16

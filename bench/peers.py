@@ -3,7 +3,7 @@
 Each lives in its own virtualenv (`bench/setup_peers.sh`): KServe's Python ModelServer in
 `.venv-kserve` (override: MLWITNESS_KSERVE_VENV) running bench/kserve_server.py, Seldon
 MLServer in `.venv-upstream` (override: MLWITNESS_UPSTREAM_VENV, the venv the forwarding
-tests use) serving the ONNX file through the runtime in tests/upstream/onnx_runtime.py.
+tests use) serving the ONNX file through the runtime in tests/support/upstream/onnx_runtime.py.
 Nothing here imports kserve or mlserver.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KSERVE_SERVER = REPO / "bench" / "kserve_server.py"
-MLSERVER_RUNTIME_DIR = REPO / "tests" / "upstream"
+MLSERVER_RUNTIME_DIR = REPO / "tests" / "support" / "upstream"
 MLSERVER_RUNTIME = "onnx_runtime.OnnxRuntime"
 # Runs in the peer venv's python: Linux SIGTERMs the server when the benchmark dies, then
 # the server is exec'ed in the same pid (not Popen(preexec_fn=...), which forks a process

@@ -27,6 +27,8 @@ INCLUDE = str(Path(protoc.__file__).parent / "_proto")
 
 DESCRIPTOR_SETS = {"mlwitness/protocol/inference.proto": "inference.binpb"}
 PYTHON_PROTOS = ["mlwitness/protocol/audit.proto"]
+# Written by hand, never generated: the package and the module that loads inference.binpb.
+HAND_WRITTEN = {"__init__.py", "inference.py"}
 
 
 def _protoc(*args: str) -> None:
@@ -51,7 +53,7 @@ def generate(into: Path) -> list[Path]:
             f"--grpc_python_out={into}",
             *existing,
         )
-    written.extend(sorted(p for p in package_dir.iterdir() if p.name != "__init__.py"))
+    written.extend(sorted(p for p in package_dir.iterdir() if p.name not in HAND_WRITTEN))
     return sorted(set(written))
 
 
@@ -74,7 +76,7 @@ def main() -> int:
         extra = [
             p.relative_to(ROOT)
             for p in OUT.iterdir()
-            if p.is_file() and p.name != "__init__.py" and p.name not in fresh_names
+            if p.is_file() and p.name not in HAND_WRITTEN and p.name not in fresh_names
         ]
     if stale or extra:
         for path in stale:

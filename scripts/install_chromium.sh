@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install Debian's chromium for the tests that open the auditor's report in a real headless
-# browser (tests/test_report.py, driven by Playwright's Python package). Playwright's own
-# browser download is never used. Does nothing when /usr/bin/chromium is there already.
+# browser (tests/integration/test_report_browser.py, driven by Playwright's Python package).
+# Playwright's own browser download is never used. Does nothing when /usr/bin/chromium is
+# there already.
 set -euo pipefail
 if [ -x /usr/bin/chromium ]; then
   exit 0

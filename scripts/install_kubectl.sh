@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install kubectl (>= 1.27, with built-in kustomize v5) and helm (v3) for
-# tests/test_deploy.py, each only if it is missing or too old.
+# tests/integration/test_deploy.py, each only if it is missing or too old.
 #
 #   scripts/install_kubectl.sh                 # into /usr/local/bin (as root, as in CI)
 #   BIN_DIR=.venv/bin scripts/install_kubectl.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the separate virtualenv that runs Seldon MLServer, the third-party Open Inference
-# Protocol v2 server that the forwarding tests use as an upstream (tests/upstream_server.py).
+# Protocol v2 server that the forwarding tests use as an upstream
+# (tests/support/upstream_server.py).
 # MLServer 1.7.1 needs Python < 3.13 and protobuf < 7 and brings fastapi/uvicorn/etc., so it
 # must not share the project's .venv.
 #

@@ -1,6 +1,6 @@
 """Shared fixtures: real ONNX models, real sidecars on port 0, real DuckDB ledgers.
 
-Nothing here is a mock: `make_sidecar` starts `mlwitness.app.Sidecar` on 127.0.0.1
+Nothing here is a mock: `make_sidecar` starts `mlwitness.server.app.Sidecar` on 127.0.0.1
 port 0 with a ledger file under the test's tmp_path; `serve_process` runs the
 `mlwitness serve` command itself.
 """
@@ -41,7 +41,7 @@ CREDIT_BUILDER = REPO / "examples" / "credit" / "build_model.py"
 
 @pytest.fixture(scope="session")
 def model_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every model of tests/models.py, built once: name -> .onnx path."""
+    """Every model of tests/support/models.py, built once: name -> .onnx path."""
     root = tmp_path_factory.mktemp("models")
     return {name: build(root / f"{name}.onnx") for name, build in models.BUILDERS.items()}
 
@@ -206,7 +206,7 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
 
 @pytest.fixture(scope="module")
 def audit_ledger(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A ledger of recorded credit decisions (tests/audit_support.py), per test module."""
+    """A ledger of recorded credit decisions (tests/support/audit_support.py), per test module."""
     from audit_support import recorded_ledger
 
     return recorded_ledger(tmp_path_factory)

@@ -1,7 +1,7 @@
 """Open Inference Protocol v2 tensors <-> numpy arrays, raw and typed contents alike.
 
 Raw contents are row-major, little-endian, unpadded; a BYTES element is a 4-byte
-little-endian length plus the bytes. Messages are duck-typed (our `mlwitness.wire.inference`
+little-endian length plus the bytes. Messages are duck-typed (our `mlwitness.protocol.inference`
 classes and `tritonclient.grpc.service_pb2` alike); no grpc import. Malformed tensors raise
 `InvalidInput` naming the tensor. Floats stay bit-exact on every path (NaN payloads,
 signalling NaNs, -0.0, inf): typed `fp32_contents`/`fp64_contents` move as packed wire

@@ -37,6 +37,16 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+MIN_KEY_BYTES = 16  # 128 bits: no guessing the key instead of the values
+
+
+def check_key(key: bytes, source: str = "--hash-key") -> bytes:
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(f"{source} holds {len(key)} bytes; a hash key needs at least "
+                          f"{MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom > hash.key)")
+    return key
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -299,8 +309,6 @@ class Settings:
     def _check_hashing(self) -> None:
         """--hash-inputs is keyed (a key of MIN_KEY_BYTES or more) unless the weak, unkeyed
         form is asked for by name."""
-        from mlwitness.minimise import check_key  # here: the audit client needs no numpy
-
         if self.hash_key is not None:
             if self.hash_inputs_unkeyed:
                 raise ConfigError("give --hash-key or --hash-inputs-unkeyed, not both")

@@ -9,7 +9,8 @@ Methods (the strings in :attr:`Estimate.method`):
 
 * ``wilson`` — Wilson score interval for a binomial proportion (Wilson 1927; Newcombe 1998,
   method 3). Bounds are exactly 0 at ``k = 0`` and exactly 1 at ``k = n``. Vectorised in
-  :func:`wilson_bounds`; equals :func:`mlwitness.stats.wilson_interval` element by element.
+  :func:`wilson_bounds`; equals :func:`mlwitness.analytics.stats.wilson_interval` element by
+  element.
 * ``newcombe`` — Newcombe's hybrid score interval for a difference of two independent
   proportions (Newcombe 1998b, method 10), built from the two Wilson intervals.
 * ``delong`` — ROC AUC ± z·SE with DeLong's variance (DeLong, DeLong & Clarke-Pearson 1988)

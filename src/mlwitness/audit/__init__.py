@@ -1,4 +1,5 @@
-"""The audit side: read the ledger, replay decisions, ask what-if questions.
+"""The audit side: replay decisions, ask what-if questions, answer auditors.
 
-Plain Python over DuckDB, numpy and onnxruntime; `mlwitness.wire.audit` serves it over gRPC.
+Plain Python over DuckDB (through `mlwitness.ledger.reader`), numpy and onnxruntime;
+`mlwitness.wire.audit` serves it over gRPC.
 """

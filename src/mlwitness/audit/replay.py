@@ -2,7 +2,7 @@
 
 A recorded call is replayed by decoding the stored request bytes, loading the stored ONNX
 bytes by their hash (never the file on disk), and running them through the same
-`OnnxModel` the embedded backend serves with — in a sandbox process (`mlwitness.sandbox`),
+`OnnxModel` the embedded backend serves with — in a sandbox process (`mlwitness.model.sandbox`),
 bounded in memory and time. Outputs are compared byte for byte with the stored response.
 """
 
@@ -21,7 +21,7 @@ from mlwitness.codec import DATATYPES, Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator, numeric_layout
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 MAX_SWEEP_POINTS = 10_000
 

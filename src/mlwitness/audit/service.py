@@ -8,7 +8,7 @@ caller, status, message and RPC in an interval at once, the rest in one record. 
 are plain dicts shaped like the audit API's messages; `mlwitness.wire.audit` turns them
 into protobuf.
 
-Models run in a sandbox worker process (`mlwitness.sandbox`), bounded in memory and in
+Models run in a sandbox worker process (`mlwitness.model.sandbox`), bounded in memory and in
 time (the caller's deadline, and `run_timeout` a run). An uploaded candidate is at most
 `max_candidate_bytes`, must be self-contained, and is put in the ledger's model store only
 once it has run — before the answer that rests on it; one that fails to load or run is not
@@ -31,22 +31,23 @@ from typing import Any
 
 import numpy as np
 
+from mlwitness.analytics.baseline import latest_baseline, load_baseline
+from mlwitness.analytics.bias import bias_report
+from mlwitness.analytics.drift import Window, drift_report
 from mlwitness.audit import replay as rp
 from mlwitness.audit import traffic
-from mlwitness.audit.reader import Filters, LedgerReader, StoredRecord, detail_json
-from mlwitness.baseline import latest_baseline, load_baseline
-from mlwitness.bias import bias_report
-from mlwitness.checks import InlineChecks, guard_record, rate_states
 from mlwitness.codec import INLINE_BYTES
-from mlwitness.drift import Window, drift_report
 from mlwitness.errors import FailedPrecondition, InvalidInput, MlwitnessError, TooLarge
-from mlwitness.external_data import NotProtobuf, NotSelfContained, check_self_contained
-from mlwitness.guards import loads_guards
+from mlwitness.guards.checks import InlineChecks, guard_record, rate_states
+from mlwitness.guards.file import loads_guards
+from mlwitness.guards.violations import violations_report
+from mlwitness.inference.refusals import Refusals, sha256_proof
 from mlwitness.ledger import environment, store
+from mlwitness.ledger.filters import Filters
+from mlwitness.ledger.reader import LedgerReader, StoredRecord, detail_json
 from mlwitness.ledger.record import Record
-from mlwitness.refusals import Refusals, sha256_proof
-from mlwitness.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
-from mlwitness.violations import violations_report
+from mlwitness.model.external_data import NotProtobuf, NotSelfContained, check_self_contained
+from mlwitness.model.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ class AuditService:
     def _guards_state(self) -> dict[str, Any]:
         if self.checks is None:
             return {"active": False}
-        from mlwitness.guards import dumps_toml
+        from mlwitness.guards.file import dumps_toml
 
         return {"active": True, "sha256": self.checks.sha256, "mode": self.checks.mode,
                 "toml": dumps_toml(self.checks.config),

@@ -19,8 +19,8 @@ from mlwitness.audit.replay import DecisionRule, Decoded, Parsed, compare, decod
 from mlwitness.codec import DATATYPES, Tensor
 from mlwitness.errors import MlwitnessError
 from mlwitness.ledger.record import Record
-from mlwitness.runtime import Runnable
-from mlwitness.sandbox import Aborted
+from mlwitness.model.runtime import Runnable
+from mlwitness.model.sandbox import Aborted
 
 BATCH_ROWS = 8192  # rows per onnxruntime run when a model takes any batch size
 

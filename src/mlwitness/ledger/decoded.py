@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator, announced_names, decoded_columns, tabular
-from mlwitness.recorded import WITHHELD_RESPONSE, decode_record_tensors
+from mlwitness.ledger.tensors import WITHHELD_RESPONSE, decode_record_tensors
 
 COLUMNS = ("inputs", "inputs_text", "outputs", "outputs_text", "parameters")
 _OUTPUT_SIDE = {"inputs": False, "inputs_text": False, "outputs": True, "outputs_text": True}

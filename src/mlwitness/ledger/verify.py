@@ -363,7 +363,7 @@ def _signature_problem(onnx: bytes, stored: str) -> str | None:
     onnxruntime could not load when it was pinned (served through an upstream) is stored
     with an error instead; that is accepted as it stands (a later onnxruntime may load it)."""
     from mlwitness.errors import FailedPrecondition
-    from mlwitness.runtime import OnnxModel
+    from mlwitness.model.runtime import OnnxModel
 
     signature = _json(stored) if stored.startswith("{") else None
     if signature is None:

@@ -1,1 +1,1 @@
-"""gRPC wire layer: message classes, servicers, status mapping. The core never imports it."""
+"""gRPC wire layer: servicers, status mapping, identity, slots. The core never imports it."""

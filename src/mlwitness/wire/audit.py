@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 
-from mlwitness.audit.reader import Filters
 from mlwitness.audit.service import Asker, AuditService
 from mlwitness.auth import Authenticator
 from mlwitness.errors import InvalidInput, MlwitnessError
+from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.verify import expected_head, verify
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.wire.security import identify

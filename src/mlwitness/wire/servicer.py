@@ -12,11 +12,11 @@ import grpc
 
 from mlwitness import __version__
 from mlwitness.auth import Authenticator
-from mlwitness.backends import Backend
 from mlwitness.errors import MlwitnessError
-from mlwitness.service import Caller, InferenceService
-from mlwitness.signature import Signature
-from mlwitness.wire import inference as pb
+from mlwitness.inference.backends import Backend
+from mlwitness.inference.service import Caller, InferenceService
+from mlwitness.model.signature import Signature
+from mlwitness.protocol import inference as pb
 from mlwitness.wire.security import identify
 from mlwitness.wire.status import parse, rpc
 

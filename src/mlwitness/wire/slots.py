@@ -6,7 +6,8 @@ never send a request would hold every slot, health checks included: callers and 
 would get RESOURCE_EXHAUSTED from a client that sent nothing. Here a call takes a slot only
 once its request is in hand (gRPC runs a unary handler only then), and only calls of the
 port's own service take one: health and reflection never wait for a slot. What a single
-connection can hold is bounded by gRPC itself (`grpc.max_concurrent_streams`, see app.py).
+connection can hold is bounded by gRPC itself (`grpc.max_concurrent_streams`, see
+server/app.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,510 @@
+"""`mlwitness audit …`: the auditor's command line, a client of the audit gRPC API.
+
+Each command prints a readable table by default and the API's answer as exact JSON with
+`--json`. `replay-range` streams: progress on a terminal (stderr), changed decisions as
+they are found, then the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from mlwitness.cli.client import DEFAULT_TARGET, stub
+from mlwitness.errors import InvalidInput
+from mlwitness.protocol import audit_pb2 as apb
+
+
+def parse_time(text: str | None) -> int:
+    """µs since the epoch from an ISO date/time (UTC unless it says otherwise) or an int."""
+    if not text:
+        return 0
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInput(f"cannot read time {text!r}: use e.g. 2026-03-01 or "
+                           "2026-03-01T09:30:00") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _when(us: int) -> str:
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _ref(text: str) -> apb.RecordRef:
+    if text.startswith("seq:"):
+        if not text[4:].isdigit():
+            raise InvalidInput(f"record {text!r}: after 'seq:' comes a sequence number, "
+                               "e.g. seq:42")
+        return apb.RecordRef(seq=int(text[4:]))
+    return apb.RecordRef(request_id=text)
+
+
+def _set_candidate(request: Any, text: str) -> None:
+    """`--candidate`: an ONNX file to upload, or `sha256:HEX` for a model already in the
+    ledger's store (the full hash or a prefix of it, as `audit show` prints)."""
+    if text.startswith("sha256:"):
+        request.candidate_sha256 = text[len("sha256:"):]
+    else:
+        request.candidate_onnx = Path(text).read_bytes()
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low (0 would mean "the default" to the API)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _cut_points(text: str) -> list[float]:
+    """`--bins 25,40,60`: comma-separated numbers."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 25,40,60, got {text!r}"
+                                         ) from None
+
+
+def _row_text(row: apb.Row) -> str:
+    parts = []
+    for value in row.values:
+        shown = value.text if value.WhichOneof("kind") == "text" else f"{value.number:.6g}"
+        parts.append(f"{value.name}={shown}")
+    return "  ".join(parts)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def _json(message: Any) -> str:
+    return json.dumps(MessageToDict(message, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True), indent=2)
+
+
+# ── commands ────────────────────────────────────────────────────────────────────────────
+
+def show(args: argparse.Namespace) -> int:
+    r = stub(args).GetRecord(apb.GetRecordRequest(ref=_ref(args.record)), timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+        return 0
+    print(f"record        seq {r.seq}  request id {r.request_id}  ({r.kind})")
+    print(f"received      {_when(r.received_us)} UTC  latency {r.responded_us - r.received_us} µs")
+    print(f"model         {r.model_name} v{r.model_version}  sha256 {r.model_sha256}")
+    print(f"caller        {r.caller}  {r.metadata_json}")
+    print(f"status        {r.status}  {r.message}")
+    if r.violations_json:
+        print(f"violations    {r.violations_json}")
+    for i, row in enumerate(r.inputs):
+        print(f"input[{i}]      {_row_text(row)}")
+    for i, row in enumerate(r.outputs):
+        print(f"output[{i}]     {_row_text(row)}")
+    print(f"environment   {r.environment_json}")
+    print(f"chain         prev {r.prev_hash}\n              hash {r.hash}")
+    return 0
+
+
+def records(args: argparse.Namespace) -> int:
+    client = stub(args)
+    request = apb.ListRecordsRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until), model=args.model or "",
+        status=args.status or "", caller=args.caller or "", metadata=args.metadata or "",
+        page_size=min(args.limit, 1000))
+    shown: list[apb.RecordSummary] = []
+    while len(shown) < args.limit:
+        page = client.ListRecords(request, timeout=args.timeout)
+        shown.extend(page.records)
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    shown = shown[: args.limit]
+    if args.json:
+        print(json.dumps([json.loads(_json(r)) for r in shown], indent=2))
+        return 0
+    print(_table(["seq", "received (UTC)", "request id", "model", "status", "µs", "output"],
+                 [[r.seq, _when(r.received_us), r.request_id, r.model_name, r.status,
+                   r.latency_us, _row_text(r.first_output)] for r in shown]))
+    return 0
+
+
+def replay(args: argparse.Namespace) -> int:
+    request = apb.ReplayRequest(ref=_ref(args.record))
+    if args.candidate:
+        _set_candidate(request, args.candidate)
+    r = stub(args).Replay(request, timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+        return 0 if r.bit_identical else 1
+    verdict = "BIT-IDENTICAL" if r.bit_identical else "DIFFERENT"
+    print(f"replay of seq {r.seq} ({r.request_id}): {verdict}")
+    print(f"recorded model {r.recorded_model_sha256}\nreplayed on    {r.replayed_model_sha256}")
+    print(_table(["output", "identical", "max |Δ|", "max rel Δ", "elements ≠"],
+                 [[d.name, d.identical, f"{d.max_abs_diff:.3g}", f"{d.max_rel_diff:.3g}",
+                   d.elements_differing] for d in r.outputs]))
+    if r.decisions_changed:
+        print(f"decisions changed ({r.decision_output}) in rows {list(r.decisions_changed)}")
+    if r.environment_differences:
+        print("environment differs from the recording one:")
+        for d in r.environment_differences:
+            print(f"  {d.key}: recorded {d.recorded}, now {d.current}")
+    else:
+        print("environment: same as when recorded")
+    return 0 if r.bit_identical else 1
+
+
+def _overrides(items: list[str]) -> list[apb.Override]:
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"--set takes FEATURE=VALUE, got {item!r}")
+        try:
+            out.append(apb.Override(feature=name.strip(), value=float(value)))
+        except ValueError as exc:
+            raise InvalidInput(f"--set {item!r}: {value!r} is not a number") from exc
+    return out
+
+
+def whatif(args: argparse.Namespace) -> int:
+    r = stub(args).WhatIf(apb.WhatIfRequest(
+        ref=_ref(args.record), overrides=_overrides(args.set), row=args.row,
+        all_rows=args.all_rows), timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+        return 0
+    print(f"what-if on seq {r.seq} ({r.request_id}), model {r.model_sha256[:12]}")
+    for i, (a, b, c, d) in enumerate(zip(r.original_inputs, r.counterfactual_inputs,
+                                         r.original_outputs, r.counterfactual_outputs,
+                                         strict=True)):
+        print(f"row {i}  inputs   {_row_text(a)}\n        what-if  {_row_text(b)}")
+        print(f"        outputs  {_row_text(c)}\n        what-if  {_row_text(d)}")
+    changed = list(r.decisions_changed)
+    print(f"decision ({r.decision_output}) changed in rows {changed}" if changed
+          else f"decision ({r.decision_output}) unchanged")
+    return 0
+
+
+def sensitivity(args: argparse.Namespace) -> int:
+    request = apb.SensitivityRequest(
+        ref=_ref(args.record), feature=args.feature, start=args.start or 0.0,
+        stop=args.to or 0.0, steps=args.steps, scale=args.scale, values=args.values or [],
+        row=args.row, output=args.output or "")
+    if args.threshold is not None:
+        request.threshold = args.threshold
+    r = stub(args).Sensitivity(request, timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+        return 0
+    print(f"sensitivity of seq {r.seq} to {r.feature} (recorded {r.recorded_value:.6g}, "
+          f"decision {r.recorded_decision}; decision = {r.decision_output})")
+    print(_table([r.feature, "decision", "outputs"],
+                 [[f"{p.value:.6g}", p.decision, _row_text(p.outputs)] for p in r.points]))
+    for f in r.flips:
+        print(f"flip: {f.from_decision} → {f.to_decision} between {f.from_value:.6g} "
+              f"and {f.to_value:.6g}")
+    return 0
+
+
+def replay_range(args: argparse.Namespace) -> int:
+    request = apb.ReplayRangeRequest(since_us=parse_time(args.since),
+                                     until_us=parse_time(args.until), model=args.model or "",
+                                     max_listed=args.max_listed)
+    if args.candidate:
+        _set_candidate(request, args.candidate)
+    tty = sys.stderr.isatty()
+    summary = None
+    for event in stub(args).ReplayRange(request, timeout=args.timeout):
+        kind = event.WhichOneof("event")
+        if kind == "progress" and tty and not args.json:
+            p = event.progress
+            print(f"\r{p.done}/{p.total} records, {p.elapsed_s:.1f} s", end="", file=sys.stderr)
+        elif kind == "changed":
+            c = event.changed
+            if args.json:
+                print(json.dumps({"changed": MessageToDict(
+                    c, preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True)}))
+            else:
+                print(f"changed  seq {c.seq} row {c.row} ({c.request_id}): "
+                      f"{c.recorded_decision} → {c.replayed_decision}   {_row_text(c.inputs)}")
+        elif kind == "summary":
+            summary = event.summary
+    if tty and not args.json:
+        print(file=sys.stderr)
+    if summary is None:
+        return 1
+    if args.json:
+        print(json.dumps({"summary": MessageToDict(summary, preserving_proto_field_name=True,
+                                                   always_print_fields_with_no_presence=True)}))
+    else:
+        on = summary.replayed_model_sha256 or "each record's own model"
+        print(f"replayed {summary.records} records ({summary.rows} rows) on {on} "
+              f"at {summary.records_per_second:,.0f} records/s")
+        print(f"identical {summary.identical}  changed {summary.changed}  failed "
+              f"{summary.failed}  decisions changed {summary.decisions_changed}  "
+              f"max |Δ| {summary.max_abs_diff:.3g}")
+        for failure in summary.failures:
+            print(f"  failed: {failure}")
+    return 0
+
+
+def verify_remote(args: argparse.Namespace) -> int:
+    request = apb.VerifyLedgerRequest()
+    if args.expect_head:  # split here; the service judges the values
+        seq, colon, digest = args.expect_head.strip().partition(":")
+        try:
+            request.expect_seq = int(seq)
+        except ValueError:  # not an integer, or beyond int64
+            colon = ""
+        if not colon:
+            raise InvalidInput("--expect-head must be SEQ:HASH, e.g. 1042:<64 hex digits>, "
+                               "the seq and hash `verify` printed as the chain head")
+        request.expect_hash = digest
+    r = stub(args).VerifyLedger(request, timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+    else:
+        state = "OK" if r.ok else f"FAILED at seq {r.first_bad_seq}"
+        print(f"{state}: {r.records} records (+{r.journal_records} in the journal), head seq "
+              f"{r.head_seq} {r.head_hash}")
+        for note in r.notes:
+            print(f"  note: {note}")
+        for problem in r.problems:
+            print(f"  - {problem}")
+    return 0 if r.ok else 1
+
+
+def violations(args: argparse.Namespace) -> int:
+    r = stub(args).Violations(apb.ViolationsRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or ""), timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+        return 0
+    print(f"{r.calls} calls, {r.calls_with_violations} with guard violations, "
+          f"{r.refused} refused")
+    if r.violations:
+        print(_table(["guard", "column", "kind", "count", "refused", "first seq", "last seq"],
+                     [[v.guard, v.column, v.kind, v.count, v.refused, v.first_seq, v.last_seq]
+                      for v in r.violations]))
+    for b in r.rate_breaches:
+        print(f"rate breach at seq {b.seq} ({_when(b.received_us)} UTC): {b.guard} {b.state}, "
+              f"estimate {b.estimate:.3f} [{b.low:.3f}, {b.high:.3f}] outside "
+              f"[{b.min:g}, {b.max:g}] over {b.n} decisions")
+    for state in r.rates_now:
+        print(f"rate now: {state.guard} {state.state}, n={state.n}, estimate "
+              f"{state.estimate:.3f} [{state.low:.3f}, {state.high:.3f}], bounds "
+              f"[{state.min:g}, {state.max:g}]")
+    return 0
+
+
+def guards(args: argparse.Namespace) -> int:
+    client = stub(args)
+    if args.set:
+        text = Path(args.set).read_text()
+        request = (apb.SetGuardsRequest(json=text) if Path(args.set).suffix.lower() == ".json"
+                   else apb.SetGuardsRequest(toml=text))
+        r = client.SetGuards(request, timeout=args.timeout)
+    else:
+        r = client.GetGuards(apb.GetGuardsRequest(), timeout=args.timeout)
+    if args.json:
+        print(_json(r))
+    elif not r.active:
+        print("no guards in force")
+    else:
+        print(f"# guards {r.sha256} ({r.mode})\n{r.toml}")
+    return 0
+
+
+def drift(args: argparse.Namespace) -> int:
+    request = apb.DriftRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or "", baseline=args.baseline or "",
+        reference_since_us=parse_time(args.reference_since),
+        reference_until_us=parse_time(args.reference_until), features=args.features or [])
+    r = stub(args).Drift(request, timeout=args.timeout)
+    report = json.loads(r.report_json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    verdict = ("DRIFT in " + ", ".join(r.drifted) if r.drift else
+               "no drift" if report["verdict"] == "ok" else report["verdict"].upper())
+    print(f"{r.window_rows} decision rows vs {r.reference}: {verdict}")
+    rows = []
+    for f in report["features"]:
+        st = f.get("statistics", {})
+
+        def num(key: str, st: dict = st) -> str:
+            value = st.get(key)
+            return "" if value is None or isinstance(value, str) else f"{value:.4g}"
+
+        rows.append([f["name"], f["role"], f["kind"], f["count"], f["verdict"], num("psi"),
+                     num("ks_statistic"), num("ks_pvalue"), num("js_distance"),
+                     num("wasserstein"), num("mean_shift"), num("chi2_pvalue"), num("linf")])
+    print(_table(["column", "role", "kind", "n", "verdict", "PSI", "KS", "KS p", "JS", "W1",
+                  "Δmean", "χ² p", "L∞"], rows))
+    return 0
+
+
+def bias(args: argparse.Namespace) -> int:
+    r = stub(args).Bias(apb.BiasRequest(
+        attribute=args.attribute, favorable=args.favorable, since_us=parse_time(args.since),
+        until_us=parse_time(args.until), model=args.model or "",
+        privileged=args.privileged or "", bins=args.bins or []), timeout=args.timeout)
+    if args.json:
+        print(json.dumps(json.loads(r.report_json), indent=2))
+        return 0
+    print(f"favorable outcome {r.favorable} by {r.attribute} (reference group "
+          f"{r.privileged}): {r.verdict.upper()}")
+    def p_values(g: apb.BiasGroup) -> list[str]:  # vs the reference group
+        if g.group == r.privileged:
+            return ["—", "—"]
+        return [f"{g.pvalue:.3g}", f"{g.pvalue_holm:.3g}" if g.disparate_impact < 0.8 else "—"]
+
+    print(_table(["group", "n", "favorable", "rate", "disparate impact", "parity diff",
+                  "p vs ref", "p Holm"],
+                 [[g.group, g.n, g.favorable, f"{g.rate:.3f}", f"{g.disparate_impact:.3f}",
+                   f"{g.statistical_parity_difference:+.3f}", *p_values(g)]
+                  for g in r.groups]))
+    print(f"chi2 {r.chi2:.4g} (dof {r.dof}) p = {r.chi2_pvalue:.4g}")
+    if r.has_fisher:
+        print(f"Fisher exact: odds ratio {r.fisher_odds_ratio:.4g}, p = {r.fisher_pvalue:.4g}")
+    return 0
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
+    """--target, --timeout, credentials and --json: on `audit` itself (with defaults) and
+    on every command (without: SUPPRESS keeps what was given before the command)."""
+    def value(given: Any) -> Any:
+        return given if default else argparse.SUPPRESS
+
+    parser.add_argument("--target", default=value(None),
+                        help=f"audit service address (default {DEFAULT_TARGET}; "
+                        "env MLWITNESS_AUDIT_TARGET)")
+    parser.add_argument("--timeout", type=float, default=value(600.0),
+                        help="seconds per call (default 600)")
+    parser.add_argument("--token-file", default=value(None),
+                        help="file holding your access token (env MLWITNESS_TOKEN_FILE, or "
+                        "the token itself in MLWITNESS_TOKEN)")
+    parser.add_argument("--ca", default=value(None),
+                        help="CA certificate (PEM) to verify the audit server: use TLS")
+    parser.add_argument("--cert", default=value(None), help="client certificate (PEM) for mTLS")
+    parser.add_argument("--key", default=value(None), help="client key (PEM) for --cert")
+    parser.add_argument("--json", action="store_true", default=value(False),
+                        help="print the answer as JSON (see the README for each command's)")
+
+
+def add_commands(sub: Any) -> None:
+    """Add `audit` and its subcommands to the top-level parser's subparsers."""
+    audit = sub.add_parser("audit", help="ask the audit service about recorded decisions")
+    _connection_options(audit, default=True)
+    # The same options after the command (`audit show ID --target …`): given there, they
+    # win; not given, the values before the command stand (SUPPRESS leaves them alone).
+    after = argparse.ArgumentParser(add_help=False)
+    _connection_options(after, default=False)
+    commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help, parents=[after])
+        p.set_defaults(func=fn)
+        return p
+
+    record_help = "request id, or seq:N"
+    p = command("show", show, "one record: inputs, outputs, model, environment, hashes")
+    p.add_argument("record", help=record_help)
+    p = command("records", records, "list records (newest first)")
+    p.add_argument("--since", help="from this time (UTC), e.g. 2026-03-01")
+    p.add_argument("--until", help="before this time (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--status", help="e.g. OK, INVALID_ARGUMENT")
+    p.add_argument("--caller", help="substring of the caller's identity as mlwitness "
+                   "established it (peer address, token:NAME, mtls:SUBJECT)")
+    p.add_argument("--metadata", help="substring of the metadata the caller sent (e.g. "
+                   "its x-caller header: self-declared, not checked)")
+    p.add_argument("--limit", type=_at_least(1), default=50,
+                   help="at most this many (default 50)")
+    p = command("replay", replay, "replay a record on the exact model that made it; exit 1 "
+                "if the outputs differ")
+    p.add_argument("record", help=record_help)
+    p.add_argument("--candidate", help="replay on this ONNX file, or on the stored model "
+                   "sha256:HEX (a prefix will do), instead of the recorded model")
+    p = command("whatif", whatif, "replay with features changed")
+    p.add_argument("record", help=record_help)
+    p.add_argument("--set", action="append", default=[], metavar="FEATURE=VALUE",
+                   help="feature name or column index and its new value (repeatable)")
+    p.add_argument("--row", type=int, default=0, help="row of the request (default 0)")
+    p.add_argument("--all-rows", action="store_true", help="change every row")
+    p = command("sensitivity", sensitivity, "sweep one feature, find decision flips")
+    p.add_argument("record", help=record_help)
+    p.add_argument("--feature", required=True, help="feature name or column index")
+    p.add_argument("--from", dest="start", type=float, help="first value")
+    p.add_argument("--to", type=float, help="last value")
+    p.add_argument("--steps", type=_at_least(2), default=20,
+                   help="points, both ends included (2-10000, default 20)")
+    p.add_argument("--scale", choices=["linear", "log"], default="linear", help="step spacing")
+    p.add_argument("--values", type=float, nargs="+", help="explicit values instead")
+    p.add_argument("--row", type=int, default=0, help="row of the request (default 0)")
+    p.add_argument("--output", help="output column to judge, e.g. probabilities_1")
+    p.add_argument("--threshold", type=float, help="decision = output >= threshold")
+    p = command("replay-range", replay_range, "replay every record in a window")
+    p.add_argument("--since", help="from this time (UTC)")
+    p.add_argument("--until", help="before this time (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--candidate", help="replay on this ONNX file, or on the stored model "
+                   "sha256:HEX (a prefix will do), instead of the recorded model")
+    p.add_argument("--max-listed", type=_at_least(1), default=100,
+                   help="changed decisions to list (default 100)")
+    p = command("verify", verify_remote, "verify the ledger through the audit service")
+    p.add_argument("--expect-head", metavar="SEQ:HASH", default=None,
+                   help="also fail unless the record at SEQ has this hash (a head published "
+                   "earlier)")
+    p = command("violations", violations, "which guards fired, how often; rate breaches")
+    p.add_argument("--since", help="from this time (UTC)")
+    p.add_argument("--until", help="before this time (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p = command("drift", drift, "per-feature and output drift of a window vs the baseline")
+    p.add_argument("--since", help="window start (UTC)")
+    p.add_argument("--until", help="window end (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--baseline", help="stored baseline SHA-256 (prefix) or name (default: "
+                   "latest)")
+    p.add_argument("--reference-since", help="compare with this window instead (start)")
+    p.add_argument("--reference-until", help="… and end")
+    p.add_argument("--features", nargs="+", help="only these columns")
+    p = command("bias", bias, "favorable-outcome rates by a protected attribute")
+    p.add_argument("--attribute", required=True, help="input, text input or request "
+                   "parameter, e.g. age_band")
+    p.add_argument("--favorable", required=True, help="COLUMN=VALUE or COLUMN>=THRESHOLD, "
+                   "e.g. label=1")
+    p.add_argument("--since", help="window start (UTC)")
+    p.add_argument("--until", help="window end (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--privileged", help="reference group (default: highest favorable rate "
+                   "among groups of 30+ rows)")
+    p.add_argument("--bins", type=_cut_points,
+                   help="cut points grouping a numeric attribute, e.g. 25,40,60 gives "
+                   "<25, [25, 40), [40, 60), >=60")
+    p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
+    p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")
