@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from mlwitness.ledger.tensors import decode_record_tensors
 
 from mlwitness.codec import Tensor
 from mlwitness.ledger.record import Record
+from mlwitness.ledger.tensors import decode_record_tensors
 
 UNBUILDABLE = "unbuildable"
 
