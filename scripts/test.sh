@@ -9,6 +9,6 @@ bash scripts/setup.sh
 bash scripts/setup_upstream_venv.sh          # third-party MLServer for forwarding tests
 if [ -f scripts/install_kubectl.sh ]; then bash scripts/install_kubectl.sh; fi
 python scripts/gen_protos.py --check
-ruff check src tests bench examples scripts
+ruff check src tests bench examples scripts fuzz
 mypy src
 python -m pytest -q "$@"
