@@ -71,7 +71,7 @@ def one_input(data: bytes) -> None:
     except (DecodeError, errors.InvalidInput, errors.TooLarge):
         inputs = None
     else:
-        _round_trip(inputs, raw=bool(request.raw_input_contents))
+        _round_trip(inputs, raw=bool(request.raw_input_contents), size=len(data))
     try:
         outputs = codec.decode_outputs(pb.ModelInferResponse.FromString(data), size=len(data))
     except (DecodeError, errors.InvalidInput, errors.TooLarge):
@@ -82,11 +82,13 @@ def one_input(data: bytes) -> None:
                      hash=bytes(32)))
 
 
-def _round_trip(tensors: list, raw: bool) -> None:
+def _round_trip(tensors: list, raw: bool, size: int) -> None:
+    """Re-encoded alone, the tensors decode to the same; `size` is the original message's
+    (the bound on what an empty tensor's shape may claim: the re-encoding is smaller)."""
     again = pb.ModelInferRequest()
     codec.encode_inputs(again, tensors, raw=raw)
     data = again.SerializeToString()
-    decoded = codec.decode_inputs(pb.ModelInferRequest.FromString(data), size=len(data))
+    decoded = codec.decode_inputs(pb.ModelInferRequest.FromString(data), size=size)
     for before, after in zip(tensors, decoded, strict=True):
         assert (before.name, before.datatype, before.shape) == (
             after.name, after.datatype, after.shape), (before, after)

@@ -88,7 +88,8 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
 
 
 def huge_text(low: int = 1_000, high: int = 70_000) -> st.SearchStrategy[str]:
-    return st.builds(lambda c, n: c * n, st.characters(), st.integers(low, high))
+    # codec="utf-8": no lone surrogates, which protobuf strings cannot hold
+    return st.builds(lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(low, high))
 
 
 def texts(*valid: str, weight: int = 6) -> st.SearchStrategy[str]:

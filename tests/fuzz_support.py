@@ -9,6 +9,7 @@ random seeds (set `MLWITNESS_FUZZ_EXAMPLES=N` for N per test), keeping failures 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -131,8 +132,9 @@ class ErrorLog(logging.Handler):
         return taken
 
 
+@contextlib.contextmanager
 def watch_errors() -> Iterator[ErrorLog]:
-    """Attach an ErrorLog to the root logger for the duration (a generator for fixtures)."""
+    """An ErrorLog on the root logger for the duration."""
     handler = ErrorLog()
     root = logging.getLogger()
     root.addHandler(handler)

@@ -92,13 +92,11 @@ def target(tmp_path_factory: pytest.TempPathFactory, audit_ledger: Any) -> Itera
         first_us=min(received), last_us=max(received),
         model_names=("credit", "credit_v2"), model_shas=(models.sha_v1, models.sha_v2),
         features=models.features, model_bytes=Path(models.v1).read_bytes(), guards=GUARDS)
-    log = watch_errors()
-    errors = next(log)
-    with grpc.insecure_channel(f"127.0.0.1:{running.sidecar.audit_port}") as channel, \
+    audit = f"127.0.0.1:{running.sidecar.audit_port}"
+    with watch_errors() as errors, grpc.insecure_channel(audit) as channel, \
             grpc.insecure_channel(running.address) as inference:
         yield Target(running, channel, inference, errors, known)
     running.stop()
-    log.close()
 
 
 RPCS = sorted(REQUESTS)

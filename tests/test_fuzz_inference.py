@@ -77,14 +77,11 @@ def target(tmp_path_factory: pytest.TempPathFactory, credit_model: Any) -> Itera
         host="127.0.0.1", port=0, metrics_port=0, durability="write", drain_timeout=5.0,
         features=list(credit_model.builder.FEATURES), guards=guards,
         record_metadata=["x-caller"]))
-    log = watch_errors()
-    errors = next(log)
-    with grpc.insecure_channel(running.address) as channel, \
+    with watch_errors() as errors, grpc.insecure_channel(running.address) as channel, \
             grpc.insecure_channel(f"127.0.0.1:{running.sidecar.audit_port}",
                                   options=UNLIMITED) as audit:
         yield Target(running, channel, audit, errors)
     running.stop()
-    log.close()
 
 
 def seeds(credit_model: Any) -> list[bytes]:
