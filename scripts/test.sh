@@ -10,6 +10,6 @@ bash scripts/setup_upstream_venv.sh          # third-party MLServer for forwardi
 if [ -f scripts/install_kubectl.sh ]; then bash scripts/install_kubectl.sh; fi
 bash scripts/install_chromium.sh             # headless browser for the report tests
 python scripts/gen_protos.py --check
-ruff check src tests bench examples scripts
+ruff check src tests bench examples scripts fuzz
 mypy src
 python -m pytest -q "$@"

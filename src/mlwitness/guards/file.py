@@ -182,6 +182,8 @@ def loads_guards(text: str, fmt: str = "toml") -> GuardConfig:
         data = tomllib.loads(text) if fmt == "toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"not valid {fmt.upper()}: {exc}") from None
+    except RecursionError:  # both parsers recurse per nested array or table
+        raise ConfigError(f"not valid {fmt.upper()}: nested too deeply") from None
     return GuardConfig.from_dict(data)
 
 

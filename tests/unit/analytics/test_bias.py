@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +208,31 @@ def test_bad_questions_are_invalid_input(con: Any) -> None:
         bias_report(con, attribute="income", favorable="label=1")
     with pytest.raises(InvalidInput, match="privileged group 'old'"):
         bias_report(con, attribute="age_band", favorable="label=1", privileged="old")
+
+
+# Long enough that the old pattern would backtrack for hours (2,000 spaces took 24 s).
+_REFUSE = """
+import sys, duckdb
+from mlwitness.bias import bias_report
+from mlwitness.errors import InvalidInput
+con = duckdb.connect(sys.argv[1], read_only=True)
+try:
+    bias_report(con, attribute="age_band", favorable=sys.argv[2] * 20_000)
+except InvalidInput as exc:
+    print(exc.message[:30])
+"""
+
+
+@pytest.mark.parametrize("filler", [" ", "\t"])
+def test_a_favorable_outcome_of_many_spaces_is_refused_at_once(
+        ledger: tuple[Path, dict[str, Fed]], filler: str) -> None:
+    """Found by fuzzing Bias: the favorable pattern backtracked cubically over whitespace,
+    holding the GIL (every port of the sidecar stalled). In a child process, so the old
+    code fails by the (very generous) timeout instead of hanging the test run."""
+    done = subprocess.run([sys.executable, "-c", _REFUSE, str(ledger[0]), filler],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("favorable must look like")
 
 
 def test_empty_window_and_single_group(con: Any) -> None:

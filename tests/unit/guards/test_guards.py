@@ -421,6 +421,16 @@ def test_json_guards_beyond_what_can_be_held_are_config_errors(text: str, messag
     assert message in caught.value.message and len(caught.value.message) < 300
 
 
+@pytest.mark.parametrize(("text", "fmt"), [
+    ("version = 1\nx = " + "[" * 5_000 + "]" * 5_000, "toml"),
+    ('{"version": 1, "x": ' + "[" * 5_000 + "]" * 5_000 + "}", "json"),
+])
+def test_guards_nested_too_deeply_to_parse_are_config_errors(text: str, fmt: str) -> None:
+    """Found by fuzzing SetGuards: the parsers' RecursionError was INTERNAL."""
+    with pytest.raises(ConfigError, match=f"not valid {fmt.upper()}: nested too deeply"):
+        loads_guards(text, fmt)
+
+
 def test_a_guard_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "guards.toml"
     path.write_bytes("version = 1\n# café\n".encode("latin-1"))
