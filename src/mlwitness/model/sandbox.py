@@ -368,10 +368,12 @@ class Sandbox:
         models = self.worker.models
         if sha256 not in models:
             evict = list(models)[:max(0, len(models) - MAX_MODELS + 1)]
-            reply, _ = self.ask({"op": "load", "sha256": sha256, "evict": evict,
-                                 "threads": self.limits.threads}, raw=[onnx()])
-            for old in evict:
-                models.pop(old, None)
+            try:  # the worker drops `evict` before it loads: whether or not the load works
+                reply, _ = self.ask({"op": "load", "sha256": sha256, "evict": evict,
+                                     "threads": self.limits.threads}, raw=[onnx()])
+            finally:
+                for old in evict:
+                    models.pop(old, None)
             models[sha256] = (_signature(reply["signature"]), reply["providers"])
         models.move_to_end(sha256)
         signature, providers = models[sha256]
