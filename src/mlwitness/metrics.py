@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
-# name → (type, help): the README's metrics table is checked against this.
+# name → help: docs/monitoring.md's metrics table is checked against this.
 DOCUMENTED = {
     "mlwitness_requests_total": "ModelInfer calls by model and gRPC status",
     "mlwitness_request_latency_seconds": "ModelInfer latency, record durable included",
