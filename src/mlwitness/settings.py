@@ -65,7 +65,7 @@ def setting(default: T, help: str, *, commands: tuple[str, ...] = SERVE,
             shown: str | None = None) -> T:
     """A field of `Settings`, declared with everything derived from it. `check` names the
     test its value must pass (`_CHECKS`); `shown` is how help and docs show a default that
-    its value alone does not explain ("the file's stem")."""
+    its value alone does not explain: "the file's stem" for none, "64 MiB" for 67108864."""
     metadata = {"help": help, "commands": commands, "choices": choices, "check": check,
                 "shown": shown}
     if isinstance(default, list):  # mutable: each Settings gets its own copy
@@ -96,7 +96,7 @@ class Settings:
         "`LEDGER.journal/`).", commands=BOTH)
     audit_trail: Path | None = setting(
         None, "Ledger file where the standalone audit-server appends its own audit trail.",
-        commands=AUDIT_ONLY, shown="LEDGER.audit-trail.duckdb")
+        commands=AUDIT_ONLY, shown="`LEDGER.audit-trail.duckdb`")
     durability: str = setting(
         "fsync", "`fsync`: answer only after the record is flushed to disk. `write`: answer "
         "after the record is written to the OS (survives a crash of mlwitness, not of the "
@@ -182,7 +182,7 @@ class Settings:
     max_request_bytes: int = setting(
         64 << 20, "Largest ModelInfer request accepted; larger ones are refused with "
         "RESOURCE_EXHAUSTED (and recorded, without their bytes).", check="count",
-        shown="67108864 (64 MiB)")
+        shown="64 MiB")
     max_string_elements: int = setting(
         1 << 20, "Most BYTES (string) elements one ModelInfer request may carry over all "
         "its inputs; more are refused with RESOURCE_EXHAUSTED (and recorded, without their "
@@ -211,14 +211,14 @@ class Settings:
         "ones are refused with RESOURCE_EXHAUSTED naming this limit. The models mlwitness "
         "serves are kilobytes to a few MiB, and a candidate is kept in the ledger's model "
         "store, for good, only once it has run.", commands=BOTH, check="count",
-        shown="16777216 (16 MiB)")
+        shown="16 MiB")
     audit_memory_bytes: int = setting(
         512 << 20, "Memory the worker process running one audit question's models (replay, "
         "what-if, sensitivity, traffic replay) may take beyond its own start-up size, for "
         "every model it holds (up to 4 recently used); a model that needs more fails with "
         "RESOURCE_EXHAUSTED, the sidecar untouched. Keep the sidecar's own memory plus this "
         "(and ~70 MB for the idle worker) inside the container's limit (1 GiB in deploy/).",
-        commands=BOTH, check="count", shown="536870912 (512 MiB)")
+        commands=BOTH, check="count", shown="512 MiB")
     audit_run_timeout: float = setting(
         60.0, "Seconds one model run of an audit question may take (a sweep's points, or a "
         "traffic replay's chunk of rows, count as one); the caller's deadline bounds it too. "
@@ -347,15 +347,20 @@ class Spec:
         return self.type is _bool
 
     @property
-    def default_text(self) -> str:
-        """The default as help and docs show it ("" when there is none)."""
-        if self.shown is not None:
-            return self.shown
+    def default_value(self) -> str:
+        """The default as a value would be given ("" when there is none)."""
         if isinstance(self.default, list):
             return ",".join(self.default)
         if isinstance(self.default, bool):
             return "on" if self.default else "off"
         return "" if self.default is None else str(self.default)
+
+    @property
+    def default_text(self) -> str:
+        """The default as help shows it: the value, and what `shown` says of it."""
+        if self.shown is None:
+            return self.default_value
+        return f"{self.default_value} ({self.shown})" if self.default_value else self.shown
 
 
 def _parser_for(hint: Any) -> Callable[[Any], Any]:

@@ -80,11 +80,11 @@ def _scope(spec: settings.Spec) -> str:
 def configuration_page() -> str:
     rows = ["| flag | environment | TOML key | default | meaning |", "|---|---|---|---|---|"]
     for spec in settings.SPECS:
-        default = spec.default_text
-        if default and spec.shown is None:
-            default = f"`{default}`"
+        default = f"`{spec.default_value}`" if spec.default_value else ""
+        if spec.shown is not None:
+            default = f"{default} ({spec.shown})" if default else _markdown(spec.shown)
         meaning = _with_choices(_markdown(spec.help), spec.choices)
-        rows.append(f"| `{spec.flag}` | `{spec.env}` | `{spec.name}` | {_markdown(default)} | "
+        rows.append(f"| `{spec.flag}` | `{spec.env}` | `{spec.name}` | {default} | "
                     f"{meaning}{_scope(spec)} |")
     return "\n".join([_HEADER, "", "# Configuration", "", _INTRO, *rows, ""])
 
