@@ -8,7 +8,7 @@ nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
-# name → (type, help): the README's metrics table is checked against this.
+# name → help: docs/monitoring.md's metrics table is checked against this.
 DOCUMENTED = {
     "mlwitness_requests_total": "ModelInfer calls by model and gRPC status",
     "mlwitness_request_latency_seconds": "ModelInfer latency, record durable included",
@@ -25,8 +25,9 @@ DOCUMENTED = {
     "mlwitness_rate_interval_low": "lower Wilson bound of a rate guard's window",
     "mlwitness_rate_interval_high": "upper Wilson bound of a rate guard's window",
     "mlwitness_rate_breach": "1 while a rate guard's interval lies outside its bounds",
-    "mlwitness_drift_score": "latest drift statistic per feature vs the baseline",
-    "mlwitness_drift_detected": "1 when a feature's latest drift verdict is drift",
+    "mlwitness_drift_score": "latest drift statistic per feature and kind vs the baseline",
+    "mlwitness_drift_detected": "1 when a feature's latest drift verdict (of that kind) is "
+                                "drift",
     "mlwitness_ledger_records_total": "records made durable in the journal",
     "mlwitness_ledger_flushes_total": "journal group commits (write + fdatasync)",
     "mlwitness_ledger_flush_seconds_total": "time spent in journal group commits",
@@ -38,6 +39,19 @@ DOCUMENTED = {
     "mlwitness_ledger_last_commit_batch": "records in the latest journal group commit",
     "mlwitness_ledger_healthy": "1 while the ledger can commit records",
 }
+
+
+# The drift statistics exported as gauges: numeric columns' then categorical columns'.
+DRIFT_STATISTICS = ("psi", "ks_statistic", "js_distance", "wasserstein", "chi2_pvalue", "linf")
+
+
+class DriftedColumn(Protocol):
+    """One column of a drift report (analytics.drift.FeatureDrift)."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    verdict: str
+    statistics: dict[str, Any]
 
 
 class _LedgerCollector(Collector):
@@ -104,10 +118,12 @@ class Metrics:
                                registry=self.registry)
         self.rate_breach = Gauge("mlwitness_rate_breach", DOCUMENTED["mlwitness_rate_breach"],
                                  rate, registry=self.registry)
+        # `kind` keeps apart the two analyses of one column: a label is judged as numbers
+        # and as categories, and their statistics and verdicts are not one series.
         self.drift_score = Gauge("mlwitness_drift_score", DOCUMENTED["mlwitness_drift_score"],
-                                 ["feature", "statistic"], registry=self.registry)
+                                 ["feature", "kind", "statistic"], registry=self.registry)
         self.drift_detected = Gauge("mlwitness_drift_detected",
-                                    DOCUMENTED["mlwitness_drift_detected"], ["feature"],
+                                    DOCUMENTED["mlwitness_drift_detected"], ["feature", "kind"],
                                     registry=self.registry)
         self._server: Any = None
 
@@ -117,6 +133,19 @@ class Metrics:
             child = self._by_status[status] = self._requests.labels(self.model, status)
         child.inc()
         self._latency_model.observe(seconds)
+
+    def show_drift(self, features: Iterable[DriftedColumn]) -> None:
+        """Replace the drift gauges with one report's columns (a column without data this
+        time shows nothing, rather than its last value)."""
+        self.drift_score.clear()
+        self.drift_detected.clear()
+        for feature in features:
+            for statistic in DRIFT_STATISTICS:
+                value = feature.statistics.get(statistic)
+                if isinstance(value, int | float):
+                    self.drift_score.labels(feature.name, feature.kind, statistic).set(value)
+            self.drift_detected.labels(feature.name, feature.kind).set(
+                1.0 if feature.verdict == "drift" else 0.0)
 
     def before_scrape(self, hook: Callable[[], None]) -> None:
         """Call `hook` at each scrape, before any metric is read (e.g. to age gauges)."""

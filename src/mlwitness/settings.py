@@ -1,21 +1,27 @@
 """Settings: one object, built once at start-up, validated, passed down.
 
-Every setting has a command-line flag and an `MLWITNESS_*` environment twin, and may be
-given in a TOML config file (`--config`). Precedence: flag > environment > file > default.
-`SPECS` is the single list of settings; the CLI and the README's configuration table are
-both derived from (and tested against) it.
+Every setting is declared once, as a field of `Settings` made by `setting()`: its name,
+type (the annotation), default, help, the commands that take it and the check its value
+must pass. From that declaration come its command-line flag (`--port`), its environment
+twin (`MLWITNESS_PORT`), its TOML key in a `--config` file (`port`), its validation, and
+the configuration page of the docs (`python -m mlwitness.cli.docs` writes
+docs/configuration.md; a test fails when it is stale). Precedence: flag > environment >
+file > default.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlwitness.errors import ConfigError
 
@@ -47,199 +53,193 @@ def check_key(key: bytes, source: str = "--hash-key") -> bytes:
     return key
 
 
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    type: Callable[[Any], Any]
-    help: str
-    choices: tuple[str, ...] | None = None
-    flag_type: str = "value"  # "value" or "bool"
+SERVE = ("serve",)
+BOTH = ("serve", "audit-server")  # the standalone audit-server takes these too
+AUDIT_ONLY = ("audit-server",)
 
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return "MLWITNESS_" + self.name.upper()
-
-    @property
-    def default(self) -> Any:
-        """The default, as declared on the Settings dataclass (the one place it lives)."""
-        for f in fields(Settings):
-            if f.name == self.name:
-                return f.default_factory() if f.default_factory is not MISSING else f.default
-        raise KeyError(self.name)
+T = TypeVar("T")
 
 
-SPECS: tuple[Spec, ...] = (
-    Spec("model", Path, "ONNX model file. Embedded mode runs it; forwarding mode pins "
-         "its SHA-256 on each record (the file the upstream serves)."),
-    Spec("model_name", str, "Model name served and recorded (default: the file's stem)."),
-    Spec("model_version", str, "Model version served; requests may also leave it empty."),
-    Spec("upstream", str, "Forward to this upstream v2 gRPC server (host:port) "
-         "instead of running the model in-process."),
-    Spec("upstream_timeout", float, "Deadline in seconds for forwarded calls when the "
-         "caller sets none."),
-    Spec("model_poll_interval", float, "Forwarding mode: seconds between checks of the "
-         "model file for a new version."),
-    Spec("ledger", Path, "DuckDB ledger file (its journal lives "
-         "beside it in LEDGER.journal/)."),
-    Spec("audit_trail", Path, "Standalone audit-server only: ledger file where its own "
-         "audit trail is appended (default: LEDGER.audit-trail.duckdb)."),
-    Spec("durability", str, "fsync: answer only after the record is flushed to "
-         "disk. write: answer after the record is written to the OS (survives a crash of "
-         "mlwitness, not of the machine).", choices=("fsync", "write")),
-    Spec("host", str, "Address the inference and audit ports listen on "
-         "(0.0.0.0 in a pod)."),
-    Spec("port", int, "Inference port (Open Inference Protocol v2, gRPC; 0: any free port, "
-         "printed in the ready line)."),
-    Spec("audit_port", int, "Audit service port (0 disables it)."),
-    Spec("health_port", int, "Plaintext port serving only grpc.health.v1 (0: off), for "
-         "Kubernetes probes when the other ports use TLS. Service \"\" is readiness, "
-         "\"liveness\" is SERVING while the process runs and its ledger can still be mended "
-         "without a restart."),
-    Spec("metrics_port", int, "Prometheus metrics port (0 disables it)."),
-    Spec("features", _csv, "Comma-separated names of the columns of the model's tabular "
-         "input, e.g. income,debt_ratio,fico."),
-    Spec("guards", Path, "Guard file (TOML or JSON) checked on every call; reloaded when "
-         "it changes. See `mlwitness guards suggest`."),
-    Spec("guard_mode", str, "observe: serve and record violations. enforce: refuse calls "
-         "that break an input or output guard (INVALID_ARGUMENT).",
-         choices=("observe", "enforce")),
-    Spec("baseline", Path, "Baseline JSON (`mlwitness baseline`): stored in the ledger; drift "
-         "metrics and `audit drift` compare against it."),
-    Spec("drift_interval", float, "Seconds between drift recomputations for the metrics "
-         "(needs --baseline; 0 turns it off)."),
-    Spec("drift_window", float, "Seconds of recent traffic the periodic drift metrics cover."),
-    Spec("tls_cert", Path, "TLS certificate (PEM) for the inference and audit ports."),
-    Spec("tls_key", Path, "TLS private key (PEM) for --tls-cert."),
-    Spec("tls_client_ca", Path, "CA (PEM) that signs client certificates: both ports then "
-         "require mTLS and the certificate subject is recorded as the caller."),
-    Spec("audit_access", Path, "Access file (TOML: token hashes and certificate subjects "
-         "with roles auditor/admin) the audit port requires. Without it the audit port is "
-         "open to whoever can reach it."),
-    Spec("inference_access", Path, "Access file the inference port requires (role caller "
-         "or above); off by default."),
-    Spec("upstream_ca", Path, "CA (PEM) to verify the upstream server: forward over TLS."),
-    Spec("upstream_cert", Path, "Client certificate (PEM) for mTLS to the upstream."),
-    Spec("upstream_key", Path, "Client key (PEM) for --upstream-cert."),
-    Spec("hash_key", Path, "Secret key file (at least 16 bytes) for --hash-inputs, which "
-         "needs it: values are stored as HMAC-SHA-256 under this key, so low-entropy values "
-         "(names, account numbers) cannot be recovered by guessing. With --hash-inputs or "
-         "--redact-inputs the record also keeps the HMAC of the request as received (the "
-         "proof of the original); without a key it keeps none. Keep it outside the "
-         "ledger's volume."),
-    Spec("redact_inputs", _csv, "Comma-separated inputs or request parameters stored "
-         "redacted (replaced by nothing) instead of as sent; such records cannot be "
-         "replayed if the model uses them."),
-    Spec("hash_inputs", _csv, "Comma-separated inputs or request parameters stored as the "
-         "HMAC-SHA-256 (under --hash-key) of each value instead of the value."),
-    Spec("hash_inputs_unkeyed", _bool, "Let --hash-inputs run without --hash-key, storing a "
-         "plain SHA-256 of each value. Weak: whoever can read the ledger recovers a "
-         "guessable value (a name, an account number) by hashing candidates.",
-         flag_type="bool"),
-    Spec("record_metadata", _csv, "Comma-separated gRPC metadata keys stored with each record."),
-    Spec("max_request_bytes", int, "Largest ModelInfer request accepted; larger "
-         "ones are refused with RESOURCE_EXHAUSTED (and recorded, without their bytes)."),
-    Spec("max_string_elements", int, "Most BYTES (string) elements one ModelInfer request "
-         "may carry over all its inputs; more are refused with RESOURCE_EXHAUSTED (and "
-         "recorded, without their bytes). Each costs about 0.25 KB of memory while it is "
-         "decoded, run and answered, against 4 bytes on the wire."),
-    Spec("max_concurrent_rpcs", int, "Calls worked on at once, per port, counted from "
-         "when a call's request has arrived; beyond it callers get RESOURCE_EXHAUSTED. "
-         "Health checks never count."),
-    Spec("max_streams_per_connection", int, "Calls one connection may have open at once "
-         "(HTTP/2 MAX_CONCURRENT_STREAMS); a client's further calls wait on its side."),
-    Spec("max_connection_age", float, "Seconds a connection may live before the server "
-         "asks the client to reconnect (callers do so transparently; 0: no limit)."),
-    Spec("max_connection_age_grace", float, "Seconds calls still open on a connection that "
-         "reached --max-connection-age get to finish before it is closed (0: none)."),
-    Spec("ort_threads", int, "onnxruntime intra-op threads (embedded mode)."),
-    Spec("max_candidate_bytes", int, "Largest candidate model an auditor may upload "
-         "(candidate_onnx); larger ones are refused with RESOURCE_EXHAUSTED. A candidate "
-         "is kept in the ledger's model store only once it has run."),
-    Spec("audit_memory_bytes", int, "Memory the process running one audit question's "
-         "models (replay, what-if, sensitivity, traffic replay) may take beyond its own "
-         "start-up size; a model that needs more fails with RESOURCE_EXHAUSTED, the "
-         "sidecar untouched."),
-    Spec("audit_run_timeout", float, "Seconds one model run of an audit question may take "
-         "(a sweep's points, or a traffic replay's chunk of rows, count as one); the "
-         "caller's deadline bounds it too. The run is then stopped and the question fails "
-         "with DEADLINE_EXCEEDED."),
-    Spec("load_interval", float, "Seconds between loads of journaled records into "
-         "DuckDB (audit queries always see every acknowledged record)."),
-    Spec("duckdb_threads", int, "DuckDB worker threads for the ledger (loads and audit "
-         "queries). 1 keeps DuckDB from taking CPU from inference; raise it on a pod with "
-         "spare cores for faster audit queries."),
-    Spec("max_backlog", int, "Records acknowledged but not yet in DuckDB before new "
-         "calls wait (then fail with UNAVAILABLE after 5 s): backpressure, never dropping."),
-    Spec("drain_timeout", float, "Seconds SIGTERM waits for in-flight calls."),
-    Spec("log_level", str, "Logging level.", choices=("debug", "info", "warning", "error")),
-)
-
-_BY_NAME = {spec.name: spec for spec in SPECS}
-AUDIT_SERVER_ONLY = ("audit_trail",)
-# Settings the standalone audit-server takes.
-AUDIT_SERVER = ("ledger", "audit_trail", "host", "audit_port", "ort_threads", "drain_timeout",
-                "log_level", "tls_cert", "tls_key", "tls_client_ca", "audit_access",
-                "max_concurrent_rpcs", "max_streams_per_connection", "max_connection_age",
-                "max_connection_age_grace", "max_candidate_bytes", "audit_memory_bytes",
-                "audit_run_timeout")
+def setting(default: T, help: str, *, commands: tuple[str, ...] = SERVE,
+            choices: tuple[str, ...] | None = None, check: str | None = None,
+            shown: str | None = None) -> T:
+    """A field of `Settings`, declared with everything derived from it. `check` names the
+    test its value must pass (`_CHECKS`); `shown` is how help and docs show a default that
+    its value alone does not explain: "the file's stem" for none, "64 MiB" for 67108864."""
+    metadata = {"help": help, "commands": commands, "choices": choices, "check": check,
+                "shown": shown}
+    if isinstance(default, list):  # mutable: each Settings gets its own copy
+        return field(default_factory=lambda: copy.copy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Settings:
-    model: Path | None = None
-    model_name: str | None = None
-    model_version: str = "1"
-    upstream: str | None = None
-    upstream_timeout: float = 30.0
-    model_poll_interval: float = 1.0
-    ledger: Path = Path("mlwitness.duckdb")
-    audit_trail: Path | None = None
-    durability: str = "fsync"
-    host: str = "127.0.0.1"
-    port: int = 8701
-    audit_port: int = 8702
-    metrics_port: int = 9090
-    health_port: int = 0
-    features: list[str] = field(default_factory=list)
-    guards: Path | None = None
-    guard_mode: str = "observe"
-    baseline: Path | None = None
-    drift_interval: float = 60.0
-    drift_window: float = 3600.0
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    audit_access: Path | None = None
-    inference_access: Path | None = None
-    upstream_ca: Path | None = None
-    upstream_cert: Path | None = None
-    upstream_key: Path | None = None
-    hash_key: Path | None = None
-    redact_inputs: list[str] = field(default_factory=list)
-    hash_inputs: list[str] = field(default_factory=list)
-    hash_inputs_unkeyed: bool = False
-    record_metadata: list[str] = field(
-        default_factory=lambda: ["x-request-id", "x-caller", "traceparent", "user-agent"]
-    )
-    max_request_bytes: int = 64 << 20
-    max_string_elements: int = 1 << 20
-    max_concurrent_rpcs: int = 1024
-    max_streams_per_connection: int = 100
-    max_connection_age: float = 1800.0
-    max_connection_age_grace: float = 300.0
-    ort_threads: int = 1
-    max_candidate_bytes: int = 16 << 20
-    audit_memory_bytes: int = 512 << 20
-    audit_run_timeout: float = 60.0
-    load_interval: float = 1.0
-    duckdb_threads: int = 1
-    max_backlog: int = 200_000
-    drain_timeout: float = 20.0
-    log_level: str = "info"
+    model: Path | None = setting(
+        None, "ONNX model file. Embedded mode runs it; forwarding mode pins its SHA-256 on "
+        "each record (the file the upstream serves).")
+    model_name: str | None = setting(
+        None, "Model name served and recorded.", shown="the file's stem")
+    model_version: str = setting(
+        "1", "Model version served; requests may also leave it empty.")
+    upstream: str | None = setting(
+        None, "Forward to this upstream v2 gRPC server (host:port) instead of running the "
+        "model in-process.")
+    upstream_timeout: float = setting(
+        30.0, "Deadline in seconds for forwarded calls when the caller sets none.",
+        check="seconds>0")
+    model_poll_interval: float = setting(
+        1.0, "Forwarding mode: seconds between checks of the model file for a new version.",
+        check="seconds>0")
+    ledger: Path = setting(
+        Path("mlwitness.duckdb"), "DuckDB ledger file (its journal lives beside it in "
+        "`LEDGER.journal/`).", commands=BOTH)
+    audit_trail: Path | None = setting(
+        None, "Ledger file where the standalone audit-server appends its own audit trail.",
+        commands=AUDIT_ONLY, shown="`LEDGER.audit-trail.duckdb`")
+    durability: str = setting(
+        "fsync", "`fsync`: answer only after the record is flushed to disk. `write`: answer "
+        "after the record is written to the OS (survives a crash of mlwitness, not of the "
+        "machine).", choices=("fsync", "write"))
+    host: str = setting(
+        "127.0.0.1", "Address the inference and audit ports listen on (`0.0.0.0` in a pod).",
+        commands=BOTH)
+    port: int = setting(
+        8701, "Inference port (Open Inference Protocol v2, gRPC; 0: any free port, printed "
+        "in the ready line).", check="port")
+    audit_port: int = setting(
+        8702, "Audit service port (0 disables it).", commands=BOTH, check="port")
+    metrics_port: int = setting(
+        9090, "Prometheus metrics port (0 disables it).", check="port")
+    health_port: int = setting(
+        0, "Plaintext port serving only `grpc.health.v1` (0: off), for Kubernetes probes: it "
+        "speaks no TLS, and no caller of the other ports can take its slots. Service \"\" is "
+        "readiness, \"liveness\" is SERVING while the process runs and its ledger can still "
+        "be mended without a restart.", check="port")
+    features: list[str] = setting(
+        [], "Comma-separated names of the columns of the model's tabular input, e.g. "
+        "income,debt_ratio,fico.")
+    guards: Path | None = setting(
+        None, "Guard file (TOML or JSON) checked on every call; reloaded when it changes. "
+        "See `mlwitness guards suggest`.", check="file")
+    guard_mode: str = setting(
+        "observe", "`observe`: serve and record violations. `enforce`: refuse calls that "
+        "break an input or output guard (INVALID_ARGUMENT).", choices=("observe", "enforce"))
+    baseline: Path | None = setting(
+        None, "Baseline JSON (`mlwitness baseline`): stored in the ledger; drift metrics and "
+        "`audit drift` compare against it.", check="file")
+    drift_interval: float = setting(
+        60.0, "Seconds between drift recomputations for the metrics (needs --baseline; 0 "
+        "turns it off).", check="seconds>=0")
+    drift_window: float = setting(
+        3600.0, "Seconds of recent traffic the periodic drift metrics cover.",
+        check="seconds>0")
+    tls_cert: Path | None = setting(
+        None, "TLS certificate (PEM) for the inference and audit ports.", commands=BOTH,
+        check="file")
+    tls_key: Path | None = setting(
+        None, "TLS private key (PEM) for --tls-cert.", commands=BOTH, check="file")
+    tls_client_ca: Path | None = setting(
+        None, "CA (PEM) that signs client certificates: both ports then require mTLS and the "
+        "certificate subject is recorded as the caller.", commands=BOTH, check="file")
+    audit_access: Path | None = setting(
+        None, "Access file (TOML: token hashes and certificate subjects with roles "
+        "auditor/admin) the audit port requires. Without it the audit port is open to "
+        "whoever can reach it (with mTLS: to every certificate the CA signed, as auditor, "
+        "never admin), and a warning at start says so.", commands=BOTH, check="file")
+    inference_access: Path | None = setting(
+        None, "Access file the inference port requires (role caller or above); off by "
+        "default.", check="file")
+    upstream_ca: Path | None = setting(
+        None, "CA (PEM) to verify the upstream server: forward over TLS.", check="file")
+    upstream_cert: Path | None = setting(
+        None, "Client certificate (PEM) for mTLS to the upstream.", check="file")
+    upstream_key: Path | None = setting(
+        None, "Client key (PEM) for --upstream-cert.", check="file")
+    hash_key: Path | None = setting(
+        None, "Secret key file (at least 16 bytes, else refused at start-up) for "
+        "--hash-inputs, which needs it: values are stored as HMAC-SHA-256 under this key, so "
+        "guessable values (names, account numbers) cannot be recovered by trying "
+        "candidates. With --hash-inputs or --redact-inputs the record also keeps "
+        "`received_hmac_sha256`, the HMAC of the request as received (the proof of the "
+        "original); without a key it keeps no such proof. Keep it off the ledger's volume.",
+        check="file")
+    redact_inputs: list[str] = setting(
+        [], "Comma-separated input tensors or request parameters stored redacted (emptied) "
+        "instead of as sent; such records cannot be replayed if the model uses them. A "
+        "column name of a tensor is refused: name the tensor.")
+    hash_inputs: list[str] = setting(
+        [], "Comma-separated input tensors or request parameters stored as the HMAC-SHA-256 "
+        "(under --hash-key) of each value instead of the value. Without --hash-key start-up "
+        "is refused.")
+    hash_inputs_unkeyed: bool = setting(
+        False, "Switch: let --hash-inputs run without --hash-key, storing a plain SHA-256 of "
+        "each value. Weak: whoever can read the ledger recovers a guessable value (a name, "
+        "an account number) by hashing candidates. Not with --hash-key.")
+    record_metadata: list[str] = setting(
+        ["x-request-id", "x-caller", "traceparent", "user-agent"],
+        "Comma-separated gRPC metadata keys stored with each record.")
+    max_request_bytes: int = setting(
+        64 << 20, "Largest ModelInfer request accepted; larger ones are refused with "
+        "RESOURCE_EXHAUSTED (and recorded, without their bytes).", check="count",
+        shown="64 MiB")
+    max_string_elements: int = setting(
+        1 << 20, "Most BYTES (string) elements one ModelInfer request may carry over all "
+        "its inputs; more are refused with RESOURCE_EXHAUSTED (and recorded, without their "
+        "bytes). Each costs about 0.25 KB of memory while it is decoded, run and answered, "
+        "against 4 bytes on the wire.", check="count")
+    max_concurrent_rpcs: int = setting(
+        1024, "Calls worked on at once, per port, counted from when a call's request has "
+        "arrived; beyond it callers get RESOURCE_EXHAUSTED. Health checks never count.",
+        commands=BOTH, check="c_int")
+    max_streams_per_connection: int = setting(
+        100, "Calls one connection may have open at once (HTTP/2 MAX_CONCURRENT_STREAMS); a "
+        "client's further calls wait on its side.", commands=BOTH, check="c_int")
+    max_connection_age: float = setting(
+        1800.0, "Seconds a connection may live before the server asks the client to "
+        "reconnect (callers do so transparently; 0: no limit).", commands=BOTH,
+        check="seconds>=0")
+    max_connection_age_grace: float = setting(
+        300.0, "Seconds calls still open on a connection that reached --max-connection-age "
+        "get to finish before it is closed (0: none). Raise it for long ReplayRange "
+        "streams.", commands=BOTH, check="seconds>=0")
+    ort_threads: int = setting(
+        1, "onnxruntime intra-op threads (embedded mode and replay).", commands=BOTH,
+        check="count")
+    max_candidate_bytes: int = setting(
+        16 << 20, "Largest candidate model an auditor may upload (candidate_onnx); larger "
+        "ones are refused with RESOURCE_EXHAUSTED naming this limit. The models mlwitness "
+        "serves are kilobytes to a few MiB, and a candidate is kept in the ledger's model "
+        "store, for good, only once it has run.", commands=BOTH, check="count",
+        shown="16 MiB")
+    audit_memory_bytes: int = setting(
+        512 << 20, "Memory the worker process running one audit question's models (replay, "
+        "what-if, sensitivity, traffic replay) may take beyond its own start-up size, for "
+        "every model it holds (up to 4 recently used); a model that needs more fails with "
+        "RESOURCE_EXHAUSTED, the sidecar untouched. Keep the sidecar's own memory plus this "
+        "(and ~70 MB for the idle worker) inside the container's limit (1 GiB in deploy/).",
+        commands=BOTH, check="count", shown="512 MiB")
+    audit_run_timeout: float = setting(
+        60.0, "Seconds one model run of an audit question may take (a sweep's points, or a "
+        "traffic replay's chunk of rows, count as one); the caller's deadline bounds it too. "
+        "The run is then stopped and the question fails with DEADLINE_EXCEEDED.",
+        commands=BOTH, check="seconds>0")
+    load_interval: float = setting(
+        1.0, "Seconds between loads of journaled records into DuckDB (audit queries always "
+        "see every acknowledged record).", check="seconds>0")
+    duckdb_threads: int = setting(
+        1, "DuckDB worker threads for the ledger (loads and audit queries). 1 keeps DuckDB "
+        "from taking CPU from inference; raise it on a pod with spare cores for faster "
+        "audit queries.", check="count")
+    max_backlog: int = setting(
+        200_000, "Records acknowledged but not yet in DuckDB before new calls wait (then "
+        "fail with UNAVAILABLE after 5 s): backpressure, never dropping.", check="count")
+    drain_timeout: float = setting(
+        20.0, "Seconds SIGTERM waits for in-flight calls.", commands=BOTH,
+        check="seconds>=0")
+    log_level: str = setting(
+        "info", "Logging level.", commands=BOTH,
+        choices=("debug", "info", "warning", "error"))
 
     @property
     def served_name(self) -> str:
@@ -248,62 +248,30 @@ class Settings:
         return self.model.stem if self.model else "model"
 
     def validate(self) -> Settings:
+        """Every check of `serve`: the model, each setting's own check, and how they fit
+        together."""
         if self.model is None:
             raise ConfigError("--model is required: the ONNX file to serve or to pin")
         if not Path(self.model).is_file():
             raise ConfigError(f"model file {self.model} does not exist")
-        for name in ("port", "audit_port", "metrics_port", "health_port"):
-            value = getattr(self, name)
-            if not 0 <= value <= 65535:  # gRPC would bind some other port without a word
-                raise ConfigError(f"--{name.replace('_', '-')} must be a TCP port, 0-65535 "
-                                  f"(0: {'any free port' if name == 'port' else 'off'}), "
-                                  f"got {value}")
+        _check_each(self, [spec for spec in SPECS if "serve" in spec.commands])
         ports = [p for p in (self.port, self.audit_port, self.metrics_port, self.health_port)
                  if p]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"ports must differ: {ports}")
-        # 0 or less: a busy loop, or every call timed out
-        for name in ("upstream_timeout", "model_poll_interval", "load_interval",
-                     "drift_window", "audit_run_timeout"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of "
-                                  f"seconds, got {value}")
-        for name in ("drain_timeout", "drift_interval"):  # 0 is meaningful: none / off
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
-                                  f"got {value}")
-        for name in ("max_request_bytes", "max_string_elements", "ort_threads", "duckdb_threads",
-                     "max_backlog", "max_candidate_bytes", "audit_memory_bytes"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        for name in ("guards", "baseline", "tls_cert", "tls_key", "tls_client_ca",
-                     "audit_access", "inference_access", "upstream_ca", "upstream_cert",
-                     "upstream_key", "hash_key"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"--{name} file {path} does not exist")
         overlap = set(self.redact_inputs) & set(self.hash_inputs)
         if overlap:
             raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
         self._check_hashing()
         if self.upstream is not None:
             _check_target(self.upstream)
-        return self.validate_limits()
+        return self
 
     def validate_limits(self) -> Settings:
-        """The call and connection limits (the standalone audit-server checks only these)."""
-        for name in ("max_concurrent_rpcs", "max_streams_per_connection"):
-            value = getattr(self, name)
-            if not 0 < value < 2**31:  # gRPC takes a C int
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole "
-                                  f"number, got {value}")
-        for name in ("max_connection_age", "max_connection_age_grace"):  # 0: no limit / none
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds, "
-                                  f"got {value}")
+        """The checks of the standalone audit-server's settings: ports, limits and
+        timeouts. (Its files are read when it starts, and a missing one named then.)"""
+        _check_each(self, [spec for spec in SPECS if "audit-server" in spec.commands
+                           and spec.check != "file"])
         return self
 
     def _check_hashing(self) -> None:
@@ -319,6 +287,111 @@ class Settings:
                               "reversed by hashing candidates. --hash-inputs-unkeyed accepts "
                               "that, explicitly")
 
+
+def _seconds(value: Any, positive: bool) -> bool:
+    return math.isfinite(value) and (value > 0 if positive else value >= 0)
+
+
+# check name → (passes?, what the value must be). 0 or fewer seconds where that is not
+# meaningful would be a busy loop or every call timed out; gRPC would bind some other port
+# without a word; it takes a C int for its call limits.
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "port": (lambda v: 0 <= v <= 65535, "a TCP port, 0-65535"),
+    "seconds>0": (lambda v: _seconds(v, True), "a positive number of seconds"),
+    "seconds>=0": (lambda v: _seconds(v, False), "0 or more seconds"),
+    "count": (lambda v: v > 0, "positive"),
+    "c_int": (lambda v: 0 < v < 2**31, "a positive whole number"),
+    "file": (lambda v: v is None or Path(v).is_file(), "an existing file"),
+}
+
+
+def _check_each(settings: Settings, specs: list[Spec]) -> None:
+    for spec in specs:
+        if spec.check is None:
+            continue
+        value = getattr(settings, spec.name)
+        passes, must_be = _CHECKS[spec.check]
+        if passes(value):
+            continue
+        if spec.check == "file":
+            raise ConfigError(f"{spec.flag} file {value} does not exist")
+        if spec.check == "port":
+            must_be += f" (0: {'any free port' if spec.name == 'port' else 'off'})"
+        raise ConfigError(f"{spec.flag} must be {must_be}, got {value}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting as the flag, environment, file and docs see it, read off its field."""
+
+    name: str
+    type: Callable[[Any], Any]  # parses a flag, environment or file value
+    help: str
+    default: Any
+    commands: tuple[str, ...]
+    choices: tuple[str, ...] | None = None
+    check: str | None = None
+    shown: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "MLWITNESS_" + self.name.upper()
+
+    @property
+    def switch(self) -> bool:
+        """A flag that takes no value: given means true."""
+        return self.type is _bool
+
+    @property
+    def default_value(self) -> str:
+        """The default as a value would be given ("" when there is none)."""
+        if isinstance(self.default, list):
+            return ",".join(self.default)
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        return "" if self.default is None else str(self.default)
+
+    @property
+    def default_text(self) -> str:
+        """The default as help shows it: the value, and what `shown` says of it."""
+        if self.shown is None:
+            return self.default_value
+        return f"{self.default_value} ({self.shown})" if self.default_value else self.shown
+
+
+def _parser_for(hint: Any) -> Callable[[Any], Any]:
+    """How a value given as text (or a TOML value) becomes the field's type."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if hint is bool:
+        return _bool
+    if typing.get_origin(hint) is list:
+        return _csv
+    if hint in (str, int, float, Path):
+        return typing.cast(Callable[[Any], Any], hint)
+    raise TypeError(f"no parser for settings of type {hint}")
+
+
+def _specs() -> tuple[Spec, ...]:
+    hints = typing.get_type_hints(Settings)
+    specs = []
+    for f in fields(Settings):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        specs.append(Spec(f.name, _parser_for(hints[f.name]), f.metadata["help"], default,
+                          f.metadata["commands"], f.metadata["choices"], f.metadata["check"],
+                          f.metadata["shown"]))
+    return tuple(specs)
+
+
+SPECS: tuple[Spec, ...] = _specs()
+_BY_NAME = {spec.name: spec for spec in SPECS}
+# What the standalone audit-server takes, and what only it takes (derived: the fields say).
+AUDIT_SERVER = tuple(s.name for s in SPECS if "audit-server" in s.commands)
+AUDIT_SERVER_ONLY = tuple(s.name for s in SPECS if "serve" not in s.commands)
 
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
@@ -342,14 +415,14 @@ def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = Non
     Defaults stay None so that environment and file values can be told apart from flags
     that were not given."""
     parser.add_argument("--config", type=Path, default=None,
-                        help="TOML file of settings (keys as in the table; env: "
-                        "MLWITNESS_CONFIG).")
+                        help="TOML file of settings (keys are the setting names, e.g. "
+                        "durability = \"write\"; env MLWITNESS_CONFIG).")
     for spec in SPECS:
         if names is not None and spec.name not in names:
             continue
-        default = ",".join(spec.default) if isinstance(spec.default, list) else spec.default
-        text = f"{(helps or {}).get(spec.name, spec.help)} [env {spec.env}; default {default}]"
-        if spec.flag_type == "bool":  # a switch: given means true
+        default = f"; default {spec.default_text}" if spec.default_text else ""
+        text = f"{(helps or {}).get(spec.name, spec.help)} [env {spec.env}{default}]"
+        if spec.switch:  # given means true
             parser.add_argument(spec.flag, dest=spec.name, default=None,
                                 action="store_const", const=True, help=text)
             continue

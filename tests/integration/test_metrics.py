@@ -251,24 +251,33 @@ def test_drift_gauges_appear_after_the_interval_and_match_the_audit_api(
 
     def current() -> Scrape | None:
         scrape = side.scrape()
-        return scrape if scrape.get("mlwitness_drift_score", feature="income",
+        return scrape if scrape.get("mlwitness_drift_score", feature="income", kind="numeric",
                                     statistic="psi") == psi else None
 
     scrape = wait_for(current, timeout=6.0, interval=0.1, what="drift gauges of all traffic")
     for feature in kit.features:
         statistics = report[(feature, "numeric")]["statistics"]
         for statistic in DRIFT_STATISTICS:
-            assert scrape.get("mlwitness_drift_score", feature=feature,
+            assert scrape.get("mlwitness_drift_score", feature=feature, kind="numeric",
                               statistic=statistic) == statistics[statistic], (feature, statistic)
         drifted = 1.0 if feature in answer.drifted else 0.0
-        assert scrape.get("mlwitness_drift_detected", feature=feature) == drifted
-    assert scrape.get("mlwitness_drift_detected", feature="income") == 1.0
-    assert scrape.get("mlwitness_drift_detected", feature="fico") == 0.0
+        assert scrape.get("mlwitness_drift_detected", feature=feature, kind="numeric") == drifted
+    assert scrape.get("mlwitness_drift_detected", feature="income", kind="numeric") == 1.0
+    assert scrape.get("mlwitness_drift_detected", feature="fico", kind="numeric") == 0.0
     band = report[("age_band", "categorical")]["statistics"]
-    assert scrape.get("mlwitness_drift_score", feature="age_band",
+    assert scrape.get("mlwitness_drift_score", feature="age_band", kind="categorical",
                       statistic="chi2_pvalue") == band["chi2_pvalue"]
-    assert scrape.get("mlwitness_drift_score", feature="age_band",
+    assert scrape.get("mlwitness_drift_score", feature="age_band", kind="categorical",
                       statistic="linf") == band["linf"]
+    # The label is judged as numbers and as categories: two series, each its own verdict.
+    for kind in ("numeric", "categorical"):
+        label = report[("label", kind)]
+        assert scrape.get("mlwitness_drift_detected", feature="label", kind=kind) == (
+            1.0 if label["verdict"] == "drift" else 0.0), kind
+    assert scrape.get("mlwitness_drift_score", feature="label", kind="numeric",
+                      statistic="psi") == report[("label", "numeric")]["statistics"]["psi"]
+    assert scrape.get("mlwitness_drift_score", feature="label", kind="categorical",
+                      statistic="psi") is None
     side.stop_and_verify()
 
 

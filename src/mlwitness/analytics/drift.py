@@ -43,6 +43,13 @@ drifts, else ``ok`` if any column was judged ``ok``; otherwise ``insufficient_da
 data for any analysed column.
 
 For small shifts JS (base 2) ≈ sqrt(PSI / (8 ln 2)): the JS rule fires from PSI ≈ 0.055.
+
+A column appears once per kind: an output of whole numbers with few distinct values (a
+label) is analysed as numbers and as categories, two entries told apart by ``kind``. The
+p-values are not all scipy's defaults: χ² tests have no continuity correction (scipy's
+``chi2_contingency`` applies Yates' to a 2×2 table unless ``correction=False``), and KS
+p-values are asymptotic (scipy's ``ks_2samp`` is exact for small samples unless
+``method="asymp"``).
 """
 
 from __future__ import annotations
@@ -230,8 +237,8 @@ def _values(table: pa.Table, alias: str) -> np.ndarray:
 def _select(available: dict[str, tuple[str, ...]], wanted: list[str] | None, role: str
             ) -> list[_Column]:
     """Columns to analyse among ``available`` {name: kinds}, all of them by default."""
-    if wanted is None:
-        wanted = list(available)
+    # once each: a name asked for twice would be analysed, and listed, twice
+    wanted = list(dict.fromkeys(available if wanted is None else wanted))
     unknown = [w for w in wanted if w not in available]
     if unknown:
         raise InvalidInput(f"{role}s {unknown} are not in the reference; it has "

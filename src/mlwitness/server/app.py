@@ -412,21 +412,7 @@ class Sidecar:
             except Exception:
                 log.exception("periodic drift computation failed")
                 continue
-            # Replace, don't accumulate: a column without data this time shows nothing.
-            metrics.drift_score.clear()
-            metrics.drift_detected.clear()
-            detected: dict[str, float] = {}
-            for feature in report.features:
-                for statistic in ("psi", "ks_statistic", "js_distance", "wasserstein",
-                                  "chi2_pvalue", "linf"):
-                    value = feature.statistics.get(statistic)
-                    if isinstance(value, int | float):
-                        metrics.drift_score.labels(feature.name, statistic).set(value)
-                # a column analysed both ways (label) drifts if either view does
-                hit = 1.0 if feature.verdict == "drift" else 0.0
-                detected[feature.name] = max(detected.get(feature.name, 0.0), hit)
-            for name, value in detected.items():
-                metrics.drift_detected.labels(name).set(value)
+            metrics.show_drift(report.features)
 
     def _reload_access(self) -> None:
         """Pick up edited access files (token rotation) without a restart."""

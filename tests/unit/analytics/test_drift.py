@@ -453,3 +453,13 @@ def test_a_minimised_tensor_of_several_named_columns_is_minimised_in_each(
     assert {f.name: f.verdict for f in report.features} == {
         "v": "ok", "city": "minimised", "job": "minimised"}
     assert report.verdict == "ok"
+
+
+def test_each_column_is_listed_once_per_kind_even_when_asked_for_twice(
+    con: Any, ledger: Ledger
+) -> None:
+    report = report_for(con, ledger, "in_distribution", features=["income", "income"],
+                        outputs=["label", "label"])
+    assert [(f.name, f.role, f.kind) for f in report.features] == [
+        ("income", "input", "numeric"), ("label", "output", "numeric"),
+        ("label", "output", "categorical")]
