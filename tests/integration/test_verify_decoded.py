@@ -448,7 +448,7 @@ from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.ledger.tensors import decode_record_tensors
-from mlwitness.wire import inference as pb
+from mlwitness.protocol import inference as pb
 
 names = {"x": tuple(sys.argv[2].split(","))}
 writer = LedgerWriter(Path(sys.argv[1]), WriterOptions(load_interval_s=3600),

@@ -5,7 +5,7 @@ Two kinds: `plans()` describes a request field by field (names, datatypes, shape
 typed contents, parameters, requested outputs, model name/version, id), near-valid more
 often than not so that examples reach decoding, the model, the guards and the ledger's
 tabulation; `build(module, plan)` serializes it with either set of generated classes
-(`mlwitness.wire.inference`, or `tritonclient.grpc.service_pb2` as an independent
+(`mlwitness.protocol.inference`, or `tritonclient.grpc.service_pb2` as an independent
 reference). `mutated(seeds)` damages valid serialized requests on the wire: fields
 repeated, dropped or shuffled, bits flipped, bytes cut, inserted or spliced in.
 """

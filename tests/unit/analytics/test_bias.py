@@ -213,7 +213,7 @@ def test_bad_questions_are_invalid_input(con: Any) -> None:
 # Long enough that the old pattern would backtrack for hours (2,000 spaces took 24 s).
 _REFUSE = """
 import sys, duckdb
-from mlwitness.bias import bias_report
+from mlwitness.analytics.bias import bias_report
 from mlwitness.errors import InvalidInput
 con = duckdb.connect(sys.argv[1], read_only=True)
 try:
