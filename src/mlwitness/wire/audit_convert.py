@@ -92,13 +92,9 @@ def _domain(message: Message, name: str) -> Any:
     field = message.DESCRIPTOR.fields_by_name[name]
     value = getattr(message, name)
     if field.message_type is None:
-        return list(value) if _repeated(field) else value
+        return list(value) if field.is_repeated else value
     item = row_values if field.message_type is apb.Row.DESCRIPTOR else from_message
-    return [item(v) for v in value] if _repeated(field) else item(value)
-
-
-def _repeated(field: Any) -> bool:
-    return bool(field.label == field.LABEL_REPEATED)
+    return [item(v) for v in value] if field.is_repeated else item(value)
 
 
 def row_values(message: apb.Row) -> dict[str, object]:
