@@ -6,6 +6,7 @@ here), exit codes: 0 on success, 1 when a replay differs (or verify fails), 2 on
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -21,7 +22,12 @@ from audit_support import (
     credit_run,
     run_cli,
 )
+from json_shape import shape_problems
 from sidecar import mlwitness_command
+
+from mlwitness.analytics.bias import BiasReport
+from mlwitness.analytics.drift import DriftReport
+from mlwitness.protocol import audit_pb2 as apb
 
 
 def cli(side: AuditedSidecar, *args: str, code: int = 0) -> str:
@@ -237,3 +243,66 @@ def test_connection_options_work_before_or_after_the_command(
                            "--timeout", "5", "show", "b00", "--target", target],
                           capture_output=True, text=True, timeout=60, env=env, check=False)
     assert late.returncode == 0, late.stderr
+
+
+# ── --json: one shape per command (docs/audit-json.md), integers as JSON integers ───────
+
+@pytest.mark.parametrize(("args", "message", "code"), [
+    (["show", "a05"], apb.RecordDetail, 0),
+    (["replay", "a16"], apb.ReplayResponse, 0),
+    (["whatif", "a05", "--set", "income=45000"], apb.WhatIfResponse, 0),
+    (["sensitivity", "a05", "--feature", "fico", "--from", "300", "--to", "850", "--steps",
+      "5"], apb.SensitivityResponse, 0),
+    (["verify"], apb.VerifyLedgerResponse, 0),
+    (["violations"], apb.ViolationsResponse, 0),
+    (["guards"], apb.GuardsResponse, 0),
+], ids=lambda v: v[0] if isinstance(v, list) else "")
+def test_json_answers_have_their_shape_and_integers_as_numbers(
+    audit_sidecar: AuditedSidecar, args: list[str], message: type, code: int
+) -> None:
+    data = cli_json(audit_sidecar, *args, code=code)
+    assert shape_problems(data, message.DESCRIPTOR) == []
+
+
+def test_json_of_show_and_records_has_int64_fields_as_numbers(
+    audit_sidecar: AuditedSidecar, audit_ledger: AuditLedger
+) -> None:
+    entry = audit_ledger.entries["b02"]
+    shown = cli_json(audit_sidecar, "show", "b02")
+    assert isinstance(shown, dict)
+    assert (shown["seq"], shown["received_us"]) == (entry.seq, entry.received_us)
+    assert shown["request_bytes"] > 0 and isinstance(shown["request_bytes"], int)
+    listed = cli_json(audit_sidecar, "records", "--limit", "3")
+    assert isinstance(listed, list) and len(listed) == 3
+    for item in listed:
+        assert shape_problems(item, apb.RecordSummary.DESCRIPTOR) == []
+    assert [r["seq"] for r in listed] == [audit_ledger.entries[f"b0{i}"].seq for i in (7, 6, 5)]
+
+
+def test_json_of_replay_range_is_one_event_object_a_line(
+    audit_sidecar: AuditedSidecar, audit_ledger: AuditLedger
+) -> None:
+    out = cli(audit_sidecar, "replay-range", "--candidate", str(audit_ledger.models.v2),
+              "--max-listed", "2", "--json")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [list(line) for line in lines] == [["changed"], ["changed"], ["summary"]]
+    for line in lines[:2]:
+        assert shape_problems(line["changed"], apb.ChangedDecision.DESCRIPTOR) == []
+    summary = lines[-1]["summary"]
+    assert shape_problems(summary, apb.ReplaySummary.DESCRIPTOR) == []
+    assert (summary["records"], summary["failed"]) == (33, 0)
+
+
+def test_json_of_drift_and_bias_is_the_full_report(
+    audit_sidecar: AuditedSidecar, audit_ledger: AuditLedger
+) -> None:
+    middle = str(audit_ledger.entries["a12"].received_us)
+    drift = cli_json(audit_sidecar, "drift", "--since", middle, "--reference-until", middle)
+    assert isinstance(drift, dict)
+    assert sorted(drift) == sorted(f.name for f in dataclasses.fields(DriftReport))
+    assert isinstance(drift["rows"], int) and drift["rows"] > 0
+    bias = cli_json(audit_sidecar, "bias", "--attribute", "fico", "--bins", "600,700",
+                    "--favorable", "label=1")
+    assert isinstance(bias, dict)
+    assert sorted(bias) == sorted(f.name for f in dataclasses.fields(BiasReport))
+    assert all(isinstance(g["n"], int) for g in bias["groups"])

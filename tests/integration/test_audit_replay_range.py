@@ -24,7 +24,9 @@ from audit_support import (
 )
 from onnx import TensorProto, helper, numpy_helper
 
+from mlwitness.audit import replay_range as replay_range_core
 from mlwitness.audit import service as audit_service
+from mlwitness.audit.results import ReplayProgress
 from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.writer import LedgerWriter
@@ -242,14 +244,14 @@ def test_a_replay_range_abandoned_midway_is_on_the_trail_as_cancelled(
 ) -> None:
     # A caller that cancels the stream closes the service's generator: the question's trail
     # record must say CANCELLED, not OK with an empty result.
-    monkeypatch.setattr(audit_service, "PROGRESS_EVERY_S", 0.0)  # an event per batch
+    monkeypatch.setattr(replay_range_core, "PROGRESS_EVERY_S", 0.0)  # an event per batch
     writer = LedgerWriter(audit_ledger.copy(tmp_path))
     writer.open()
     try:
         service = audit_service.AuditService(LedgerReader(writer.cursor, writer.sync),
                                              trail=writer.append_blocking)
         events = service.replay_range(audit_service.Asker(rpc="ReplayRange"), Filters())
-        assert "progress" in next(events)
+        assert isinstance(next(events), ReplayProgress)
         events.close()
         writer.sync()
         trail = writer.cursor().execute(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mlwitness.audit.results import OutputDiff
 from mlwitness.codec import DATATYPES, Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger.record import Record
@@ -120,15 +121,6 @@ def decoded(call: Parsed) -> Decoded:
 
 def decode_call(record: Record) -> Decoded:
     return decoded(parse_call(record))
-
-
-@dataclass
-class OutputDiff:
-    name: str
-    identical: bool
-    max_abs_diff: float = 0.0
-    max_rel_diff: float = 0.0
-    elements_differing: int = 0
 
 
 def compare(recorded: Sequence[Tensor], replayed: Sequence[Tensor]) -> list[OutputDiff]:

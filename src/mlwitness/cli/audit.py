@@ -1,7 +1,8 @@
 """`mlwitness audit …`: the auditor's command line, a client of the audit gRPC API.
 
 Each command prints a readable table by default and the API's answer as exact JSON with
-`--json`. `replay-range` streams: progress on a terminal (stderr), changed decisions as
+`--json` (`mlwitness.cli.answers`: integers as numbers; docs/audit-json.md shows each
+command's). `replay-range` streams: progress on a terminal (stderr), changed decisions as
 they are found, then the summary.
 """
 
@@ -15,8 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
+from mlwitness.cli.answers import as_json, dumps
 from mlwitness.cli.client import DEFAULT_TARGET, stub
 from mlwitness.errors import InvalidInput
 from mlwitness.protocol import audit_pb2 as apb
@@ -98,17 +98,12 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
 
 
-def _json(message: Any) -> str:
-    return json.dumps(MessageToDict(message, preserving_proto_field_name=True,
-                                    always_print_fields_with_no_presence=True), indent=2)
-
-
 # ── commands ────────────────────────────────────────────────────────────────────────────
 
 def show(args: argparse.Namespace) -> int:
     r = stub(args).GetRecord(apb.GetRecordRequest(ref=_ref(args.record)), timeout=args.timeout)
     if args.json:
-        print(_json(r))
+        print(dumps(as_json(r)))
         return 0
     print(f"record        seq {r.seq}  request id {r.request_id}  ({r.kind})")
     print(f"received      {_when(r.received_us)} UTC  latency {r.responded_us - r.received_us} µs")
@@ -141,7 +136,7 @@ def records(args: argparse.Namespace) -> int:
         request.page_token = page.next_page_token
     shown = shown[: args.limit]
     if args.json:
-        print(json.dumps([json.loads(_json(r)) for r in shown], indent=2))
+        print(dumps([as_json(r) for r in shown]))
         return 0
     print(_table(["seq", "received (UTC)", "request id", "model", "status", "µs", "output"],
                  [[r.seq, _when(r.received_us), r.request_id, r.model_name, r.status,
@@ -155,7 +150,7 @@ def replay(args: argparse.Namespace) -> int:
         _set_candidate(request, args.candidate)
     r = stub(args).Replay(request, timeout=args.timeout)
     if args.json:
-        print(_json(r))
+        print(dumps(as_json(r)))
         return 0 if r.bit_identical else 1
     verdict = "BIT-IDENTICAL" if r.bit_identical else "DIFFERENT"
     print(f"replay of seq {r.seq} ({r.request_id}): {verdict}")
@@ -192,7 +187,7 @@ def whatif(args: argparse.Namespace) -> int:
         ref=_ref(args.record), overrides=_overrides(args.set), row=args.row,
         all_rows=args.all_rows), timeout=args.timeout)
     if args.json:
-        print(_json(r))
+        print(dumps(as_json(r)))
         return 0
     print(f"what-if on seq {r.seq} ({r.request_id}), model {r.model_sha256[:12]}")
     for i, (a, b, c, d) in enumerate(zip(r.original_inputs, r.counterfactual_inputs,
@@ -215,7 +210,7 @@ def sensitivity(args: argparse.Namespace) -> int:
         request.threshold = args.threshold
     r = stub(args).Sensitivity(request, timeout=args.timeout)
     if args.json:
-        print(_json(r))
+        print(dumps(as_json(r)))
         return 0
     print(f"sensitivity of seq {r.seq} to {r.feature} (recorded {r.recorded_value:.6g}, "
           f"decision {r.recorded_decision}; decision = {r.decision_output})")
@@ -243,9 +238,7 @@ def replay_range(args: argparse.Namespace) -> int:
         elif kind == "changed":
             c = event.changed
             if args.json:
-                print(json.dumps({"changed": MessageToDict(
-                    c, preserving_proto_field_name=True,
-                    always_print_fields_with_no_presence=True)}))
+                print(dumps({"changed": as_json(c)}, indent=None))
             else:
                 print(f"changed  seq {c.seq} row {c.row} ({c.request_id}): "
                       f"{c.recorded_decision} → {c.replayed_decision}   {_row_text(c.inputs)}")
@@ -256,8 +249,7 @@ def replay_range(args: argparse.Namespace) -> int:
     if summary is None:
         return 1
     if args.json:
-        print(json.dumps({"summary": MessageToDict(summary, preserving_proto_field_name=True,
-                                                   always_print_fields_with_no_presence=True)}))
+        print(dumps({"summary": as_json(summary)}, indent=None))
     else:
         on = summary.replayed_model_sha256 or "each record's own model"
         print(f"replayed {summary.records} records ({summary.rows} rows) on {on} "
@@ -284,7 +276,7 @@ def verify_remote(args: argparse.Namespace) -> int:
         request.expect_hash = digest
     r = stub(args).VerifyLedger(request, timeout=args.timeout)
     if args.json:
-        print(_json(r))
+        print(dumps(as_json(r)))
     else:
         state = "OK" if r.ok else f"FAILED at seq {r.first_bad_seq}"
         print(f"{state}: {r.records} records (+{r.journal_records} in the journal), head seq "
@@ -301,7 +293,7 @@ def violations(args: argparse.Namespace) -> int:
         since_us=parse_time(args.since), until_us=parse_time(args.until),
         model=args.model or ""), timeout=args.timeout)
     if args.json:
-        print(_json(r))
+        print(dumps(as_json(r)))
         return 0
     print(f"{r.calls} calls, {r.calls_with_violations} with guard violations, "
           f"{r.refused} refused")
@@ -330,7 +322,7 @@ def guards(args: argparse.Namespace) -> int:
     else:
         r = client.GetGuards(apb.GetGuardsRequest(), timeout=args.timeout)
     if args.json:
-        print(_json(r))
+        print(dumps(as_json(r)))
     elif not r.active:
         print("no guards in force")
     else:
@@ -347,7 +339,7 @@ def drift(args: argparse.Namespace) -> int:
     r = stub(args).Drift(request, timeout=args.timeout)
     report = json.loads(r.report_json)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report))
         return 0
     verdict = ("DRIFT in " + ", ".join(r.drifted) if r.drift else
                "no drift" if report["verdict"] == "ok" else report["verdict"].upper())
@@ -374,7 +366,7 @@ def bias(args: argparse.Namespace) -> int:
         until_us=parse_time(args.until), model=args.model or "",
         privileged=args.privileged or "", bins=args.bins or []), timeout=args.timeout)
     if args.json:
-        print(json.dumps(json.loads(r.report_json), indent=2))
+        print(dumps(json.loads(r.report_json)))
         return 0
     print(f"favorable outcome {r.favorable} by {r.attribute} (reference group "
           f"{r.privileged}): {r.verdict.upper()}")
@@ -413,7 +405,8 @@ def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> No
     parser.add_argument("--cert", default=value(None), help="client certificate (PEM) for mTLS")
     parser.add_argument("--key", default=value(None), help="client key (PEM) for --cert")
     parser.add_argument("--json", action="store_true", default=value(False),
-                        help="print the answer as JSON (see the README for each command's)")
+                        help="print the answer as JSON (docs/audit-json.md shows each "
+                        "command's)")
 
 
 def add_commands(sub: Any) -> None:
