@@ -2,17 +2,23 @@
 
 Per-call metrics are counted on the inference path with pre-bound label children; ledger
 figures are read from the writer's counters at scrape time, so they cost the hot path
-nothing.
+nothing. The drift gauges show a drift report that the server works out every
+--drift-interval (`refresh_drift`): this module computes no statistics itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+log = logging.getLogger("mlwitness")
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
@@ -38,6 +44,23 @@ DOCUMENTED = {
     "mlwitness_ledger_last_commit_batch": "records in the latest journal group commit",
     "mlwitness_ledger_healthy": "1 while the ledger can commit records",
 }
+
+
+# The drift statistics shown as mlwitness_drift_score{statistic=…}.
+DRIFT_STATISTICS = ("psi", "ks_statistic", "js_distance", "wasserstein", "chi2_pvalue", "linf")
+
+
+class DriftFeature(Protocol):
+    """One column of a drift report (analytics/drift.py's `FeatureDrift`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def verdict(self) -> str: ...
+
+    @property
+    def statistics(self) -> Mapping[str, Any]: ...
 
 
 class _LedgerCollector(Collector):
@@ -122,6 +145,23 @@ class Metrics:
         """Call `hook` at each scrape, before any metric is read (e.g. to age gauges)."""
         self._before_scrape.hooks.append(hook)
 
+    def show_drift(self, features: Iterable[DriftFeature]) -> None:
+        """Set the drift gauges to one report's columns. Replace, don't accumulate: a
+        column without data this time shows nothing."""
+        self.drift_score.clear()
+        self.drift_detected.clear()
+        detected: dict[str, float] = {}
+        for feature in features:
+            for statistic in DRIFT_STATISTICS:
+                value = feature.statistics.get(statistic)
+                if isinstance(value, int | float):
+                    self.drift_score.labels(feature.name, statistic).set(value)
+            # a column analysed both ways (label) drifts if either view does
+            hit = 1.0 if feature.verdict == "drift" else 0.0
+            detected[feature.name] = max(detected.get(feature.name, 0.0), hit)
+        for name, value in detected.items():
+            self.drift_detected.labels(name).set(value)
+
     def watch_ledger(self, writer: Any) -> None:
         self.registry.register(_LedgerCollector(writer))
 
@@ -139,3 +179,19 @@ class Metrics:
 
 
 Observer = Callable[[str, float], None]
+
+
+async def refresh_drift(metrics: Metrics, compute: Callable[[int], Iterable[DriftFeature]],
+                        interval_s: float) -> None:
+    """Every `interval_s`, show `compute(until_us)` (recent traffic's drift against the
+    baseline, worked out in a thread) on the drift gauges. A computation that fails is
+    logged and the gauges keep the last report."""
+    while True:
+        await asyncio.sleep(interval_s)
+        now = time.time_ns() // 1000
+        try:
+            features = await asyncio.to_thread(compute, now)
+        except Exception:
+            log.exception("periodic drift computation failed")
+            continue
+        metrics.show_drift(features)
