@@ -1,7 +1,7 @@
 """Shared fixtures: real ONNX models, real sidecars on port 0, real DuckDB ledgers.
 
-Nothing here is a mock: `make_sidecar` starts `mlwitness.server.app.Sidecar` on 127.0.0.1
-port 0 with a ledger file under the test's tmp_path; `serve_process` runs the
+Nothing here is a mock: `make_sidecar` starts `mlwitness.server.sidecar.Sidecar` on
+127.0.0.1 port 0 with a ledger file under the test's tmp_path; `serve_process` runs the
 `mlwitness serve` command itself.
 """
 

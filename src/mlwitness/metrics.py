@@ -2,17 +2,23 @@
 
 Per-call metrics are counted on the inference path with pre-bound label children; ledger
 figures are read from the writer's counters at scrape time, so they cost the hot path
-nothing.
+nothing. The drift gauges show a drift report that the server works out every
+--drift-interval (`refresh_drift`): this module computes no statistics itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+log = logging.getLogger("mlwitness")
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
@@ -168,3 +174,19 @@ class Metrics:
 
 
 Observer = Callable[[str, float], None]
+
+
+async def refresh_drift(metrics: Metrics, compute: Callable[[int], Iterable[DriftedColumn]],
+                        interval_s: float) -> None:
+    """Every `interval_s`, show `compute(until_us)` (recent traffic's drift against the
+    baseline, worked out in a thread) on the drift gauges. A computation that fails is
+    logged and the gauges keep the last report."""
+    while True:
+        await asyncio.sleep(interval_s)
+        now = time.time_ns() // 1000
+        try:
+            features = await asyncio.to_thread(compute, now)
+        except Exception:
+            log.exception("periodic drift computation failed")
+            continue
+        metrics.show_drift(features)

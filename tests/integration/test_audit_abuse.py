@@ -308,7 +308,7 @@ def test_every_model_of_the_test_zoo_is_self_contained(model_paths: dict[str, Pa
 
 def test_running_models_does_not_need_the_onnx_package() -> None:
     """`onnx` is a development dependency: the check and the sandbox read the wire format."""
-    code = ("import sys; import mlwitness.server.app, mlwitness.model.sandbox, "
+    code = ("import sys; import mlwitness.server.sidecar, mlwitness.model.sandbox, "
             "mlwitness.model.external_data; "
             "print(sorted(m for m in sys.modules if m == 'onnx' or m.startswith('onnx.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -35,7 +35,7 @@ from mlwitness.ledger import writer as writer_module
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.server import app as app_module
+from mlwitness.server import sidecar as sidecar_module
 
 X1 = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
 
@@ -270,7 +270,7 @@ def test_a_failed_flush_gives_unavailable_then_fails_liveness_and_a_restart_serv
 ) -> None:
     disk = FailingCalls(call, error)
     monkeypatch.setattr(journal_module, "Journal", journals_on(disk))
-    monkeypatch.setattr(app_module, "LEDGER_FAILURE_RESTART_S", 0.5)
+    monkeypatch.setattr(sidecar_module, "LEDGER_FAILURE_RESTART_S", 0.5)
     (metrics_port,) = free_ports(1)
     sidecar: RunningSidecar = make_sidecar(affine_model, metrics_port=metrics_port)
     with grpcclient.InferenceServerClient(sidecar.address) as client:

@@ -88,6 +88,18 @@ def test_a_port_in_use_and_a_ledger_that_is_not_duckdb_are_one_line_errors(
                    "mlwitness: ledger: IO Error")
 
 
+@pytest.mark.parametrize("flag", ["--audit-port", "--health-port"])
+def test_every_port_in_use_is_the_same_one_line_error(
+    affine_model: Path, tmp_path: Path, flag: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_refused(serve(affine_model, tmp_path, "--port", "0", flag, str(port)),
+                       f"cannot listen on 127.0.0.1:{port}: the port is in use")
+
+
 @pytest.mark.parametrize(("text", "words"), [
     ('[tokens]\nname = "alice"\nrole = "auditor"\nsha256 = "' + "0" * 64 + '"\n',
      "tokens must be [[tokens]] tables (double brackets)"),

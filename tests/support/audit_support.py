@@ -1,10 +1,10 @@
 """Fixtures and helpers for the audit-service tests (tests/test_audit_*.py).
 
 Real things only: the demo credit model trained by examples/credit/build_model.py (v1, and
-the v2 candidate whose decisions differ on a few % of rows), `mlwitness.server.app.Sidecar` on
-127.0.0.1 with its ledger under a tmp dir, tritonclient as the inference caller, the
-generated audit stub (or the `mlwitness` command) as the auditor, and onnxruntime called
-directly for the expected answers.
+the v2 candidate whose decisions differ on a few % of rows),
+`mlwitness.server.sidecar.Sidecar` on 127.0.0.1 with its ledger under a tmp dir,
+tritonclient as the inference caller, the generated audit stub (or the `mlwitness`
+command) as the auditor, and onnxruntime called directly for the expected answers.
 
 `recorded_ledger(tmp_path_factory)` records known traffic once per session into a ledger
 that is then closed; tests work on copies of it (`AuditLedger.copy`, `sidecar_on_copy`).

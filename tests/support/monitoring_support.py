@@ -2,9 +2,9 @@
 
 Real things only: the demo credit model and its training CSV (examples/credit), a baseline
 and a suggested guard file written by the `mlwitness baseline` and `mlwitness guards
-suggest` commands, `mlwitness.server.app.Sidecar` on 127.0.0.1 with its ledger under a tmp dir,
-tritonclient as the caller, the generated audit stub or the `mlwitness audit` command as
-the auditor, and plain HTTP scrapes of the Prometheus endpoint.
+suggest` commands, `mlwitness.server.sidecar.Sidecar` on 127.0.0.1 with its ledger under a
+tmp dir, tritonclient as the caller, the generated audit stub or the `mlwitness audit`
+command as the auditor, and plain HTTP scrapes of the Prometheus endpoint.
 
 The expected answers come from outside mlwitness: onnxruntime run directly, tomllib on the
 guard file, scipy on the values the client sent.

@@ -1,7 +1,7 @@
 """Run a real mlwitness sidecar for tests: in a background thread, or as a subprocess.
 
-`start_sidecar(settings)` runs `mlwitness.server.app.Sidecar` on its own asyncio loop in a
-thread, listening on 127.0.0.1 port 0, and returns a `RunningSidecar` (bound address,
+`start_sidecar(settings)` runs `mlwitness.server.sidecar.Sidecar` on its own asyncio loop
+in a thread, listening on 127.0.0.1 port 0, and returns a `RunningSidecar` (bound address,
 ledger path, `sync()`, `query()`, `stop()`). `start_serve_process(...)` runs
 `mlwitness serve` as a child process on explicit free ports and waits for the JSON
 "ready" line it prints on stdout.
@@ -29,7 +29,7 @@ import duckdb
 
 from mlwitness.ledger import journal
 from mlwitness.ledger.record import Record, chain_hash, encode
-from mlwitness.server.app import Sidecar
+from mlwitness.server.sidecar import Sidecar
 from mlwitness.settings import Settings
 
 START_TIMEOUT_S = 30.0

@@ -35,7 +35,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mlwitness.server.app import serve
+    from mlwitness.server.sidecar import serve
 
     settings = settings_mod.build(args).validate()
     _setup_logging(settings.log_level)
@@ -157,7 +157,7 @@ def cmd_token_add(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_server(args: argparse.Namespace) -> int:
-    from mlwitness.server.app import serve_audit
+    from mlwitness.server.audit_server import serve_audit
 
     settings = settings_mod.build(args)
     _setup_logging(settings.log_level)

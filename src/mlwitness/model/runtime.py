@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 PROVIDERS = ["CPUExecutionProvider"]
 # How onnxruntime says an allocation failed (its arena, or std::bad_alloc from a kernel).
 MEMORY_SIGNS = ("Failed to allocate memory", "bad_alloc", "bad allocation")
+# What onnxruntime says of bytes that are not (yet) a model at all, e.g. a file that a copy
+# has truncated or only begun.
+_NOT_A_MODEL = ("INVALID_PROTOBUF", "No graph was found")
 _ORT_CODE = re.compile(r"\[ONNXRuntimeError\] : \d+ : ([A-Z_]+) :")
 # (what onnxruntime's text contains, what we say instead): fixed words, never its text.
 _LOAD_PROBLEMS = (
@@ -74,6 +77,12 @@ def load_problem(text: str) -> str:
     what = next((say for needle, say in _LOAD_PROBLEMS if needle in text),
                 "see the mlwitness log for onnxruntime's words")
     return f"{code} ({what})"
+
+
+def is_not_a_model(exc: BaseException) -> bool:
+    """Whether `OnnxModel`'s failure says the bytes are no model at all (truncated, or a
+    copy only begun), not a model that onnxruntime cannot run."""
+    return any(sign in str(exc) for sign in _NOT_A_MODEL)
 
 
 class OnnxModel:

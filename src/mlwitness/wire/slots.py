@@ -7,7 +7,7 @@ would get RESOURCE_EXHAUSTED from a client that sent nothing. Here a call takes 
 once its request is in hand (gRPC runs a unary handler only then), and only calls of the
 port's own service take one: health and reflection never wait for a slot. What a single
 connection can hold is bounded by gRPC itself (`grpc.max_concurrent_streams`, see
-server/app.py).
+server/port.py).
 """
 
 from __future__ import annotations
