@@ -199,7 +199,8 @@ class LedgerWriter:
         self._head_seq = 0
         self._head_hash = b""
         self._written_at = 0.0  # perf_counter of the last journal write
-        self._durable_seq = 0
+        # (seq, hash) of the last durable record: one attribute, so never read half-updated
+        self._durable: tuple[int, bytes] = (0, b"")
         self._loaded_seq = 0
         self._failure: LedgerUnavailable | None = None
         self._unrecoverable_since: float | None = None  # monotonic time of a failed flush
@@ -212,6 +213,7 @@ class LedgerWriter:
         self._tabler: Tabler | None = None
         self._tail: JournalTail | None = None  # the loader's own reader, when the child fails
         self._claimed = 0  # the last seq a load has taken on
+        self._loader_done = False  # the loader has ended: `write` refuses (under _load_cond)
         # The column names last announced on the chain (rows.features_detail) when it was
         # opened; None when none ever was
         self.announced_features: dict[str, tuple[str, ...]] | None = None
@@ -229,7 +231,7 @@ class LedgerWriter:
             with contextlib.suppress(duckdb.Error):
                 con.close()
             raise
-        self._durable_seq = self._loaded_seq = self._head_seq
+        self._durable, self._loaded_seq = (self._head_seq, self._head_hash), self._head_seq
         self._journal.open(self._head_seq + 1)
         self._journal.retire(self._loaded_seq)
         self._read_root = con.cursor()
@@ -241,7 +243,7 @@ class LedgerWriter:
                                   self.tabulator.feature_names)
             self._tail = JournalTail(directory)
         self._threads = [
-            threading.Thread(target=self._load_loop, name="ledger-loader", daemon=True),
+            threading.Thread(target=self._run_loader, name="ledger-loader", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -360,6 +362,8 @@ class LedgerWriter:
             self._journal.close(remove_if_loaded_upto=None if failed else self._loaded_seq)
         except OSError as exc:  # flushed at every commit already; nothing more to do
             log.error("closing the ledger's journal failed (%s)", exc.strerror or exc)
+        with self._read_lock:  # cursor() refuses from now on
+            self._read_root = None
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):
                 self._con.close()
@@ -379,7 +383,7 @@ class LedgerWriter:
     @property
     def head(self) -> tuple[int, bytes]:
         """(seq, hash) of the last durable record."""
-        return self._durable_seq, self._head_hash
+        return self._durable
 
     @property
     def linger_s(self) -> float:
@@ -505,7 +509,7 @@ class LedgerWriter:
                 raise self._fail(exc, retry=discarded and _out_of_space(exc)) from exc
             self._head_seq, self._head_hash = seq, prev
             self._hand_to_loader(batch)
-            self._durable_seq = seq
+            self._durable = (seq, prev)
             self.stats.appended += len(batch)
             self.stats.flushes += 1
             self.stats.last_flush_batch = len(batch)
@@ -581,6 +585,14 @@ class LedgerWriter:
 
     # ── loading into DuckDB ────────────────────────────────────────────────────────────
 
+    def _run_loader(self) -> None:
+        try:
+            self._load_loop()
+        finally:  # writes handed over from now on are refused: nobody would run them
+            with self._load_cond:
+                self._loader_done = True
+            self._run_writes()
+
     def _load_loop(self) -> None:
         interval = self.options.load_interval_s
         next_load = time.monotonic() + interval  # loads begin once an interval, on the beat
@@ -602,7 +614,7 @@ class LedgerWriter:
                         batch.append(self._unloaded.popleft())
                     last = batch[-1].seq
                 elif self._tabler is not None:
-                    last = min(self._durable_seq, self._loaded_seq + self.options.load_batch)
+                    last = min(self._durable[0], self._loaded_seq + self.options.load_batch)
                     if self._unloaded:
                         last = min(last, self._unloaded[0].seq - 1)
                 else:
@@ -619,7 +631,7 @@ class LedgerWriter:
             if not loaded:
                 self._run_writes()
                 return  # closing and DuckDB refuses: the rest stays in the journal, unskipped
-            if not loading and self._closing and self._loaded_seq >= self._durable_seq:
+            if not loading and self._closing and self._loaded_seq >= self._durable[0]:
                 self._run_writes()
                 return
             with self._load_cond:
@@ -797,6 +809,8 @@ class LedgerWriter:
             return _in_transaction(self._con, fn)
         future: Future[T] = Future()
         with self._load_cond:
+            if self._loader_done:
+                raise LedgerUnavailable("the ledger is shutting down")
             self._writes.append((fn, future))
             self._load_cond.notify_all()
         return future.result(timeout)
@@ -817,11 +831,11 @@ class LedgerWriter:
 
     def sync(self, timeout: float = 30.0) -> int:
         """Wait until every record acknowledged so far is in DuckDB; return that seq."""
-        target = self._durable_seq
+        target = self._durable[0]
         deadline = time.monotonic() + timeout
         with self._load_cond:
             while self._loaded_seq < target:
-                if self._failure is not None and self._loaded_seq >= self._durable_seq:
+                if self._failure is not None and self._loaded_seq >= self._durable[0]:
                     break
                 self._load_now = True
                 self._load_cond.notify_all()
