@@ -341,8 +341,9 @@ class LedgerWriter:
         if self._threads:
             (loader,) = self._threads
             with self._write_lock:  # raced with shutdown: refuse, never leave hanging
-                late = [w for batch in self._batches.values() for _, w in batch]
-                self._batches.clear()
+                # one by one: an event loop's thread may add or take its own meanwhile
+                taken = [self._batches.pop(loop, None) for loop in list(self._batches)]
+                late = [w for batch in taken if batch is not None for _, w in batch]
             settle_elsewhere(late, LedgerUnavailable("the ledger is shutting down"))
             with self._load_cond:
                 self._load_cond.notify_all()
@@ -438,7 +439,7 @@ class LedgerWriter:
     def _flush_batch(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
         if self._batches.get(loop) is not batch:
             return  # taken and refused by close()
-        del self._batches[loop]
+        self._batches.pop(loop, None)  # (close() may take it meanwhile)
         try:
             self._write([record for record, _ in batch])
         except LedgerUnavailable as exc:
@@ -514,7 +515,7 @@ class LedgerWriter:
             self.stats.flushes += 1
             self.stats.last_flush_batch = len(batch)
             self._journal.retire(self._loaded_seq)
-        self.stats.flush_seconds += time.perf_counter() - started
+            self.stats.flush_seconds += time.perf_counter() - started
 
     def _fail(self, exc: OSError, *, retry: bool) -> LedgerUnavailable:
         """Refuse appends from now on. With `retry` (a write found the disk full and its
