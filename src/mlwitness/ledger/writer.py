@@ -851,9 +851,9 @@ class LedgerWriter:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new read cursor on the ledger, for one thread's use."""
-        if self._read_root is None:
-            raise LedgerUnavailable("the ledger is not open")
-        with self._read_lock:
+        with self._read_lock:  # _reopen (the loader) may be replacing it
+            if self._read_root is None:
+                raise LedgerUnavailable("the ledger is not open")
             return self._read_root.cursor()
 
 

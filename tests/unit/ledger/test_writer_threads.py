@@ -78,3 +78,44 @@ def test_a_cursor_asked_for_after_close_is_refused_as_unavailable(tmp_path: Path
     writer.close()
     with pytest.raises(LedgerUnavailable, match="not open"):
         writer.cursor()
+
+
+class WatchedLock:
+    """A lock that tells when a thread begins waiting for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting = threading.Event()
+
+    def __enter__(self) -> WatchedLock:
+        self.waiting.set()
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_a_cursor_asked_for_while_duckdb_is_opened_again_is_refused_as_unavailable(
+    tmp_path: Path,
+) -> None:
+    writer = opened(tmp_path / "ledger.duckdb")
+    watched = writer._read_lock = WatchedLock()  # type: ignore[assignment]
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            writer.cursor().close()
+        except Exception as exc:
+            outcome.append(exc)
+
+    try:
+        with watched.lock:
+            reader = threading.Thread(target=ask)
+            reader.start()
+            assert watched.waiting.wait(10)
+            writer._read_root = None  # as reopen() leaves it while DuckDB is opened again
+        reader.join(10)
+    finally:
+        writer.close()
+    assert [type(exc) for exc in outcome] == [LedgerUnavailable]
