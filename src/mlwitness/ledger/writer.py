@@ -364,7 +364,10 @@ class LedgerWriter:
         except OSError as exc:  # flushed at every commit already; nothing more to do
             log.error("closing the ledger's journal failed (%s)", exc.strerror or exc)
         with self._read_lock:  # cursor() refuses from now on
-            self._read_root = None
+            root, self._read_root = self._read_root, None
+        if root is not None:  # closing it closes the cursors readers still hold
+            with contextlib.suppress(duckdb.Error):
+                root.close()
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):
                 self._con.close()
