@@ -37,11 +37,11 @@ def test_head_is_a_durable_records_seq_and_hash_while_a_write_hands_over(
         writer.append_blocking(Record(request_id="r0"))
         # Holding the loader's condition stops the next write at its hand-over to the
         # loader: written and flushed, its head moved, not yet acknowledged.
-        with writer._load_cond:
+        with writer._loader.cond:
             appender = threading.Thread(target=writer.append_blocking,
                                         args=(Record(request_id="r1"),))
             appender.start()
-            wait_until(lambda: writer._head_seq == 2)
+            wait_until(lambda: writer._chain.head_seq == 2)
             seen = writer.head
         appender.join(10)
         writer.sync(timeout=10)
@@ -58,7 +58,7 @@ def test_a_duckdb_write_handed_over_while_the_ledger_closes_is_refused_at_once(
     # hand a write over after the loader has ended; nobody would run it.
     writer = opened(tmp_path / "ledger.duckdb")
     outcome: list[BaseException] = []
-    close_journal = writer._journal.close
+    close_journal = writer._chain.journal.close
 
     def late_write(**kwargs: Any) -> None:  # close() is past its loader here
         try:
@@ -67,7 +67,7 @@ def test_a_duckdb_write_handed_over_while_the_ledger_closes_is_refused_at_once(
             outcome.append(exc)
         close_journal(**kwargs)
 
-    writer._journal.close = late_write  # type: ignore[method-assign]
+    writer._chain.journal.close = late_write  # type: ignore[method-assign]
     writer.close()
     assert [type(exc) for exc in outcome] == [LedgerUnavailable]
     assert "shutting down" in str(outcome[0])
@@ -100,7 +100,7 @@ def test_a_cursor_asked_for_while_duckdb_is_opened_again_is_refused_as_unavailab
     tmp_path: Path,
 ) -> None:
     writer = opened(tmp_path / "ledger.duckdb")
-    watched = writer._read_lock = WatchedLock()  # type: ignore[assignment]
+    watched = writer._db.read_lock = WatchedLock()  # type: ignore[assignment]
     outcome: list[BaseException] = []
 
     def ask() -> None:
@@ -114,7 +114,7 @@ def test_a_cursor_asked_for_while_duckdb_is_opened_again_is_refused_as_unavailab
             reader = threading.Thread(target=ask)
             reader.start()
             assert watched.waiting.wait(10)
-            writer._read_root = None  # as reopen() leaves it while DuckDB is opened again
+            writer._db.read_root = None  # as reopen() leaves it while DuckDB is opened again
         reader.join(10)
     finally:
         writer.close()
