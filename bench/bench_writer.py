@@ -216,7 +216,7 @@ def duckdb_load(work: Path, batch: int, batches: int) -> dict:
     path = work / "load-only.duckdb"
     writer = LedgerWriter(path, tabulator=Tabulator())
     con = _TimedConnection(schema.connect(path))
-    writer._con = con  # type: ignore[assignment]  # the loader's connection, no threads
+    writer._db.con = con  # type: ignore[assignment]  # the loader's connection, no threads
     tab = Tabulator()
     insert_s = arrow_s = 0.0
     try:
@@ -226,7 +226,7 @@ def duckdb_load(work: Path, batch: int, batches: int) -> dict:
             t1 = time.perf_counter()
             arrow_columns([r.inputs for r in records], [r.outputs for r in records], tab)
             t2 = time.perf_counter()
-            writer._insert(writer._table(records))
+            writer._db.insert(writer._loader.sources.table(records))
             t3 = time.perf_counter()
             arrow_s += t2 - t1
             insert_s += t3 - t2

@@ -31,6 +31,7 @@ from row_faults import UNBUILDABLE, decode_or_fault
 from sidecar import raw_rpc, read_ledger, run_verify
 
 from mlwitness.codec import encode_inputs, tensor_from_array
+from mlwitness.ledger.database import Database
 from mlwitness.ledger.decoded import EMPTIED
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import DECODED_COLUMNS, MAX_VALUES_PER_RECORD, Tabulator
@@ -270,19 +271,23 @@ def test_tensor_names_that_collide_with_column_names_do_not_stop_the_loads(
         writer.close()
 
 
-class RefusingDecodedColumns(LedgerWriter):
+class RefusingDecodedColumnsDatabase(Database):
     """DuckDB refuses the decoded columns of `refuse_seq` (as it refuses a map with a key
     twice). The fault is injected by subclassing; the rest is the real writer."""
 
     refuse_seq = 3
 
-    def _insert(self, table: pa.Table) -> None:
+    def insert(self, table: pa.Table) -> None:
         seqs = table.column("seq").to_pylist()
         inputs = table.column("inputs").to_pylist()
         if any(seq == self.refuse_seq and rows for seq, rows in zip(seqs, inputs, strict=True)):
             raise duckdb.InvalidInputException(
                 "Invalid Input Error: Arrow map contains duplicate key")
-        super()._insert(table)
+        super().insert(table)
+
+
+class RefusingDecodedColumns(LedgerWriter):
+    database = RefusingDecodedColumnsDatabase
 
 
 @pytest.mark.parametrize("at", ["load", "start-up"])

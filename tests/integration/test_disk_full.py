@@ -29,7 +29,8 @@ import pytest
 from disk_support import FailingCalls, SmallDisk
 
 from mlwitness.errors import LedgerUnavailable
-from mlwitness.ledger import writer as writer_mod
+from mlwitness.ledger import chain as chain_mod
+from mlwitness.ledger.database import Database
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
@@ -61,7 +62,7 @@ def ledger_ids(path: Path) -> list[str]:
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer_mod, "JOURNAL_RETRY_S", 0.05)
+    monkeypatch.setattr(chain_mod, "JOURNAL_RETRY_S", 0.05)
 
 
 # ── the journal: a write that finds the disk full, a flush that fails ──────────────────
@@ -146,32 +147,36 @@ def test_a_failed_flush_is_never_retried_and_a_restart_goes_on(
 # ── DuckDB failing under the loader ────────────────────────────────────────────────────
 
 
-class FailingAfterCommit(LedgerWriter):
+class FailingAfterCommit(Database):
     """DuckDB's insert commits and then fails `failures` times, as when its automatic
     checkpoint fails on a full disk ("COMMIT succeeded and is durable, but the
     autocheckpoint failed"), which invalidates the database until it is opened again."""
 
     failures = 2
 
-    def _insert(self, table: pa.Table) -> None:
-        super()._insert(table)
+    def insert(self, table: pa.Table) -> None:
+        super().insert(table)
         if self.failures:
             self.failures -= 1
             raise duckdb.FatalException("FATAL Error: Failed: database has been invalidated "
                                         "because of a previous fatal error")
 
 
+class WriterFailingAfterCommit(LedgerWriter):
+    database = FailingAfterCommit
+
+
 def test_a_load_that_duckdb_committed_before_failing_is_not_loaded_twice(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "ledger.duckdb"
-    writer = FailingAfterCommit(path, WriterOptions(load_interval_s=0.05))
+    writer = WriterFailingAfterCommit(path, WriterOptions(load_interval_s=0.05))
     writer.open()
     try:
         for i in range(4):
             writer.append_blocking(Record(request_id=f"r{i}"))
             assert writer.sync(timeout=15) == i + 1
-        assert writer.failures == 0
+        assert writer._db.failures == 0  # type: ignore[attr-defined]
         rows = writer.cursor().execute("SELECT count(*), count(DISTINCT seq) FROM entries")
         assert rows.fetchall() == [(4, 4)]
     finally:

@@ -30,8 +30,9 @@ from sidecar import RunningSidecar, free_ports, read_ledger, run_verify
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from mlwitness.ledger import chain as chain_module
 from mlwitness.ledger import journal as journal_module
-from mlwitness.ledger import writer as writer_module
+from mlwitness.ledger.database import Database
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
@@ -226,7 +227,7 @@ def test_a_full_disk_gives_unavailable_until_there_is_room_then_serves_again(
 ) -> None:
     disk = FailingCalls("pwrite", errno.ENOSPC)
     monkeypatch.setattr(journal_module, "Journal", journals_on(disk))
-    monkeypatch.setattr(writer_module, "JOURNAL_RETRY_S", 0.1)
+    monkeypatch.setattr(chain_module, "JOURNAL_RETRY_S", 0.1)
     (metrics_port,) = free_ports(1)
     sidecar: RunningSidecar = make_sidecar(affine_model, metrics_port=metrics_port)
     with grpcclient.InferenceServerClient(sidecar.address) as client:
@@ -338,14 +339,18 @@ def test_full_backlog_makes_callers_wait_never_drops(
 # ── the loader and the journal's housekeeping ──────────────────────────────────────────
 
 
-class RefusingWriter(LedgerWriter):
+class RefusingDatabase(Database):
     """DuckDB refuses every batch holding seq 3: the fault is injected by subclassing, as
     FailingJournal does, and the rest of the writer is the real one."""
 
-    def _insert(self, table: pa.Table) -> None:
+    def insert(self, table: pa.Table) -> None:
         if 3 in table.column("seq").to_pylist():
             raise duckdb.IOException("IO Error: could not write to the database file")
-        super()._insert(table)
+        super().insert(table)
+
+
+class RefusingWriter(LedgerWriter):
+    database = RefusingDatabase
 
 
 def test_a_load_that_fails_at_shutdown_leaves_no_gap(tmp_path: Path) -> None:
@@ -396,16 +401,25 @@ def writer_rows(path: Path) -> list[tuple]:
     return read_ledger(path, "SELECT seq, request_id, status FROM entries ORDER BY seq")
 
 
-class HeldLoader(LedgerWriter):
-    """A loader that waits for `release` before each insert: the backlog stays full."""
+class HeldInserts(Database):
+    """Inserts that wait for `release` first: the backlog stays full."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.release = threading.Event()
 
-    def _insert(self, table: pa.Table) -> None:
+    def insert(self, table: pa.Table) -> None:
         self.release.wait(30)
-        super()._insert(table)
+        super().insert(table)
+
+
+class HeldLoader(LedgerWriter):
+    database = HeldInserts
+
+    @property
+    def release(self) -> threading.Event:
+        assert isinstance(self._db, HeldInserts)
+        return self._db.release
 
 
 def test_a_caller_cancelled_while_the_backlog_is_full_still_gets_its_record(
@@ -443,7 +457,7 @@ def test_a_caller_that_leaves_while_its_record_awaits_the_commit_is_recorded_so(
     the response) all the same; it must say what the caller got."""
     sidecar = make_sidecar(affine_model)
     assert sidecar.sidecar.ledger is not None
-    sidecar.sidecar.ledger._linger.seconds = 1.5  # a long commit wait, to leave within
+    sidecar.sidecar.ledger._chain.linger.seconds = 1.5  # a long commit wait, to leave within
     request = service_pb2.ModelInferRequest(model_name="affine_fp32", id="leaver")
     request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
     request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())

@@ -19,6 +19,7 @@ import pytest
 from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.errors import DataLoss
 from mlwitness.ledger import journal as journal_mod
+from mlwitness.ledger.database import Database
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.rows import Tabulator
 from mlwitness.ledger.tabler import (
@@ -109,7 +110,8 @@ def test_rows_built_by_the_child_equal_rows_built_from_memory(tmp_path: Path) ->
         refused = built[17]
         assert refused[2] == "INVALID_ARGUMENT" and refused[4] == b""
         assert len(refused[DECODED.index("outputs") + 5]) == 3  # the withheld outputs, kept
-        assert child._tabler is not None and child._tabler._child is not None  # it was used
+        tabler = child._loader.sources.tabler
+        assert tabler is not None and tabler._child is not None  # it was used
     finally:
         child.close()
         thread.close()
@@ -122,7 +124,7 @@ def test_a_failing_child_costs_nothing_the_writer_builds_the_rows(
                   table_process=True)
     try:
         assert len(entries(writer)) == 10
-        tabler = writer._tabler
+        tabler = writer._loader.sources.tabler
         assert tabler is not None and tabler._child is not None
         os.kill(tabler._child.pid, signal.SIGKILL)
         tabler._child.wait()
@@ -143,7 +145,7 @@ def test_a_child_is_started_again_after_a_failure(tmp_path: Path) -> None:
                   table_process=True)
     try:
         entries(writer)
-        tabler = writer._tabler
+        tabler = writer._loader.sources.tabler
         assert tabler is not None and tabler._child is not None
         first = tabler._child.pid
         tabler.restart_after_s = 0.0
@@ -164,7 +166,7 @@ def test_the_child_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
     writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True)
     try:
         entries(writer)
-        child = writer._tabler._child  # type: ignore[union-attr]
+        child = writer._loader.sources.tabler._child  # type: ignore[union-attr]
         assert child is not None
         assert os.getpriority(os.PRIO_PROCESS, child.pid) > os.getpriority(os.PRIO_PROCESS, 0)
         if _idle_priority_allowed():  # Linux, unless a syscall filter refuses it: nice only
@@ -217,7 +219,7 @@ def test_the_child_outlives_ctrl_c_and_stops_when_the_writer_closes(tmp_path: Pa
     # Ctrl-C reaches the terminal's whole process group; the sidecar drains on it and the
     # child must still be there to build the rows of that drain.
     writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True)
-    tabler = writer._tabler
+    tabler = writer._loader.sources.tabler
     assert tabler is not None
     try:
         entries(writer)
@@ -236,16 +238,16 @@ def test_the_child_outlives_ctrl_c_and_stops_when_the_writer_closes(tmp_path: Pa
 def test_a_load_retried_after_duckdb_failed_keeps_withheld_outputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table_process: bool
 ) -> None:
-    real_insert = LedgerWriter._insert
+    real_insert = Database.insert
     failures = [1]
 
-    def insert_failing_once(self: LedgerWriter, table) -> None:
+    def insert_failing_once(self: Database, table) -> None:
         if failures:
             failures.pop()
             raise duckdb.IOException("disk hiccup")
         real_insert(self, table)
 
-    monkeypatch.setattr(LedgerWriter, "_insert", insert_failing_once)
+    monkeypatch.setattr(Database, "insert", insert_failing_once)
     writer = fill(tmp_path / "ledger.duckdb",
                   [make_record(0), make_record(1, status="INVALID_ARGUMENT", rows=3)],
                   table_process=table_process)
@@ -377,12 +379,12 @@ def test_a_loader_fallen_behind_builds_from_memory_in_seq_order(
     child = fill(tmp_path / "child.duckdb", records(35), table_process=True, **options)
     thread = fill(tmp_path / "thread.duckdb", records(35), table_process=False, **options)
     try:
-        assert len(child._unloaded) > 0  # fell behind: records kept
+        assert len(child._loader.sources.unloaded) > 0  # fell behind: records kept
         release.set()
         assert entries(child) == entries(thread)
         from_child = sum(last - first + 1 for first, last in asked)
         assert 0 < from_child < 35  # the first ones by the child, the rest from memory
-        assert not child._unloaded
+        assert not child._loader.sources.unloaded
         asked.clear()
         for record in records(5, start=35):
             child.append_blocking(record)
@@ -428,13 +430,13 @@ def test_close_loads_an_append_that_was_under_way(tmp_path: Path, table_process:
     writer.open()
     writer.append_blocking(make_record(0))
     writer.sync()
-    real_sync = writer._journal.sync
+    real_sync = writer._chain.journal.sync
 
     def slow_sync() -> None:
         time.sleep(0.3)
         real_sync()
 
-    writer._journal.sync = slow_sync  # type: ignore[method-assign]
+    writer._chain.journal.sync = slow_sync  # type: ignore[method-assign]
     acked: list[bool] = []
     appender = threading.Thread(
         target=lambda: (writer.append_blocking(make_record(1)), acked.append(True)))

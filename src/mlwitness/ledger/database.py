@@ -1,0 +1,211 @@
+"""The ledger writer's read-write DuckDB connection: rows in (with their decoded columns
+left out where DuckDB refuses only those), other writes in a transaction of their own,
+opened again after a fatal error, cursors for readers, the checkpoint at close.
+
+Which thread runs what: the owner's (LedgerWriter.open, close) before the loader thread
+starts and after it has ended; in between only the loader thread uses the connection
+(`store`, `insert`, `transaction`, `stored_head`, `reopen`). `cursor` is for any thread.
+
+Shared fields:
+  con, read_root  written by the owner, or by the loader thread in `reopen`, under
+                  `read_lock`; `cursor` (any thread) reads read_root under it. Nothing
+                  else is taken, nor anything waited for, while holding read_lock.
+  broken          the loader thread's (DuckDB invalidated its database: open it again)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from mlwitness.errors import LedgerUnavailable
+from mlwitness.ledger import schema
+from mlwitness.ledger.rows import without_decoded
+
+if TYPE_CHECKING:
+    from mlwitness.ledger.writer import WriterStats
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Insert probes spent finding the records whose decoded columns DuckDB refuses in a failed
+# load (bisecting it); records still unresolved then go in without their decoded columns.
+SALVAGE_PROBES = 64
+
+
+class Database:
+    def __init__(self, path: Path, threads: int, stats: WriterStats) -> None:
+        self.path = path
+        self.threads = threads  # DuckDB worker threads (SET threads); 0: DuckDB's default
+        self.stats = stats
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.read_root: duckdb.DuckDBPyConnection | None = None
+        self.read_lock = threading.Lock()
+        self.broken = False
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = schema.connect(self.path)
+        if self.threads > 0:
+            con.execute(f"SET threads = {int(self.threads)}")
+        return con
+
+    def open(self) -> duckdb.DuckDBPyConnection:
+        """(Owner.) Connect; readers are let in by `admit_readers`."""
+        self.con = self._connect()
+        return self.con
+
+    def abandon(self) -> None:
+        """(Owner.) Close a connection whose start failed (e.g. on a full disk): nothing
+        stays open for a later attempt."""
+        con, self.con = self.con, None
+        if con is not None:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
+    def admit_readers(self) -> None:
+        assert self.con is not None
+        self.read_root = self.con.cursor()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new read cursor on the ledger, for one thread's use."""
+        with self.read_lock:  # `reopen` (the loader) may be replacing it
+            if self.read_root is None:
+                raise LedgerUnavailable("the ledger is not open")
+            return self.read_root.cursor()
+
+    def reopen(self) -> None:
+        """Open DuckDB again. After a fatal error (a checkpoint that failed, e.g. on a full
+        disk) it refuses every statement until then; opening replays its WAL, so nothing
+        committed is lost. Readers' cursors of the old connection fail; new ones work."""
+        with self.read_lock:
+            old, root = self.con, self.read_root
+            self.con = self.read_root = None
+        for handle in (root, old):
+            if handle is not None:
+                with contextlib.suppress(duckdb.Error):
+                    handle.close()
+        con = self._connect()
+        with self.read_lock:
+            self.con, self.read_root = con, con.cursor()
+        self.broken = False
+        log.warning("the DuckDB ledger was opened again after a fatal error; loads resume")
+
+    def store(self, table: pa.Table) -> None:
+        """Insert rows. Should DuckDB refuse them for their decoded columns alone (the
+        record fields go in without them), the records it refuses go in without theirs."""
+        try:
+            self.insert(table)
+        except duckdb.Error as exc:
+            if fatal(exc) or not self._fits(without_decoded(table)):
+                raise  # the records themselves do not go in: not their derived data
+            refused: list[int] = []
+            self._bisect(table, 0, refused, [SALVAGE_PROBES])
+            self.insert(without_decoded(table, refused))
+            seqs = table.column("seq").take(refused).to_pylist()
+            note_undecoded(self.stats, seqs, f"DuckDB refused their decoded columns ({exc})")
+
+    def _bisect(self, table: pa.Table, offset: int, refused: list[int],
+                budget: list[int]) -> None:
+        """Rows (offset + index) of a refused `table` whose decoded columns DuckDB refuses,
+        found by inserting halves. Once `budget` probes are spent, all rows left count."""
+        if table.num_rows == 1:
+            refused.append(offset)
+            return
+        half = table.num_rows // 2
+        for part, at in ((table.slice(0, half), offset), (table.slice(half), offset + half)):
+            budget[0] -= 1
+            if budget[0] < 0:
+                refused.extend(range(at, at + part.num_rows))
+            elif not self._fits(part):
+                self._bisect(part, at, refused, budget)
+
+    def _fits(self, table: pa.Table) -> bool:
+        """Whether DuckDB takes these rows (inserted, then rolled back)."""
+        assert self.con is not None
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.insert(table)
+            return True
+        except duckdb.Error as exc:
+            if fatal(exc):
+                raise
+            return False
+        finally:
+            self.con.execute("ROLLBACK")
+
+    def insert(self, table: pa.Table) -> None:
+        """Insert rows into DuckDB in one statement (DuckDB's own work runs without the
+        GIL). Every row of the ledger goes in here (tests inject DuckDB's faults here)."""
+        assert self.con is not None
+        con = self.con
+        con.register("_ledger_batch", table)
+        try:
+            con.execute("INSERT INTO entries BY NAME SELECT * FROM _ledger_batch")
+        finally:
+            con.unregister("_ledger_batch")
+
+    def stored_head(self) -> int:
+        assert self.con is not None
+        (head,) = self.con.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchall()[0]
+        return int(head)
+
+    def transaction(self, fn: Callable[[Any], T]) -> T:
+        assert self.con is not None
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            result = fn(con)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return result
+
+    def checkpoint(self, attempts: int = 40) -> None:
+        """CHECKPOINT at close. A thread that outlived its cancelled task (a drift metric or
+        an audit question still reading) can hold the connection for a moment; DuckDB then
+        refuses ("connection is busy") instead of waiting, so wait here (≤ 2 s)."""
+        assert self.con is not None
+        for attempt in range(attempts):
+            try:
+                self.con.execute("CHECKPOINT")
+                return
+            except duckdb.Error as exc:
+                if "busy" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        """(Owner, once the loader has ended.) Readers are refused from now on."""
+        with self.read_lock:
+            root, self.read_root = self.read_root, None
+        if root is not None:  # closing it closes the cursors readers still hold
+            with contextlib.suppress(duckdb.Error):
+                root.close()
+        if self.con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            self.con = None
+
+
+def fatal(exc: Exception) -> bool:
+    """DuckDB invalidated its database (after a failed checkpoint, e.g. on a full disk):
+    every statement fails until it is opened again."""
+    return isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc)
+
+
+def note_undecoded(stats: WriterStats, seqs: list[int], why: str) -> None:
+    """Count and log records loaded without their decoded columns."""
+    stats.undecoded += len(seqs)
+    shown = ", ".join(map(str, seqs[:5])) + (", ..." if len(seqs) > 5 else "")
+    log.warning("%d record(s) (seq %s) are loaded without decoded columns (inputs, outputs, "
+                "parameters); their request and response bytes are stored whole. Seq "
+                "%d: %s", len(seqs), shown, seqs[0], why)
