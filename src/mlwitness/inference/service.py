@@ -6,7 +6,7 @@
 Answered, refused and failed calls are all recorded. The response leaves only after its
 record is durable; if the ledger cannot take it, the caller gets UNAVAILABLE and no
 prediction. A call that fails after the model ran keeps the response it would have had
-as withheld, not sent (recorded.py), so that every decoded column of a record is read
+as withheld, not sent (ledger/tensors.py), so that every decoded column of a record is read
 from its hashed bytes. The exception: calls refused before they are read (no credentials) are
 tallied, one record per caller and reason an interval (refusals.py). What a request's
 tensors would cost is judged from the parsed message before any is decoded, and large
@@ -216,7 +216,7 @@ class InferenceService:
         A caller that leaves (cancel, deadline) while its record waits for the group
         commit gets CANCELLED or DEADLINE_EXCEEDED, not this answer. The record is still
         in the open batch (no seq, not hashed yet), so it is made to say so, its response
-        kept as withheld (recorded.py), not as sent. (Once committed it stands: a caller that leaves
+        kept as withheld (ledger/tensors.py), not as sent. (Once committed it stands: a caller that leaves
         in the instant between the commit and the answer's delivery is recorded OK, as
         when the network loses an answer that was sent.)"""
         try:
