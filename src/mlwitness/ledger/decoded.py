@@ -3,7 +3,7 @@
 `entries.inputs`, `inputs_text`, `outputs`, `outputs_text` and `parameters` are what SQL,
 `audit show`, drift and bias read, yet they are not hashed: the writer derives them from
 the request and response bytes, which are. `DecodedCheck` derives them again with the
-writer's own code (`recorded.decode_record_tensors`, `rows.decoded_columns`), a batch of
+writer's own code (`tensors.decode_record_tensors`, `rows.decoded_columns`), a batch of
 records at a time, and compares them with what is stored: keys and row layout exactly,
 numbers bit for bit (any NaN equals any NaN), text exactly, NULL only where NULL.
 
@@ -13,7 +13,7 @@ compared (when the record's hashed fields say it is such a call):
 
 * the outputs of a call refused after the model ran (an output guard refused it, or the
   caller's deadline passed during the run) that keeps no withheld response in `detail`
-  (recorded.py): the writer tabulated them from memory;
+  (ledger/tensors.py): the writer tabulated them from memory;
 * the request parameters of a call whose request bytes the minimiser dropped because its
   inputs could not be decoded (it now keeps the request without its inputs).
 
