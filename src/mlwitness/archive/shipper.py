@@ -50,6 +50,7 @@ from mlwitness.archive.segments import Manifest, Segment
 from mlwitness.archive.store import ArchiveConflict, NotFound, ObjectStore
 from mlwitness.errors import DataLoss, MlwitnessError
 from mlwitness.ledger.record import genesis_hash
+from mlwitness.ledger.verify import ARCHIVED_HASH, ARCHIVED_SEQ
 
 log = logging.getLogger(__name__)
 
@@ -324,13 +325,16 @@ class Shipper:
             return 0, genesis_hash(self.chain_id).hex()
         seq, digest = manifest.head
         row = _one(con, "SELECT hash FROM entries WHERE seq = ?", [seq])
+        local = bytes(row[0]).hex() if row else None
         if row is None:
-            prefix = _one(con, "SELECT value FROM ledger_meta WHERE key = 'archived_seq'"
-                                 )
-            if prefix is None or int(prefix[0]) < seq:
+            meta = dict(con.execute("SELECT key, value FROM ledger_meta WHERE key IN (?, ?)",
+                                    [ARCHIVED_SEQ, ARCHIVED_HASH]).fetchall())
+            if int(meta.get(ARCHIVED_SEQ, 0)) < seq:
                 raise DataLoss(f"chain {self.chain_id}: the archive reaches record {seq}, "
                                "which the local ledger does not hold")
-        elif bytes(row[0]).hex() != digest:
+            if int(meta[ARCHIVED_SEQ]) == seq:
+                local = meta.get(ARCHIVED_HASH)
+        if local is not None and local != digest:
             raise DataLoss(f"chain {self.chain_id}: archived record {seq} ({manifest.key}) "
                            "has another hash than the local ledger's: the archive holds "
                            "another history of this chain; nothing is shipped")
