@@ -12,6 +12,9 @@ metadata goes under the archive's `iceberg/` folder unless `warehouse` says othe
   longer current fails (CommitFailedException), in the SQL catalog as in a REST one. Then
   the table is read again, the files it gained meanwhile are skipped, and the commit is
   tried again (COMMIT_ATTEMPTS in all); so two registrations at once add every file once.
+  pyiceberg's own retry (table property `commit.retry.num-retries`, 4 by default) is set to
+  0 on the table: it re-applies the same append on top of the concurrent one, which added
+  the files twice when two registrations raced (pyiceberg 0.12).
 * **Only committed segments.** A segment is registered when its manifest exists and the
   store's SHA-256 of its Parquet object (S3's stored checksum, or the file hashed) is the
   one the manifest names.
@@ -46,6 +49,7 @@ DEFAULT_CATALOG = "sqlite:///catalog.db"
 DEFAULT_TABLE = "mlwitness.records"
 COMMIT_ATTEMPTS = 5
 FILES_PER_COMMIT = 1000
+RETRIES = "commit.retry.num-retries"
 
 
 @dataclass
@@ -74,13 +78,13 @@ def register(store_url: str, catalog_uri: str = DEFAULT_CATALOG, table: str = DE
     catalog = open_catalog(catalog_uri, warehouse or store_url.rstrip("/") + "/iceberg")
     urls = {data_url(store, m.parquet_key): m for m in manifests}
     for attempt in range(COMMIT_ATTEMPTS):
-        iceberg = _table(catalog, table, store, manifests)
-        present = _files(iceberg)
-        wanted = [url for url in urls if url not in present]
-        result.already = len(urls) - len(wanted)
-        if not wanted:
-            return result
         try:
+            iceberg = _no_blind_retries(catalog, _table(catalog, table, store, manifests))
+            present = _files(iceberg)
+            wanted = [url for url in urls if url not in present]
+            result.already = len(urls) - len(wanted) - len(result.added)
+            if not wanted:
+                return result
             _widen(iceberg, store, [urls[url] for url in wanted])
             for start in range(0, len(wanted), FILES_PER_COMMIT):
                 batch = wanted[start:start + FILES_PER_COMMIT]
@@ -188,6 +192,14 @@ def _table(catalog: Any, name: str, store: ObjectStore, manifests: list[Manifest
         return catalog.load_table(name)
     except TableAlreadyExistsError:  # another registration made it meanwhile
         return catalog.load_table(name)
+
+
+def _no_blind_retries(catalog: Any, table: Any) -> Any:
+    if table.properties.get(RETRIES) == "0":
+        return table
+    with table.transaction() as transaction:
+        transaction.set_properties({RETRIES: "0"})
+    return catalog.load_table(table.name())
 
 
 def _schema(store: ObjectStore, manifest: Manifest) -> pa.Schema:
