@@ -48,8 +48,8 @@ from mlwitness.archive.shipper import Shipper, ShipperOptions
 from mlwitness.archive.verify import verify_archive
 from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.ledger import schema
-from mlwitness.ledger.store import put_model
 from mlwitness.ledger.record import Record
+from mlwitness.ledger.store import put_model
 from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.protocol import inference as pb
