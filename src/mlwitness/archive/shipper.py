@@ -199,7 +199,10 @@ class Shipper:
             self._look(con)
             if self._loaded <= self._position[0]:
                 break
-            shipped += self._ship_next(con)
+            records = self._ship_next(con)
+            if not records:
+                break  # waiting for the ledger to load what a cut-short upload holds
+            shipped += records
         self._look(con)
         return shipped
 
@@ -233,6 +236,10 @@ class Shipper:
                            f"the archived record {first - 1} (prev_hash differs): the archive "
                            "holds another history of this chain")
         last = self._cut_short(first, int(found[0])) or self._range_end(con, first)
+        if last > self._loaded:
+            log.info("archive: records up to %d are not loaded yet; the upload cut short "
+                     "earlier is completed once they are", last)
+            return 0
         segment = segments.seal(con, self.chain_id, first, last,
                                 created_us=time.time_ns() // 1000)
         self._upload(con, segment)
@@ -259,7 +266,7 @@ class Shipper:
         prefix = segments.orphan_prefix(self.chain_id, first, first_received_us)
         for info in self.store.list(prefix):
             bounds = segments.parse_segment_name(info.key)
-            if bounds is not None and bounds[0] == first and bounds[1] <= self._loaded:
+            if bounds is not None and bounds[0] == first:
                 log.info("archive: completing the upload of %s, cut short earlier", info.key)
                 return bounds[1]
         return None
