@@ -37,6 +37,7 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 CONTENT_KINDS = {
     "model": ("models", ".onnx"),
     "environment": ("environments", ".json"),
+    "baseline": ("baselines", ".json"),
 }
 
 
@@ -236,7 +237,8 @@ def check_retain_until(when: datetime) -> datetime:
 
 def content_key(kind: str, data: bytes) -> str:
     """The key of content-addressed `data`: `models/sha256/<hex>.onnx`,
-    `environments/sha256/<hex>.json`. `kind` is a key of CONTENT_KINDS."""
+    `environments/sha256/<hex>.json`, `baselines/sha256/<hex>.json`. `kind` is a key of
+    CONTENT_KINDS."""
     try:
         folder, suffix = CONTENT_KINDS[kind]
     except KeyError:

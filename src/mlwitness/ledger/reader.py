@@ -91,15 +91,20 @@ class LedgerReader:
             raise InvalidInput("give a request id or a positive seq")
         if request_id:
             seq = self._seq_of(request_id)
+        return self._fetch("seq = ?", [seq], f"no record with seq {seq}", rows=rows)
+
+    def _fetch(self, where: str, params: builtins.list[Any], missing: str, *, rows: bool
+               ) -> StoredRecord:
+        """The one record `where` selects; RecordNotFound saying `missing` if none."""
         extra = ", inputs, inputs_text, outputs, outputs_text" if rows else ""
-        sql = f"SELECT {_RECORD_COLUMNS}{extra} FROM entries WHERE seq = ?"
+        sql = f"SELECT {_RECORD_COLUMNS}{extra} FROM entries WHERE {where}"
         # Records never change once stored, so one found without waiting for the loader is
         # the answer; only a miss needs the barrier (it may be acknowledged, not yet loaded).
-        found = self._cursor().execute(sql, [seq]).fetchall()
+        found = self._cursor().execute(sql, params).fetchall()
         if not found:
-            found = self.cursor().execute(sql, [seq]).fetchall()
+            found = self.cursor().execute(sql, params).fetchall()
         if not found:
-            raise RecordNotFound(f"no record with seq {seq}")
+            raise RecordNotFound(missing)
         row = found[0]
         if not rows:
             return StoredRecord(_record(row))

@@ -15,6 +15,11 @@
   against the admin record that announced it.
 * **The file's views and other objects** (schema.stray_objects): `records`, `decisions`
   and `audit_log` as mlwitness defines them, and no view, macro or type of anyone else's.
+* **An archived prefix.** Local retention (archive/retention.py) deletes records once they
+  are archived and notes the last one it deleted, seq and hash, in `ledger_meta`
+  (ARCHIVED_SEQ, ARCHIVED_HASH): the chain is then checked from the record after it, that
+  hash as its prev_hash, and the report names the prefix (`archived_prefix`), which
+  `mlwitness archive verify` checks in the archive.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ from mlwitness.ledger import decoded, journal, schema
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 
 # Stored record fields in the order of Record's own (so a row is Record(*row)).
-_FIELDS = (
+RECORD_FIELDS = (
     "kind", "request_id", "received_us", "responded_us", "model_name", "model_version",
     "model_sha256", "env_id", "peer", "metadata", "status", "message", "violations", "detail",
     "request", "response", "seq", "prev_hash", "hash",
 )
+ARCHIVED_SEQ = "archived_seq"  # ledger_meta: the last record deleted once archived
+ARCHIVED_HASH = "archived_hash"  # ledger_meta: its hash (hex)
 BATCH = 4096  # records read, decoded and compared at a time
 LISTED = 20  # records with differing decoded columns named one by one; the rest counted
 
@@ -64,6 +71,8 @@ class VerifyReport:
     # Column names of tensors configured by --features, learned from the data where no
     # record announced them (older ledgers): {tensor: {names, first_seq}}
     column_names: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Records 1..seq deleted locally once archived: {seq, hash}; None when none were
+    archived_prefix: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -81,6 +90,9 @@ class VerifyReport:
     def notes(self) -> list[str]:
         """What verification could not cover, in sentences (not failures)."""
         out = []
+        if self.archived_prefix:
+            out.append(f"records 1..{self.archived_prefix['seq']} are in the archive only "
+                       "(deleted locally once archived): `mlwitness archive verify` checks them")
         for group in self.not_covered:
             seqs = ", ".join(map(str, group["first_seqs"]))
             more = ", …" if group["records"] > len(group["first_seqs"]) else ""
@@ -177,6 +189,7 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
         meta = dict(con.execute(f"SELECT key, value FROM {where}ledger_meta").fetchall()
                     ) if "ledger_meta" in tables else {}
         walk.prev = genesis_hash(meta.get("chain_id", ""))
+        _start_after_archived(meta, walk, report)
         if "entries" in tables:
             _check_entries(con, where, walk, report)
         _check_models(con, where, walk, report, tables)
@@ -197,6 +210,17 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
     if expect_head is not None:
         _check_head(report, walk, *expect_head)
     return report
+
+
+def _start_after_archived(meta: dict[str, str], walk: _Walk, report: VerifyReport) -> None:
+    """Begin the chain after the archived prefix, if records were deleted once archived."""
+    if ARCHIVED_SEQ not in meta:
+        return
+    seq, digest = int(meta[ARCHIVED_SEQ]), meta.get(ARCHIVED_HASH, "")
+    report.archived_prefix = {"seq": seq, "hash": digest}
+    walk.expected_seq, walk.prev = seq + 1, bytes.fromhex(digest)
+    if walk.head_wanted == seq:
+        walk.hash_at_wanted = walk.prev
 
 
 def _catalog(con: Any, path: Path) -> str:
@@ -245,16 +269,21 @@ def _stored_batches(con: Any, where: str) -> Iterator[tuple[Any, list[Record]]]:
     """The stored records in seq order, a batch at a time: (the Arrow batch, with the
     decoded columns; its records)."""
     reader = con.sql(
-        f"SELECT {', '.join(_FIELDS)}, {', '.join(decoded.COLUMNS)} FROM {where}entries "
+        f"SELECT {', '.join(RECORD_FIELDS)}, {', '.join(decoded.COLUMNS)} FROM {where}entries "
         "ORDER BY seq").to_arrow_reader(BATCH)
     for batch in reader:
-        columns = [batch.column(i).to_pylist() for i in range(len(_FIELDS))]
-        records = [Record(*values) for values in zip(*columns, strict=True)]
-        yield batch, records
+        yield batch, records_from(batch)
+
+
+def records_from(batch: Any) -> list[Record]:
+    """The records of an Arrow batch (or table) holding the RECORD_FIELDS columns (the
+    archive's segments too)."""
+    columns = [batch.column(name).to_pylist() for name in RECORD_FIELDS]
+    return [Record(*values) for values in zip(*columns, strict=True)]
 
 
 def _chain_step(record: Record, walk: _Walk, report: VerifyReport, where: str) -> None:
-    problem = _check(record, walk.expected_seq, walk.prev)
+    problem = chain_problem(record, walk.expected_seq, walk.prev)
     if problem is not None and not walk.broken:
         walk.broken = True
         report.problems.append(Problem(problem.seq, where + problem.what))
@@ -264,7 +293,9 @@ def _chain_step(record: Record, walk: _Walk, report: VerifyReport, where: str) -
     walk.prev = record.hash
 
 
-def _check(record: Record, expected_seq: int, prev: bytes) -> Problem | None:
+def chain_problem(record: Record, expected_seq: int, prev: bytes) -> Problem | None:
+    """Whether `record` continues the chain whose next seq is `expected_seq` after the
+    hash `prev` (the archive's verifier walks its segments with this too)."""
     if record.seq != expected_seq:
         if record.seq > expected_seq:
             return Problem(expected_seq, f"record seq {expected_seq} is missing "
@@ -279,6 +310,8 @@ def _check(record: Record, expected_seq: int, prev: bytes) -> Problem | None:
 
 
 def _check_head(report: VerifyReport, walk: _Walk, seq: int, digest: str) -> None:
+    if report.archived_prefix and seq < report.archived_prefix["seq"]:
+        return  # in the archive only: `mlwitness archive verify --expect-head` checks it
     if report.head_seq < seq:
         report.problems.append(Problem(
             report.head_seq + 1, f"records after seq {report.head_seq} are missing; "
@@ -416,9 +449,10 @@ def _check_baselines(con: Any, where: str, walk: _Walk, report: VerifyReport,
             report.problems.append(Problem(seq, f"baseline {sha}: stored JSON does not "
                                            "match its SHA-256"))
         elif announced is None:
-            report.problems.append(Problem(None, f"baseline {sha} ({name!r}) was announced by "
-                                           "no record (the sidecar records each baseline it "
-                                           "stores)"))
+            if report.archived_prefix is None:  # else announced, maybe, in the archive only
+                report.problems.append(Problem(None, f"baseline {sha} ({name!r}) was "
+                                               "announced by no record (the sidecar records "
+                                               "each baseline it stores)"))
         elif name != Path(announced[1]).name:
             report.problems.append(Problem(seq, f"baseline {sha}: stored as {name!r}, but "
                                            f"record seq {seq} stored it from "
