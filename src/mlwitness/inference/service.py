@@ -216,7 +216,8 @@ class InferenceService:
         A caller that leaves (cancel, deadline) while its record waits for the group
         commit gets CANCELLED or DEADLINE_EXCEEDED, not this answer. The record is still
         in the open batch (no seq, not hashed yet), so it is made to say so, its response
-        kept as withheld (ledger/tensors.py), not as sent. (Once committed it stands: a caller that leaves
+        kept as withheld (ledger/tensors.py), not as sent. (Once committed it stands: a
+        caller that leaves
         in the instant between the commit and the answer's delivery is recorded OK, as
         when the network loses an answer that was sent.)"""
         try:
