@@ -204,7 +204,9 @@ class Settings:
         "get to finish before it is closed (0: none). Raise it for long ReplayRange "
         "streams.", commands=BOTH, check="seconds>=0")
     ort_threads: int = setting(
-        1, "onnxruntime intra-op threads (embedded mode and replay).", commands=BOTH,
+        1, "onnxruntime intra-op threads of the serving session (embedded mode; recorded in "
+        "the environment). Replay runs each decision with the threads it was recorded with; "
+        "this applies to records whose environment names none.", commands=BOTH,
         check="count")
     max_candidate_bytes: int = setting(
         16 << 20, "Largest candidate model an auditor may upload (candidate_onnx); larger "

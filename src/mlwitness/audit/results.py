@@ -82,7 +82,8 @@ class OutputDiff:
     identical: bool  # byte for byte
     max_abs_diff: float = 0.0
     max_rel_diff: float = 0.0
-    elements_differing: int = 0
+    elements_differing: int = 0  # elements whose bits differ
+    max_ulps: float = 0.0  # `mlwitness.audit.replay.ulps`; infinity: no distance (text, shape)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class ReplayResult:
     replayed_outputs: Sequence[Row]
     decisions_changed: Sequence[int]  # rows whose decision differs
     decision_output: str  # how a row's decision was read
+    verdict: str = ""  # bit-identical, rounding (and why), or material
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class ReplaySummary:
     replayed_model_sha256: str  # empty: each record's own model
     max_abs_diff: float
     failures: Sequence[str]  # the first few reasons
+    max_ulps: float = 0.0  # over every output of every changed record
 
 
 ReplayEvent = ReplayProgress | ChangedDecision | ReplaySummary

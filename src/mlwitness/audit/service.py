@@ -43,11 +43,13 @@ class AuditService:
         limits: AuditLimits | None = None,
     ) -> None:
         self.reader = reader
-        fingerprint = environment.fingerprint()
-        self.trail = Trail(trail, fingerprint)
+        # The environment the trail's records name: this process's, with no model session
+        # (the server stores it in the ledger's environments before any question).
+        self.environment = environment.fingerprint()
+        self.trail = Trail(trail, self.environment)
         self.candidates = Candidates(reader, store_model, limits or AuditLimits(), threads)
         records = Records(reader, self.trail)
-        reruns = Reruns(reader, self.trail, self.candidates, fingerprint)
+        reruns = Reruns(reader, self.trail, self.candidates)
         monitoring = Monitoring(reader, self.trail)
         guards = Guards(reader, self.trail, checks)
         self.get_record = records.get

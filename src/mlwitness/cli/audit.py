@@ -155,9 +155,10 @@ def replay(args: argparse.Namespace) -> int:
     verdict = "BIT-IDENTICAL" if r.bit_identical else "DIFFERENT"
     print(f"replay of seq {r.seq} ({r.request_id}): {verdict}")
     print(f"recorded model {r.recorded_model_sha256}\nreplayed on    {r.replayed_model_sha256}")
-    print(_table(["output", "identical", "max |Δ|", "max rel Δ", "elements ≠"],
-                 [[d.name, d.identical, f"{d.max_abs_diff:.3g}", f"{d.max_rel_diff:.3g}",
-                   d.elements_differing] for d in r.outputs]))
+    print(_table(["output", "identical", "max ulps", "max |Δ|", "max rel Δ", "elements ≠"],
+                 [[d.name, d.identical, f"{d.max_ulps:.3g}", f"{d.max_abs_diff:.3g}",
+                   f"{d.max_rel_diff:.3g}", d.elements_differing] for d in r.outputs]))
+    print(f"verdict: {r.verdict}")
     if r.decisions_changed:
         print(f"decisions changed ({r.decision_output}) in rows {list(r.decisions_changed)}")
     if r.environment_differences:
@@ -256,7 +257,7 @@ def replay_range(args: argparse.Namespace) -> int:
               f"at {summary.records_per_second:,.0f} records/s")
         print(f"identical {summary.identical}  changed {summary.changed}  failed "
               f"{summary.failed}  decisions changed {summary.decisions_changed}  "
-              f"max |Δ| {summary.max_abs_diff:.3g}")
+              f"max |Δ| {summary.max_abs_diff:.3g}  max ulps {summary.max_ulps:.3g}")
         for failure in summary.failures:
             print(f"  failed: {failure}")
     return 0

@@ -157,16 +157,18 @@ class LedgerReader:
 
     def window(self, filters: Filters, batch: int = 4096) -> Iterator[builtins.list[Record]]:
         """Answered inference records in a window, oldest first, in batches. Only what a
-        replay needs is read: seq, kind, request id, status, model, request and response."""
+        replay needs is read: seq, kind, request id, status, model, environment, request
+        and response."""
         where, params = filters.where()
         cursor = self.cursor().execute(
-            "SELECT seq, kind, request_id, status, message, model_sha256, request, response "
-            f"FROM entries WHERE {where} AND status = 'OK' ORDER BY seq",
+            "SELECT seq, kind, request_id, status, message, model_sha256, env_id, request, "
+            f"response FROM entries WHERE {where} AND status = 'OK' ORDER BY seq",
             params,
         )
         while rows := cursor.fetchmany(batch):
             yield [Record(seq=r[0], kind=r[1], request_id=r[2], status=r[3], message=r[4],
-                          model_sha256=r[5], request=r[6], response=r[7]) for r in rows]
+                          model_sha256=r[5], env_id=r[6], request=r[7], response=r[8])
+                   for r in rows]
 
     def count(self, filters: Filters) -> int:
         where, params = filters.where()

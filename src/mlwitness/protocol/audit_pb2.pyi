@@ -135,18 +135,20 @@ class ListRecordsResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[RecordSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class OutputDiff(_message.Message):
-    __slots__ = ("name", "identical", "max_abs_diff", "max_rel_diff", "elements_differing")
+    __slots__ = ("name", "identical", "max_abs_diff", "max_rel_diff", "elements_differing", "max_ulps")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTICAL_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     MAX_REL_DIFF_FIELD_NUMBER: _ClassVar[int]
     ELEMENTS_DIFFERING_FIELD_NUMBER: _ClassVar[int]
+    MAX_ULPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     identical: bool
     max_abs_diff: float
     max_rel_diff: float
     elements_differing: int
-    def __init__(self, name: _Optional[str] = ..., identical: bool = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., elements_differing: _Optional[int] = ...) -> None: ...
+    max_ulps: float
+    def __init__(self, name: _Optional[str] = ..., identical: bool = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., elements_differing: _Optional[int] = ..., max_ulps: _Optional[float] = ...) -> None: ...
 
 class EnvDifference(_message.Message):
     __slots__ = ("key", "recorded", "current")
@@ -169,7 +171,7 @@ class ReplayRequest(_message.Message):
     def __init__(self, ref: _Optional[_Union[RecordRef, _Mapping]] = ..., candidate_sha256: _Optional[str] = ..., candidate_onnx: _Optional[bytes] = ...) -> None: ...
 
 class ReplayResponse(_message.Message):
-    __slots__ = ("seq", "request_id", "recorded_model_sha256", "replayed_model_sha256", "bit_identical", "outputs", "environment_differences", "recorded_outputs", "replayed_outputs", "decisions_changed", "decision_output")
+    __slots__ = ("seq", "request_id", "recorded_model_sha256", "replayed_model_sha256", "bit_identical", "outputs", "environment_differences", "recorded_outputs", "replayed_outputs", "decisions_changed", "decision_output", "verdict")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECORDED_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +183,7 @@ class ReplayResponse(_message.Message):
     REPLAYED_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     DECISION_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     request_id: str
     recorded_model_sha256: str
@@ -192,7 +195,8 @@ class ReplayResponse(_message.Message):
     replayed_outputs: _containers.RepeatedCompositeFieldContainer[Row]
     decisions_changed: _containers.RepeatedScalarFieldContainer[int]
     decision_output: str
-    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., recorded_model_sha256: _Optional[str] = ..., replayed_model_sha256: _Optional[str] = ..., bit_identical: bool = ..., outputs: _Optional[_Iterable[_Union[OutputDiff, _Mapping]]] = ..., environment_differences: _Optional[_Iterable[_Union[EnvDifference, _Mapping]]] = ..., recorded_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., replayed_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., decisions_changed: _Optional[_Iterable[int]] = ..., decision_output: _Optional[str] = ...) -> None: ...
+    verdict: str
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., recorded_model_sha256: _Optional[str] = ..., replayed_model_sha256: _Optional[str] = ..., bit_identical: bool = ..., outputs: _Optional[_Iterable[_Union[OutputDiff, _Mapping]]] = ..., environment_differences: _Optional[_Iterable[_Union[EnvDifference, _Mapping]]] = ..., recorded_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., replayed_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., decisions_changed: _Optional[_Iterable[int]] = ..., decision_output: _Optional[str] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class Override(_message.Message):
     __slots__ = ("feature", "value")
@@ -345,7 +349,7 @@ class ChangedDecision(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., row: _Optional[int] = ..., recorded_decision: _Optional[str] = ..., replayed_decision: _Optional[str] = ..., inputs: _Optional[_Union[Row, _Mapping]] = ...) -> None: ...
 
 class ReplaySummary(_message.Message):
-    __slots__ = ("records", "rows", "identical", "changed", "failed", "decisions_changed", "records_per_second", "replayed_model_sha256", "max_abs_diff", "failures")
+    __slots__ = ("records", "rows", "identical", "changed", "failed", "decisions_changed", "records_per_second", "replayed_model_sha256", "max_abs_diff", "failures", "max_ulps")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     IDENTICAL_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +360,7 @@ class ReplaySummary(_message.Message):
     REPLAYED_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ULPS_FIELD_NUMBER: _ClassVar[int]
     records: int
     rows: int
     identical: int
@@ -366,7 +371,8 @@ class ReplaySummary(_message.Message):
     replayed_model_sha256: str
     max_abs_diff: float
     failures: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, records: _Optional[int] = ..., rows: _Optional[int] = ..., identical: _Optional[int] = ..., changed: _Optional[int] = ..., failed: _Optional[int] = ..., decisions_changed: _Optional[int] = ..., records_per_second: _Optional[float] = ..., replayed_model_sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_ulps: float
+    def __init__(self, records: _Optional[int] = ..., rows: _Optional[int] = ..., identical: _Optional[int] = ..., changed: _Optional[int] = ..., failed: _Optional[int] = ..., decisions_changed: _Optional[int] = ..., records_per_second: _Optional[float] = ..., replayed_model_sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., failures: _Optional[_Iterable[str]] = ..., max_ulps: _Optional[float] = ...) -> None: ...
 
 class ReplayRangeEvent(_message.Message):
     __slots__ = ("progress", "changed", "summary")

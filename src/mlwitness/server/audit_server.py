@@ -14,7 +14,7 @@ import duckdb
 
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
-from mlwitness.ledger import environment, journal, schema, store
+from mlwitness.ledger import journal, schema, store
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.protocol import audit_pb2
@@ -90,12 +90,11 @@ class AuditServer:
         trail_path = settings.audit_trail or path.with_name(path.name + ".audit-trail.duckdb")
         self.trail = trail = LedgerWriter(trail_path)
         await asyncio.to_thread(trail.open)
-        env = environment.fingerprint()
-        trail.write(lambda con: store.put_environment(con, env))
-        self.service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
-                                    store_model=store_model_with(trail.write),
-                                    threads=settings.ort_threads,
-                                    limits=AuditLimits.of(settings))
+        self.service = service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
+                                              store_model=store_model_with(trail.write),
+                                              threads=settings.ort_threads,
+                                              limits=AuditLimits.of(settings))
+        trail.write(lambda con: store.put_environment(con, service.environment))
         access = Access.load(settings.audit_access) if settings.audit_access else None
         auth = Authenticator(access, required_role="auditor")
         self.audit = await start_audit_port(self.service, path, settings.audit_port, settings,

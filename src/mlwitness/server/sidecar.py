@@ -32,7 +32,7 @@ from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics, refresh_drift
 from mlwitness.model.modelfile import ModelFile
-from mlwitness.model.runtime import OnnxModel
+from mlwitness.model.runtime import OnnxModel, SessionConfig
 from mlwitness.protocol import inference as pb
 from mlwitness.server.admin import (
     announce_features,
@@ -99,13 +99,16 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         first = s.model.read_bytes()  # type: ignore[union-attr]
-        model = await asyncio.to_thread(OnnxModel, first, threads=s.ort_threads)
+        session = SessionConfig(intra_op_num_threads=s.ort_threads)
+        model = await asyncio.to_thread(OnnxModel, first, session)
         ledger = await self._open_ledger(model)
-        env = environment.fingerprint(model.providers)
-        env_id = ledger.write(lambda con: store.put_environment(con, env))
         self.model_file = ModelFile(s.model, model_store(ledger, s))  # type: ignore[arg-type]
         if self.model_file.sha256 != model.sha256:  # the file changed while we loaded it
-            model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, threads=s.ort_threads)
+            model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, session)
+        # The session options are those of the session that decides; an upstream server's
+        # are not known here.
+        env = environment.fingerprint(None if s.upstream else model.session_config)
+        env_id = ledger.write(lambda con: store.put_environment(con, env))
         if s.upstream:
             self.backend = UpstreamBackend(
                 s.upstream, default_timeout=s.upstream_timeout,
@@ -220,6 +223,8 @@ class Sidecar:
                                           store_model=store_model_with(ledger.write),
                                           threads=s.ort_threads, checks=self.checks,
                                           limits=AuditLimits.of(s))
+        service = self.audit_service  # its questions' records name its environment
+        ledger.write(lambda con: store.put_environment(con, service.environment))
         self.audit = await start_audit_port(self.audit_service, s.ledger, s.audit_port, s,
                                             self.audit_access.auth)
 
