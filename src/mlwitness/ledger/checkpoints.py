@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from mlwitness.errors import ConfigError, FailedPrecondition, InvalidInput
 from mlwitness.evidence.merkle import Frontier
 from mlwitness.evidence.note import (
@@ -143,16 +145,10 @@ def all_rows(con: Any) -> list[CheckpointRow]:
 
 
 def _select(con: Any, sql: str, params: list[Any] | None = None) -> list[tuple]:
-    if not _has_table(con, "checkpoints"):  # a ledger no version with checkpoints opened
+    try:
+        return list(con.execute(sql, params or []).fetchall())
+    except duckdb.CatalogException:  # a ledger no version with checkpoints has opened
         return []
-    return list(con.execute(sql, params or []).fetchall())
-
-
-def _has_table(con: Any, name: str) -> bool:
-    return bool(con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ? AND "
-                            "schema_name = 'main' UNION ALL SELECT 1 FROM duckdb_views() "
-                            "WHERE view_name = ? AND schema_name = 'main'",
-                            [name, name]).fetchall())
 
 
 def read_note(note: str) -> tuple[Checkpoint, tuple[Signature, ...]]:
