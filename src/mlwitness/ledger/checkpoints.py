@@ -205,7 +205,8 @@ def prove_record(con: Any, seq: int, tree_size: int = 0) -> RecordProof:
     if tree_size < 0:
         raise InvalidInput(f"tree size must be positive (0: the latest), got {tree_size}")
     row = for_size(con, tree_size)
-    inclusion = tree.inclusion(con, seq, row.size, tree.built_size(con))
+    # A checkpoint is stored with the tree it covers: its size is built, its root known
+    inclusion = tree.inclusion(con, seq, row.size, row.size, root=row.root)
     return RecordProof(inclusion, row)
 
 

@@ -167,8 +167,10 @@ def check_size(size: int, built: int, what: str = "tree size") -> None:
                                  f"({built} records): ask again after the next checkpoint")
 
 
-def inclusion(con: Any, seq: int, size: int, built: int) -> Inclusion:
-    """The inclusion proof of record `seq` in the tree of the first `size` records."""
+def inclusion(con: Any, seq: int, size: int, built: int, root: bytes | None = None
+              ) -> Inclusion:
+    """The inclusion proof of record `seq` in the tree of the first `size` records. `root`:
+    that tree's root when the caller knows it (a checkpoint's), else it is worked out."""
     if seq <= 0:
         raise InvalidInput(f"seq must be positive, got {seq}")
     check_size(size, built)
@@ -183,7 +185,7 @@ def inclusion(con: Any, seq: int, size: int, built: int) -> Inclusion:
     tree = LedgerTree(con)
     try:
         hashes = merkle.inclusion_proof(seq - 1, size, tree)
-        head = merkle.tree_root(size, tree)
+        head = root if root is not None else merkle.tree_root(size, tree)
     except LookupError as exc:
         raise FailedPrecondition(f"no inclusion proof of seq {seq} in size {size}: "
                                  f"{exc}") from None
