@@ -280,3 +280,86 @@ class GuardsState:
     mode: str = ""  # observe or enforce
     toml: str = ""
     rates_now: Sequence[RateState] = ()
+
+
+# ── evidence: checkpoints, proofs, status ──────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    size: int  # 0: no such checkpoint
+    root_hash: str  # hex
+    note: str  # as published: a signed note, or its text alone (unsigned)
+    signed: bool
+    origin: str
+    key_id: str
+    created_us: int
+    published_us: int  # 0: not (yet)
+
+
+@dataclass(frozen=True)
+class InclusionProofResult:
+    seq: int
+    leaf_index: int
+    tree_size: int
+    chain_hash: str  # hex
+    leaf_hash: str  # hex
+    hashes: Sequence[str]  # hex, the leaf's sibling first
+    root_hash: str  # hex
+    checkpoint: CheckpointInfo
+
+
+@dataclass(frozen=True)
+class ConsistencyProofResult:
+    from_size: int
+    to_size: int
+    from_root: str  # hex
+    to_root: str  # hex
+    hashes: Sequence[str]  # hex
+    from_checkpoint: CheckpointInfo
+    to_checkpoint: CheckpointInfo
+
+
+@dataclass(frozen=True)
+class LedgerStatus:
+    chain_id: str
+    head_seq: int
+    head_hash: str  # hex
+    loaded_seq: int
+    healthy: bool
+    writable: bool
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    state: str
+    detail: str
+    tree_size: int
+    size: int
+    root_hash: str  # hex
+    created_us: int
+    age_s: float
+    signed: bool
+    origin: str
+    key_id: str
+    failures: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class PublisherStatus:
+    directory: str
+    state: str
+    last_error: str
+    failures: int
+    published_size: int
+    published_us: int
+    age_s: float
+
+
+@dataclass(frozen=True)
+class Status:
+    """The health detail: one part per concern (a new concern adds a part)."""
+
+    ledger: LedgerStatus
+    checkpoints: CheckpointStatus
+    publisher: PublisherStatus

@@ -4,7 +4,8 @@ It wires the parts, each a module of its own: the trail every question goes on
 (`trail`), reading and verifying records (`records`), one call run again — replay, what-if,
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), drift and bias
-(`monitoring`), and the guards (`guards`). Answers are the dataclasses of `results`;
+(`monitoring`), the guards (`guards`), and checkpoints, proofs and the health detail
+(`evidence`). Answers are the dataclasses of `results`;
 `mlwitness.wire.audit` serves them over gRPC.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
+from mlwitness.audit.evidence import Evidence, StatusSource
 from mlwitness.audit.guards import Guards
 from mlwitness.audit.monitoring import Monitoring
 from mlwitness.audit.records import Records
@@ -30,7 +32,8 @@ __all__ = ["AuditLimits", "AuditService", "Asker", "store_model_with"]
 class AuditService:
     """`trail` appends a record to the ledger (None: questions are not recorded);
     `store_model` keeps an uploaded candidate's bytes (None: uploads are refused);
-    `checks` are the sidecar's live guards (None: none, or a standalone server)."""
+    `checks` are the sidecar's live guards (None: none, or a standalone server);
+    `status` gives the health detail (None: what the ledger file says)."""
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class AuditService:
         threads: int = 1,
         checks: InlineChecks | None = None,
         limits: AuditLimits | None = None,
+        status: StatusSource | None = None,
     ) -> None:
         self.reader = reader
         # The environment the trail's records name: this process's, with no model session
@@ -64,6 +68,11 @@ class AuditService:
         self.violations = guards.violations
         self.get_guards = guards.get
         self.set_guards = guards.set
+        evidence = Evidence(reader, self.trail, status)
+        self.get_checkpoint = evidence.checkpoint
+        self.inclusion_proof = evidence.inclusion_proof
+        self.consistency_proof = evidence.consistency_proof
+        self.status = evidence.status
         self.refuse = self.trail.refuse
         self.close_refusals = self.trail.close_refusals
 

@@ -79,6 +79,11 @@ class LedgerReader:
         self._barrier()
         return self._cursor()
 
+    def stored_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on what is loaded now, without waiting for acknowledged records: for
+        what only ever covers loaded records (the Merkle tree and its checkpoints)."""
+        return self._cursor()
+
     def get(self, request_id: str = "", seq: int = 0, *, rows: bool = True) -> StoredRecord:
         """One record by request id or seq; `rows=False` skips the decoded per-row columns
         (replay reads the request and response bytes only).

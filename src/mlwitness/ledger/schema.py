@@ -77,7 +77,25 @@ CREATE TABLE IF NOT EXISTS environments (
     fingerprint VARCHAR NOT NULL,
     first_seen_us BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    level SMALLINT NOT NULL,
+    idx BIGINT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size BIGINT PRIMARY KEY,
+    root BLOB NOT NULL,
+    note VARCHAR NOT NULL,
+    created_us BIGINT NOT NULL,
+    published_us BIGINT
+);
 """
+
+# Tables a ledger gains at the first start of the version that added them (read-write
+# connections create them): a file no such version has opened yet lacks them, and that is
+# no damage. Readers treat them as empty.
+LATER_TABLES = frozenset({"merkle_nodes", "checkpoints"})
 
 # Rows in a call: of its tabulated inputs or, when they are not tabular (images), outputs.
 BATCH_SIZE = "greatest(len(inputs), len(inputs_text), len(outputs), len(outputs_text))"
@@ -271,8 +289,10 @@ def stray_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> list[str]:
         "WHERE database_name = ? AND schema_name = 'main'", [catalog]).fetchall()}
     for name in TABLE_NAMES:
         if name not in tables:
-            kind = "a view" if ("main", name) in stored else "missing"
-            problems.append(f"table {name} is {kind}")
+            if ("main", name) in stored:
+                problems.append(f"table {name} is a view")
+            elif name not in LATER_TABLES:
+                problems.append(f"table {name} is missing")
     for (schema, name) in stored:
         problems.append(f"view {_qualified(schema, name)} is not one mlwitness creates")
     for schema, name, kind in con.execute(

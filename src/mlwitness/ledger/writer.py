@@ -234,6 +234,11 @@ class LedgerWriter:
         return self._chain.linger.seconds
 
     @property
+    def loaded_seq(self) -> int:
+        """The last seq loaded into DuckDB (visible to cursors)."""
+        return self._loader.loaded_seq
+
+    @property
     def backlog(self) -> int:
         """Records appended but not yet in DuckDB."""
         return self._chain.backlog

@@ -629,3 +629,159 @@ class GuardsResponse(_message.Message):
     toml: str
     rates_now: _containers.RepeatedCompositeFieldContainer[RateState]
     def __init__(self, active: bool = ..., sha256: _Optional[str] = ..., mode: _Optional[str] = ..., toml: _Optional[str] = ..., rates_now: _Optional[_Iterable[_Union[RateState, _Mapping]]] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("size", "root_hash", "note", "signed", "origin", "key_id", "created_us", "published_us")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_US_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_US_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    root_hash: str
+    note: str
+    signed: bool
+    origin: str
+    key_id: str
+    created_us: int
+    published_us: int
+    def __init__(self, size: _Optional[int] = ..., root_hash: _Optional[str] = ..., note: _Optional[str] = ..., signed: bool = ..., origin: _Optional[str] = ..., key_id: _Optional[str] = ..., created_us: _Optional[int] = ..., published_us: _Optional[int] = ...) -> None: ...
+
+class InclusionProofRequest(_message.Message):
+    __slots__ = ("ref", "tree_size")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ref: RecordRef
+    tree_size: int
+    def __init__(self, ref: _Optional[_Union[RecordRef, _Mapping]] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
+class InclusionProofResponse(_message.Message):
+    __slots__ = ("seq", "leaf_index", "tree_size", "chain_hash", "leaf_hash", "hashes", "root_hash", "checkpoint")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HASH_FIELD_NUMBER: _ClassVar[int]
+    LEAF_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    leaf_index: int
+    tree_size: int
+    chain_hash: str
+    leaf_hash: str
+    hashes: _containers.RepeatedScalarFieldContainer[str]
+    root_hash: str
+    checkpoint: CheckpointResponse
+    def __init__(self, seq: _Optional[int] = ..., leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., chain_hash: _Optional[str] = ..., leaf_hash: _Optional[str] = ..., hashes: _Optional[_Iterable[str]] = ..., root_hash: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ...) -> None: ...
+
+class ConsistencyProofRequest(_message.Message):
+    __slots__ = ("from_size", "to_size")
+    FROM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    from_size: int
+    to_size: int
+    def __init__(self, from_size: _Optional[int] = ..., to_size: _Optional[int] = ...) -> None: ...
+
+class ConsistencyProofResponse(_message.Message):
+    __slots__ = ("from_size", "to_size", "from_root", "to_root", "hashes", "from_checkpoint", "to_checkpoint")
+    FROM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FROM_ROOT_FIELD_NUMBER: _ClassVar[int]
+    TO_ROOT_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    TO_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    from_size: int
+    to_size: int
+    from_root: str
+    to_root: str
+    hashes: _containers.RepeatedScalarFieldContainer[str]
+    from_checkpoint: CheckpointResponse
+    to_checkpoint: CheckpointResponse
+    def __init__(self, from_size: _Optional[int] = ..., to_size: _Optional[int] = ..., from_root: _Optional[str] = ..., to_root: _Optional[str] = ..., hashes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ..., to_checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("ledger", "checkpoints", "publisher")
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    ledger: LedgerStatus
+    checkpoints: CheckpointStatus
+    publisher: PublisherStatus
+    def __init__(self, ledger: _Optional[_Union[LedgerStatus, _Mapping]] = ..., checkpoints: _Optional[_Union[CheckpointStatus, _Mapping]] = ..., publisher: _Optional[_Union[PublisherStatus, _Mapping]] = ...) -> None: ...
+
+class LedgerStatus(_message.Message):
+    __slots__ = ("chain_id", "head_seq", "head_hash", "loaded_seq", "healthy", "writable")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    LOADED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_FIELD_NUMBER: _ClassVar[int]
+    chain_id: str
+    head_seq: int
+    head_hash: str
+    loaded_seq: int
+    healthy: bool
+    writable: bool
+    def __init__(self, chain_id: _Optional[str] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., loaded_seq: _Optional[int] = ..., healthy: bool = ..., writable: bool = ...) -> None: ...
+
+class CheckpointStatus(_message.Message):
+    __slots__ = ("state", "detail", "tree_size", "size", "root_hash", "created_us", "age_s", "signed", "origin", "key_id", "failures", "last_error")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_US_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    detail: str
+    tree_size: int
+    size: int
+    root_hash: str
+    created_us: int
+    age_s: float
+    signed: bool
+    origin: str
+    key_id: str
+    failures: int
+    last_error: str
+    def __init__(self, state: _Optional[str] = ..., detail: _Optional[str] = ..., tree_size: _Optional[int] = ..., size: _Optional[int] = ..., root_hash: _Optional[str] = ..., created_us: _Optional[int] = ..., age_s: _Optional[float] = ..., signed: bool = ..., origin: _Optional[str] = ..., key_id: _Optional[str] = ..., failures: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class PublisherStatus(_message.Message):
+    __slots__ = ("directory", "state", "last_error", "failures", "published_size", "published_us", "age_s")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_US_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    state: str
+    last_error: str
+    failures: int
+    published_size: int
+    published_us: int
+    age_s: float
+    def __init__(self, directory: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., failures: _Optional[int] = ..., published_size: _Optional[int] = ..., published_us: _Optional[int] = ..., age_s: _Optional[float] = ...) -> None: ...

@@ -177,9 +177,36 @@ class AuditServicer:
             privileged=r.privileged, bins=list(r.bins))
         return convert.to_message(result).SerializeToString()
 
+    async def GetCheckpoint(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("GetCheckpoint", raw, context)
+        r = parse(apb.GetCheckpointRequest, raw)
+        result = await asyncio.to_thread(self.service.get_checkpoint, asker, r.size)
+        return convert.to_message(result).SerializeToString()
+
+    async def InclusionProof(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("InclusionProof", raw, context)
+        r = parse(apb.InclusionProofRequest, raw)
+        result = await asyncio.to_thread(self.service.inclusion_proof, asker,
+                                         **convert.ref(r.ref), tree_size=r.tree_size)
+        return convert.to_message(result).SerializeToString()
+
+    async def ConsistencyProof(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("ConsistencyProof", raw, context)
+        r = parse(apb.ConsistencyProofRequest, raw)
+        result = await asyncio.to_thread(self.service.consistency_proof, asker, r.from_size,
+                                         r.to_size)
+        return convert.to_message(result).SerializeToString()
+
+    async def Status(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Status", raw, context)
+        parse(apb.StatusRequest, raw)
+        result = await asyncio.to_thread(self.service.status, asker)
+        return convert.to_message(result).SerializeToString()
+
 
 UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
-         "Violations", "GetGuards", "SetGuards", "Drift", "Bias")
+         "Violations", "GetGuards", "SetGuards", "Drift", "Bias", "GetCheckpoint",
+         "InclusionProof", "ConsistencyProof", "Status")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:

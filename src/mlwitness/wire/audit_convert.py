@@ -42,6 +42,13 @@ MESSAGES: dict[type, type[Message]] = {
     r.RateState: apb.RateState,
     r.ViolationsResult: apb.ViolationsResponse,
     r.GuardsState: apb.GuardsResponse,
+    r.CheckpointInfo: apb.CheckpointResponse,
+    r.InclusionProofResult: apb.InclusionProofResponse,
+    r.ConsistencyProofResult: apb.ConsistencyProofResponse,
+    r.LedgerStatus: apb.LedgerStatus,
+    r.CheckpointStatus: apb.CheckpointStatus,
+    r.PublisherStatus: apb.PublisherStatus,
+    r.Status: apb.StatusResponse,
 }
 RESULTS = {message.DESCRIPTOR.full_name: result for result, message in MESSAGES.items()}
 
