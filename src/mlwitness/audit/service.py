@@ -4,8 +4,8 @@ It wires the parts, each a module of its own: the trail every question goes on
 (`trail`), reading and verifying records (`records`), one call run again — replay, what-if,
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), drift and bias
-(`monitoring`), and the guards (`guards`). Answers are the dataclasses of `results`;
-`mlwitness.wire.audit` serves them over gRPC.
+(`monitoring`), the guards (`guards`) and erasures (`erasure`). Answers are the
+dataclasses of `results`; `mlwitness.wire.audit` serves them over gRPC.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
+from mlwitness.audit.erasure import Eraser, Erasures, StoredValue
 from mlwitness.audit.guards import Guards
 from mlwitness.audit.monitoring import Monitoring
 from mlwitness.audit.records import Records
@@ -30,7 +31,10 @@ __all__ = ["AuditLimits", "AuditService", "Asker", "store_model_with"]
 class AuditService:
     """`trail` appends a record to the ledger (None: questions are not recorded);
     `store_model` keeps an uploaded candidate's bytes (None: uploads are refused);
-    `checks` are the sidecar's live guards (None: none, or a standalone server)."""
+    `checks` are the sidecar's live guards (None: none, or a standalone server);
+    `erase` carries out an erasure on the ledger's writer (None: erasures are refused, as
+    on a standalone server) and `stored_value` gives a request parameter's value as the
+    records store it (the sidecar's minimiser; None: as sent)."""
 
     def __init__(
         self,
@@ -41,6 +45,8 @@ class AuditService:
         threads: int = 1,
         checks: InlineChecks | None = None,
         limits: AuditLimits | None = None,
+        erase: Eraser | None = None,
+        stored_value: StoredValue | None = None,
     ) -> None:
         self.reader = reader
         fingerprint = environment.fingerprint()
@@ -62,6 +68,8 @@ class AuditService:
         self.violations = guards.violations
         self.get_guards = guards.get
         self.set_guards = guards.set
+        self.erasures = Erasures(reader, self.trail, erase, stored_value)
+        self.erase = self.erasures.erase
         self.refuse = self.trail.refuse
         self.close_refusals = self.trail.close_refusals
 
