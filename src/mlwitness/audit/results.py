@@ -52,6 +52,7 @@ class RecordSummary:
     caller: str
     batch_size: int
     first_output: Row
+    erased_by: int = 0  # seq of the admin record that erased its payload; 0: kept
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,28 @@ class Verification:
     problems: Sequence[str]
     decoded_checked: int
     decoded_not_covered: int
+    notes: Sequence[str]
+    erased_records: int = 0
+
+
+# ── erasure ────────────────────────────────────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class SeqRange:
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class EraseResult:
+    dry_run: bool
+    matched: int  # inference records the selector matches
+    erased: int  # erased now (a dry run: would be)
+    already_erased: int
+    admin_seq: int  # the erasure's admin record; 0: none was written
+    seqs: Sequence[SeqRange]
+    compacted: bool  # the DuckDB file was rewritten without the erased bytes
+    journal_segments: int  # journal segments overwritten and deleted
     notes: Sequence[str]
 
 

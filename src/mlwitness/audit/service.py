@@ -4,8 +4,8 @@ It wires the parts, each a module of its own: the trail every question goes on
 (`trail`), reading and verifying records (`records`), one call run again — replay, what-if,
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), drift and bias
-(`monitoring`), the guards (`guards`), and checkpoints, proofs and the health detail
-(`evidence`). Answers are the dataclasses of `results`;
+(`monitoring`), the guards (`guards`), checkpoints, proofs and the health detail
+(`evidence`), and erasures (`erasure`). Answers are the dataclasses of `results`;
 `mlwitness.wire.audit` serves them over gRPC.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
+from mlwitness.audit.erasure import Eraser, Erasures, StoredValue
 from mlwitness.audit.evidence import Evidence, StatusSource
 from mlwitness.audit.guards import Guards
 from mlwitness.audit.monitoring import Monitoring
@@ -33,7 +34,10 @@ class AuditService:
     """`trail` appends a record to the ledger (None: questions are not recorded);
     `store_model` keeps an uploaded candidate's bytes (None: uploads are refused);
     `checks` are the sidecar's live guards (None: none, or a standalone server);
-    `status` gives the health detail (None: what the ledger file says)."""
+    `status` gives the health detail (None: what the ledger file says);
+    `erase` carries out an erasure on the ledger's writer (None: erasures are refused, as
+    on a standalone server) and `stored_value` gives a request parameter's value as the
+    records store it (the sidecar's minimiser; None: as sent)."""
 
     def __init__(
         self,
@@ -45,6 +49,8 @@ class AuditService:
         checks: InlineChecks | None = None,
         limits: AuditLimits | None = None,
         status: StatusSource | None = None,
+        erase: Eraser | None = None,
+        stored_value: StoredValue | None = None,
     ) -> None:
         self.reader = reader
         # The environment the trail's records name: this process's, with no model session
@@ -73,6 +79,8 @@ class AuditService:
         self.inclusion_proof = evidence.inclusion_proof
         self.consistency_proof = evidence.consistency_proof
         self.status = evidence.status
+        self.erasures = Erasures(reader, self.trail, erase, stored_value)
+        self.erase = self.erasures.erase
         self.refuse = self.trail.refuse
         self.close_refusals = self.trail.close_refusals
 

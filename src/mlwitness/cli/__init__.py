@@ -7,6 +7,7 @@
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
+    mlwitness migrate --ledger mlwitness.duckdb
 """
 
 from __future__ import annotations
@@ -227,7 +228,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(f"ledger        {report.ledger}")
-        print(f"records       {report.records} in DuckDB, {report.journal_records} in the journal")
+        formats = ", ".join(f"format {f}: {n}" for f, n in report.record_formats.items())
+        print(f"records       {report.records} in DuckDB ({formats or 'none'}), "
+              f"{report.journal_records} in the journal")
+        if report.erased:
+            print(f"erased        {report.erased_records} records, by admin record seq "
+                  f"{', '.join(report.erased)}")
         print(f"models        {report.models}, environments {report.environments}, "
               f"baselines {report.baselines}")
         print(f"chain head    seq {report.head_seq}  {report.head_hash}")
@@ -264,6 +270,35 @@ def _print_extension(extension: Any) -> None:
         print(f"tiles         {e.tiles}")
     for note in e.notes:
         print(f"  - {note}")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from mlwitness.ledger import journal, schema
+
+    path = Path(args.ledger)
+    if not path.exists():
+        raise InvalidInput(f"ledger file {path} does not exist")
+    con = schema.connect(path, upgrade=False)
+    try:
+        if not schema.entries_columns(con):
+            raise InvalidInput(f"{path} is not an mlwitness ledger (it has no entries table)")
+        done = schema.create(con)
+        (version,) = con.execute(
+            "SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() or ("?",)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    if done:
+        print(f"{path}: upgraded in place to schema version {version}:")
+        for sentence in done:
+            print(f"  - {sentence}")
+    else:
+        print(f"{path}: already at schema version {version}; nothing to do")
+    pending = sum(1 for _ in journal.read(journal.journal_dir(path)))
+    if pending:
+        print(f"  its journal holds {pending} records not yet in DuckDB: the next `mlwitness "
+              "serve` loads them (format-1 records stay format 1)")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -303,6 +338,11 @@ def parser() -> argparse.ArgumentParser:
                         "signatures (default mlwitness)")
     keygen.add_argument("--pub", help="verifier key file to create (default: OUT.pub)")
     keygen.set_defaults(func=cmd_keygen)
+    migrate = sub.add_parser("migrate", help="upgrade a ledger file written by an older "
+                             "version in place (serve does it at start); print what it did")
+    migrate.add_argument("--ledger", default="mlwitness.duckdb", help="ledger file (with "
+                         "no sidecar running on it)")
+    migrate.set_defaults(func=cmd_migrate)
 
     sql = sub.add_parser("sql", help="run a read-only SQL query on a ledger file "
                          "(e.g. on the records view)")

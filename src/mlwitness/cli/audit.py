@@ -141,7 +141,8 @@ def records(args: argparse.Namespace) -> int:
         return 0
     print(_table(["seq", "received (UTC)", "request id", "model", "status", "µs", "output"],
                  [[r.seq, _when(r.received_us), r.request_id, r.model_name, r.status,
-                   r.latency_us, _row_text(r.first_output)] for r in shown]))
+                   r.latency_us, _row_text(r.first_output) if not r.erased_by
+                   else f"(erased by seq {r.erased_by})"] for r in shown]))
     return 0
 
 
@@ -329,6 +330,37 @@ def guards(args: argparse.Namespace) -> int:
         print("no guards in force")
     else:
         print(f"# guards {r.sha256} ({r.mode})\n{r.toml}")
+    return 0
+
+
+def erase(args: argparse.Namespace) -> int:
+    request = apb.EraseRequest(request_id=args.request_id or "", since_us=parse_time(args.since),
+                               until_us=parse_time(args.until), reason=args.reason,
+                               dry_run=args.dry_run, no_compact=args.no_compact)
+    if args.parameter:
+        key, sep, value = args.parameter.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--parameter takes KEY=VALUE, e.g. applicant=A-1093, got "
+                               f"{args.parameter!r}")
+        request.parameter, request.value = key, value
+    r = stub(args).Erase(request, timeout=args.timeout)
+    if args.json:
+        print(dumps(as_json(r)))
+        return 0
+    runs = ", ".join(str(s.first) if s.first == s.last else f"{s.first}-{s.last}"
+                     for s in r.seqs[:20]) + (", …" if len(r.seqs) > 20 else "")
+    if r.dry_run:
+        print(f"dry run: {r.matched} records match; {r.erased} would be erased"
+              + (f" (seq {runs})" if runs else "") + "; nothing was changed")
+    elif r.admin_seq:
+        print(f"erased {r.erased} records (seq {runs}) by admin record seq {r.admin_seq}")
+        print("ledger file compacted: the erased bytes are gone from it" if r.compacted else
+              "ledger file not compacted (--no-compact): the erased bytes may remain in its "
+              "unused blocks until a later erasure compacts it")
+    else:
+        print(f"{r.matched} records match; none left to erase")
+    for note in r.notes:
+        print(f"  note: {note}")
     return 0
 
 
@@ -686,3 +718,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--verifier-key", action="append", metavar="KEY", help=key_help)
     command("status", status, "health detail: ledger head, checkpoints, publishing; exit 1 "
             "if checkpoints stopped, publishing fails or the ledger is unhealthy")
+    p = command("erase", erase, "erase the payloads of inference records (admin); the chain "
+                "and its proofs stay valid")
+    p.add_argument("--request-id", help="the record(s) with this request id (alone)")
+    p.add_argument("--parameter", metavar="KEY=VALUE", help="records whose request had this "
+                   "parameter value (as sent, also for a parameter --hash-inputs minimises)")
+    p.add_argument("--since", help="records received from this time (UTC), e.g. 2026-03-01")
+    p.add_argument("--until", help="records received before this time (UTC)")
+    p.add_argument("--reason", required=True, help="why (kept on the chain with who erased "
+                   "what), e.g. \"GDPR Art. 17 request 2026-118\"")
+    p.add_argument("--dry-run", action="store_true", help="list what would be erased; change "
+                   "nothing")
+    p.add_argument("--no-compact", action="store_true", help="leave the DuckDB file as it is "
+                   "(faster on a large ledger; the erased bytes may stay in its unused blocks "
+                   "until an erasure compacts it)")

@@ -103,7 +103,7 @@ class ListRecordsRequest(_message.Message):
     def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., caller: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class RecordSummary(_message.Message):
-    __slots__ = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status", "latency_us", "caller", "batch_size", "first_output")
+    __slots__ = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status", "latency_us", "caller", "batch_size", "first_output", "erased_by")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_US_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class RecordSummary(_message.Message):
     CALLER_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     FIRST_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ERASED_BY_FIELD_NUMBER: _ClassVar[int]
     seq: int
     request_id: str
     received_us: int
@@ -124,7 +125,8 @@ class RecordSummary(_message.Message):
     caller: str
     batch_size: int
     first_output: Row
-    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., status: _Optional[str] = ..., latency_us: _Optional[int] = ..., caller: _Optional[str] = ..., batch_size: _Optional[int] = ..., first_output: _Optional[_Union[Row, _Mapping]] = ...) -> None: ...
+    erased_by: int
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., status: _Optional[str] = ..., latency_us: _Optional[int] = ..., caller: _Optional[str] = ..., batch_size: _Optional[int] = ..., first_output: _Optional[_Union[Row, _Mapping]] = ..., erased_by: _Optional[int] = ...) -> None: ...
 
 class ListRecordsResponse(_message.Message):
     __slots__ = ("records", "next_page_token")
@@ -393,7 +395,7 @@ class VerifyLedgerRequest(_message.Message):
     def __init__(self, expect_seq: _Optional[int] = ..., expect_hash: _Optional[str] = ...) -> None: ...
 
 class VerifyLedgerResponse(_message.Message):
-    __slots__ = ("ok", "records", "journal_records", "head_seq", "head_hash", "first_bad_seq", "problems", "decoded_checked", "decoded_not_covered", "notes")
+    __slots__ = ("ok", "records", "journal_records", "head_seq", "head_hash", "first_bad_seq", "problems", "decoded_checked", "decoded_not_covered", "notes", "erased_records")
     OK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -404,6 +406,7 @@ class VerifyLedgerResponse(_message.Message):
     DECODED_CHECKED_FIELD_NUMBER: _ClassVar[int]
     DECODED_NOT_COVERED_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    ERASED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     records: int
     journal_records: int
@@ -414,7 +417,8 @@ class VerifyLedgerResponse(_message.Message):
     decoded_checked: int
     decoded_not_covered: int
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ok: bool = ..., records: _Optional[int] = ..., journal_records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_seq: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ..., decoded_checked: _Optional[int] = ..., decoded_not_covered: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    erased_records: int
+    def __init__(self, ok: bool = ..., records: _Optional[int] = ..., journal_records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_seq: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ..., decoded_checked: _Optional[int] = ..., decoded_not_covered: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., erased_records: _Optional[int] = ...) -> None: ...
 
 class DriftRequest(_message.Message):
     __slots__ = ("since_us", "until_us", "model", "baseline", "reference_since_us", "reference_until_us", "features")
@@ -785,3 +789,53 @@ class PublisherStatus(_message.Message):
     published_us: int
     age_s: float
     def __init__(self, directory: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., failures: _Optional[int] = ..., published_size: _Optional[int] = ..., published_us: _Optional[int] = ..., age_s: _Optional[float] = ...) -> None: ...
+
+class EraseRequest(_message.Message):
+    __slots__ = ("request_id", "parameter", "value", "since_us", "until_us", "reason", "dry_run", "no_compact")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    NO_COMPACT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    parameter: str
+    value: str
+    since_us: int
+    until_us: int
+    reason: str
+    dry_run: bool
+    no_compact: bool
+    def __init__(self, request_id: _Optional[str] = ..., parameter: _Optional[str] = ..., value: _Optional[str] = ..., since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., reason: _Optional[str] = ..., dry_run: bool = ..., no_compact: bool = ...) -> None: ...
+
+class SeqRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
+
+class EraseResponse(_message.Message):
+    __slots__ = ("dry_run", "matched", "erased", "already_erased", "admin_seq", "seqs", "compacted", "journal_segments", "notes")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_ERASED_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    COMPACTED_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    matched: int
+    erased: int
+    already_erased: int
+    admin_seq: int
+    seqs: _containers.RepeatedCompositeFieldContainer[SeqRange]
+    compacted: bool
+    journal_segments: int
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dry_run: bool = ..., matched: _Optional[int] = ..., erased: _Optional[int] = ..., already_erased: _Optional[int] = ..., admin_seq: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ..., compacted: bool = ..., journal_segments: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -114,6 +114,11 @@ class AuditServiceStub(object):
                 request_serializer=mlwitness_dot_protocol_dot_audit__pb2.StatusRequest.SerializeToString,
                 response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Erase = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Erase',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer(object):
@@ -232,6 +237,16 @@ class AuditServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Erase(self, request, context):
+        """Erase the payloads of matching inference records (sidecar only; admin): an admin
+        record says who erased what and why, then the records keep only what their hashes
+        need. The chain, checkpoints and proofs stay valid; replay, what-if and GetRecord of
+        an erased record answer FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -314,6 +329,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.StatusRequest.FromString,
                     response_serializer=mlwitness_dot_protocol_dot_audit__pb2.StatusResponse.SerializeToString,
+            ),
+            'Erase': grpc.unary_unary_rpc_method_handler(
+                    servicer.Erase,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -748,6 +768,33 @@ class AuditService(object):
             '/mlwitness.audit.v1.AuditService/Status',
             mlwitness_dot_protocol_dot_audit__pb2.StatusRequest.SerializeToString,
             mlwitness_dot_protocol_dot_audit__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Erase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Erase',
+            mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,12 +48,13 @@ def _warn_open_audit(address: str, *, mtls: bool) -> None:
         log.warning("audit port %s has no --audit-access: any client certificate that "
                     "--tls-client-ca signed may read every record (request and response "
                     "bytes), replay, ask what-if, drift, bias and verify (role auditor). "
-                    "Changing guards needs an admin identity in an --audit-access file.",
+                    "Changing guards and erasing records need an admin identity in an "
+                    "--audit-access file.",
                     address)
     else:
         log.warning("audit port %s has no --audit-access: anyone who can reach it may read "
                     "every record (request and response bytes), replay, ask what-if, drift, "
-                    "bias and verify, and change the guards. Give it an access file "
+                    "bias and verify, change the guards and erase records. Give it an access file "
                     "(`mlwitness token add`) or keep it off the network (--audit-port 0).",
                     address)
 

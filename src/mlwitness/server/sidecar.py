@@ -259,11 +259,13 @@ class Sidecar:
         assert self.ledger is not None
         ledger = self.ledger
         reader = LedgerReader(ledger.cursor, ledger.sync)
-        self.audit_service = AuditService(reader, trail=ledger.append_blocking,
-                                          store_model=store_model_with(ledger.write),
-                                          threads=s.ort_threads, checks=self.checks,
-                                          limits=AuditLimits.of(s),
-                                          status=live_status(ledger, self.checkpointer))
+        minimiser = self.service.minimiser if self.service is not None else None
+        self.audit_service = AuditService(
+            reader, trail=ledger.append_blocking, store_model=store_model_with(ledger.write),
+            threads=s.ort_threads, checks=self.checks, limits=AuditLimits.of(s),
+            status=live_status(ledger, self.checkpointer),
+            erase=lambda record, compact: ledger.erase(record, compact=compact),
+            stored_value=minimiser.stored_parameter if minimiser is not None else None)
         service = self.audit_service  # its questions' records name its environment
         ledger.write(lambda con: store.put_environment(con, service.environment))
         self.audit = await start_audit_port(self.audit_service, s.ledger, s.audit_port, s,

@@ -181,7 +181,8 @@ def example_problems(command: str, text: str) -> list[str]:
               "verify": apb.VerifyLedgerResponse, "violations": apb.ViolationsResponse,
               "guards": apb.GuardsResponse, "status": apb.StatusResponse,
               "checkpoint": apb.CheckpointResponse, "prove": apb.InclusionProofResponse,
-              "consistency": apb.ConsistencyProofResponse}
+              "consistency": apb.ConsistencyProofResponse,
+              "erase": apb.EraseResponse}
     if command in single:
         return shape_problems(json.loads(text), single[command].DESCRIPTOR)
     if command == "records":
