@@ -501,3 +501,6 @@ def add_commands(sub: Any) -> None:
                    "<25, [25, 40), [40, 60), >=60")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
     p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")
+    from mlwitness.cli import explain  # its commands use this module's helpers
+
+    explain.add_commands(command)
