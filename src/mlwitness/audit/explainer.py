@@ -269,11 +269,9 @@ def _score_column(ensemble: TreeEnsemble, index: int) -> tuple[int, float]:
 
 
 def _explains(ensemble: TreeEnsemble, column: int, sign: float, name: str) -> str:
-    what = ensemble.describe(column)
-    if sign < 0:
-        what = f"minus the {what}"
+    what = f"{'minus the' if sign < 0 else 'the'} {ensemble.describe(column)}"
     if ensemble.post_transform == "NONE":
-        return f"{name} itself: the {what}"
-    return (f"the margin behind {name}: the {what}; {name} is its {ensemble.post_transform}"
+        return f"{name} itself: {what}"
+    return (f"the margin behind {name}: {what}; {name} is its {ensemble.post_transform}"
             " transform, whose attributions differ (method exact explains it)")
 
