@@ -98,6 +98,19 @@ class ExplainOptions:
         return kept
 
 
+def feature_pairs(texts: Sequence[str]) -> list[tuple[str, str]]:
+    """`income:debt_ratio` → ("income", "debt_ratio"); at most MAX_PAIRS."""
+    if len(texts) > MAX_PAIRS:
+        raise InvalidInput(f"at most {MAX_PAIRS} pairs, got {len(texts)}")
+    out = []
+    for text in texts:
+        first, sep, second = text.partition(":")
+        if not sep or not first.strip() or not second.strip() or ":" in second:
+            raise InvalidInput(f"a pair is two features, FEATURE:FEATURE; got {text[:80]!r}")
+        out.append((first.strip(), second.strip()))
+    return out
+
+
 def _texts(text: str, names: Sequence[str] | None) -> ReasonTexts | None:
     if not text:
         return None
@@ -118,16 +131,16 @@ class Explanations:
     # ── one decision ───────────────────────────────────────────────────────────────────
 
     def explain(self, asker: Asker, options: ExplainOptions, *, request_id: str = "",
-                seq: int = 0, row: int = 0, flips: bool = True,
-                pairs: Sequence[tuple[str, str]] = ()) -> ExplainResult:
+                seq: int = 0, row: int = 0, flips: bool = True, pairs: Sequence[str] = ()
+                ) -> ExplainResult:
+        """`pairs`: two features to search together each, as FEATURE:FEATURE."""
         record_id = uuid.uuid4().hex
         with self.trail.audited(asker, record_id=record_id, request_id=request_id, seq=seq,
-                                row=row, flips=flips, pairs=[list(p) for p in pairs],
+                                row=row, flips=flips, pairs=list(pairs),
                                 **options.asked()) as summary, \
                 self.candidates.runs(asker.deadline) as runs:
             options = options.checked()
-            if len(pairs) > MAX_PAIRS:
-                raise InvalidInput(f"at most {MAX_PAIRS} pairs, got {len(pairs)}")
+            pairs_asked = feature_pairs(pairs)
             stored = self.reader.get(request_id, seq)
             record = stored.record
             call = self._call(record)
@@ -144,7 +157,7 @@ class Explanations:
             decided = explainer.decided(call.outputs)[row]
             reasons = explainer.reasons(x, attribution, options.top, texts)
             found, pair_found, note = self._flips(explainer, x, decided.favorable, flips,
-                                                  pairs)
+                                                  pairs_asked)
             result = _result(record, row, explainer, attribution, decided, reasons, found,
                              pair_found, note, record_id)
             summary.update(seq=record.seq, explanation=asdict(result))

@@ -119,7 +119,7 @@ class AuditServicer:
         r = parse(apb.ExplainRequest, raw)
         result = await asyncio.to_thread(
             self.service.explain, asker, convert.explain_options(r.options),
-            **convert.ref(r.ref), row=r.row, flips=not r.no_flips, pairs=convert.pairs(r))
+            **convert.ref(r.ref), row=r.row, flips=not r.no_flips, pairs=list(r.pairs))
         return convert.to_message(result).SerializeToString()
 
     async def ExplainRange(self, raw: bytes, context: grpc.aio.ServicerContext

@@ -17,7 +17,6 @@ from google.protobuf.message import Message
 
 from mlwitness.audit import results as r
 from mlwitness.audit.explain import ExplainOptions
-from mlwitness.errors import InvalidInput
 from mlwitness.ledger.filters import Filters
 from mlwitness.protocol import audit_pb2 as apb
 
@@ -147,14 +146,3 @@ def overrides(request: apb.WhatIfRequest) -> list[tuple[str, float]]:
 def explain_options(message: apb.ExplainOptions) -> ExplainOptions:
     return ExplainOptions(**{f.name: getattr(message, f.name)
                              for f in dataclasses.fields(ExplainOptions)})
-
-
-def pairs(request: apb.ExplainRequest) -> list[tuple[str, str]]:
-    """`income:debt_ratio` → ("income", "debt_ratio")."""
-    out = []
-    for text in request.pairs:
-        first, sep, second = text.partition(":")
-        if not sep or not first.strip() or not second.strip() or ":" in second:
-            raise InvalidInput(f"a pair is two features, FEATURE:FEATURE; got {text!r}")
-        out.append((first.strip(), second.strip()))
-    return out

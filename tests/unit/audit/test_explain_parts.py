@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mlwitness.analytics.baseline import Baseline, build_baseline
+from mlwitness.audit.explain import feature_pairs
 from mlwitness.audit.explain_range import decision_line
 from mlwitness.audit.explainer import features_of
 from mlwitness.audit.favorable import resolve
@@ -214,3 +215,12 @@ def test_the_digest_line_is_the_decisions_fields_as_sorted_json() -> None:
                           separators=(",", ":")) + "\n"
     assert decision_line(decision) == expected
 
+
+def test_pairs_are_two_features_each() -> None:
+    assert feature_pairs(["income:debt_ratio", " fico : age "]) == [
+        ("income", "debt_ratio"), ("fico", "age")]
+    for bad in ("income", "a:b:c", ":fico"):
+        with pytest.raises(InvalidInput, match="FEATURE:FEATURE"):
+            feature_pairs([bad])
+    with pytest.raises(InvalidInput, match="at most 20 pairs"):
+        feature_pairs(["a:b"] * 21)

@@ -21,7 +21,6 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from mlwitness.audit import results
-from mlwitness.errors import InvalidInput
 from mlwitness.ledger.filters import Filters
 from mlwitness.protocol import audit_pb2 as apb
 from mlwitness.wire import audit_convert as convert
@@ -145,7 +144,7 @@ def test_an_explain_range_event_goes_in_its_oneof_member(kind: type) -> None:
     assert convert.from_message(getattr(message, member)) == event
 
 
-def test_explain_options_and_pairs_come_from_the_request() -> None:
+def test_explain_options_come_from_the_request() -> None:
     options = apb.ExplainOptions(favorable="label=1", output="probabilities_1",
                                  method="kernel", reference="median", reference_rows=7,
                                  baseline="abc123", top=3, reasons_toml="version = 1",
@@ -153,11 +152,6 @@ def test_explain_options_and_pairs_come_from_the_request() -> None:
     converted = convert.explain_options(options)
     assert dataclasses.asdict(converted) == {
         f.name: getattr(options, f.name) for f in options.DESCRIPTOR.fields}
-    request = apb.ExplainRequest(pairs=["income:debt_ratio", " fico : age "])
-    assert convert.pairs(request) == [("income", "debt_ratio"), ("fico", "age")]
-    for bad in ("income", "a:b:c", ":fico"):
-        with pytest.raises(InvalidInput, match="FEATURE:FEATURE"):
-            convert.pairs(apb.ExplainRequest(pairs=[bad]))
 
 
 def test_rows_keep_text_as_text_and_numbers_as_numbers() -> None:
