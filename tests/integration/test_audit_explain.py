@@ -37,6 +37,7 @@ from explain_support import (
     Explained,
     credit_baseline,
     explained_sidecar,
+    logit_model,
     margin_model,
 )
 from json_shape import shape_problems
@@ -129,6 +130,26 @@ def test_exact_through_the_api_equals_the_shap_library_on_the_demo_gbt(
                       sort_keys=True, separators=(",", ":"))
     assert r.reference_sha256 == hashlib.sha256(text.encode()).hexdigest()
     assert r.reference_rows == 40 and r.baseline_sha256 == gbt.baseline.sha256
+
+
+def test_exact_on_a_logit_through_the_api_is_the_closed_form(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, baseline_file: Path,
+    rows: np.ndarray
+) -> None:
+    """A linear model explained on its logit: phi_i = w_i (z_i - mean over the reference
+    of z_i), z the Scaler's output (in float32, as onnxruntime computes it)."""
+    model, weights, offset, scale = logit_model(credit_models(tmp_path_factory).v1,
+                                                tmp_path / "logit.onnx")
+    with explained_sidecar(model, baseline_file, tmp_path / "ledger.duckdb", rows) as served:
+        z_reference = ((served.reference() - offset) * scale).astype(np.float64)
+        for request_id, row in (("app-00", 0), ("app-09", 0), ("batch", 1)):
+            r = served.explain(request_id, row=row, favorable="probabilities_1>=0",
+                               no_flips=True)
+            z = ((served.x[request_id][row] - offset) * scale).astype(np.float64)
+            expected = weights.astype(np.float64) * (z - z_reference.mean(axis=0))
+            np.testing.assert_allclose(values(r), expected, rtol=0, atol=1e-6)
+            assert_efficient(r)
+            assert r.favorable == "probabilities_1>=0" and r.explains == "probabilities_1"
 
 
 def test_tree_equals_exact_through_the_api_on_a_tree_model(margin: Explained) -> None:

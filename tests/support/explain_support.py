@@ -50,6 +50,24 @@ def margin_model(v2: Path, path: Path) -> Path:
     return path
 
 
+def logit_model(v1: Path, path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """credit v1 (Scaler, LinearClassifier) with post_transform NONE: `probabilities_1` is
+    then the logit of class 1, w · z + b with z = (x - offset) * scale. Returns the model,
+    and w, offset, scale as float32."""
+    model = onnx.load(str(v1))
+    linear = next(n for n in model.graph.node if n.op_type == "LinearClassifier")
+    scaler = next(n for n in model.graph.node if n.op_type == "Scaler")
+    kept = [a for a in linear.attribute if a.name != "post_transform"]
+    del linear.attribute[:]
+    linear.attribute.extend([*kept, helper.make_attribute("post_transform", "NONE")])
+    onnx.save(model, str(path))
+    attributes = {a.name: helper.get_attribute_value(a)
+                  for a in (*linear.attribute, *scaler.attribute)}
+    weights = np.asarray(attributes["coefficients"], dtype=np.float32).reshape(2, -1)[1]
+    return (path, weights, np.asarray(attributes["offset"], dtype=np.float32),
+            np.asarray(attributes["scale"], dtype=np.float32))
+
+
 @dataclass
 class Explained:
     """A sidecar serving `model` with the credit baseline, and the calls it recorded."""

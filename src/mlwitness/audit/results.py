@@ -339,7 +339,7 @@ class ExplainResult:
     output: str  # the explained output column, e.g. probabilities_1
     decision: str  # the recorded decision of this row
     favorable_outcome: bool
-    recorded_value: float  # f as recorded ("" output → the tree margin's own)
+    recorded_value: float  # the explained output column as recorded
     fx: float  # f(x) as the explanation computed it
     reference_value: float  # mean f over the reference rows
     total: float  # sum of the attributions

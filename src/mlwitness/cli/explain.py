@@ -21,6 +21,7 @@ from typing import Any
 from mlwitness.cli.answers import as_json, dumps
 from mlwitness.cli.audit import _at_least, _ref, _table, parse_time
 from mlwitness.cli.client import stub
+from mlwitness.errors import InvalidInput
 from mlwitness.protocol import audit_pb2 as apb
 
 BATCH_ROWS = 10_000  # decisions per Parquet row group
@@ -187,6 +188,8 @@ class Report:
     arrive; the question's summary goes in the file's metadata (`mlwitness.explain`)."""
 
     def __init__(self, path: Path, top: int) -> None:
+        if not path.parent.is_dir():  # before the question, not after its answer
+            raise InvalidInput(f"--out {path}: there is no directory {path.parent}")
         self.path = path
         self.part = path.with_name(path.name + ".part")
         self.top = top
