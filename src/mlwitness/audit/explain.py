@@ -20,6 +20,7 @@ allow (INVALID_ARGUMENT). docs/explain.md is the user's guide.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import uuid
 from collections import OrderedDict
@@ -59,7 +60,7 @@ from mlwitness.model.onnx_graph import Graph, read_graph
 DEFAULT_TOP = 4
 MAX_TOP = 100
 MAX_PAIRS = 20
-CACHED = 8  # baselines and model graphs kept parsed
+CACHED = 16  # baselines, model graphs and reference sets kept
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,13 @@ class Explanations:
             raise FailedPrecondition("the record names no model")
         graph: Graph = self._cached("graph", sha, lambda: read_graph(self.reader.model(sha).onnx))
         target = resolve(options.favorable, options.output, outputs, graph.class_labels())
-        reference = reference_for(options.reference, features.names, features.dtype,
-                                  self._baseline(options), options.reference_rows)
+        baseline = self._baseline(options)
+        key = json.dumps([options.reference, features.names, features.dtype.str,
+                          baseline.sha256 if baseline is not None else "",
+                          options.reference_rows])
+        reference = self._cached("reference", key, lambda: reference_for(
+            options.reference, features.names, features.dtype, baseline,
+            options.reference_rows))
         explainer = Explainer(lambda: runs.model(sha), features, target, reference, graph)
         if options.method == "tree":
             explainer.tree()  # refused now, before any work, when the graph does not fit

@@ -70,7 +70,7 @@ def reference_for(spec: str, names: Sequence[str], dtype: np.dtype,
         known = [p for p in profiles if p is not None]
         low = np.array([p.min for p in known])
         high = np.array([p.max for p in known])
-        integer |= np.array([bool(p.sample) and all(float(v).is_integer() for v in p.sample)
+        integer |= np.array([bool(p.sample) and bool(np.all(np.mod(p.sample, 1.0) == 0))
                              for p in known])
     wide = matrix.astype(np.float64)
     text_rows = json.dumps({"features": list(names), "rows": wide.tolist()}, sort_keys=True,

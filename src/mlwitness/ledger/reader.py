@@ -71,6 +71,7 @@ class LedgerReader:
         self._barrier = barrier
         self._models: OrderedDict[str, store.StoredModel] = OrderedDict()
         self._environments: dict[str, dict[str, Any]] = {}
+        self._columns: dict[tuple[str, str], bool] = {}
         self._model_cache = model_cache
         self._lock = threading.Lock()
 
@@ -204,10 +205,15 @@ class LedgerReader:
         return admin, str(reason)
 
     def _has_column(self, table: str, column: str) -> bool:
-        return bool(self._cursor().execute(
-            "SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() "
-            "AND schema_name = current_schema() AND table_name = ? AND column_name = ?",
-            [table, column]).fetchall()[0][0])
+        """Whether the ledger's schema has this column (asked once: a schema changes only
+        when a ledger is opened)."""
+        key = (table, column)
+        if key not in self._columns:
+            self._columns[key] = bool(self._cursor().execute(
+                "SELECT count(*) FROM duckdb_columns() WHERE database_name = "
+                "current_database() AND schema_name = current_schema() AND table_name = ? "
+                "AND column_name = ?", [table, column]).fetchall()[0][0])
+        return self._columns[key]
 
     def count(self, filters: Filters) -> int:
         where, params = filters.where()

@@ -181,25 +181,48 @@ class AuditServicer:
         return convert.to_message(result).SerializeToString()
 
 
+# A streamed question's events are made and encoded in a worker thread, several per trip
+# to it: up to STREAM_BATCH, or what STREAM_WAIT_S brings (ExplainRange makes thousands a
+# second; a trip per event, and encoding on the event loop, cost the loop's other calls).
+STREAM_BATCH = 256
+STREAM_WAIT_S = 0.02
+
+
 async def _stream(events: Generator[Any, None, None], wrapper: type[Message]
                   ) -> AsyncIterator[bytes]:
-    """A streamed question's events, each made in a worker thread, as `wrapper` messages."""
-    done = object()
-    step: asyncio.Future | None = None
+    """A streamed question's events as serialized `wrapper` messages."""
+
+    def step() -> tuple[list[bytes], bool, Exception | None]:
+        """(encoded events, whether the stream ended, the error that ended it)."""
+        out: list[bytes] = []
+        started = time.monotonic()
+        try:
+            for event in events:
+                out.append(convert.event_message(event, wrapper).SerializeToString())
+                if len(out) >= STREAM_BATCH or time.monotonic() - started >= STREAM_WAIT_S:
+                    return out, False, None
+        except Exception as exc:  # noqa: BLE001 — raised after what came before it is sent
+            return out, True, exc
+        return out, True, None
+
+    pending: asyncio.Future | None = None
     try:
         while True:
-            step = asyncio.ensure_future(asyncio.to_thread(next, events, done))
-            event = await asyncio.shield(step)
-            step = None
-            if event is done:
+            pending = asyncio.ensure_future(asyncio.to_thread(step))
+            messages, ended, error = await asyncio.shield(pending)
+            pending = None
+            for message in messages:
+                yield message
+            if error is not None:
+                raise error
+            if ended:
                 return
-            yield convert.event_message(event, wrapper).SerializeToString()
     finally:
         # Cancelled: let the worker thread finish its step, then close the generator off
         # the loop, so the question's trail record (CANCELLED) is written there.
-        if step is not None:
+        if pending is not None:
             with contextlib.suppress(BaseException):  # its outcome no longer matters
-                await step
+                await pending
         await asyncio.to_thread(events.close)
 
 
