@@ -178,15 +178,15 @@ class Explanations:
                ) -> tuple[list[FeatureFlip], list[PairFlip], str]:
         ref = explainer.reference
         names = list(explainer.features.names)
+        unknown = [f for pair in pairs for f in pair if f not in names]
+        if unknown:
+            raise InvalidInput(f"pairs: unknown feature {unknown[0]!r}; features: "
+                               f"{', '.join(names)}")
         if not wanted:
             return [], [], "not asked for"
         if ref.low is None or ref.high is None:
             return [], [], ("no baseline with every feature's observed range is stored: "
                             "there is no range to search")
-        unknown = [f for pair in pairs for f in pair if f not in names]
-        if unknown:
-            raise InvalidInput(f"pairs: unknown feature {unknown[0]!r}; features: "
-                               f"{', '.join(names)}")
         try:
             search = nearest_flips(explainer.favorable, x, ref.low, ref.high,
                                    integer=ref.integer,
