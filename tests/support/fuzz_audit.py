@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from mlwitness.protocol import audit_pb2 as apb
 
 OUTPUT_COLUMNS = ("label", "probabilities_0", "probabilities_1", "probabilities")
-STREAMING = frozenset({"ReplayRange"})
+STREAMING = frozenset({"ReplayRange", "ExplainRange"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,27 @@ def _sweep_values() -> st.SearchStrategy[list[float]]:
                     (1, st.integers(10_001, 200_000).map(lambda n: [float(i) for i in range(n)])))
 
 
+def explain_options(known: Known) -> st.SearchStrategy[apb.ExplainOptions]:
+    """Options of an explanation: rules, columns, methods, reference specs and reasons
+    files, sensible and not; counts from negative to int32's end."""
+    given = ",".join(f"{name}=1" for name in known.features)
+    counts = weighted((4, st.integers(-2, 12)), (1, I32))
+    return st.builds(
+        apb.ExplainOptions,
+        favorable=texts("", "label=1", "label=0", "label=7", "probabilities_1>=0.5",
+                        "probabilities_0<0.3", "label!=1", "income>=1", "label=", "=1",
+                        "probabilities_1>=nan", weight=10),
+        output=texts("", *OUTPUT_COLUMNS, "nope", weight=10),
+        method=texts("", "exact", "kernel", "tree", "lime", "EXACT", weight=10),
+        reference=texts("", "baseline", "median", given, given + ",income=nan",
+                        f"{known.features[0]}=", "income=1e400", weight=10),
+        reference_rows=counts, baseline=texts("", "latest", "0" * 64, weight=10), top=counts,
+        reasons_toml=texts("", "version = 1", "version = 2", "[[[", "version = 1\n"
+                           "[features.income]\nbelow = 'x'", "version = 1\n"
+                           "[features.nope]\nany = 'x'", weight=10),
+        seed=weighted((4, st.integers(-1, 10)), (1, I64)), samples=counts)
+
+
 def messages(known: Known) -> dict[str, st.SearchStrategy[Any]]:
     """RPC name -> strategy of its request message."""
     t, m = times(known), models(known)
@@ -167,6 +188,14 @@ def messages(known: Known) -> dict[str, st.SearchStrategy[Any]]:
         "Status": st.just(apb.StatusRequest()),
         "SetGuards": hostile_guards(known).map(
             lambda pair: apb.SetGuardsRequest(toml=pair[0], json=pair[1])),
+        "Explain": st.builds(
+            apb.ExplainRequest, ref=refs(known), row=weighted((4, st.integers(-1, 12)), (1, I32)),
+            options=explain_options(known), no_flips=st.booleans(),
+            pairs=st.lists(texts(f"{known.features[0]}:{known.features[1]}", "income",
+                                 "a:b:c", ":", "income:income", weight=4), max_size=3)),
+        "ExplainRange": st.builds(apb.ExplainRangeRequest, since_us=t, until_us=t, model=m,
+                                  status=texts("", "OK", "INVALID_ARGUMENT", weight=10),
+                                  options=explain_options(known)),
     }
 
 
@@ -187,4 +216,5 @@ REQUESTS = {
     "GetGuards": apb.GetGuardsRequest, "SetGuards": apb.SetGuardsRequest,
     "GetCheckpoint": apb.GetCheckpointRequest, "InclusionProof": apb.InclusionProofRequest,
     "ConsistencyProof": apb.ConsistencyProofRequest, "Status": apb.StatusRequest,
+    "Explain": apb.ExplainRequest, "ExplainRange": apb.ExplainRangeRequest,
 }

@@ -23,6 +23,15 @@ Conventions
   so is the ``label`` column of the data file (the class rates of the training set).
 * JSON has no infinities or NaN: ±inf is written as the strings ``"Infinity"`` /
   ``"-Infinity"`` and NaN as ``null`` (:func:`json_safe`).
+* ``rows`` (format ``mlwitness.baseline/2``): a joint sample of whole feature rows, in
+  ``feature_names`` order and rounded like the features — the reference set `mlwitness
+  audit explain` compares a decision with needs rows, not per-column samples, whose values
+  would pair one applicant's income with another's debt. Rows with a missing feature are
+  left out; of the rest, every row when there are at most ``reference_rows``, else
+  ``reference_rows`` of them drawn without replacement by
+  ``numpy.random.default_rng((seed, 1))``, kept in file order. A baseline without rows
+  (``reference_rows = 0``, or one made before rows were kept) is written exactly as format
+  ``mlwitness.baseline/1`` was, so its SHA-256 does not change.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from mlwitness.analytics import stats
 from mlwitness.errors import DataLoss, InvalidInput, RecordNotFound
 
 FORMAT = "mlwitness.baseline/1"
+FORMAT_ROWS = "mlwitness.baseline/2"  # with joint feature rows (`Baseline.rows`)
 QUANTILES: tuple[int, ...] = (1, 5, 25, 50, 75, 95, 99)
 MAX_CATEGORIES = 20
 _NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE",
@@ -84,15 +94,19 @@ class Baseline:
     outputs: dict[str, ColumnProfile] = field(default_factory=dict)
     model: dict[str, str] | None = None  # file, sha256, input
     settings: dict[str, Any] = field(default_factory=dict)  # bins, sample_size, seed, …
+    rows: list[list[float]] = field(default_factory=list)  # joint feature rows (format 2)
     _sha256: str = field(default="", init=False, repr=False, compare=False)
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, compact separators, no NaN/inf literals."""
+        """Canonical JSON: sorted keys, compact separators, no NaN/inf literals. Without
+        `rows`, exactly the format-1 document (the same SHA-256 as before rows existed)."""
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         doc["columns"] = {k: _plain(v) for k, v in self.columns.items()}
         doc["outputs"] = {k: _plain(v) for k, v in self.outputs.items()}
-        return json.dumps({"format": FORMAT, **doc}, sort_keys=True, separators=(",", ":"),
-                          allow_nan=False)
+        if not self.rows:
+            del doc["rows"]
+        return json.dumps({"format": FORMAT_ROWS if self.rows else FORMAT, **doc},
+                          sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @property
     def sha256(self) -> str:
@@ -105,8 +119,9 @@ class Baseline:
     @classmethod
     def from_json(cls, text: str) -> Baseline:
         data = json.loads(text)
-        if data.pop("format", None) != FORMAT:
-            raise InvalidInput(f"not a baseline document (expected format {FORMAT})")
+        if data.pop("format", None) not in (FORMAT, FORMAT_ROWS):
+            raise InvalidInput(f"not a baseline document (expected format {FORMAT} or "
+                               f"{FORMAT_ROWS})")
         data["columns"] = {k: _column(v) for k, v in data["columns"].items()}
         data["outputs"] = {k: _column(v) for k, v in data.get("outputs", {}).items()}
         return cls(**data)
@@ -224,7 +239,7 @@ def _quote(name: str) -> str:
 def build_baseline(
     data: Path, *, model: Path | None = None, features: list[str] | None = None,
     label: str | None = None, bins: int = 10, sample_size: int = 20000, seed: int = 0,
-    feature_dtype: str | None = None,
+    feature_dtype: str | None = None, reference_rows: int = 1000,
 ) -> Baseline:
     """Profile ``data`` (CSV or Parquet) and, with ``model``, the model's outputs on it.
 
@@ -242,6 +257,8 @@ def build_baseline(
     data = Path(data)
     if sample_size < 1:
         raise InvalidInput(f"sample_size must be positive, got {sample_size}")
+    if reference_rows < 0:
+        raise InvalidInput(f"reference_rows must not be negative, got {reference_rows}")
     rounding = _feature_rounding(model, feature_dtype)
     rng = np.random.default_rng(seed)
     con = duckdb.connect()
@@ -287,11 +304,24 @@ def build_baseline(
         settings={"bins": bins, "sample_size": sample_size, "seed": seed,
                   "feature_dtype": _DTYPE_NAMES.get(rounding, "FP64")},
     )
+    x = np.column_stack([arrays[f] for f in features]) if features else np.zeros((n_rows, 0))
     if model is not None:
-        x = np.column_stack([arrays[f] for f in features]) if features else np.zeros((n_rows, 0))
         baseline.model, baseline.outputs = _profile_model(Path(model), x, bins=bins,
                                                           sample_size=sample_size, rng=rng)
+    if reference_rows and features:
+        baseline.settings["reference_rows"] = reference_rows
+        baseline.rows = joint_rows(x, reference_rows, seed)
     return baseline
+
+
+def joint_rows(x: np.ndarray, rows: int, seed: int) -> list[list[float]]:
+    """The baseline's joint row sample (see the module docstring) of feature matrix `x`."""
+    whole = x[np.all(np.isfinite(x), axis=1)]
+    if whole.shape[0] > rows:
+        pick = np.random.default_rng((seed, 1)).choice(whole.shape[0], size=rows,
+                                                        replace=False)
+        whole = whole[np.sort(pick)]
+    return [[float(v) for v in row] for row in whole]
 
 
 _ROUNDINGS = {"FP16": np.float16, "FP32": np.float32, "FP64": None}

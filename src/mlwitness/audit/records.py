@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from mlwitness.audit.results import RecordDetail, RecordPage, RecordSummary, Verification
 from mlwitness.audit.trail import Asker, Trail
@@ -50,7 +51,7 @@ class Records:
         """Verify the ledger file at `ledger`; with a published head (both or neither),
         the record at `expect_seq` must have `expect_hash`. On the event loop, the work in
         threads: a caller who leaves mid-way is on the trail as CANCELLED."""
-        asked = {"expect_seq": expect_seq, "expect_hash": expect_hash} if (
+        asked: dict[str, Any] = {"expect_seq": expect_seq, "expect_hash": expect_hash} if (
             expect_seq or expect_hash) else {}
         with self.trail.audited(asker, **asked) as summary:
             head = expected_head(expect_seq, expect_hash) if asked else None

@@ -386,3 +386,131 @@ class Status:
     ledger: LedgerStatus
     checkpoints: CheckpointStatus
     publisher: PublisherStatus
+
+
+# ── explanations: why a decision came out as it did ────────────────────────────────────
+
+@dataclass(frozen=True)
+class FeatureAttribution:
+    feature: str
+    value: float  # the applicant's, as the model received it
+    reference: float  # the reference set's median (the value a reason quotes)
+    attribution: float  # this feature's share of fx - reference_value
+
+
+@dataclass(frozen=True)
+class ReasonCode:
+    rank: int  # 1 = the feature that counted most against the favourable outcome
+    feature: str
+    attribution: float  # of the explained output (the same number as in `attributions`)
+    value: float
+    reference: float
+    direction: str  # below, above or equal: the applicant's value against the reference
+    text: str  # from the reasons file ("" when it has none for this feature)
+
+
+@dataclass(frozen=True)
+class TieGroup:
+    features: Sequence[str]  # harmful features whose attributions are equal
+
+
+@dataclass(frozen=True)
+class FeatureFlip:
+    feature: str
+    value: float
+    found: bool  # False: no single change within the observed range flips the decision
+    to_value: float
+    direction: str  # up or down ("" when not found)
+    distance: float  # |to_value - value|
+    tolerance: float  # to_value lies at most this far beyond where the decision changes
+    to_decision: str  # favorable or unfavorable
+
+
+@dataclass(frozen=True)
+class PairFlip:
+    features: Sequence[str]  # the two features
+    values: Sequence[float]
+    found: bool
+    to_values: Sequence[float]
+    distance: float  # range-normalised: sqrt(di^2 + dj^2), d = change / (max - min)
+    to_decision: str
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    seq: int
+    request_id: str
+    row: int
+    model_sha256: str  # the recorded model the explanation ran on
+    method: str  # exact, kernel or tree
+    explains: str  # what f is, in words
+    favorable: str  # the rule naming the favourable outcome, e.g. label=1
+    output: str  # the explained output column, e.g. probabilities_1
+    decision: str  # the recorded decision of this row
+    favorable_outcome: bool
+    recorded_value: float  # the explained output column as recorded
+    fx: float  # f(x) as the explanation computed it
+    reference_value: float  # mean f over the reference rows
+    total: float  # sum of the attributions
+    gap: float  # total - (fx - reference_value)
+    efficient: bool  # |gap| <= 1e-6
+    attributions: Sequence[FeatureAttribution]
+    reference: str  # what the reference set is, in words
+    reference_sha256: str
+    reference_rows: int
+    baseline_sha256: str  # "" when no baseline was used
+    samples: int  # coalitions evaluated (0 for tree)
+    seed: int
+    seeded: bool  # coalitions were sampled with `seed`
+    model_rows: int
+    model_calls: int
+    reasons: Sequence[ReasonCode]
+    harmful: int  # features that counted against the favourable outcome
+    zero_features: Sequence[str]  # attributions that count as zero: never reasons
+    ties: Sequence[TieGroup]
+    cut_in_tie: bool  # the last reason ties with a harmful feature not listed
+    flips: Sequence[FeatureFlip]
+    pair_flips: Sequence[PairFlip]
+    flips_note: str  # why there are no flips, when there are none
+    audit_request_id: str  # the request id of this question's audit record
+
+
+@dataclass(frozen=True)
+class ExplainedDecision:
+    """One decision of an ExplainRange question: a row of the reason-code report."""
+
+    seq: int
+    request_id: str
+    row: int
+    received_us: int
+    model_sha256: str
+    decision: str
+    favorable_outcome: bool
+    recorded_value: float
+    fx: float
+    reference_value: float
+    efficient: bool
+    attributions: Sequence[FeatureAttribution]
+    reasons: Sequence[ReasonCode]
+
+
+@dataclass(frozen=True)
+class ExplainRangeSummary:
+    records: int
+    decisions: int
+    failed: int  # records that could not be explained
+    failures: Sequence[str]  # the first few reasons
+    decisions_per_second: float
+    method: str
+    favorable: str
+    explains: Sequence[str]  # per model
+    reference: Sequence[str]  # per feature set: "<sha256> <description>"
+    baseline_sha256: str
+    samples: int
+    seed: int
+    seeded: bool
+    results_sha256: str  # of the decisions as streamed (docs/explain.md)
+    audit_request_id: str
+
+
+ExplainEvent = ReplayProgress | ExplainedDecision | ExplainRangeSummary

@@ -3,10 +3,10 @@
 It wires the parts, each a module of its own: the trail every question goes on
 (`trail`), reading and verifying records (`records`), one call run again — replay, what-if,
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
-(`candidates`), traffic replay over a window (`replay_range`), drift and bias
-(`monitoring`), the guards (`guards`), checkpoints, proofs and the health detail
-(`evidence`), and erasures (`erasure`). Answers are the dataclasses of `results`;
-`mlwitness.wire.audit` serves them over gRPC.
+(`candidates`), traffic replay over a window (`replay_range`), explanations of decisions
+(`explain`, `explain_range`), drift and bias (`monitoring`), the guards (`guards`),
+checkpoints, proofs and the health detail (`evidence`), and erasures (`erasure`). Answers
+are the dataclasses of `results`; `mlwitness.wire.audit` serves them over gRPC.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
 from mlwitness.audit.erasure import Eraser, Erasures, StoredValue
 from mlwitness.audit.evidence import Evidence, StatusSource
+from mlwitness.audit.explain import ExplainOptions, Explanations
 from mlwitness.audit.guards import Guards
 from mlwitness.audit.monitoring import Monitoring
 from mlwitness.audit.records import Records
@@ -27,7 +28,7 @@ from mlwitness.ledger import environment
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.record import Record
 
-__all__ = ["AuditLimits", "AuditService", "Asker", "store_model_with"]
+__all__ = ["AuditLimits", "AuditService", "Asker", "ExplainOptions", "store_model_with"]
 
 
 class AuditService:
@@ -69,6 +70,9 @@ class AuditService:
         self.what_if = reruns.what_if
         self.sensitivity = reruns.sensitivity
         self.replay_range = ReplayRanges(reader, self.trail, self.candidates).replay_range
+        explanations = Explanations(reader, self.trail, self.candidates)
+        self.explain = explanations.explain
+        self.explain_range = explanations.explain_range
         self.drift = monitoring.drift
         self.bias = monitoring.bias
         self.violations = guards.violations

@@ -49,10 +49,13 @@ class Trail:
         self.refusals = Refusals(self._append_async, self._refusal)
 
     @contextlib.contextmanager
-    def audited(self, asker: Asker, **what: Any) -> Iterator[dict[str, Any]]:
-        """Run a question; append it, with `summary` filled in by the block, to the ledger."""
+    def audited(self, asker: Asker, *, record_id: str = "", **what: Any
+                ) -> Iterator[dict[str, Any]]:
+        """Run a question; append it, with `summary` filled in by the block, to the ledger.
+        `record_id` is the audit record's request id (default: a new one), for answers
+        that name the record holding them."""
         summary: dict[str, Any] = {}
-        record = Record(kind="audit", request_id=uuid.uuid4().hex,
+        record = Record(kind="audit", request_id=record_id or uuid.uuid4().hex,
                         received_us=time.time_ns() // 1000, peer=asker.caller,
                         request=asker.raw, env_id=self.env_id)
         try:

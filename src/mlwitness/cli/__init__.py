@@ -79,7 +79,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     features = [f.strip() for f in args.features.split(",")] if args.features else None
     baseline = build_baseline(Path(args.data), model=Path(args.model) if args.model else None,
                               features=features, label=args.label, bins=args.bins,
-                              sample_size=args.sample_size, feature_dtype=args.feature_dtype)
+                              sample_size=args.sample_size, feature_dtype=args.feature_dtype,
+                              reference_rows=args.reference_rows)
     Path(args.out).write_text(baseline.to_json())
     print(f"wrote {args.out}: baseline {baseline.sha256} of {baseline.n_rows} rows, "
           f"{len(baseline.columns)} columns, {len(baseline.outputs)} model outputs")
@@ -374,6 +375,9 @@ def parser() -> argparse.ArgumentParser:
     baseline.add_argument("--bins", type=int, default=10, help="histogram bins per feature")
     baseline.add_argument("--sample-size", type=int, default=20000,
                           help="values kept per feature for KS and Wasserstein")
+    baseline.add_argument("--reference-rows", type=int, default=1000,
+                          help="whole feature rows kept, a seeded sample, as the reference "
+                          "set `audit explain` compares decisions with (0: none)")
     baseline.set_defaults(func=cmd_baseline)
 
     guards = sub.add_parser("guards", help="write or check guard files")

@@ -732,3 +732,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--no-compact", action="store_true", help="leave the DuckDB file as it is "
                    "(faster on a large ledger; the erased bytes may stay in its unused blocks "
                    "until an erasure compacts it)")
+    from mlwitness.cli import explain  # its commands use this module's helpers
+
+    explain.add_commands(command)

@@ -110,3 +110,36 @@ def exact_shapley(f: ModelFunction, x: np.ndarray, reference: np.ndarray, *,
         reference_value=float(values[0]), reference_rows=reference.shape[0],
         samples=2**m, model_rows=rows, model_calls=calls,
     )
+
+
+def exact_shapley_many(f: ModelFunction, xs: np.ndarray, reference: np.ndarray, *,
+                       max_cells: int = MAX_EXACT_CELLS, chunk_cells: int = CHUNK_CELLS
+                       ) -> list[Attribution]:
+    """`exact_shapley` for each row of `xs` against the same reference rows, the hybrid rows
+    of as many decisions as fit in `chunk_cells` passed to `f` in one call (a decision too
+    big for one call is worked out on its own, as `exact_shapley` does). Each decision's
+    answer is the one `exact_shapley` gives when `f` rounds a row alike in any batch."""
+    xs = np.asarray(xs)
+    if xs.ndim != 2 or xs.shape[0] == 0:
+        raise ValueError(f"xs must be rows of features, got shape {xs.shape}")
+    _, reference = instance_and_reference(xs[0], reference)
+    m, n_ref = xs.shape[1], reference.shape[0]
+    per_decision = 2**m * n_ref * m
+    if m > MAX_EXACT_FEATURES or per_decision > chunk_cells:
+        return [exact_shapley(f, x, reference, max_cells=max_cells, chunk_cells=chunk_cells)
+                for x in xs]
+    masks = coalition_masks(m)
+    dtype = np.result_type(xs, reference)
+    per_call = max(1, chunk_cells // per_decision)
+    out: list[Attribution] = []
+    for start in range(0, xs.shape[0], per_call):
+        part = xs[start:start + per_call]
+        rows = np.where(masks[None, :, None, :], part[:, None, None, :],
+                        reference[None, None, :, :])
+        values = model_values(f, rows.reshape(-1, m).astype(dtype, copy=False))
+        values = values.reshape(part.shape[0], 2**m, n_ref).mean(axis=2)
+        out.extend(Attribution(
+            method="exact", values=shapley_from_values(v, m), fx=float(v[-1]),
+            reference_value=float(v[0]), reference_rows=n_ref, samples=2**m,
+            model_rows=2**m * n_ref, model_calls=1) for v in values)
+    return out

@@ -75,6 +75,7 @@ class LedgerReader:
         self._barrier = barrier
         self._models: OrderedDict[str, store.StoredModel] = OrderedDict()
         self._environments: dict[str, dict[str, Any]] = {}
+        self._columns: dict[tuple[str, str], bool] = {}
         self._model_cache = model_cache
         self._lock = threading.Lock()
 
@@ -195,6 +196,52 @@ class LedgerReader:
             yield [Record(seq=r[0], kind=r[1], request_id=r[2], status=r[3], message=r[4],
                           model_sha256=r[5], env_id=r[6], request=r[7], response=r[8])
                    for r in rows]
+
+    def decisions(self, filters: Filters, batch: int = 1024
+                  ) -> Iterator[builtins.list[tuple[Record, builtins.list[str], int | None]]]:
+        """Answered inference records in a window, oldest first, in batches, for questions
+        that need more than a replay: each record (with its received time and detail), the
+        names of its numeric input columns, and the seq of the admin record that erased it
+        (None: not erased, or a ledger without erasure)."""
+        where, params = filters.where()
+        erased = "erased_by" if self._has_column("entries", "erased_by") else "NULL"
+        cursor = self.cursor().execute(
+            "SELECT seq, kind, request_id, received_us, status, message, model_sha256, detail,"
+            f" request, response, map_keys(inputs[1]), {erased} FROM entries WHERE {where} "
+            "AND status = 'OK' ORDER BY seq", params)
+        while rows := cursor.fetchmany(batch):
+            yield [(Record(seq=r[0], kind=r[1], request_id=r[2], received_us=r[3],
+                           status=r[4], message=r[5], model_sha256=r[6], detail=r[7],
+                           request=r[8], response=r[9]), list(r[10] or []), r[11])
+                   for r in rows]
+
+    def erased_by(self, seq: int) -> tuple[int, str] | None:
+        """(admin record seq, its reason) when record `seq` was erased; None otherwise (and
+        always on a ledger that has no erasure)."""
+        if not self._has_column("entries", "erased_by"):
+            return None
+        cursor = self.cursor()
+        found = cursor.execute("SELECT erased_by FROM entries WHERE seq = ?", [seq]).fetchall()
+        if not found or found[0][0] is None:
+            return None
+        admin = int(found[0][0])
+        detail = cursor.execute("SELECT detail FROM entries WHERE seq = ?", [admin]).fetchall()
+        try:
+            reason = json.loads(detail[0][0]).get("reason", "") if detail else ""
+        except (ValueError, AttributeError):
+            reason = ""
+        return admin, str(reason)
+
+    def _has_column(self, table: str, column: str) -> bool:
+        """Whether the ledger's schema has this column (asked once: a schema changes only
+        when a ledger is opened)."""
+        key = (table, column)
+        if key not in self._columns:
+            self._columns[key] = bool(self._cursor().execute(
+                "SELECT count(*) FROM duckdb_columns() WHERE database_name = "
+                "current_database() AND schema_name = current_schema() AND table_name = ? "
+                "AND column_name = ?", [table, column]).fetchall()[0][0])
+        return self._columns[key]
 
     def count(self, filters: Filters) -> int:
         where, params = filters.where()

@@ -57,10 +57,10 @@ def check_self_contained(onnx: bytes) -> None:
     stack: list[tuple[int, memoryview, str]] = [(MODEL, memoryview(onnx), "the model")]
     while stack:  # not recursive: nesting depth is the uploader's choice
         kind, data, where = stack.pop()
-        fields = list(_fields(data))
-        names = [_text(v) for f, w, v in fields if w == 2 and f == _NAMED.get(kind)]
+        found = fields(data)
+        names = [_text(v) for f, w, v in found if w == 2 and f == _NAMED.get(kind)]
         if kind == NODE:  # nodes are often unnamed: their operator says enough
-            ops = [_text(v) for f, w, v in fields if w == 2 and f == _NODE_OP_TYPE]
+            ops = [_text(v) for f, w, v in found if w == 2 and f == _NODE_OP_TYPE]
             where = f"node {names[-1][:80]!r}" if names and names[-1] else \
                 f"a {ops[-1][:40] if ops else ''} node in {where}"
         elif names and kind != TENSOR:
@@ -68,7 +68,7 @@ def check_self_contained(onnx: bytes) -> None:
         if kind == TENSOR:
             if any((f == _TENSOR_EXTERNAL_DATA and w == 2)
                    or (f == _TENSOR_DATA_LOCATION and w == 0 and v == _EXTERNAL)
-                   for f, w, v in fields):
+                   for f, w, v in found):
                 name = names[-1][:80] if names else ""
                 raise NotSelfContained(
                     f"tensor {name!r} in {where} keeps its data in an external file; "
@@ -77,13 +77,14 @@ def check_self_contained(onnx: bytes) -> None:
                     "without external data")
             continue
         children = _CHILDREN[kind]
-        stack.extend((children[f], v, where) for f, w, v in fields  # type: ignore[misc]
+        stack.extend((children[f], v, where) for f, w, v in found  # type: ignore[misc]
                      if w == 2 and f in children)
 
 
-def _fields(data: memoryview) -> list[tuple[int, int, int | memoryview]]:
+def fields(data: memoryview) -> list[tuple[int, int, int | memoryview]]:
     """(field number, wire type, value) of each field of one message: the integer of a
-    varint, the bytes of a length-delimited field, 0 for fixed-size ones and groups."""
+    varint, the bytes of a length-delimited or fixed-size (wire types 1, 5) field; groups
+    are skipped. (`mlwitness.model.onnx_graph` reads a model's nodes with it.)"""
     out: list[tuple[int, int, int | memoryview]] = []
     pos, end = 0, len(data)
     while pos < end:
@@ -101,9 +102,11 @@ def _fields(data: memoryview) -> list[tuple[int, int, int | memoryview]]:
             out.append((field, 2, data[pos:pos + length]))
             pos += length
         elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-            if pos > end:
+            size = 8 if wire == 1 else 4
+            if pos + size > end:
                 raise _broken()
+            out.append((field, wire, data[pos:pos + size]))
+            pos += size
         elif wire == 3:  # a (deprecated) group: protobuf keeps it as an unknown field
             pos = _skip_group(data, pos, field)
         else:

@@ -839,3 +839,279 @@ class EraseResponse(_message.Message):
     journal_segments: int
     notes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, dry_run: bool = ..., matched: _Optional[int] = ..., erased: _Optional[int] = ..., already_erased: _Optional[int] = ..., admin_seq: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ..., compacted: bool = ..., journal_segments: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExplainOptions(_message.Message):
+    __slots__ = ("favorable", "output", "method", "reference", "reference_rows", "baseline", "top", "reasons_toml", "seed", "samples")
+    FAVORABLE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    REASONS_TOML_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    favorable: str
+    output: str
+    method: str
+    reference: str
+    reference_rows: int
+    baseline: str
+    top: int
+    reasons_toml: str
+    seed: int
+    samples: int
+    def __init__(self, favorable: _Optional[str] = ..., output: _Optional[str] = ..., method: _Optional[str] = ..., reference: _Optional[str] = ..., reference_rows: _Optional[int] = ..., baseline: _Optional[str] = ..., top: _Optional[int] = ..., reasons_toml: _Optional[str] = ..., seed: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("ref", "row", "options", "no_flips", "pairs")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NO_FLIPS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    ref: RecordRef
+    row: int
+    options: ExplainOptions
+    no_flips: bool
+    pairs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[_Union[RecordRef, _Mapping]] = ..., row: _Optional[int] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., no_flips: bool = ..., pairs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FeatureAttribution(_message.Message):
+    __slots__ = ("feature", "value", "reference", "attribution")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    reference: float
+    attribution: float
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., reference: _Optional[float] = ..., attribution: _Optional[float] = ...) -> None: ...
+
+class ReasonCode(_message.Message):
+    __slots__ = ("rank", "feature", "attribution", "value", "reference", "direction", "text")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    feature: str
+    attribution: float
+    value: float
+    reference: float
+    direction: str
+    text: str
+    def __init__(self, rank: _Optional[int] = ..., feature: _Optional[str] = ..., attribution: _Optional[float] = ..., value: _Optional[float] = ..., reference: _Optional[float] = ..., direction: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class TieGroup(_message.Message):
+    __slots__ = ("features",)
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, features: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FeatureFlip(_message.Message):
+    __slots__ = ("feature", "value", "found", "to_value", "direction", "distance", "tolerance", "to_decision")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    TO_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    TO_DECISION_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    found: bool
+    to_value: float
+    direction: str
+    distance: float
+    tolerance: float
+    to_decision: str
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., found: bool = ..., to_value: _Optional[float] = ..., direction: _Optional[str] = ..., distance: _Optional[float] = ..., tolerance: _Optional[float] = ..., to_decision: _Optional[str] = ...) -> None: ...
+
+class PairFlip(_message.Message):
+    __slots__ = ("features", "values", "found", "to_values", "distance", "to_decision")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    TO_VALUES_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    TO_DECISION_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    found: bool
+    to_values: _containers.RepeatedScalarFieldContainer[float]
+    distance: float
+    to_decision: str
+    def __init__(self, features: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., found: bool = ..., to_values: _Optional[_Iterable[float]] = ..., distance: _Optional[float] = ..., to_decision: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("seq", "request_id", "row", "model_sha256", "method", "explains", "favorable", "output", "decision", "favorable_outcome", "recorded_value", "fx", "reference_value", "total", "gap", "efficient", "attributions", "reference", "reference_sha256", "reference_rows", "baseline_sha256", "samples", "seed", "seeded", "model_rows", "model_calls", "reasons", "harmful", "zero_features", "ties", "cut_in_tie", "flips", "pair_flips", "flips_note", "audit_request_id")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINS_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    FX_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    EFFICIENT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SEEDED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    HARMFUL_FIELD_NUMBER: _ClassVar[int]
+    ZERO_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TIES_FIELD_NUMBER: _ClassVar[int]
+    CUT_IN_TIE_FIELD_NUMBER: _ClassVar[int]
+    FLIPS_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FLIPS_FIELD_NUMBER: _ClassVar[int]
+    FLIPS_NOTE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    request_id: str
+    row: int
+    model_sha256: str
+    method: str
+    explains: str
+    favorable: str
+    output: str
+    decision: str
+    favorable_outcome: bool
+    recorded_value: float
+    fx: float
+    reference_value: float
+    total: float
+    gap: float
+    efficient: bool
+    attributions: _containers.RepeatedCompositeFieldContainer[FeatureAttribution]
+    reference: str
+    reference_sha256: str
+    reference_rows: int
+    baseline_sha256: str
+    samples: int
+    seed: int
+    seeded: bool
+    model_rows: int
+    model_calls: int
+    reasons: _containers.RepeatedCompositeFieldContainer[ReasonCode]
+    harmful: int
+    zero_features: _containers.RepeatedScalarFieldContainer[str]
+    ties: _containers.RepeatedCompositeFieldContainer[TieGroup]
+    cut_in_tie: bool
+    flips: _containers.RepeatedCompositeFieldContainer[FeatureFlip]
+    pair_flips: _containers.RepeatedCompositeFieldContainer[PairFlip]
+    flips_note: str
+    audit_request_id: str
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., row: _Optional[int] = ..., model_sha256: _Optional[str] = ..., method: _Optional[str] = ..., explains: _Optional[str] = ..., favorable: _Optional[str] = ..., output: _Optional[str] = ..., decision: _Optional[str] = ..., favorable_outcome: bool = ..., recorded_value: _Optional[float] = ..., fx: _Optional[float] = ..., reference_value: _Optional[float] = ..., total: _Optional[float] = ..., gap: _Optional[float] = ..., efficient: bool = ..., attributions: _Optional[_Iterable[_Union[FeatureAttribution, _Mapping]]] = ..., reference: _Optional[str] = ..., reference_sha256: _Optional[str] = ..., reference_rows: _Optional[int] = ..., baseline_sha256: _Optional[str] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., seeded: bool = ..., model_rows: _Optional[int] = ..., model_calls: _Optional[int] = ..., reasons: _Optional[_Iterable[_Union[ReasonCode, _Mapping]]] = ..., harmful: _Optional[int] = ..., zero_features: _Optional[_Iterable[str]] = ..., ties: _Optional[_Iterable[_Union[TieGroup, _Mapping]]] = ..., cut_in_tie: bool = ..., flips: _Optional[_Iterable[_Union[FeatureFlip, _Mapping]]] = ..., pair_flips: _Optional[_Iterable[_Union[PairFlip, _Mapping]]] = ..., flips_note: _Optional[str] = ..., audit_request_id: _Optional[str] = ...) -> None: ...
+
+class ExplainRangeRequest(_message.Message):
+    __slots__ = ("since_us", "until_us", "model", "status", "caller", "metadata", "options")
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    since_us: int
+    until_us: int
+    model: str
+    status: str
+    caller: str
+    metadata: str
+    options: ExplainOptions
+    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., caller: _Optional[str] = ..., metadata: _Optional[str] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ...) -> None: ...
+
+class ExplainedDecision(_message.Message):
+    __slots__ = ("seq", "request_id", "row", "received_us", "model_sha256", "decision", "favorable_outcome", "recorded_value", "fx", "reference_value", "efficient", "attributions", "reasons")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    FX_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    EFFICIENT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    request_id: str
+    row: int
+    received_us: int
+    model_sha256: str
+    decision: str
+    favorable_outcome: bool
+    recorded_value: float
+    fx: float
+    reference_value: float
+    efficient: bool
+    attributions: _containers.RepeatedCompositeFieldContainer[FeatureAttribution]
+    reasons: _containers.RepeatedCompositeFieldContainer[ReasonCode]
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., row: _Optional[int] = ..., received_us: _Optional[int] = ..., model_sha256: _Optional[str] = ..., decision: _Optional[str] = ..., favorable_outcome: bool = ..., recorded_value: _Optional[float] = ..., fx: _Optional[float] = ..., reference_value: _Optional[float] = ..., efficient: bool = ..., attributions: _Optional[_Iterable[_Union[FeatureAttribution, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[ReasonCode, _Mapping]]] = ...) -> None: ...
+
+class ExplainRangeSummary(_message.Message):
+    __slots__ = ("records", "decisions", "failed", "failures", "decisions_per_second", "method", "favorable", "explains", "reference", "baseline_sha256", "samples", "seed", "seeded", "results_sha256", "audit_request_id")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SEEDED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    records: int
+    decisions: int
+    failed: int
+    failures: _containers.RepeatedScalarFieldContainer[str]
+    decisions_per_second: float
+    method: str
+    favorable: str
+    explains: _containers.RepeatedScalarFieldContainer[str]
+    reference: _containers.RepeatedScalarFieldContainer[str]
+    baseline_sha256: str
+    samples: int
+    seed: int
+    seeded: bool
+    results_sha256: str
+    audit_request_id: str
+    def __init__(self, records: _Optional[int] = ..., decisions: _Optional[int] = ..., failed: _Optional[int] = ..., failures: _Optional[_Iterable[str]] = ..., decisions_per_second: _Optional[float] = ..., method: _Optional[str] = ..., favorable: _Optional[str] = ..., explains: _Optional[_Iterable[str]] = ..., reference: _Optional[_Iterable[str]] = ..., baseline_sha256: _Optional[str] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., seeded: bool = ..., results_sha256: _Optional[str] = ..., audit_request_id: _Optional[str] = ...) -> None: ...
+
+class ExplainRangeEvent(_message.Message):
+    __slots__ = ("progress", "decision", "summary")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    progress: ReplayProgress
+    decision: ExplainedDecision
+    summary: ExplainRangeSummary
+    def __init__(self, progress: _Optional[_Union[ReplayProgress, _Mapping]] = ..., decision: _Optional[_Union[ExplainedDecision, _Mapping]] = ..., summary: _Optional[_Union[ExplainRangeSummary, _Mapping]] = ...) -> None: ...

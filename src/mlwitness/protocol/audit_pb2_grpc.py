@@ -119,6 +119,16 @@ class AuditServiceStub(object):
                 request_serializer=mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.SerializeToString,
                 response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Explain',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainResponse.FromString,
+                _registered_method=True)
+        self.ExplainRange = channel.unary_stream(
+                '/mlwitness.audit.v1.AuditService/ExplainRange',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeEvent.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer(object):
@@ -247,6 +257,22 @@ class AuditServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Why a recorded decision came out as it did: attributions by replay on its model bytes,
+        reason codes, the nearest change that flips it. Recorded on the ledger with the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainRange(self, request, context):
+        """Attributions and reason codes of every decision in a window; streams progress, each
+        decision, a summary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -334,6 +360,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.Erase,
                     request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.FromString,
                     response_serializer=mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainResponse.SerializeToString,
+            ),
+            'ExplainRange': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExplainRange,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -795,6 +831,60 @@ class AuditService(object):
             '/mlwitness.audit.v1.AuditService/Erase',
             mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.SerializeToString,
             mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Explain',
+            mlwitness_dot_protocol_dot_audit__pb2.ExplainRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainRange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/ExplainRange',
+            mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeEvent.FromString,
             options,
             channel_credentials,
             insecure,

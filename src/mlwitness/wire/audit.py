@@ -12,10 +12,11 @@ import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from mlwitness.audit.service import Asker, AuditService
 from mlwitness.auth import Authenticator
@@ -122,23 +123,25 @@ class AuditServicer:
         asker = _without_upload(asker, r)
         events = self.service.replay_range(asker, convert.filters(r), r.candidate_sha256,
                                            r.candidate_onnx, r.max_listed)
-        done = object()
-        step: asyncio.Future | None = None
-        try:
-            while True:
-                step = asyncio.ensure_future(asyncio.to_thread(next, events, done))
-                event = await asyncio.shield(step)
-                step = None
-                if event is done:
-                    return
-                yield convert.event_message(event).SerializeToString()
-        finally:
-            # Cancelled: let the replay thread finish its step, then close the generator
-            # off the loop, so the question's trail record (CANCELLED) is written there.
-            if step is not None:
-                with contextlib.suppress(BaseException):  # its outcome no longer matters
-                    await step
-            await asyncio.to_thread(events.close)
+        async for message in _stream(events, apb.ReplayRangeEvent):
+            yield message
+
+    async def Explain(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Explain", raw, context)
+        r = parse(apb.ExplainRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.explain, asker, convert.explain_options(r.options),
+            **convert.ref(r.ref), row=r.row, flips=not r.no_flips, pairs=list(r.pairs))
+        return convert.to_message(result).SerializeToString()
+
+    async def ExplainRange(self, raw: bytes, context: grpc.aio.ServicerContext
+                           ) -> AsyncIterator[bytes]:
+        asker = await self._asker("ExplainRange", raw, context)
+        r = parse(apb.ExplainRangeRequest, raw)
+        events = self.service.explain_range(asker, convert.filters(r),
+                                            convert.explain_options(r.options))
+        async for message in _stream(events, apb.ExplainRangeEvent):
+            yield message
 
     async def VerifyLedger(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("VerifyLedger", raw, context)
@@ -225,14 +228,60 @@ class AuditServicer:
         return convert.to_message(result).SerializeToString()
 
 
+# A streamed question's events are made and encoded in a worker thread, several per trip
+# to it: up to STREAM_BATCH, or what STREAM_WAIT_S brings (ExplainRange makes thousands a
+# second; a trip per event, and encoding on the event loop, cost the loop's other calls).
+STREAM_BATCH = 256
+STREAM_WAIT_S = 0.02
+
+
+async def _stream(events: Generator[Any, None, None], wrapper: type[Message]
+                  ) -> AsyncIterator[bytes]:
+    """A streamed question's events as serialized `wrapper` messages."""
+
+    def step() -> tuple[list[bytes], bool, Exception | None]:
+        """(encoded events, whether the stream ended, the error that ended it)."""
+        out: list[bytes] = []
+        started = time.monotonic()
+        try:
+            for event in events:
+                out.append(convert.event_message(event, wrapper).SerializeToString())
+                if len(out) >= STREAM_BATCH or time.monotonic() - started >= STREAM_WAIT_S:
+                    return out, False, None
+        except Exception as exc:  # noqa: BLE001 — raised after what came before it is sent
+            return out, True, exc
+        return out, True, None
+
+    pending: asyncio.Future | None = None
+    try:
+        while True:
+            pending = asyncio.ensure_future(asyncio.to_thread(step))
+            messages, ended, error = await asyncio.shield(pending)
+            pending = None
+            for message in messages:
+                yield message
+            if error is not None:
+                raise error
+            if ended:
+                return
+    finally:
+        # Cancelled: let the worker thread finish its step, then close the generator off
+        # the loop, so the question's trail record (CANCELLED) is written there.
+        if pending is not None:
+            with contextlib.suppress(BaseException):  # its outcome no longer matters
+                await pending
+        await asyncio.to_thread(events.close)
+
+
 UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
          "Violations", "GetGuards", "SetGuards", "Drift", "Bias", "GetCheckpoint",
-         "InclusionProof", "ConsistencyProof", "Status", "Erase")
+         "InclusionProof", "ConsistencyProof", "Status", "Erase", "Explain")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:
     methods = {name: grpc.unary_unary_rpc_method_handler(rpc(getattr(servicer, name)))
                for name in UNARY}
-    methods["ReplayRange"] = grpc.unary_stream_rpc_method_handler(
-        stream_rpc(servicer.ReplayRange))
+    for name in ("ReplayRange", "ExplainRange"):
+        methods[name] = grpc.unary_stream_rpc_method_handler(
+            stream_rpc(getattr(servicer, name)))
     return grpc.method_handlers_generic_handler(SERVICE, methods)

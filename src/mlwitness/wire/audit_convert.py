@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mlwitness.audit import results as r
+from mlwitness.audit.explain import ExplainOptions
 from mlwitness.ledger.erasure import Selector
 from mlwitness.ledger.filters import Filters
 from mlwitness.protocol import audit_pb2 as apb
@@ -52,6 +53,14 @@ MESSAGES: dict[type, type[Message]] = {
     r.Status: apb.StatusResponse,
     r.SeqRange: apb.SeqRange,
     r.EraseResult: apb.EraseResponse,
+    r.FeatureAttribution: apb.FeatureAttribution,
+    r.ReasonCode: apb.ReasonCode,
+    r.TieGroup: apb.TieGroup,
+    r.FeatureFlip: apb.FeatureFlip,
+    r.PairFlip: apb.PairFlip,
+    r.ExplainResult: apb.ExplainResponse,
+    r.ExplainedDecision: apb.ExplainedDecision,
+    r.ExplainRangeSummary: apb.ExplainRangeSummary,
 }
 RESULTS = {message.DESCRIPTOR.full_name: result for result, message in MESSAGES.items()}
 
@@ -61,8 +70,18 @@ RESULTS = {message.DESCRIPTOR.full_name: result for result, message in MESSAGES.
 def to_message(result: Any) -> Message:
     """An answer (or part of one) as the message `MESSAGES` names for its type."""
     message = MESSAGES[type(result)]
-    return message(**{f.name: _wire(getattr(result, f.name))
-                      for f in dataclasses.fields(result)})
+    return message(**{name: _wire(getattr(result, name)) for name in _names(type(result))})
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(answer: type) -> tuple[str, ...]:
+    """An answer type's field names (ExplainRange converts thousands of answers a second)."""
+    names = _NAMES.get(answer)
+    if names is None:
+        names = _NAMES[answer] = tuple(f.name for f in dataclasses.fields(answer))
+    return names
 
 
 def _wire(value: Any) -> Any:
@@ -82,12 +101,14 @@ def row(values: r.Row) -> apb.Row:
                            for name, value in values.items()])
 
 
-def event_message(event: r.ReplayEvent) -> apb.ReplayRangeEvent:
-    """A ReplayRange event in the oneof member that holds its message type."""
+def event_message(event: r.ReplayEvent | r.ExplainEvent,
+                  wrapper: type[Message] = apb.ReplayRangeEvent) -> Message:
+    """A streamed event (of ReplayRange, or of ExplainRange with that `wrapper`) in the
+    oneof member of `wrapper` that holds its message type."""
     message = to_message(event)
-    member = next(f.name for f in apb.ReplayRangeEvent.DESCRIPTOR.oneofs_by_name["event"].fields
+    member = next(f.name for f in wrapper.DESCRIPTOR.oneofs_by_name["event"].fields
                   if f.message_type is message.DESCRIPTOR)
-    return apb.ReplayRangeEvent(**{member: message})
+    return wrapper(**{member: message})
 
 
 # ── messages → answers ─────────────────────────────────────────────────────────────────
@@ -118,8 +139,10 @@ def ref(message: apb.RecordRef) -> dict[str, Any]:
     return {"request_id": message.request_id, "seq": message.seq}
 
 
-def filters(request: apb.ListRecordsRequest | apb.ReplayRangeRequest) -> Filters:
-    """The window of a ListRecords or ReplayRange request (the latter filters by model)."""
+def filters(request: apb.ListRecordsRequest | apb.ReplayRangeRequest
+            | apb.ExplainRangeRequest) -> Filters:
+    """The window of a ListRecords, ExplainRange or ReplayRange request (the last filters
+    by model only)."""
     if isinstance(request, apb.ReplayRangeRequest):
         return Filters(request.since_us, request.until_us, request.model)
     return Filters(request.since_us, request.until_us, request.model, request.status,
@@ -134,3 +157,8 @@ def selector(request: apb.EraseRequest) -> Selector:
 
 def overrides(request: apb.WhatIfRequest) -> list[tuple[str, float]]:
     return [(o.feature, o.value) for o in request.overrides]
+
+
+def explain_options(message: apb.ExplainOptions) -> ExplainOptions:
+    return ExplainOptions(**{f.name: getattr(message, f.name)
+                             for f in dataclasses.fields(ExplainOptions)})

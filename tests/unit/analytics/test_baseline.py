@@ -257,3 +257,45 @@ def test_only_integer_outputs_are_profiled_as_categories(tmp_path: Path) -> None
     assert built.outputs["label"].categorical == {"0": 2, "1": 3}
     config = suggest(json.loads(built.to_json()))
     assert config.outputs["p"].allowed is None and config.outputs["label"].allowed is not None
+
+
+# ── joint rows: the reference set of `audit explain` ──────────────────────────────────
+
+
+def test_baseline_keeps_a_seeded_sample_of_whole_feature_rows(train_csv: Path) -> None:
+    features = ["income", "debt_ratio", "fico"]
+    built = build_baseline(train_csv, features=features, feature_dtype="FP32",
+                           reference_rows=50, seed=3)
+    columns = read_columns(train_csv)
+    table = np.array([[float(v) for v in columns[f]] for f in features]).T
+    table = table.astype(np.float32).astype(np.float64)  # rounded like the features
+    pick = np.sort(np.random.default_rng((3, 1)).choice(len(table), size=50, replace=False))
+    assert built.rows == table[pick].tolist()  # whole rows, in file order
+    assert built.settings["reference_rows"] == 50
+    again = Baseline.from_json(built.to_json())
+    assert again.rows == built.rows and again.sha256 == built.sha256
+    assert json.loads(built.to_json())["format"] == "mlwitness.baseline/2"
+    assert build_baseline(train_csv, features=features, reference_rows=50, seed=3).rows \
+        != build_baseline(train_csv, features=features, reference_rows=50, seed=4).rows
+    every = build_baseline(train_csv, features=features, feature_dtype="FP32",
+                           reference_rows=5000)
+    assert every.rows == table.tolist()  # fewer rows than asked: all of them
+
+
+def test_rows_with_a_missing_feature_are_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "gaps.csv"
+    path.write_text("x,y\n1,2\n,3\n4,nan\n5,6\n")
+    assert build_baseline(path).rows == [[1.0, 2.0], [5.0, 6.0]]
+
+
+def test_a_baseline_without_rows_keeps_the_format_1_document_and_hash(train_csv: Path) -> None:
+    """Baselines stored before rows were kept must load: load_baseline checks the stored
+    SHA-256 against the document written again."""
+    plain = build_baseline(train_csv, reference_rows=0)
+    document = json.loads(plain.to_json())
+    assert document["format"] == "mlwitness.baseline/1"
+    assert "rows" not in document and "reference_rows" not in document["settings"]
+    old = plain.to_json()
+    assert Baseline.from_json(old).to_json() == old
+    with pytest.raises(InvalidInput, match="must not be negative"):
+        build_baseline(train_csv, reference_rows=-1)

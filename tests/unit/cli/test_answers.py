@@ -182,14 +182,18 @@ def example_problems(command: str, text: str) -> list[str]:
               "guards": apb.GuardsResponse, "status": apb.StatusResponse,
               "checkpoint": apb.CheckpointResponse, "prove": apb.InclusionProofResponse,
               "consistency": apb.ConsistencyProofResponse,
-              "erase": apb.EraseResponse}
+              "erase": apb.EraseResponse,
+              "explain": apb.ExplainResponse}
     if command in single:
         return shape_problems(json.loads(text), single[command].DESCRIPTOR)
     if command == "records":
         return [p for item in json.loads(text)
                 for p in shape_problems(item, apb.RecordSummary.DESCRIPTOR)]
-    if command == "replay-range":
-        events = {"changed": apb.ChangedDecision, "summary": apb.ReplaySummary}
+    streams = {"replay-range": {"changed": apb.ChangedDecision, "summary": apb.ReplaySummary},
+               "explain-range": {"decision": apb.ExplainedDecision,
+                                 "summary": apb.ExplainRangeSummary}}
+    if command in streams:
+        events = streams[command]
         lines = [json.loads(line) for line in text.splitlines()]
         return [p for line in lines for kind, value in line.items()
                 for p in shape_problems(value, events[kind].DESCRIPTOR)]

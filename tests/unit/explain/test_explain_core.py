@@ -35,7 +35,7 @@ from mlwitness.explain.flip import MAX_BISECTIONS, nearest_flips
 from mlwitness.explain.kernel import kernel_shapley
 from mlwitness.explain.reasons import ReasonTexts, load_reasons, loads_reasons, reason_codes
 from mlwitness.explain.reference import feature_summary, median_row, sample_rows
-from mlwitness.explain.shapley import exact_shapley
+from mlwitness.explain.shapley import exact_shapley, exact_shapley_many
 from mlwitness.explain.trees import TreeEnsemble
 from mlwitness.explain.treeshap import TreeExplainer, tree_shap
 
@@ -704,3 +704,44 @@ def test_nearest_flip_agrees_with_a_fine_sweep(
             row[i] = flip.to
             assert decide(row[None, :])[0] != found.decision  # replays as a flip
     assert flips_seen >= 3
+
+
+def test_exact_for_many_decisions_shares_model_calls_and_answers_alike(
+    gbt: onnx.ModelProto, credit: tuple, reference: np.ndarray
+) -> None:
+    calls: list[int] = []
+    f = _output(gbt, 1, 1)
+
+    def counted(rows: np.ndarray) -> np.ndarray:
+        calls.append(rows.shape[0])
+        return f(rows)
+
+    xs = credit[1][20:25]
+    many = exact_shapley_many(counted, xs, reference, chunk_cells=6400 * 6 * 2)
+    assert calls == [12800, 12800, 6400]  # two decisions a call
+    for x, result in zip(xs, many, strict=True):
+        alone = exact_shapley(f, x, reference)
+        np.testing.assert_allclose(result.values, alone.values, rtol=0, atol=1e-9)
+        assert (result.fx, result.reference_value) == pytest.approx(
+            (alone.fx, alone.reference_value), abs=1e-9)
+        _efficient(result)
+    with pytest.raises(ValueError, match="limited to 12 features"):
+        exact_shapley_many(counted, np.zeros((2, 13)), np.zeros((2, 13)))
+
+
+def test_tree_for_many_decisions_answers_as_one_at_a_time(
+    gbt: onnx.ModelProto, credit: tuple, reference: np.ndarray
+) -> None:
+    explainer = TreeExplainer(_ensemble(gbt), reference)
+    assert explainer.table is not None  # depth-2 trees against 100 rows: the tabled case
+    xs = credit[1][30:45]
+    for x, many in zip(xs, explainer.explain_many(xs), strict=True):
+        one = explainer.explain(x)
+        np.testing.assert_array_equal(many.values, one.values)
+        assert (many.fx, many.reference_value, many.explains) == (
+            one.fx, one.reference_value, one.explains)
+        _efficient(many)
+    few = TreeExplainer(_ensemble(gbt), reference[:3])  # no table: one at a time
+    assert few.table is None
+    np.testing.assert_array_equal(few.explain_many(xs[:2])[1].values,
+                                  few.explain(xs[1]).values)

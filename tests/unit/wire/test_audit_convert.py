@@ -105,10 +105,11 @@ def test_every_answer_round_trips_filling_every_field(answer: type) -> None:
 
 def test_every_rpc_answers_with_a_converted_message() -> None:
     """Each RPC's response type, and every message inside one, has its answer type (the
-    ReplayRange event is the oneof of three; Row and Value are the rows)."""
+    ReplayRange and ExplainRange events are oneofs of three; Row and Value are the rows)."""
     converted = {m.DESCRIPTOR.full_name for m in convert.MESSAGES.values()}
     rows = {apb.Row.DESCRIPTOR.full_name, apb.Value.DESCRIPTOR.full_name}
-    event = apb.ReplayRangeEvent.DESCRIPTOR
+    events = {apb.ReplayRangeEvent.DESCRIPTOR.full_name,
+              apb.ExplainRangeEvent.DESCRIPTOR.full_name}
 
     def inside(descriptor: Descriptor) -> set[str]:
         found = {descriptor.full_name}
@@ -119,7 +120,7 @@ def test_every_rpc_answers_with_a_converted_message() -> None:
 
     service = apb.DESCRIPTOR.services_by_name["AuditService"]
     answered = set().union(*(inside(m.output_type) for m in service.methods))
-    assert answered - rows - {event.full_name} == converted
+    assert answered - rows - events == converted
 
 
 @pytest.mark.parametrize("kind", [results.ReplayProgress, results.ChangedDecision,
@@ -130,6 +131,27 @@ def test_a_replay_range_event_goes_in_its_oneof_member(kind: type) -> None:
     member = message.WhichOneof("event")
     assert type(getattr(message, member)) is convert.MESSAGES[kind]
     assert convert.from_message(getattr(message, member)) == event
+
+
+@pytest.mark.parametrize("kind", [results.ReplayProgress, results.ExplainedDecision,
+                                  results.ExplainRangeSummary], ids=lambda c: c.__name__)
+def test_an_explain_range_event_goes_in_its_oneof_member(kind: type) -> None:
+    event = sample(kind, itertools.count())
+    message = convert.event_message(event, apb.ExplainRangeEvent)
+    assert isinstance(message, apb.ExplainRangeEvent)
+    member = message.WhichOneof("event")
+    assert type(getattr(message, member)) is convert.MESSAGES[kind]
+    assert convert.from_message(getattr(message, member)) == event
+
+
+def test_explain_options_come_from_the_request() -> None:
+    options = apb.ExplainOptions(favorable="label=1", output="probabilities_1",
+                                 method="kernel", reference="median", reference_rows=7,
+                                 baseline="abc123", top=3, reasons_toml="version = 1",
+                                 seed=9, samples=99)
+    converted = convert.explain_options(options)
+    assert dataclasses.asdict(converted) == {
+        f.name: getattr(options, f.name) for f in options.DESCRIPTOR.fields}
 
 
 def test_rows_keep_text_as_text_and_numbers_as_numbers() -> None:
