@@ -13,6 +13,8 @@
   bytes give, their name and version against the first record that used them.
   **Environments** and **baselines**: content against id; a baseline's name and time
   against the admin record that announced it.
+* **Outcomes and reviews** (ledger/outcomes.py): each names an earlier answered call by its
+  seq and that record's hash, and a row it has.
 * **The file's views and other objects** (schema.stray_objects): `records`, `decisions`
   and `audit_log` as mlwitness defines them, and no view, macro or type of anyone else's.
 * **An archived prefix.** Local retention (archive/retention.py) deletes records once they
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlwitness.errors import InvalidInput
-from mlwitness.ledger import decoded, journal, schema
+from mlwitness.ledger import decoded, journal, outcomes, schema
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
 
 # Stored record fields in the order of Record's own (so a row is Record(*row)).
@@ -194,6 +196,7 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
             _check_entries(con, where, walk, report)
         _check_models(con, where, walk, report, tables)
         _check_baselines(con, where, walk, report, tables)
+        _check_references(con, where, walk, report, tables, tail)
     finally:
         if own:
             con.close()
@@ -461,6 +464,18 @@ def _check_baselines(con: Any, where: str, walk: _Walk, report: VerifyReport,
             report.problems.append(Problem(seq, f"baseline {sha}: its stored time is after "
                                            f"record seq {seq} announced it (the time decides "
                                            "which baseline is the latest)"))
+
+
+def _check_references(con: Any, where: str, walk: _Walk, report: VerifyReport,
+                      tables: set[str], tail: list[Record]) -> None:
+    """Every outcome and review names an earlier answered call by its seq and hash
+    (ledger/outcomes.py), stored ones and the journal's alike."""
+    if "entries" not in tables:
+        return
+    unloaded = [r for r in tail if r.seq >= walk.expected_seq]
+    archived = report.archived_prefix["seq"] if report.archived_prefix else 0
+    report.problems.extend(Problem(seq, what) for seq, what in outcomes.reference_problems(
+        con, where, unloaded, archived=archived))
 
 
 def _report_missing(
