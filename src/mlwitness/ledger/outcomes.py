@@ -57,6 +57,8 @@ class Decision:
 def plain(value: Value) -> Value:
     """A value as stored: integral numbers as integers (so 1.0 from a CSV file and 1 from
     the command line are one outcome), other numbers as floats, text as it is."""
+    if not isinstance(value, str | int | float) and hasattr(value, "item"):
+        value = value.item()  # a numpy scalar
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int | float) and math.isfinite(value) and float(value).is_integer() \
