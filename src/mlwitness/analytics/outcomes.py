@@ -199,7 +199,7 @@ def fetch(con: duckdb.DuckDBPyConnection, q: QualityQuery) -> Rows:
     positive = _number(q.positive)
     truth = (f"TRY_CAST(oc.v AS DOUBLE) = {positive!r}" if positive is not None
              else f"oc.v = {_lit(q.positive)}")
-    group_sql, group_params = "NULL", []
+    group_sql, group_params = "NULL", list[Any]()
     if q.by:
         _, group_sql, group_params = group_expression(q.by, present, list(q.bins) or None)
     sql = f"""
@@ -262,7 +262,10 @@ def _codes(values: Any, q: QualityQuery) -> tuple[NDArray[np.int64], tuple[str, 
     if data.dtype.kind == "f":
         mask = mask | ~np.isfinite(data)
     present = data[~mask]
-    names, inverse = np.unique(present, return_inverse=True) if present.size else ([], [])
+    names: Any = []
+    inverse: Any = []
+    if present.size:
+        names, inverse = np.unique(present, return_inverse=True)
     if len(names) > MAX_GROUPS:
         raise InvalidInput(f"{q.by!r} has {len(names)} distinct values; group a numeric "
                            f"attribute with bins (at most {MAX_GROUPS} groups)")

@@ -277,3 +277,37 @@ class GuardsState:
     mode: str = ""  # observe or enforce
     toml: str = ""
     rates_now: Sequence[RateState] = ()
+
+
+# ── outcomes, reviews, quality, the report ─────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class OutcomesRecorded:
+    recorded: int
+    duplicates: int  # already on the chain: not added again
+    superseding: int  # recorded for a decision row that already had an outcome
+    first_seq: int  # 0 when nothing was recorded
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class ReviewRecorded:
+    seq: int
+    decision_seq: int
+    reviewer: str
+    overrides: bool  # the decision made differs from the model's
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    decisions: int
+    with_outcome: int
+    coverage: float  # NaN: no decisions
+    accuracy: float  # NaN where undefined
+    precision: float
+    recall: float
+    roc_auc: float
+    brier: float
+    review_rate: float
+    override_rate: float
+    report_json: str

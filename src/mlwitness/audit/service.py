@@ -4,8 +4,9 @@ It wires the parts, each a module of its own: the trail every question goes on
 (`trail`), reading and verifying records (`records`), one call run again — replay, what-if,
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), drift and bias
-(`monitoring`), and the guards (`guards`). Answers are the dataclasses of `results`;
-`mlwitness.wire.audit` serves them over gRPC.
+(`monitoring`), the guards (`guards`), outcomes and reviews written on the chain
+(`outcomes`) and model quality once outcomes are known (`quality`). Answers are the
+dataclasses of `results`; `mlwitness.wire.audit` serves them over gRPC.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
 from mlwitness.audit.guards import Guards
 from mlwitness.audit.monitoring import Monitoring
+from mlwitness.audit.outcomes import AppendGroup, Outcomes
+from mlwitness.audit.quality import Quality
 from mlwitness.audit.records import Records
 from mlwitness.audit.replay_range import ReplayRanges
 from mlwitness.audit.rerun import Reruns
@@ -30,7 +33,9 @@ __all__ = ["AuditLimits", "AuditService", "Asker", "store_model_with"]
 class AuditService:
     """`trail` appends a record to the ledger (None: questions are not recorded);
     `store_model` keeps an uploaded candidate's bytes (None: uploads are refused);
-    `checks` are the sidecar's live guards (None: none, or a standalone server)."""
+    `checks` are the sidecar's live guards (None: none, or a standalone server);
+    `append_group` commits records on the ledger the decisions are on (None: a standalone
+    server, which reads it read-only and records no outcomes or reviews)."""
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class AuditService:
         threads: int = 1,
         checks: InlineChecks | None = None,
         limits: AuditLimits | None = None,
+        append_group: AppendGroup | None = None,
     ) -> None:
         self.reader = reader
         fingerprint = environment.fingerprint()
@@ -62,6 +68,11 @@ class AuditService:
         self.violations = guards.violations
         self.get_guards = guards.get
         self.set_guards = guards.set
+        written = Outcomes(reader, self.trail, append_group)
+        self.record_outcomes = written.record_outcomes
+        self.record_review = written.record_review
+        self.quality_questions = Quality(reader, self.trail)
+        self.quality = self.quality_questions.quality
         self.refuse = self.trail.refuse
         self.close_refusals = self.trail.close_refusals
 

@@ -4,6 +4,7 @@
     mlwitness verify --ledger mlwitness.duckdb [--json] [--expect-head SEQ:HASH]
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
+    mlwitness outcomes record|import …   mlwitness review ID --decision label=1 --reason …
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
 """
 
@@ -23,6 +24,7 @@ import grpc
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
 from mlwitness.cli import audit as audit_cli
+from mlwitness.cli import outcomes as outcomes_cli
 from mlwitness.errors import ConfigError, InvalidInput, MlwitnessError
 
 
@@ -275,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_token_add)
 
     audit_cli.add_commands(sub)
+    outcomes_cli.add_commands(sub)
     return top
 
 

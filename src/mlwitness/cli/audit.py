@@ -386,6 +386,74 @@ def bias(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent(x: float) -> str:
+    return "—" if x != x else f"{100 * x:.1f}%"
+
+
+def _estimate(e: dict[str, Any] | None, percent: bool = True) -> str:
+    if not e or e.get("value") is None:
+        return f"— ({e.get('reason')})" if e else "—"
+    show = _percent if percent else (lambda x: f"{x:.4f}")
+    if e.get("low") is None:
+        return show(e["value"])
+    return f"{show(e['value'])} [{show(e['low'])}, {show(e['high'])}]"
+
+
+def quality(args: argparse.Namespace) -> int:
+    r = stub(args).Quality(apb.QualityRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or "", label=args.label, positive=args.positive or "",
+        decision=args.decision or "", score=args.score or "", by=args.by or "",
+        bins=args.bins or [], reference=args.reference or "", confidence=args.confidence,
+        calibration_bins=args.calibration_bins), timeout=args.timeout)
+    report = json.loads(r.report_json)
+    if args.json:
+        print(dumps(report))
+        return 0
+    cov = report["coverage"]
+    print(f"{r.decisions:,} decisions, {r.with_outcome:,} with an outcome for "
+          f"{report['label']} (coverage {_estimate(cov)})")
+    if cov.get("value") is not None and cov["value"] < 0.3:
+        print(f"  note: only {_percent(cov['value'])} of decisions have an outcome: the "
+              "figures describe those, which may not be like the rest")
+    delay = report["label_delay"]
+    if delay["n"]:
+        print(f"label delay: median {delay['median_s'] / 86400:.1f} days, 90th percentile "
+              f"{delay['p90_s'] / 86400:.1f} days")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+    q = report["quality"]
+    if q is None:
+        print("no decision with an outcome and a score: no quality figures")
+    else:
+        conf = f"{q['confidence']:.0%}"
+        print(f"positive decision: {report['decision']}; positive outcome: "
+              f"{report['label']} = {report['positive']} ({conf} intervals)")
+        print(_table(["metric", "value [interval]", "method"],
+                     [["accuracy", _estimate(q["accuracy"]), q["accuracy"]["method"]],
+                      ["precision", _estimate(q["precision"]), q["precision"]["method"]],
+                      ["recall", _estimate(q["recall"]), q["recall"]["method"]],
+                      ["ROC AUC", _estimate(q["roc_auc"], False), q["roc_auc"]["method"]],
+                      ["Brier", _estimate(q["brier"], False), q["brier"]["method"]]]))
+        print(_table(["score bin", "n", "mean score", "observed rate"],
+                     [[f"{b['lower']:.1f}-{b['upper']:.1f}", b["count"],
+                       "—" if b["mean_predicted"] is None else f"{b['mean_predicted']:.3f}",
+                       _estimate(b["observed_rate"])] for b in q["calibration"]["bins"]]))
+        groups = q["groups"]
+        if groups:
+            print(f"by {report['by']} (reference {groups['reference']}):")
+            print(_table(["group", "n", "TPR", "FPR", "equal opportunity diff.", "FPR diff."],
+                         [[g["group"], g["n"], _estimate(g["tpr"]), _estimate(g["fpr"]),
+                           _estimate(g["tpr_difference"]), _estimate(g["fpr_difference"])]
+                          for g in groups["groups"]]))
+    rv = report["reviews"]
+    print(f"reviews: {rv['reviewed']:,} of {rv['decisions']:,} decisions reviewed "
+          f"({_estimate(rv['review_rate'])}), {rv['overrides']:,} overridden "
+          f"({_estimate(rv['override_rate'])} of reviewed), model-human agreement "
+          f"{_estimate(rv['agreement'])}, Cohen's kappa {_estimate(rv['kappa'], False)}")
+    return 0
+
+
 def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
     """--target, --timeout, credentials and --json: on `audit` itself (with defaults) and
     on every command (without: SUPPRESS keeps what was given before the command)."""
@@ -499,5 +567,25 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--bins", type=_cut_points,
                    help="cut points grouping a numeric attribute, e.g. 25,40,60 gives "
                    "<25, [25, 40), [40, 60), >=60")
+    p = command("quality", quality, "model quality once outcomes are known: accuracy, "
+                "precision, recall, ROC AUC, Brier, calibration, by group; coverage, reviews")
+    p.add_argument("--label", required=True, help="the outcome value that is the truth, "
+                   "e.g. defaulted")
+    p.add_argument("--positive", help="its positive value (default 1)")
+    p.add_argument("--decision", help="the model's positive decision, COLUMN OP VALUE, e.g. "
+                   "label=1 (default: --score >= 0.5)")
+    p.add_argument("--score", help="output with the model's score for the positive outcome "
+                   "(default probabilities_1)")
+    p.add_argument("--by", help="group by this input, text input or request parameter, e.g. "
+                   "age_band: error-rate parities per group")
+    p.add_argument("--bins", type=_cut_points, help="cut points grouping a numeric --by")
+    p.add_argument("--reference", help="reference group (default: the largest)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="of the intervals (default 0.95)")
+    p.add_argument("--calibration-bins", type=_at_least(1), default=10,
+                   help="equal-width score bins for calibration (default 10: deciles)")
+    p.add_argument("--since", help="window start (UTC)")
+    p.add_argument("--until", help="window end (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
     p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")

@@ -255,10 +255,10 @@ def connect_reader(path: Path) -> duckdb.DuckDBPyConnection:
 
     An in-memory database attaches the file read-only as catalog `ledger` and defines, in
     its own catalog, a view over each of the file's tables and the views from VIEWS
-    (`records`, `decisions`, `outcomes`, `reviews`, `audit_log`). The file's catalog is not on the search path: a view,
-    macro or type stored in the file (mlwitness never stores any but its views) is reached
-    only by naming it `ledger.main.<name>`. Its cursors share all this (they are
-    connections to the same in-memory database)."""
+    (`records`, `decisions`, `outcomes`, `reviews`, `audit_log`). The file's catalog is not
+    on the search path: a view, macro or type stored in the file (mlwitness never stores
+    any but its views) is reached only by naming it `ledger.main.<name>`. Its cursors share
+    all this (they are connections to the same in-memory database)."""
     if not path.exists():
         from mlwitness.errors import FailedPrecondition
 

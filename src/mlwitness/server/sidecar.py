@@ -219,7 +219,8 @@ class Sidecar:
         self.audit_service = AuditService(reader, trail=ledger.append_blocking,
                                           store_model=store_model_with(ledger.write),
                                           threads=s.ort_threads, checks=self.checks,
-                                          limits=AuditLimits.of(s))
+                                          limits=AuditLimits.of(s),
+                                          append_group=ledger.append_group)
         self.audit = await start_audit_port(self.audit_service, s.ledger, s.audit_port, s,
                                             self.audit_access.auth)
 

@@ -177,9 +177,32 @@ class AuditServicer:
             privileged=r.privileged, bins=list(r.bins))
         return convert.to_message(result).SerializeToString()
 
+    async def RecordOutcomes(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("RecordOutcomes", raw, context)
+        r = parse(apb.RecordOutcomesRequest, raw)
+        result = await asyncio.to_thread(self.service.record_outcomes, asker,
+                                         convert.outcomes(r), r.source)
+        return convert.to_message(result).SerializeToString()
+
+    async def RecordReview(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("RecordReview", raw, context)
+        r = parse(apb.RecordReviewRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.record_review, asker, convert.named_values(r.decision_made),
+            r.reason, **convert.ref(r.decision), row=r.row)
+        return convert.to_message(result).SerializeToString()
+
+    async def Quality(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Quality", raw, context)
+        r = parse(apb.QualityRequest, raw)
+        result = await asyncio.to_thread(self.service.quality, asker,
+                                         convert.quality_query(r))
+        return convert.to_message(result).SerializeToString()
+
 
 UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
-         "Violations", "GetGuards", "SetGuards", "Drift", "Bias")
+         "Violations", "GetGuards", "SetGuards", "Drift", "Bias", "RecordOutcomes",
+         "RecordReview", "Quality")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:
