@@ -168,8 +168,10 @@ def _json_path_free(name: str, what: str) -> str:
 
 
 def fetch(con: duckdb.DuckDBPyConnection, q: QualityQuery) -> Rows:
-    """Every decision row of the window with its score, decisions, review and outcome."""
-    _json_path_free(q.label, "the outcome label (e.g. defaulted)")
+    """Every decision row of the window with its score, decisions, review and outcome
+    (without a label, none: the rows still carry the decisions and reviews)."""
+    if q.label:
+        _json_path_free(q.label, "the outcome label (e.g. defaulted)")
     check_bins(list(q.bins) or None)
     filters = Filters(q.since_us, q.until_us, q.model)
     where, params = filters.where()

@@ -311,3 +311,13 @@ class QualityResult:
     review_rate: float
     override_rate: float
     report_json: str
+
+
+@dataclass(frozen=True)
+class ReportChunk:
+    """A part of the report's file; the last one (no html) says what the whole is."""
+
+    html: bytes = b""
+    sha256: str = ""  # of the whole file, in the last chunk
+    size: int = 0
+    head_seq: int = 0  # the last record the report read

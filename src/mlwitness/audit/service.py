@@ -5,13 +5,15 @@ It wires the parts, each a module of its own: the trail every question goes on
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), drift and bias
 (`monitoring`), the guards (`guards`), outcomes and reviews written on the chain
-(`outcomes`) and model quality once outcomes are known (`quality`). Answers are the
-dataclasses of `results`; `mlwitness.wire.audit` serves them over gRPC.
+(`outcomes`), model quality once outcomes are known (`quality`) and the auditor's report
+(`report`). Answers are the dataclasses of `results`; `mlwitness.wire.audit` serves
+them over gRPC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
 from mlwitness.audit.guards import Guards
@@ -20,6 +22,7 @@ from mlwitness.audit.outcomes import AppendGroup, Outcomes
 from mlwitness.audit.quality import Quality
 from mlwitness.audit.records import Records
 from mlwitness.audit.replay_range import ReplayRanges
+from mlwitness.audit.report import Reports
 from mlwitness.audit.rerun import Reruns
 from mlwitness.audit.trail import Asker, Trail
 from mlwitness.guards.checks import InlineChecks
@@ -35,7 +38,8 @@ class AuditService:
     `store_model` keeps an uploaded candidate's bytes (None: uploads are refused);
     `checks` are the sidecar's live guards (None: none, or a standalone server);
     `append_group` commits records on the ledger the decisions are on (None: a standalone
-    server, which reads it read-only and records no outcomes or reviews)."""
+    server, which reads it read-only and records no outcomes or reviews); `ledger_path`
+    is the ledger file the auditor's report verifies."""
 
     def __init__(
         self,
@@ -47,6 +51,7 @@ class AuditService:
         checks: InlineChecks | None = None,
         limits: AuditLimits | None = None,
         append_group: AppendGroup | None = None,
+        ledger_path: Path | None = None,
     ) -> None:
         self.reader = reader
         fingerprint = environment.fingerprint()
@@ -73,6 +78,7 @@ class AuditService:
         self.record_review = written.record_review
         self.quality_questions = Quality(reader, self.trail)
         self.quality = self.quality_questions.quality
+        self.report = Reports(reader, self.trail, self.candidates, ledger_path).report
         self.refuse = self.trail.refuse
         self.close_refusals = self.trail.close_refusals
 

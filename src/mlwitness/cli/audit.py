@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -454,6 +456,48 @@ def quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.pdf:
+        from mlwitness.cli.printing import check_printer
+
+        check_printer()  # before the report is made: say at once what is missing
+    request = apb.ReportRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or "", favorable=args.favorable or "",
+        attributes=args.attribute or [], label=args.label or "", positive=args.positive or "",
+        decision=args.decision or "", score=args.score or "", by=args.by or "",
+        baseline=args.baseline or "", replay_sample=args.replay_sample, seed=args.seed,
+        command=shlex.join(["mlwitness", *sys.argv[1:]]), bucket=args.bucket)
+    parts: list[bytes] = []
+    last = None
+    for chunk in stub(args).Report(request, timeout=args.timeout):
+        if chunk.html:
+            parts.append(chunk.html)
+        if chunk.sha256:
+            last = chunk
+    html = b"".join(parts)
+    if last is None or hashlib.sha256(html).hexdigest() != last.sha256:
+        raise InvalidInput("the report arrived incomplete or changed (its SHA-256 does not "
+                           "match the one the service sent); nothing was written")
+    out.write_bytes(html)
+    answer = {"out": str(out), "sha256": last.sha256, "bytes": last.size,
+              "head_seq": last.head_seq}
+    if args.pdf:
+        from mlwitness.cli.printing import print_pdf
+
+        answer["pdf"] = str(args.pdf)
+        answer["pdf_pages"] = print_pdf(out, Path(args.pdf))
+    if args.json:
+        print(dumps(answer))
+    else:
+        print(f"wrote {out}: {last.size:,} bytes, sha256 {last.sha256}, ledger read up to "
+              f"seq {last.head_seq}")
+        if args.pdf:
+            print(f"printed {args.pdf}: {answer['pdf_pages']} pages")
+    return 0
+
+
 def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
     """--target, --timeout, credentials and --json: on `audit` itself (with defaults) and
     on every command (without: SUPPRESS keeps what was given before the command)."""
@@ -587,5 +631,33 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--since", help="window start (UTC)")
     p.add_argument("--until", help="window end (UTC)")
     p.add_argument("--model", help="model name or SHA-256 prefix")
+    p = command("report", report, "the auditor's report: one self-contained HTML file "
+                "(and --pdf), itself recorded on the ledger")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--pdf", help="also print it to this PDF file (needs Playwright and a "
+                   "Chromium: /usr/bin/chromium, or MLWITNESS_CHROMIUM)")
+    p.add_argument("--since", help="window start (UTC), e.g. 2026-12-01")
+    p.add_argument("--until", help="window end (UTC, excluded)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--favorable", help="the favourable decision for the rate and bias "
+                   "sections, e.g. label=1 (default: the first rate guard's)")
+    p.add_argument("--attribute", action="append", metavar="NAME",
+                   help="test bias by this input or request parameter (repeatable)")
+    p.add_argument("--label", help="the outcome value for the quality section, e.g. "
+                   "defaulted")
+    p.add_argument("--positive", help="its positive value (default 1)")
+    p.add_argument("--decision", help="the model's positive decision for quality, e.g. "
+                   "label=0 (default: --score >= 0.5)")
+    p.add_argument("--score", help="output with the model's score for the positive outcome "
+                   "(default probabilities_1)")
+    p.add_argument("--by", help="quality's error rates by this group attribute")
+    p.add_argument("--baseline", help="drift against this stored baseline (default: latest)")
+    p.add_argument("--replay-sample", type=_at_least(0), default=20,
+                   help="decisions drawn at random and replayed on their recorded model "
+                   "(default 20; 0: none)")
+    p.add_argument("--seed", type=_at_least(0), default=0,
+                   help="seed of the replay sample (default: from the ledger head's hash)")
+    p.add_argument("--bucket", choices=["day", "hour"], default="day",
+                   help="time buckets of the series (default day)")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
     p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")

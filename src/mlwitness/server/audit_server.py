@@ -95,7 +95,7 @@ class AuditServer:
         self.service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
                                     store_model=store_model_with(trail.write),
                                     threads=settings.ort_threads,
-                                    limits=AuditLimits.of(settings))
+                                    limits=AuditLimits.of(settings), ledger_path=path)
         access = Access.load(settings.audit_access) if settings.audit_access else None
         auth = Authenticator(access, required_role="auditor")
         self.audit = await start_audit_port(self.service, path, settings.audit_port, settings,

@@ -220,7 +220,8 @@ class Sidecar:
                                           store_model=store_model_with(ledger.write),
                                           threads=s.ort_threads, checks=self.checks,
                                           limits=AuditLimits.of(s),
-                                          append_group=ledger.append_group)
+                                          append_group=ledger.append_group,
+                                          ledger_path=s.ledger)
         self.audit = await start_audit_port(self.audit_service, s.ledger, s.audit_port, s,
                                             self.audit_access.auth)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from mlwitness.audit.results import ReportChunk
 from mlwitness.audit.service import Asker, AuditService
 from mlwitness.auth import Authenticator
 from mlwitness.errors import InvalidInput, MlwitnessError
@@ -199,6 +200,19 @@ class AuditServicer:
                                          convert.quality_query(r))
         return convert.to_message(result).SerializeToString()
 
+    async def Report(self, raw: bytes, context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[bytes]:
+        asker = await self._asker("Report", raw, context)
+        r = parse(apb.ReportRequest, raw)
+        made = await asyncio.to_thread(self.service.report, asker, convert.report_query(r))
+        for start in range(0, len(made.html), REPORT_CHUNK):
+            part = ReportChunk(html=made.html[start:start + REPORT_CHUNK])
+            yield convert.to_message(part).SerializeToString()
+        last = ReportChunk(sha256=made.sha256, size=len(made.html), head_seq=made.head_seq)
+        yield convert.to_message(last).SerializeToString()
+
+
+REPORT_CHUNK = 1 << 20  # bytes of the report a message: well under gRPC's 4 MiB default
 
 UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
          "Violations", "GetGuards", "SetGuards", "Drift", "Bias", "RecordOutcomes",
@@ -210,4 +224,5 @@ def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:
                for name in UNARY}
     methods["ReplayRange"] = grpc.unary_stream_rpc_method_handler(
         stream_rpc(servicer.ReplayRange))
+    methods["Report"] = grpc.unary_stream_rpc_method_handler(stream_rpc(servicer.Report))
     return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from mlwitness.analytics.outcomes import QualityQuery
 from mlwitness.audit import results as r
 from mlwitness.audit.outcomes import OutcomeIn
+from mlwitness.audit.report import DEFAULT_REPLAY_SAMPLE, ReportQuery
 from mlwitness.ledger.filters import Filters
 from mlwitness.protocol import audit_pb2 as apb
 
@@ -47,6 +48,7 @@ MESSAGES: dict[type, type[Message]] = {
     r.OutcomesRecorded: apb.RecordOutcomesResponse,
     r.ReviewRecorded: apb.RecordReviewResponse,
     r.QualityResult: apb.QualityResponse,
+    r.ReportChunk: apb.ReportChunk,
 }
 RESULTS = {message.DESCRIPTOR.full_name: result for result, message in MESSAGES.items()}
 
@@ -153,3 +155,15 @@ def quality_query(request: apb.QualityRequest) -> QualityQuery:
         score=request.score, by=request.by, bins=tuple(request.bins),
         reference=request.reference, confidence=request.confidence or 0.95,
         calibration_bins=request.calibration_bins or 10)
+
+
+def report_query(request: apb.ReportRequest) -> ReportQuery:
+    quality = QualityQuery(label=request.label, positive=request.positive or "1",
+                           decision=request.decision, score=request.score, by=request.by)
+    return ReportQuery(
+        since_us=request.since_us, until_us=request.until_us, model=request.model,
+        favorable=request.favorable, attributes=tuple(request.attributes), quality=quality,
+        baseline=request.baseline,
+        replay_sample=(request.replay_sample if request.HasField("replay_sample")
+                       else DEFAULT_REPLAY_SAMPLE),
+        seed=request.seed, command=request.command, bucket=request.bucket or "day")
