@@ -27,6 +27,7 @@ from audit_support import (
     start_audited_sidecar,
     stub_for,
 )
+from monitoring_support import monitoring_kit, start_monitored, wait_for
 from security_support import add_token, bearer
 from sidecar import mlwitness_command, read_ledger
 from sklearn import metrics
@@ -267,3 +268,24 @@ def test_quality_over_recorded_outcomes_equals_sklearn(served) -> None:
     table = cli(side, "audit", "quality", "--label", "defaulted")
     assert table.returncode == 0, table.stderr
     assert f"{CALLS * ROWS} decisions, {len(items)} with an outcome" in table.stdout
+
+
+def test_the_metrics_show_outcome_coverage_and_the_latest_quality(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, credit_model) -> None:
+    kit = monitoring_kit(tmp_path_factory, credit_model)
+    side = start_monitored(kit, tmp_path / "ledger.duckdb", quality_label="defaulted",
+                           quality_decision="label=1", quality_interval=0.2)
+    try:
+        x, _ = kit.applicants(40, seed=2)
+        labels = [int(side.infer(x[i:i + 1], f"m-{i}")["label"][0]) for i in range(40)]
+        truth = [(i * 5) % 3 % 2 for i in range(30)]  # outcomes for the first 30 of 40
+        side.stub.RecordOutcomes(apb.RecordOutcomesRequest(outcomes=[
+            outcome(f"m-{i}", defaulted=truth[i]) for i in range(30)]), timeout=30)
+        scrape = wait_for(lambda: (s := side.scrape()).get("mlwitness_quality_outcomes") == 30
+                          and s, timeout=30, what="the quality gauges")
+        assert scrape.value("mlwitness_outcome_coverage") == pytest.approx(30 / 40)
+        accuracy = metrics.accuracy_score(truth, labels[:30])
+        assert scrape.value("mlwitness_quality", metric="accuracy") == pytest.approx(accuracy)
+        assert scrape.get("mlwitness_quality", metric="roc_auc") is not None
+    finally:
+        side.stop()

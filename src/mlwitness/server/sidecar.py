@@ -18,6 +18,7 @@ from typing import Any
 
 from mlwitness.analytics.baseline import Baseline
 from mlwitness.analytics.drift import FeatureDrift, drift_report
+from mlwitness.analytics.outcomes import QualityQuery, fetch, quality_answer
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.guards.checks import InlineChecks
 from mlwitness.guards.file import load_guards
@@ -30,7 +31,7 @@ from mlwitness.ledger import environment, store
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.metrics import Metrics, refresh_drift
+from mlwitness.metrics import Metrics, refresh_drift, refresh_quality
 from mlwitness.model.modelfile import ModelFile
 from mlwitness.model.runtime import OnnxModel
 from mlwitness.protocol import inference as pb
@@ -237,6 +238,10 @@ class Sidecar:
             compute = recent_drift(self.ledger, self.baseline, s.drift_window)
             self._tasks.append(asyncio.create_task(
                 refresh_drift(self.metrics, compute, s.drift_interval)))
+        if self.metrics is not None and s.quality_label and s.quality_interval > 0:
+            assert self.ledger is not None
+            self._tasks.append(asyncio.create_task(refresh_quality(
+                self.metrics, recent_quality(self.ledger, s), s.quality_interval)))
 
     def _current_sha(self) -> str:
         assert self.model_file is not None
@@ -318,6 +323,27 @@ def recent_drift(ledger: LedgerWriter, baseline: Baseline, window_s: float
                                 since_us=until_us - int(window_s * 1e6)).features
         finally:
             cursor.close()
+
+    return compute
+
+
+def recent_quality(ledger: LedgerWriter, s: Settings
+                   ) -> Callable[[int], tuple[float | None, int, dict[str, float | None]]]:
+    """Coverage, rows with an outcome and the quality figures of the decisions of the last
+    --quality-window seconds up to a time (for the quality gauges; run in a thread)."""
+    def compute(until_us: int) -> tuple[float | None, int, dict[str, float | None]]:
+        q = QualityQuery(label=s.quality_label, since_us=until_us - int(s.quality_window * 1e6),
+                         until_us=until_us, decision=s.quality_decision, score=s.quality_score)
+        ledger.sync()
+        cursor = ledger.cursor()
+        try:
+            a = quality_answer(fetch(cursor, q), q)
+        finally:
+            cursor.close()
+        r = a.quality
+        figures = {name: getattr(r, name).value if r else None
+                   for name in ("accuracy", "precision", "recall", "roc_auc", "brier")}
+        return a.coverage.value, a.with_outcome, figures
 
     return compute
 
