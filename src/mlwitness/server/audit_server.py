@@ -48,13 +48,14 @@ def _warn_open_audit(address: str, *, mtls: bool) -> None:
         log.warning("audit port %s has no --audit-access: any client certificate that "
                     "--tls-client-ca signed may read every record (request and response "
                     "bytes), replay, ask what-if, drift, bias and verify (role auditor). "
-                    "Changing guards needs an admin identity in an --audit-access file.",
-                    address)
+                    "Recording outcomes and reviews needs a reviewer, changing guards an "
+                    "admin identity, in an --audit-access file.", address)
     else:
         log.warning("audit port %s has no --audit-access: anyone who can reach it may read "
                     "every record (request and response bytes), replay, ask what-if, drift, "
-                    "bias and verify, and change the guards. Give it an access file "
-                    "(`mlwitness token add`) or keep it off the network (--audit-port 0).",
+                    "bias and verify, record outcomes and reviews, and change the guards. "
+                    "Give it an access file (`mlwitness token add`) or keep it off the "
+                    "network (--audit-port 0).",
                     address)
 
 
