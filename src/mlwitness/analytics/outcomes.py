@@ -30,6 +30,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from mlwitness.analytics.baseline import json_safe
@@ -129,7 +130,7 @@ class QualityQuery:
 
 @dataclass
 class Rows:
-    """One entry per decision row in the window, oldest record first."""
+    """One entry per decision row in the window (in no particular order)."""
 
     received_us: NDArray[np.int64]
     score: NDArray[np.float64]  # NaN: no usable score
@@ -201,23 +202,25 @@ def fetch(con: duckdb.DuckDBPyConnection, q: QualityQuery) -> Rows:
     positive = _number(q.positive)
     truth = (f"TRY_CAST(oc.v AS DOUBLE) = {positive!r}" if positive is not None
              else f"oc.v = {_lit(q.positive)}")
-    group_sql, group_params = "NULL", list[Any]()
+    group_sql, group_params, unnested = "NULL", list[Any](), ""
     if q.by:
-        _, group_sql, group_params = group_expression(q.by, present, list(q.bins) or None)
+        source, group_sql, group_params = group_expression(q.by, present,
+                                                           list(q.bins) or None)
+        unnested = {"inputs": ", unnest(inputs) AS i", "inputs_text":
+                    ", unnest(inputs_text) AS it", "parameters": ", parameters AS p"}[source]
     sql = f"""
         WITH d AS (
             SELECT seq, received_us, unnest(range({BATCH_SIZE})) AS row,
-                   unnest(outputs) AS o, unnest(outputs_text) AS ot, unnest(inputs) AS i,
-                   unnest(inputs_text) AS it, parameters AS p
+                   unnest(outputs) AS o, unnest(outputs_text) AS ot{unnested}
             FROM entries WHERE {where} AND status = 'OK'),
+        parsed AS MATERIALIZED (  -- each outcome's JSON parsed once, not once per use
+            SELECT seq, json_extract_string(detail, ['$.decision.seq', '$.decision.row',
+                       '$.values.' || to_json(?::VARCHAR), '$.observed_us']) AS j
+            FROM entries WHERE kind = 'outcome' AND json_valid(detail)),
         oc AS (
             SELECT dseq, drow, arg_max(v, seq) AS v, arg_max(obs, seq) AS obs FROM (
                 SELECT seq, TRY_CAST(j[1] AS BIGINT) AS dseq, TRY_CAST(j[2] AS BIGINT) AS drow,
-                       j[3] AS v, TRY_CAST(j[4] AS BIGINT) AS obs
-                FROM (SELECT seq, json_extract_string(detail, ['$.decision.seq',
-                          '$.decision.row', '$.values.' || to_json(?::VARCHAR),
-                          '$.observed_us']) AS j
-                      FROM entries WHERE kind = 'outcome' AND json_valid(detail)))
+                       j[3] AS v, TRY_CAST(j[4] AS BIGINT) AS obs FROM parsed)
             WHERE v IS NOT NULL AND dseq BETWEEN ? AND ?
             GROUP BY dseq, drow),
         rv AS (
@@ -240,42 +243,43 @@ def fetch(con: duckdb.DuckDBPyConnection, q: QualityQuery) -> Rows:
                COALESCE(oc.obs::DOUBLE, 'NaN'::DOUBLE) AS observed_us,
                {group_sql} AS g
         FROM d LEFT JOIN oc ON oc.dseq = d.seq AND oc.drow = d.row
-               LEFT JOIN rv ON rv.dseq = d.seq AND rv.drow = d.row
-        ORDER BY d.seq, d.row"""
-    try:
-        cols = con.execute(sql, [*params, q.label, low, high, low, high, *group_params]
-                           ).fetchnumpy()
+               LEFT JOIN rv ON rv.dseq = d.seq AND rv.drow = d.row"""
+    try:  # (no ORDER BY: the figures need none, and sorting a million rows cost half)
+        table = con.sql(sql, params=[*params, q.label, low, high, low, high,
+                                     *group_params]).to_arrow_table()
     except duckdb.Error as exc:
         raise InvalidInput(f"cannot evaluate the quality query: {exc}") from None
     # parameters in order: the window's (d), then the label and seq ranges, then the
     # group's: the group expression comes last in the SELECT list
-    codes, names = _codes(cols["g"], q)
-    return Rows(np.asarray(cols["received_us"], np.int64), np.asarray(cols["score"], float),
-                np.asarray(cols["pred"], np.int8), np.asarray(cols["final"], np.int8),
-                np.asarray(cols["reviewed"], bool), np.asarray(cols["truth"], np.int8),
-                np.asarray(cols["observed_us"], float), codes, names, decision, score)
+
+    def column(name: str, dtype: Any) -> NDArray[Any]:
+        return np.asarray(table.column(name).to_numpy(), dtype)
+
+    codes, names = _codes(table.column("g"), q)
+    return Rows(column("received_us", np.int64), column("score", float),
+                column("pred", np.int8), column("final", np.int8), column("reviewed", bool),
+                column("truth", np.int8), column("observed_us", float), codes, names,
+                decision, score)
 
 
 def _codes(values: Any, q: QualityQuery) -> tuple[NDArray[np.int64], tuple[str, ...]]:
+    """Group codes into the sorted group labels; -1 for rows without a group. Arrow's
+    dictionary encoding does a million strings in milliseconds (numpy's unique, seconds)."""
     if not q.by:
         return np.full(len(values), -1, np.int64), ()
-    mask = np.ma.getmaskarray(values)
-    data = np.ma.getdata(values)
-    if data.dtype.kind == "f":
-        mask = mask | ~np.isfinite(data)
-    present = data[~mask]
-    names: Any = []
-    inverse: Any = []
-    if present.size:
-        names, inverse = np.unique(present, return_inverse=True)
-    if len(names) > MAX_GROUPS:
-        raise InvalidInput(f"{q.by!r} has {len(names)} distinct values; group a numeric "
+    encoded = pc.dictionary_encode(values.combine_chunks())
+    dictionary = encoded.dictionary.to_pylist()
+    keep = [k for k, v in enumerate(dictionary)
+            if v is not None and not (isinstance(v, float) and not math.isfinite(v))]
+    if len(keep) > MAX_GROUPS:
+        raise InvalidInput(f"{q.by!r} has {len(keep)} distinct values; group a numeric "
                            f"attribute with bins (at most {MAX_GROUPS} groups)")
-    codes = np.full(len(values), -1, np.int64)
-    codes[~mask] = inverse
-    labels = tuple(group_label(v.item() if hasattr(v, "item") else v, list(q.bins) or None)
-                   for v in names)
-    return codes, labels
+    ordered = sorted(keep, key=lambda k: dictionary[k])
+    remap = np.full(len(dictionary) + 1, -1, np.int64)  # the last: rows without a value
+    remap[ordered] = np.arange(len(ordered))
+    indices = pc.fill_null(encoded.indices, len(dictionary)).to_numpy()
+    labels = tuple(group_label(dictionary[k], list(q.bins) or None) for k in ordered)
+    return remap[np.asarray(indices, np.int64)], labels
 
 
 # ── the answer ────────────────────────────────────────────────────────────────────────

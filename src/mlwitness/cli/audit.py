@@ -468,7 +468,8 @@ def report(args: argparse.Namespace) -> int:
         attributes=args.attribute or [], label=args.label or "", positive=args.positive or "",
         decision=args.decision or "", score=args.score or "", by=args.by or "",
         baseline=args.baseline or "", replay_sample=args.replay_sample, seed=args.seed,
-        command=shlex.join(["mlwitness", *sys.argv[1:]]), bucket=args.bucket)
+        command=shlex.join(["mlwitness", *sys.argv[1:]]), bucket=args.bucket,
+        verify_decoded=args.verify_decoded)
     parts: list[bytes] = []
     last = None
     for chunk in stub(args).Report(request, timeout=args.timeout):
@@ -656,7 +657,11 @@ def add_commands(sub: Any) -> None:
                    help="decisions drawn at random and replayed on their recorded model "
                    "(default 20; 0: none)")
     p.add_argument("--seed", type=_at_least(0), default=0,
-                   help="seed of the replay sample (default: from the ledger head's hash)")
+                   help="seed of the replay sample (default: the seq of the window's last "
+                   "decision, so the same window draws the same sample)")
+    p.add_argument("--verify-decoded", action="store_true",
+                   help="also derive every decoded column again from the hashed bytes, as "
+                   "`mlwitness verify` does (most of verification's cost)")
     p.add_argument("--bucket", choices=["day", "hour"], default="day",
                    help="time buckets of the series (default day)")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")

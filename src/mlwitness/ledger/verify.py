@@ -164,9 +164,11 @@ class _Walk:
 
 
 def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
-           con: Any = None) -> VerifyReport:
+           con: Any = None, derive: bool = True) -> VerifyReport:
     """Verify the ledger file at `path` and its journal tail. The file is opened read-only
     unless `con`, a cursor on it (e.g. from the process that writes it), is given.
+    `derive=False` skips deriving the decoded columns again (most of the cost: the
+    auditor's report, which says so); `decoded_checked` is then 0.
     `expect_head`: (seq, hash) as checked by `expected_head`."""
     report = VerifyReport(ledger=str(path))
     # The journal first: a live writer loads records into DuckDB and only then deletes
@@ -193,7 +195,7 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
         walk.prev = genesis_hash(meta.get("chain_id", ""))
         _start_after_archived(meta, walk, report)
         if "entries" in tables:
-            _check_entries(con, where, walk, report)
+            _check_entries(con, where, walk, report, derive)
         _check_models(con, where, walk, report, tables)
         _check_baselines(con, where, walk, report, tables)
         _check_references(con, where, walk, report, tables, tail)
@@ -238,16 +240,17 @@ def _catalog(con: Any, path: Path) -> str:
     return str(con.execute("SELECT system.main.current_database()").fetchone()[0])
 
 
-def _check_entries(con: Any, where: str, walk: _Walk, report: VerifyReport) -> None:
+def _check_entries(con: Any, where: str, walk: _Walk, report: VerifyReport,
+                   derive: bool = True) -> None:
     check = decoded.DecodedCheck()
     mismatched: list[decoded.Mismatch] = []  # the first LISTED + 1
     more = 0
-    for batch, records in _stored_batches(con, where):
+    for batch, records in _stored_batches(con, where, derive):
         for record in records:
             _chain_step(record, walk, report, "")
             _note_use(record, walk)
         report.records += len(records)
-        found = check.check(records, batch)
+        found = check.check(records, batch) if derive else []
         room = LISTED + 1 - len(mismatched)
         mismatched += found[:room]
         more += len(found[room:])
@@ -268,12 +271,12 @@ def _check_entries(con: Any, where: str, walk: _Walk, report: VerifyReport) -> N
         for tensor, names in check.feature_names.items()}
 
 
-def _stored_batches(con: Any, where: str) -> Iterator[tuple[Any, list[Record]]]:
+def _stored_batches(con: Any, where: str, derive: bool = True
+                    ) -> Iterator[tuple[Any, list[Record]]]:
     """The stored records in seq order, a batch at a time: (the Arrow batch, with the
-    decoded columns; its records)."""
-    reader = con.sql(
-        f"SELECT {', '.join(RECORD_FIELDS)}, {', '.join(decoded.COLUMNS)} FROM {where}entries "
-        "ORDER BY seq").to_arrow_reader(BATCH)
+    decoded columns when they are to be derived again; its records)."""
+    columns = ", ".join(RECORD_FIELDS + (decoded.COLUMNS if derive else ()))
+    reader = con.sql(f"SELECT {columns} FROM {where}entries ORDER BY seq").to_arrow_reader(BATCH)
     for batch in reader:
         yield batch, records_from(batch)
 

@@ -739,7 +739,7 @@ class QualityResponse(_message.Message):
     def __init__(self, decisions: _Optional[int] = ..., with_outcome: _Optional[int] = ..., coverage: _Optional[float] = ..., accuracy: _Optional[float] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., roc_auc: _Optional[float] = ..., brier: _Optional[float] = ..., review_rate: _Optional[float] = ..., override_rate: _Optional[float] = ..., report_json: _Optional[str] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("since_us", "until_us", "model", "favorable", "attributes", "label", "positive", "decision", "score", "by", "baseline", "replay_sample", "seed", "command", "bucket")
+    __slots__ = ("since_us", "until_us", "model", "favorable", "attributes", "label", "positive", "decision", "score", "by", "baseline", "replay_sample", "seed", "command", "bucket", "verify_decoded")
     SINCE_US_FIELD_NUMBER: _ClassVar[int]
     UNTIL_US_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -755,6 +755,7 @@ class ReportRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_DECODED_FIELD_NUMBER: _ClassVar[int]
     since_us: int
     until_us: int
     model: str
@@ -770,7 +771,8 @@ class ReportRequest(_message.Message):
     seed: int
     command: str
     bucket: str
-    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., favorable: _Optional[str] = ..., attributes: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., positive: _Optional[str] = ..., decision: _Optional[str] = ..., score: _Optional[str] = ..., by: _Optional[str] = ..., baseline: _Optional[str] = ..., replay_sample: _Optional[int] = ..., seed: _Optional[int] = ..., command: _Optional[str] = ..., bucket: _Optional[str] = ...) -> None: ...
+    verify_decoded: bool
+    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., favorable: _Optional[str] = ..., attributes: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., positive: _Optional[str] = ..., decision: _Optional[str] = ..., score: _Optional[str] = ..., by: _Optional[str] = ..., baseline: _Optional[str] = ..., replay_sample: _Optional[int] = ..., seed: _Optional[int] = ..., command: _Optional[str] = ..., bucket: _Optional[str] = ..., verify_decoded: bool = ...) -> None: ...
 
 class ReportChunk(_message.Message):
     __slots__ = ("html", "sha256", "size", "head_seq")

@@ -166,4 +166,5 @@ def report_query(request: apb.ReportRequest) -> ReportQuery:
         baseline=request.baseline,
         replay_sample=(request.replay_sample if request.HasField("replay_sample")
                        else DEFAULT_REPLAY_SAMPLE),
-        seed=request.seed, command=request.command, bucket=request.bucket or "day")
+        seed=request.seed, command=request.command, bucket=request.bucket or "day",
+        verify_decoded=request.verify_decoded)
