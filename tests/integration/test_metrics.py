@@ -288,8 +288,13 @@ def test_every_documented_metric_is_exported(kit: MonitoringKit, start: Start,
                                              tmp_path: Path) -> None:
     path = tmp_path / "guards.toml"
     path.write_text(edited(kit.guards_text(), ("min_samples = 100", "min_samples = 10")))
-    side = start(guards=path, guard_mode="observe", baseline=kit.baseline_path, drift_interval=0.3)
+    side = start(guards=path, guard_mode="observe", baseline=kit.baseline_path, drift_interval=0.3,
+                 quality_label="defaulted", quality_interval=0.3)
     send_with_violations(side, kit)
+    side.stub.RecordOutcomes(apb.RecordOutcomesRequest(outcomes=[  # for the quality gauges
+        apb.Outcome(decision=apb.RecordRef(request_id=f"clean-{i}"), row=row,
+                    values=[apb.Value(name="defaulted", number=(i + row) % 2)])
+        for i in range(20) for row in range(5)]), timeout=30)
 
     def complete() -> Scrape | None:
         scrape = side.scrape()
