@@ -149,6 +149,14 @@ def test_import_from_csv_and_parquet_is_idempotent_with_a_progress_line(
         (len(ids), len(ids))]
     assert side.query("SELECT count(*) FROM decisions WHERE outcome IS NOT NULL") == [
         (len(ids),)]
+    untimed = tmp_path / "untimed.csv"  # no observed times: keyed without one
+    untimed.write_text("application_id,status\n" + "".join(
+        f"app-{i},{'current' if i % 2 else 'late'}\n" for i in range(CALLS)))
+    for attempt in range(2):
+        done = cli(side, "outcomes", "import", str(untimed), "--id-column", "application_id",
+                   "--label", "status", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["recorded"] == (CALLS if attempt == 0 else 0)
 
 
 def test_outcomes_for_unknown_or_unanswered_decisions_are_refused_whole(served) -> None:

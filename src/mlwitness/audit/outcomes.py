@@ -109,7 +109,6 @@ class Outcomes:
                 raise InvalidInput(f"{len(items)} outcomes in one call; at most "
                                    f"{MAX_OUTCOMES} (send them in batches)")
             source = _text(source, "the source", required=False)
-            now = time.time_ns() // 1000
             checked = []
             for item in items:
                 if item.observed_us < 0:
@@ -117,8 +116,7 @@ class Outcomes:
                 if item.row < 0:
                     raise InvalidInput(f"{item.where()}: row must be 0 or more")
                 checked.append(dataclasses.replace(
-                    item, values=check_values(item.values, item.where()),
-                    observed_us=item.observed_us or now))
+                    item, values=check_values(item.values, item.where())))
             with self._lock:
                 result = self._write(append, asker.caller, checked, source)
             summary.update(recorded=result.recorded, duplicates=result.duplicates,
@@ -141,9 +139,10 @@ class Outcomes:
             known.setdefault((dseq, drow), set()).add(key)
         records: list[Record] = []
         duplicates = superseding = 0
+        now = time.time_ns() // 1000
         for item, decision in zip(items, decisions, strict=True):
-            record = outcomes.outcome_record(decision, item.values, item.observed_us,
-                                             caller=caller, source=source)
+            # Keyed by the time given, or by none: an outcome sent again without a time
+            # is the same outcome, whenever it is sent.
             key = outcomes.outcome_key(decision.seq, decision.row, item.values,
                                        item.observed_us)
             seen = known.setdefault((decision.seq, decision.row), set())
@@ -152,7 +151,9 @@ class Outcomes:
                 continue
             superseding += bool(seen)
             seen.add(key)
-            records.append(record)
+            records.append(outcomes.outcome_record(
+                decision, item.values, item.observed_us or now, caller=caller, source=source,
+                key=key))
         if records:
             append(records)
         return OutcomesRecorded(

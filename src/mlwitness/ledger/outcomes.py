@@ -11,7 +11,8 @@ breaking the chain, and `verify` can check that it names a real decision
               "reason": text}
 
 `values` and `decision_made` hold numbers or text. `key` is the SHA-256 of the outcome's
-decision, row, values and observed time (`outcome_key`): importing the same outcome again
+decision, row, values and observed time (`outcome_key`; time 0 when none was given, the
+record's `observed_us` then being when it was recorded): importing the same outcome again
 finds it on the chain and adds nothing. Nothing is ever replaced: a later outcome (or
 review) of the same decision row supersedes the earlier one in the `decisions` view, and
 both stay on the chain. `reviewer` is the identity mlwitness established for the caller
@@ -84,12 +85,13 @@ def _record(kind: str, decision: Decision, caller: str, detail: dict[str, Any]) 
 
 
 def outcome_record(decision: Decision, values: Mapping[str, Value], observed_us: int, *,
-                   caller: str, source: str = "") -> Record:
-    """An outcome record (not yet chained: the writer assigns seq and hashes)."""
+                   caller: str, source: str = "", key: str = "") -> Record:
+    """An outcome record (not yet chained: the writer assigns seq and hashes). `key`
+    defaults to `outcome_key` of what it holds."""
     stored = {k: plain(v) for k, v in values.items()}
     return _record(OUTCOME, decision, caller, {
         "decision": decision.to_dict(), "values": stored, "observed_us": observed_us,
-        "key": outcome_key(decision.seq, decision.row, stored, observed_us),
+        "key": key or outcome_key(decision.seq, decision.row, stored, observed_us),
         **({"source": source} if source else {})})
 
 
