@@ -82,10 +82,10 @@ CREATE TABLE IF NOT EXISTS environments (
 # Rows in a call: of its tabulated inputs or, when they are not tabular (images), outputs.
 BATCH_SIZE = "greatest(len(inputs), len(inputs_text), len(outputs), len(outputs_text))"
 
-VIEWS = """
+_VIEWS = """
 CREATE OR REPLACE VIEW records AS
 SELECT
-    seq,
+    {chain}seq,
     request_id,
     make_timestamp(received_us) AS received_at,
     make_timestamp(responded_us) AS responded_at,
@@ -112,7 +112,7 @@ WHERE kind = 'infer';
 
 CREATE OR REPLACE VIEW outcomes AS
 SELECT
-    seq,
+    {chain}seq,
     TRY_CAST(detail->'decision'->>'seq' AS BIGINT) AS decision_seq,
     TRY_CAST(detail->'decision'->>'row' AS INTEGER) AS row,
     detail->'decision'->>'request_id' AS decision_request_id,
@@ -127,7 +127,7 @@ WHERE kind = 'outcome' AND json_valid(detail);
 
 CREATE OR REPLACE VIEW reviews AS
 SELECT
-    seq,
+    {chain}seq,
     TRY_CAST(detail->'decision'->>'seq' AS BIGINT) AS decision_seq,
     TRY_CAST(detail->'decision'->>'row' AS INTEGER) AS row,
     detail->'decision'->>'request_id' AS decision_request_id,
@@ -141,7 +141,7 @@ WHERE kind = 'review' AND json_valid(detail);
 CREATE OR REPLACE VIEW decisions AS
 WITH answered AS (
     SELECT
-        seq,
+        {chain_by}seq,
         request_id,
         received_at,
         model_name,
@@ -157,12 +157,12 @@ WITH answered AS (
     WHERE status = 'OK'
 ),
 latest_outcome AS (
-    SELECT decision_seq, row, "values", observed_at FROM outcomes
-    QUALIFY row_number() OVER (PARTITION BY decision_seq, row ORDER BY seq DESC) = 1
+    SELECT {chain_by}decision_seq, row, "values", observed_at FROM outcomes
+    QUALIFY row_number() OVER (PARTITION BY {chain_by}decision_seq, row ORDER BY seq DESC) = 1
 ),
 latest_review AS (
-    SELECT decision_seq, row, decision_made, reviewer FROM reviews
-    QUALIFY row_number() OVER (PARTITION BY decision_seq, row ORDER BY seq DESC) = 1
+    SELECT {chain_by}decision_seq, row, decision_made, reviewer FROM reviews
+    QUALIFY row_number() OVER (PARTITION BY {chain_by}decision_seq, row ORDER BY seq DESC) = 1
 )
 SELECT
     a.*,
@@ -172,12 +172,12 @@ SELECT
     o.observed_at AS outcome_observed_at,
     r.reviewer AS reviewed_by
 FROM answered a
-LEFT JOIN latest_outcome o ON o.decision_seq = a.seq AND o.row = a.row
-LEFT JOIN latest_review r ON r.decision_seq = a.seq AND r.row = a.row;
+LEFT JOIN latest_outcome o ON {same_o}o.decision_seq = a.seq AND o.row = a.row
+LEFT JOIN latest_review r ON {same_r}r.decision_seq = a.seq AND r.row = a.row;
 
 CREATE OR REPLACE VIEW audit_log AS
 SELECT
-    seq,
+    {chain}seq,
     kind,
     request_id,
     make_timestamp(received_us) AS at,
@@ -187,7 +187,22 @@ SELECT
     detail::JSON AS detail
 FROM entries
 WHERE kind <> 'infer';
-""".replace("{batch_size}", BATCH_SIZE)
+"""
+
+
+def views(*, chains: bool = False) -> str:
+    """The views' SQL. With `chains`, over tables that hold several ledgers told apart by
+    a `chain_id` column (the archive's fleet): each view has `chain_id` first, and an
+    outcome or review is matched to its decision within its own chain."""
+    chain = "chain_id,\n    " if chains else ""
+    by = "chain_id, " if chains else ""
+    return (_VIEWS.replace("{batch_size}", BATCH_SIZE).replace("{chain}", chain)
+            .replace("{chain_by}", by)
+            .replace("{same_o}", "o.chain_id = a.chain_id AND " if chains else "")
+            .replace("{same_r}", "r.chain_id = a.chain_id AND " if chains else ""))
+
+
+VIEWS = views()
 
 
 def create(con: duckdb.DuckDBPyConnection) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 
 from mlwitness.codec import tensor_from_array
-from mlwitness.ledger import outcomes
+from mlwitness.ledger import outcomes, schema
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter
@@ -106,3 +107,28 @@ def test_outcome_keys_are_the_same_for_the_same_outcome_however_it_is_written() 
     assert key != outcomes.outcome_key(7, 1, {"defaulted": 1}, 5)
     assert key != outcomes.outcome_key(7, 0, {"defaulted": 1}, 6)
     assert key != outcomes.outcome_key(7, 0, {"defaulted": "1"}, 5)
+
+
+def test_over_several_chains_an_outcome_meets_only_its_own_chains_decision(
+        tmp_path: Path) -> None:
+    """The archive's fleet holds many ledgers in one table: seq 1 is in every chain."""
+    paths = []
+    for name, with_outcome in (("a", True), ("b", False)):
+        w = LedgerWriter(tmp_path / f"{name}.duckdb")
+        w.open()
+        d = decision(w, f"{name}-1")
+        if with_outcome:
+            w.append_blocking(outcomes.outcome_record(ref(d, 0), {"defaulted": 1}, 5,
+                                                      caller="t"))
+        w.close()
+        paths.append((name, w.path))
+    con = duckdb.connect()
+    for name, path in paths:
+        con.execute(f"ATTACH '{path}' AS {name} (READ_ONLY)")
+    con.execute("CREATE TABLE entries AS " + " UNION ALL ".join(
+        f"SELECT '{name}' AS chain_id, * FROM {name}.main.entries" for name, _ in paths))
+    con.execute(schema.views(chains=True))
+    rows = con.execute("SELECT chain_id, seq, row, outcome->>'defaulted' FROM decisions "
+                       "ORDER BY ALL").fetchall()
+    assert rows == [("a", 1, 0, "1"), ("a", 1, 1, None), ("b", 1, 0, None), ("b", 1, 1, None)]
+    assert con.execute("SELECT chain_id, decision_seq FROM outcomes").fetchall() == [("a", 1)]
