@@ -79,8 +79,9 @@ def review(args: argparse.Namespace) -> int:
 
 # ── import ─────────────────────────────────────────────────────────────────────────────
 
-def read_table(path: Path) -> Any:
-    """A CSV or Parquet file as a pyarrow Table (by its suffix; CSV otherwise)."""
+def read_table(path: Path, text: tuple[str, ...] = ()) -> Any:
+    """A CSV or Parquet file as a pyarrow Table (by its suffix; CSV otherwise); in a CSV
+    file the `text` columns are read as text: the id "000042" is not the number 42."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -88,9 +89,8 @@ def read_table(path: Path) -> Any:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pq.read_table(path)
-        # ids stay text: "000042" is not the number 42
         return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-            strings_can_be_null=True))
+            strings_can_be_null=True, column_types={c: pa.string() for c in text}))
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from None
 
@@ -175,7 +175,7 @@ def import_file(args: argparse.Namespace) -> int:
     if args.batch > MAX_BATCH:
         raise InvalidInput(f"--batch is at most {MAX_BATCH:,}")
     path = Path(args.file)
-    table = read_table(path)
+    table = read_table(path, tuple(c for c in (args.id_column,) if c))
     items = outcomes_of(table, args)
     client = stub(args)
     tty = sys.stderr.isatty()
