@@ -4,16 +4,20 @@ Access file (TOML, `--audit-access` / `--inference-access`):
 
     [[tokens]]
     name = "alice"                 # who: recorded on the ledger as token:alice
-    role = "auditor"               # auditor | admin | caller
+    role = "auditor"               # caller | auditor | reviewer | admin
     sha256 = "9f86d08…"            # SHA-256 (hex) of the token; the token itself is never stored
+    report_outcomes = false        # optional: may also record outcomes (RecordOutcomes)
 
     [[identities]]
     subject = "CN=risk-team,O=Bank"   # an mTLS client certificate subject (or its CN)
     role = "admin"
 
-Roles: `auditor` reads records, replays, asks what-if, drift, bias and violations; `admin`
-can also change guards and erase records; `caller` may call the inference port when it
-requires credentials.
+Roles: `auditor` reads records, replays, asks what-if, drift, bias and violations;
+`reviewer` can also record reviews of decisions and their outcomes; `admin` can do all that,
+change guards and erase records; `caller` may call the inference port when it requires
+credentials. On the audit port, `report_outcomes = true` lets an entry of any role (a
+`caller`: the system that asked for the decisions) record outcomes, and nothing more unless
+its role allows it.
 A call with no credentials is UNAUTHENTICATED, one with unknown credentials too, and a
 known principal without the role an RPC needs is PERMISSION_DENIED. Tokens travel as gRPC
 metadata `authorization: Bearer <token>`.
@@ -34,15 +38,19 @@ from typing import Any
 
 from mlwitness.errors import ConfigError, PermissionDenied, Unauthenticated
 
-ROLES = ("caller", "auditor", "admin")
+ROLES = ("caller", "auditor", "reviewer", "admin")  # each may do what those before it may
 # RPCs that need more than the auditor role.
 ADMIN_RPCS = frozenset({"SetGuards", "Erase"})
+REVIEWER_RPCS = frozenset({"RecordReview"})
+# RPCs a reviewer may call, and anyone whose access entry says `report_outcomes = true`.
+OUTCOME_RPCS = frozenset({"RecordOutcomes"})
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str  # e.g. token:alice, mtls:CN=risk-team,O=Bank
     role: str
+    report_outcomes: bool = False  # granted RecordOutcomes whatever the role
 
 
 def hash_token(token: str) -> str:
@@ -59,6 +67,7 @@ class Access:
 
     tokens: dict[str, tuple[str, str]]  # sha256 → (name, role)
     identities: dict[str, str]  # subject or CN → role
+    reporting: frozenset[str] = frozenset()  # token hashes and subjects: report_outcomes
 
     @classmethod
     def load(cls, path: Path) -> Access:
@@ -74,6 +83,7 @@ class Access:
         if unknown:
             raise ConfigError(f"{where}: unknown sections {sorted(unknown)}")
         tokens: dict[str, tuple[str, str]] = {}
+        reporting: set[str] = set()
         for i, entry in enumerate(_tables(data, "tokens", where)):
             name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256", "")
             if not isinstance(name, str) or not isinstance(digest, str):
@@ -85,6 +95,8 @@ class Access:
                 raise ConfigError(f"{where}: tokens[{i}] ({name}): sha256 must be 64 hex "
                                   "digits (the hash of the token, never the token)")
             tokens[digest.lower()] = (name, role)
+            if _reports(entry, f"{where}: tokens[{i}] ({name})"):
+                reporting.add(digest.lower())
         identities: dict[str, str] = {}
         for i, entry in enumerate(_tables(data, "identities", where)):
             subject, role = entry.get("subject"), entry.get("role")
@@ -92,7 +104,16 @@ class Access:
                 raise ConfigError(f"{where}: identities[{i}] needs a subject and a role in "
                                   f"{ROLES}")
             identities[subject] = role
-        return cls(tokens, identities)
+            if _reports(entry, f"{where}: identities[{i}] ({subject})"):
+                reporting.add(subject)
+        return cls(tokens, identities, frozenset(reporting))
+
+
+def _reports(entry: dict[str, Any], where: str) -> bool:
+    value = entry.get("report_outcomes", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: report_outcomes must be true or false")
+    return value
 
 
 def _tables(data: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
@@ -130,12 +151,13 @@ class Authenticator:
             digest = hash_token(token)
             for known, (name, role) in self.access.tokens.items():
                 if hmac.compare_digest(known, digest):
-                    return Principal(f"token:{name}", role)
+                    return Principal(f"token:{name}", role, known in self.access.reporting)
             raise Unauthenticated("unknown or revoked token")
         for subject in subjects:
             granted = self.access.identities.get(subject)
             if granted is not None:  # named by the full subject, whichever form matched
-                return Principal(f"mtls:{subjects[0]}", granted)
+                return Principal(f"mtls:{subjects[0]}", granted,
+                                 subject in self.access.reporting)
         if subjects:
             raise Unauthenticated(f"client certificate {subjects[0]!r} is not granted a role")
         raise Unauthenticated("credentials required: send `authorization: Bearer <token>` "
@@ -144,12 +166,17 @@ class Authenticator:
     def authorize(self, principal: Principal | None, rpc: str) -> None:
         if principal is None:
             return
-        needed = "admin" if rpc in ADMIN_RPCS else self.required_role
+        needed = ("admin" if rpc in ADMIN_RPCS else
+                  "reviewer" if rpc in REVIEWER_RPCS | OUTCOME_RPCS else self.required_role)
+        if rpc in OUTCOME_RPCS and principal.report_outcomes:
+            return
         if _level(principal.role) < _level(needed):
             how = "" if self.access is not None else (
                 " (granted only by an access file: --audit-access)")
+            also = (" (or report_outcomes = true in the access file)"
+                    if rpc in OUTCOME_RPCS else "")
             raise PermissionDenied(f"{principal.name} has role {principal.role}; {rpc} needs "
-                                   f"{needed}{how}")
+                                   f"{needed}{also}{how}")
 
 
 def bearer(metadata: Any) -> str | None:

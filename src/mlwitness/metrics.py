@@ -3,13 +3,15 @@
 Per-call metrics are counted on the inference path with pre-bound label children; ledger
 figures are read from the writer's counters at scrape time, so they cost the hot path
 nothing. The drift gauges show a drift report that the server works out every
---drift-interval (`refresh_drift`): this module computes no statistics itself.
+--drift-interval (`refresh_drift`), the quality gauges the figures it works out every
+--quality-interval (`refresh_quality`): this module computes no statistics itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -34,6 +36,11 @@ DOCUMENTED = {
     "mlwitness_drift_score": "latest drift statistic per feature and kind vs the baseline",
     "mlwitness_drift_detected": "1 when a feature's latest drift verdict (of that kind) is "
                                 "drift",
+    "mlwitness_outcome_coverage": "share of decision rows in the quality window with an "
+                                  "outcome (--quality-label)",
+    "mlwitness_quality_outcomes": "decision rows with an outcome behind the quality figures",
+    "mlwitness_quality": "latest model quality figure over the quality window, by metric "
+                         "(accuracy, precision, recall, roc_auc, brier)",
     "mlwitness_ledger_records_total": "records made durable in the journal",
     "mlwitness_ledger_flushes_total": "journal group commits (write + fdatasync)",
     "mlwitness_ledger_flush_seconds_total": "time spent in journal group commits",
@@ -178,6 +185,14 @@ class Metrics:
         self.drift_detected = Gauge("mlwitness_drift_detected",
                                     DOCUMENTED["mlwitness_drift_detected"], ["feature", "kind"],
                                     registry=self.registry)
+        self.outcome_coverage = Gauge("mlwitness_outcome_coverage",
+                                      DOCUMENTED["mlwitness_outcome_coverage"],
+                                      registry=self.registry)
+        self.quality_outcomes = Gauge("mlwitness_quality_outcomes",
+                                      DOCUMENTED["mlwitness_quality_outcomes"],
+                                      registry=self.registry)
+        self.quality = Gauge("mlwitness_quality", DOCUMENTED["mlwitness_quality"], ["metric"],
+                             registry=self.registry)
         self._server: Any = None
 
     def observe(self, status: str, seconds: float) -> None:
@@ -199,6 +214,18 @@ class Metrics:
                     self.drift_score.labels(feature.name, feature.kind, statistic).set(value)
             self.drift_detected.labels(feature.name, feature.kind).set(
                 1.0 if feature.verdict == "drift" else 0.0)
+
+    def show_quality(self, coverage: float | None, outcomes: int,
+                     figures: dict[str, float | None]) -> None:
+        """Replace the quality gauges with one computation's figures (an undefined figure,
+        e.g. precision without a positive decision, shows nothing rather than its last
+        value)."""
+        self.outcome_coverage.set(coverage if coverage is not None else math.nan)
+        self.quality_outcomes.set(outcomes)
+        self.quality.clear()
+        for metric, value in figures.items():
+            if value is not None:
+                self.quality.labels(metric).set(value)
 
     def before_scrape(self, hook: Callable[[], None]) -> None:
         """Call `hook` at each scrape, before any metric is read (e.g. to age gauges)."""
@@ -224,6 +251,24 @@ class Metrics:
 
 
 Observer = Callable[[str, float], None]
+
+
+async def refresh_quality(metrics: Metrics,
+                          compute: Callable[[int], tuple[float | None, int,
+                                                         dict[str, float | None]]],
+                          interval_s: float) -> None:
+    """Every `interval_s`, show `compute(until_us)` (coverage, rows with an outcome and the
+    quality figures, worked out in a thread) on the quality gauges; a failure is logged
+    and the gauges keep the last figures."""
+    while True:
+        await asyncio.sleep(interval_s)
+        now = time.time_ns() // 1000
+        try:
+            coverage, outcomes, figures = await asyncio.to_thread(compute, now)
+        except Exception:
+            log.exception("periodic quality computation failed")
+            continue
+        metrics.show_quality(coverage, outcomes, figures)
 
 
 async def refresh_drift(metrics: Metrics, compute: Callable[[int], Iterable[DriftedColumn]],

@@ -134,6 +134,21 @@ class Settings:
     drift_window: float = setting(
         3600.0, "Seconds of recent traffic the periodic drift metrics cover.",
         check="seconds>0")
+    quality_label: str = setting(
+        "", "Outcome value (e.g. defaulted) whose coverage and latest quality figures the "
+        "metrics show, recomputed every --quality-interval ('' turns them off).")
+    quality_decision: str = setting(
+        "", "The model's positive decision for the quality metrics, COLUMN OP VALUE (e.g. "
+        "label=0; '' means --quality-score >= 0.5).")
+    quality_score: str = setting(
+        "", "Output with the model's score for the positive outcome, for the quality "
+        "metrics ('' means probabilities_1).")
+    quality_interval: float = setting(
+        300.0, "Seconds between quality recomputations for the metrics (needs "
+        "--quality-label; 0 turns it off).", check="seconds>=0")
+    quality_window: float = setting(
+        90 * 86400.0, "Seconds of decisions (by decision time) the quality metrics cover: "
+        "outcomes arrive late, so longer than the drift window.", check="seconds>0")
     tls_cert: Path | None = setting(
         None, "TLS certificate (PEM) for the inference and audit ports.", commands=BOTH,
         check="file")

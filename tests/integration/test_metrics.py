@@ -291,8 +291,13 @@ def test_every_documented_metric_is_exported(kit: MonitoringKit, start: Start,
     witness = tmp_path / "witness"  # checkpoints published: their gauges have values
     witness.mkdir()
     side = start(guards=path, guard_mode="observe", baseline=kit.baseline_path, drift_interval=0.3,
-                 checkpoint_interval=0.2, checkpoint_dir=witness)
+                 checkpoint_interval=0.2, checkpoint_dir=witness,
+                 quality_label="defaulted", quality_interval=0.3)
     send_with_violations(side, kit)
+    side.stub.RecordOutcomes(apb.RecordOutcomesRequest(outcomes=[  # for the quality gauges
+        apb.Outcome(decision=apb.RecordRef(request_id=f"clean-{i}"), row=row,
+                    values=[apb.Value(name="defaulted", number=(i + row) % 2)])
+        for i in range(20) for row in range(5)]), timeout=30)
 
     def complete() -> Scrape | None:
         scrape = side.scrape()

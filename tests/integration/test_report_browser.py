@@ -4,21 +4,12 @@ scripts/install_chromium.sh installs it)."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-from pathlib import Path
-
 import pytest
 import report_support
+from browser_support import keep_artifacts, launch, open_page, pdf_pages
 from report_support import PAYLOAD
 
 from mlwitness.report import SECTION_IDS, render
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -31,51 +22,15 @@ def empty_html() -> str:
     return render(report_support.empty())
 
 
-def _pdf_pages(pdf: bytes) -> int:
-    return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf))
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: pip install -e '.[dev]'")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        yield b
-        b.close()
-
-
-def _open(browser, path: Path):
-    """The report in a fresh page; returns the page and what it asked for and logged."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    url = path.resolve().as_uri()
-    seen: dict[str, list[str]] = {"requests": [], "errors": [], "dialogs": []}
-
-    def route(r):
-        if r.request.url == url:
-            r.continue_()
-        else:
-            seen["requests"].append(r.request.url)
-            r.abort()
-
-    page.route("**/*", route)
-    page.on("request", lambda r: r.url != url and seen["requests"].append(r.url))
-    page.on("console", lambda m: m.type in ("error", "warning") and seen["errors"].append(
-        m.text))
-    page.on("pageerror", lambda e: seen["errors"].append(str(e)))
-    page.on("dialog", lambda d: (seen["dialogs"].append(d.message), d.dismiss()))
-    page.goto(url, wait_until="load", timeout=60_000)
-    return page, seen
+    yield from launch()
 
 
 def test_report_in_headless_chromium(browser, tmp_path, realistic_html):
     path = tmp_path / "report.html"
     path.write_text(realistic_html, encoding="utf-8")
-    page, seen = _open(browser, path)
+    page, seen = open_page(browser, path)
     try:
         for sid in SECTION_IDS:
             section = page.locator(f"section#{sid}")
@@ -89,13 +44,9 @@ def test_report_in_headless_chromium(browser, tmp_path, realistic_html):
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"\nreport screenshot: {shot}")
-        if os.environ.get("MLWITNESS_ARTIFACTS"):
-            out = Path(__file__).resolve().parents[2] / "test-artifacts"
-            out.mkdir(exist_ok=True)
-            shutil.copy(shot, out / "report.png")
-            shutil.copy(path, out / "report.html")
+        keep_artifacts((shot, "report.png"), (path, "report.html"))
         pdf = page.pdf(format="A4", print_background=True)
-        pages = _pdf_pages(pdf)
+        pages = pdf_pages(pdf)
         # 29 pages when written: a page break before each section, long tables (90 days,
         # 20 × 30 bins) across pages with their headers repeated, nothing one row per page
         assert 20 <= pages <= 40, pages
@@ -110,7 +61,7 @@ def test_abusive_report_runs_nothing_in_chromium(browser, tmp_path):
 
     path = tmp_path / "abuse.html"
     path.write_text(render(report_support.realistic(name, decisions=5_000)), encoding="utf-8")
-    page, seen = _open(browser, path)
+    page, seen = open_page(browser, path)
     try:
         assert page.evaluate("document.scripts.length") == 0
         assert PAYLOAD in page.locator("#replay").inner_text()
@@ -123,11 +74,11 @@ def test_abusive_report_runs_nothing_in_chromium(browser, tmp_path):
 def test_empty_report_prints_short(browser, tmp_path, empty_html):
     path = tmp_path / "empty.html"
     path.write_text(empty_html, encoding="utf-8")
-    page, seen = _open(browser, path)
+    page, seen = open_page(browser, path)
     try:
         for sid in SECTION_IDS:
             assert page.locator(f"section#{sid}").is_visible()
-        pages = _pdf_pages(page.pdf(format="A4"))
+        pages = pdf_pages(page.pdf(format="A4"))
         assert 1 <= pages <= 2, pages  # sections that only say "no data" do not break pages
     finally:
         page.close()

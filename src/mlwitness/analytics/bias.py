@@ -265,3 +265,9 @@ def _outcome_of(group: tuple[str, int, int, float], privileged: tuple[str, int, 
         stats.disparate_impact(fav, n, fav_p, n_p),
         stats.statistical_parity_difference(fav, n, fav_p, n_p),
     )
+
+
+# The quality questions (analytics/outcomes.py) group decision rows as bias does.
+group_expression = _group
+check_bins = _check_bins
+group_label = _label

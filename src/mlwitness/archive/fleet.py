@@ -2,10 +2,11 @@
 
 `open_fleet(store, cache_dir)` syncs the archive into a local cache and returns a `Fleet`
 whose cursors see the same tables and views as a ledger's (`entries`, `models`,
-`environments`, `baselines`, `ledger_meta`, `records`, `decisions`, `audit_log`), with a
-`chain_id` column added to `entries` and the three views, and a `chains` table (one row a
-chain: segments, records, first and last seq, last hash). `FleetReader` is the ledger's
-reader over it: drift, bias and violations read `entries` and need nothing else.
+`environments`, `baselines`, `ledger_meta`, `records`, `decisions`, `outcomes`, `reviews`,
+`audit_log`), with a `chain_id` column added to `entries` and the views, and a `chains`
+table (one row a chain: segments, records, first and last seq, last hash). `FleetReader`
+is the ledger's reader over it: drift, bias and violations read `entries` and need nothing
+else.
 
 * **What is trusted.** A segment is served only when its manifest exists and the Parquet
   object's SHA-256 is the one the manifest names (checked at download); content objects
@@ -308,15 +309,8 @@ def _literal(paths: builtins.list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _fleet_views() -> str:
-    """The ledger's `records`, `decisions` and `audit_log` views with `chain_id` first."""
-    views = schema.VIEWS.replace("SELECT\n    seq,", "SELECT\n    chain_id,\n    seq,")
-    if views.count("chain_id,") != 3:  # the ledger's views changed shape: say so here
-        raise RuntimeError("schema.VIEWS no longer starts each view with `SELECT seq,`")
-    return views
-
-
-FLEET_VIEWS = _fleet_views()
+# The ledger's views with `chain_id` first, outcomes matched to decisions per chain.
+FLEET_VIEWS = schema.views(chains=True)
 
 
 def open_fleet(store: ObjectStore, cache_dir: Path) -> Fleet:

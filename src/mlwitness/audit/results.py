@@ -514,3 +514,47 @@ class ExplainRangeSummary:
 
 
 ExplainEvent = ReplayProgress | ExplainedDecision | ExplainRangeSummary
+
+
+# ── outcomes, reviews, quality, the report ─────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class OutcomesRecorded:
+    recorded: int
+    duplicates: int  # already on the chain: not added again
+    superseding: int  # recorded for a decision row that already had an outcome
+    first_seq: int  # 0 when nothing was recorded
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class ReviewRecorded:
+    seq: int
+    decision_seq: int
+    reviewer: str
+    overrides: bool  # the decision made differs from the model's
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    decisions: int
+    with_outcome: int
+    coverage: float  # NaN: no decisions
+    accuracy: float  # NaN where undefined
+    precision: float
+    recall: float
+    roc_auc: float
+    brier: float
+    review_rate: float
+    override_rate: float
+    report_json: str
+
+
+@dataclass(frozen=True)
+class ReportChunk:
+    """A part of the report's file; the last one (no html) says what the whole is."""
+
+    html: bytes = b""
+    sha256: str = ""  # of the whole file, in the last chunk
+    size: int = 0
+    head_seq: int = 0  # the last record the report read

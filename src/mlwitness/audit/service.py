@@ -5,13 +5,16 @@ It wires the parts, each a module of its own: the trail every question goes on
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), explanations of decisions
 (`explain`, `explain_range`), drift and bias (`monitoring`), the guards (`guards`),
-checkpoints, proofs and the health detail (`evidence`), and erasures (`erasure`). Answers
-are the dataclasses of `results`; `mlwitness.wire.audit` serves them over gRPC.
+checkpoints, proofs and the health detail (`evidence`), erasures (`erasure`), outcomes and
+reviews written on the chain (`outcomes`), model quality once outcomes are known
+(`quality`) and the auditor's report (`report`). Answers are the dataclasses of `results`;
+`mlwitness.wire.audit` serves them over gRPC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
 from mlwitness.audit.erasure import Eraser, Erasures, StoredValue
@@ -19,8 +22,11 @@ from mlwitness.audit.evidence import Evidence, StatusSource
 from mlwitness.audit.explain import ExplainOptions, Explanations
 from mlwitness.audit.guards import Guards
 from mlwitness.audit.monitoring import Monitoring
+from mlwitness.audit.outcomes import AppendGroup, Outcomes
+from mlwitness.audit.quality import Quality
 from mlwitness.audit.records import Records
 from mlwitness.audit.replay_range import ReplayRanges
+from mlwitness.audit.report import Reports
 from mlwitness.audit.rerun import Reruns
 from mlwitness.audit.trail import Asker, Trail
 from mlwitness.guards.checks import InlineChecks
@@ -38,7 +44,10 @@ class AuditService:
     `status` gives the health detail (None: what the ledger file says);
     `erase` carries out an erasure on the ledger's writer (None: erasures are refused, as
     on a standalone server) and `stored_value` gives a request parameter's value as the
-    records store it (the sidecar's minimiser; None: as sent)."""
+    records store it (the sidecar's minimiser; None: as sent);
+    `append_group` commits records on the ledger the decisions are on (None: a standalone
+    server, which reads it read-only and records no outcomes or reviews); `ledger_path`
+    is the ledger file the auditor's report verifies."""
 
     def __init__(
         self,
@@ -52,6 +61,8 @@ class AuditService:
         status: StatusSource | None = None,
         erase: Eraser | None = None,
         stored_value: StoredValue | None = None,
+        append_group: AppendGroup | None = None,
+        ledger_path: Path | None = None,
     ) -> None:
         self.reader = reader
         # The environment the trail's records name: this process's, with no model session
@@ -85,6 +96,12 @@ class AuditService:
         self.status = evidence.status
         self.erasures = Erasures(reader, self.trail, erase, stored_value)
         self.erase = self.erasures.erase
+        written = Outcomes(reader, self.trail, append_group)
+        self.record_outcomes = written.record_outcomes
+        self.record_review = written.record_review
+        self.quality_questions = Quality(reader, self.trail)
+        self.quality = self.quality_questions.quality
+        self.report = Reports(reader, self.trail, self.candidates, ledger_path).report
         self.refuse = self.trail.refuse
         self.close_refusals = self.trail.close_refusals
 

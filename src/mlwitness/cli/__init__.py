@@ -6,6 +6,7 @@
     mlwitness keygen --out signing.key
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
+    mlwitness outcomes record|import …   mlwitness review ID --decision label=1 --reason …
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
     mlwitness migrate --ledger mlwitness.duckdb
 """
@@ -27,6 +28,7 @@ import grpc
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
 from mlwitness.cli import audit as audit_cli
+from mlwitness.cli import outcomes as outcomes_cli
 from mlwitness.errors import ConfigError, InvalidInput, MlwitnessError
 
 
@@ -136,7 +138,8 @@ def cmd_token_add(args: argparse.Namespace) -> int:
     token = new_token()
     # json.dumps of a str is a valid TOML basic string: quotes and backslashes escaped
     entry = (f'\n[[tokens]]\nname = {json.dumps(args.name, ensure_ascii=False)}\n'
-             f'role = "{args.role}"\nsha256 = "{hash_token(token)}"\n')
+             f'role = "{args.role}"\nsha256 = "{hash_token(token)}"\n'
+             + ("report_outcomes = true\n" if args.report_outcomes else ""))
     Access.from_dict(tomllib.loads(text + entry), str(path))  # the file stays valid
     # Atomic and private from the first byte: a sidecar reloading the file never sees it
     # half written (which would revoke every token) nor readable by others.
@@ -156,7 +159,8 @@ def cmd_token_add(args: argparse.Namespace) -> int:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     print(token)
-    print(f"added {args.name} ({args.role}) to {path}; the token above is shown once and "
+    print(f"added {args.name} ({args.role}{', reports outcomes' if args.report_outcomes else ''}"
+          f") to {path}; the token above is shown once and "
           "not stored", file=sys.stderr)
     return 0
 
@@ -399,10 +403,14 @@ def parser() -> argparse.ArgumentParser:
     add = token_commands.add_parser("add", help="create a token, print it once, store its hash")
     add.add_argument("--file", required=True, help="access file (TOML) to append to")
     add.add_argument("--name", required=True, help="who holds it (recorded on the ledger)")
-    add.add_argument("--role", required=True, help="caller, auditor or admin")
+    add.add_argument("--role", required=True, help="caller, auditor, reviewer or admin")
+    add.add_argument("--report-outcomes", action="store_true",
+                     help="may also record outcomes on the audit port (e.g. a caller: the "
+                     "system that asked for the decisions)")
     add.set_defaults(func=cmd_token_add)
 
     audit_cli.add_commands(sub)
+    outcomes_cli.add_commands(sub)
     return top
 
 

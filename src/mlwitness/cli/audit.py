@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -579,6 +581,117 @@ def status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def _percent(x: float) -> str:
+    return "—" if x != x else f"{100 * x:.1f}%"
+
+
+def _estimate(e: dict[str, Any] | None, percent: bool = True) -> str:
+    if not e or e.get("value") is None:
+        return f"— ({e.get('reason')})" if e else "—"
+    show = _percent if percent else (lambda x: f"{x:.4f}")
+    if e.get("low") is None:
+        return show(e["value"])
+    return f"{show(e['value'])} [{show(e['low'])}, {show(e['high'])}]"
+
+
+def quality(args: argparse.Namespace) -> int:
+    r = stub(args).Quality(apb.QualityRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or "", label=args.label, positive=args.positive or "",
+        decision=args.decision or "", score=args.score or "", by=args.by or "",
+        bins=args.bins or [], reference=args.reference or "", confidence=args.confidence,
+        calibration_bins=args.calibration_bins), timeout=args.timeout)
+    report = json.loads(r.report_json)
+    if args.json:
+        print(dumps(report))
+        return 0
+    cov = report["coverage"]
+    print(f"{r.decisions:,} decisions, {r.with_outcome:,} with an outcome for "
+          f"{report['label']} (coverage {_estimate(cov)})")
+    if cov.get("value") is not None and cov["value"] < 0.3:
+        print(f"  note: only {_percent(cov['value'])} of decisions have an outcome: the "
+              "figures describe those, which may not be like the rest")
+    delay = report["label_delay"]
+    if delay["n"]:
+        print(f"label delay: median {delay['median_s'] / 86400:.1f} days, 90th percentile "
+              f"{delay['p90_s'] / 86400:.1f} days")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+    q = report["quality"]
+    if q is None:
+        print("no decision with an outcome and a score: no quality figures")
+    else:
+        conf = f"{q['confidence']:.0%}"
+        print(f"positive decision: {report['decision']}; positive outcome: "
+              f"{report['label']} = {report['positive']} ({conf} intervals)")
+        print(_table(["metric", "value [interval]", "method"],
+                     [["accuracy", _estimate(q["accuracy"]), q["accuracy"]["method"]],
+                      ["precision", _estimate(q["precision"]), q["precision"]["method"]],
+                      ["recall", _estimate(q["recall"]), q["recall"]["method"]],
+                      ["ROC AUC", _estimate(q["roc_auc"], False), q["roc_auc"]["method"]],
+                      ["Brier", _estimate(q["brier"], False), q["brier"]["method"]]]))
+        print(_table(["score bin", "n", "mean score", "observed rate"],
+                     [[f"{b['lower']:.1f}-{b['upper']:.1f}", b["count"],
+                       "—" if b["mean_predicted"] is None else f"{b['mean_predicted']:.3f}",
+                       _estimate(b["observed_rate"])] for b in q["calibration"]["bins"]]))
+        groups = q["groups"]
+        if groups:
+            print(f"by {report['by']} (reference {groups['reference']}):")
+            print(_table(["group", "n", "TPR", "FPR", "equal opportunity diff.", "FPR diff."],
+                         [[g["group"], g["n"], _estimate(g["tpr"]), _estimate(g["fpr"]),
+                           _estimate(g["tpr_difference"]), _estimate(g["fpr_difference"])]
+                          for g in groups["groups"]]))
+    rv = report["reviews"]
+    print(f"reviews: {rv['reviewed']:,} of {rv['decisions']:,} decisions reviewed "
+          f"({_estimate(rv['review_rate'])}), {rv['overrides']:,} overridden "
+          f"({_estimate(rv['override_rate'])} of reviewed), model-human agreement "
+          f"{_estimate(rv['agreement'])}, Cohen's kappa {_estimate(rv['kappa'], False)}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.pdf:
+        from mlwitness.cli.printing import check_printer
+
+        check_printer()  # before the report is made: say at once what is missing
+    request = apb.ReportRequest(
+        since_us=parse_time(args.since), until_us=parse_time(args.until),
+        model=args.model or "", favorable=args.favorable or "",
+        attributes=args.attribute or [], label=args.label or "", positive=args.positive or "",
+        decision=args.decision or "", score=args.score or "", by=args.by or "",
+        baseline=args.baseline or "", replay_sample=args.replay_sample, seed=args.seed,
+        command=shlex.join(["mlwitness", *sys.argv[1:]]), bucket=args.bucket,
+        verify_decoded=args.verify_decoded)
+    parts: list[bytes] = []
+    last = None
+    for chunk in stub(args).Report(request, timeout=args.timeout):
+        if chunk.html:
+            parts.append(chunk.html)
+        if chunk.sha256:
+            last = chunk
+    html = b"".join(parts)
+    if last is None or hashlib.sha256(html).hexdigest() != last.sha256:
+        raise InvalidInput("the report arrived incomplete or changed (its SHA-256 does not "
+                           "match the one the service sent); nothing was written")
+    out.write_bytes(html)
+    answer = {"out": str(out), "sha256": last.sha256, "bytes": last.size,
+              "head_seq": last.head_seq}
+    if args.pdf:
+        from mlwitness.cli.printing import print_pdf
+
+        answer["pdf"] = str(args.pdf)
+        answer["pdf_pages"] = print_pdf(out, Path(args.pdf))
+    if args.json:
+        print(dumps(answer))
+    else:
+        print(f"wrote {out}: {last.size:,} bytes, sha256 {last.sha256}, ledger read up to "
+              f"seq {last.head_seq}")
+        if args.pdf:
+            print(f"printed {args.pdf}: {answer['pdf_pages']} pages")
+    return 0
+
+
 def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
     """--target, --timeout, credentials and --json: on `audit` itself (with defaults) and
     on every command (without: SUPPRESS keeps what was given before the command)."""
@@ -692,6 +805,58 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--bins", type=_cut_points,
                    help="cut points grouping a numeric attribute, e.g. 25,40,60 gives "
                    "<25, [25, 40), [40, 60), >=60")
+    p = command("quality", quality, "model quality once outcomes are known: accuracy, "
+                "precision, recall, ROC AUC, Brier, calibration, by group; coverage, reviews")
+    p.add_argument("--label", required=True, help="the outcome value that is the truth, "
+                   "e.g. defaulted")
+    p.add_argument("--positive", help="its positive value (default 1)")
+    p.add_argument("--decision", help="the model's positive decision, COLUMN OP VALUE, e.g. "
+                   "label=1 (default: --score >= 0.5)")
+    p.add_argument("--score", help="output with the model's score for the positive outcome "
+                   "(default probabilities_1)")
+    p.add_argument("--by", help="group by this input, text input or request parameter, e.g. "
+                   "age_band: error-rate parities per group")
+    p.add_argument("--bins", type=_cut_points, help="cut points grouping a numeric --by")
+    p.add_argument("--reference", help="reference group (default: the largest)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="of the intervals (default 0.95)")
+    p.add_argument("--calibration-bins", type=_at_least(1), default=10,
+                   help="equal-width score bins for calibration (default 10: deciles)")
+    p.add_argument("--since", help="window start (UTC)")
+    p.add_argument("--until", help="window end (UTC)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p = command("report", report, "the auditor's report: one self-contained HTML file "
+                "(and --pdf), itself recorded on the ledger")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--pdf", help="also print it to this PDF file (needs Playwright and a "
+                   "Chromium: /usr/bin/chromium, or MLWITNESS_CHROMIUM)")
+    p.add_argument("--since", help="window start (UTC), e.g. 2026-12-01")
+    p.add_argument("--until", help="window end (UTC, excluded)")
+    p.add_argument("--model", help="model name or SHA-256 prefix")
+    p.add_argument("--favorable", help="the favourable decision for the rate and bias "
+                   "sections, e.g. label=1 (default: the first rate guard's)")
+    p.add_argument("--attribute", action="append", metavar="NAME",
+                   help="test bias by this input or request parameter (repeatable)")
+    p.add_argument("--label", help="the outcome value for the quality section, e.g. "
+                   "defaulted")
+    p.add_argument("--positive", help="its positive value (default 1)")
+    p.add_argument("--decision", help="the model's positive decision for quality, e.g. "
+                   "label=0 (default: --score >= 0.5)")
+    p.add_argument("--score", help="output with the model's score for the positive outcome "
+                   "(default probabilities_1)")
+    p.add_argument("--by", help="quality's error rates by this group attribute")
+    p.add_argument("--baseline", help="drift against this stored baseline (default: latest)")
+    p.add_argument("--replay-sample", type=_at_least(0), default=20,
+                   help="decisions drawn at random and replayed on their recorded model "
+                   "(default 20; 0: none)")
+    p.add_argument("--seed", type=_at_least(0), default=0,
+                   help="seed of the replay sample (default: the seq of the window's last "
+                   "decision, so the same window draws the same sample)")
+    p.add_argument("--verify-decoded", action="store_true",
+                   help="also derive every decoded column again from the hashed bytes, as "
+                   "`mlwitness verify` does (most of verification's cost)")
+    p.add_argument("--bucket", choices=["day", "hour"], default="day",
+                   help="time buckets of the series (default day)")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
     p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")
     key_help = ("the log's verifier key (as `mlwitness keygen` printed it), or a file of "

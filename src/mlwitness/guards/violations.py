@@ -61,3 +61,27 @@ def violations_report(con: duckdb.DuckDBPyConnection, *, since_us: int = 0, unti
         "violations": [dict(zip(keys, row, strict=True)) for row in counts],
         "rate_breaches": [dict(zip(breach_keys, row, strict=True)) for row in breaches],
     }
+
+
+def violations_over_time(con: duckdb.DuckDBPyConnection, *, bucket_us: int, since_us: int = 0,
+                         until_us: int = 0, model: str = "") -> list[tuple[int, str, int]]:
+    """(bucket start µs, guard, violations) over the window, in buckets of `bucket_us`
+    counted from the epoch: each record's counted violations, and its rate breaches under
+    the rate guard's name."""
+    where, params = Filters(since_us, until_us, model).where()
+    rows = con.execute(
+        f"""WITH v AS (
+                SELECT received_us, unnest(from_json({_COUNTS}, '{_VIOLATION}')) AS v
+                FROM entries WHERE {where}),
+            b AS (
+                SELECT received_us, unnest(from_json(
+                    json_extract(NULLIF(violations, ''), '$.rate_breaches'), '{_BREACH}')) AS b
+                FROM entries WHERE {where})
+            SELECT start, guard, sum(n)::BIGINT FROM (
+                SELECT received_us // ? * ? AS start, v.guard AS guard, COALESCE(v.n, 1) AS n
+                FROM v
+                UNION ALL
+                SELECT received_us // ? * ? AS start, b.guard AS guard, 1 AS n FROM b)
+            GROUP BY ALL ORDER BY 1, 2""",
+        [*params, *params, bucket_us, bucket_us, bucket_us, bucket_us]).fetchall()
+    return [(int(start), str(guard), int(n)) for start, guard, n in rows]

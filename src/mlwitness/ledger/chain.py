@@ -3,7 +3,8 @@ loops, backpressure, and what follows when the journal cannot be written.
 
 Which thread runs what:
   append, _flush_batch     an event loop's thread; each loop writes and flushes its own batch
-  append_blocking          any thread outside an event loop
+  append_blocking, append_group
+                           any thread outside an event loop
   commit                   either of the two above (and so any number at once): under
                            `write_lock`
   _wait_for_space          an append_blocking caller, or a worker thread of `append`'s
@@ -161,6 +162,15 @@ class Chain:
         if self.backlog >= self.options.max_unloaded:
             self._wait_for_space()
         self.commit([record])
+
+    def append_group(self, records: list[Record]) -> None:
+        """`append_blocking` for several records at once: one journal write and flush, so
+        they are durable together or not at all (a bulk import's batch)."""
+        self._admit()
+        if self.backlog >= self.options.max_unloaded:
+            self._wait_for_space()
+        if records:
+            self.commit(records)
 
     def _wait_for_space(self) -> None:
         deadline = time.monotonic() + self.options.backpressure_timeout_s

@@ -1,8 +1,8 @@
 """DuckDB schema of the ledger, and the stable views auditors query.
 
 Tables are the storage contract of the writer; the views (`records`, `decisions`,
-`audit_log`) are the documented interface for people and tools. Timestamps in tables are
-µs since the epoch (UTC); views show them as TIMESTAMP (UTC).
+`outcomes`, `reviews`, `audit_log`) are the documented interface for people and tools.
+Timestamps in tables are µs since the epoch (UTC); views show them as TIMESTAMP (UTC).
 
 The views stored in a ledger file are only as trustworthy as the file: whoever can write
 it can redefine `records` to hide a row, or add a macro or type that replaces a built-in
@@ -107,10 +107,10 @@ LATER_TABLES = frozenset({"merkle_nodes", "checkpoints"})
 # Rows in a call: of its tabulated inputs or, when they are not tabular (images), outputs.
 BATCH_SIZE = "greatest(len(inputs), len(inputs_text), len(outputs), len(outputs_text))"
 
-VIEWS = """
+_VIEWS = """
 CREATE OR REPLACE VIEW records AS
 SELECT
-    seq,
+    {chain}seq,
     request_id,
     make_timestamp(received_us) AS received_at,
     make_timestamp(responded_us) AS responded_at,
@@ -135,26 +135,74 @@ SELECT
 FROM entries
 WHERE kind = 'infer';
 
-CREATE OR REPLACE VIEW decisions AS
+CREATE OR REPLACE VIEW outcomes AS
 SELECT
-    seq,
-    request_id,
-    received_at,
-    model_name,
-    model_sha256,
-    status,
-    parameters,
-    unnest(range(batch_size)) AS row,
-    unnest(inputs) AS inputs,
-    unnest(inputs_text) AS inputs_text,
-    unnest(outputs) AS outputs,
-    unnest(outputs_text) AS outputs_text
-FROM records
-WHERE status = 'OK';
+    {chain}seq,
+    TRY_CAST(detail->'decision'->>'seq' AS BIGINT) AS decision_seq,
+    TRY_CAST(detail->'decision'->>'row' AS INTEGER) AS row,
+    detail->'decision'->>'request_id' AS decision_request_id,
+    detail->'values' AS "values",
+    make_timestamp(TRY_CAST(detail->>'observed_us' AS BIGINT)) AS observed_at,
+    make_timestamp(received_us) AS recorded_at,
+    peer AS reported_by,
+    detail->>'source' AS source,
+    detail->>'key' AS key
+FROM entries
+WHERE kind = 'outcome' AND json_valid(detail);
+
+CREATE OR REPLACE VIEW reviews AS
+SELECT
+    {chain}seq,
+    TRY_CAST(detail->'decision'->>'seq' AS BIGINT) AS decision_seq,
+    TRY_CAST(detail->'decision'->>'row' AS INTEGER) AS row,
+    detail->'decision'->>'request_id' AS decision_request_id,
+    detail->'decision_made' AS decision_made,
+    detail->>'reason' AS reason,
+    detail->>'reviewer' AS reviewer,
+    make_timestamp(received_us) AS reviewed_at
+FROM entries
+WHERE kind = 'review' AND json_valid(detail);
+
+CREATE OR REPLACE VIEW decisions AS
+WITH answered AS (
+    SELECT
+        {chain_by}seq,
+        request_id,
+        received_at,
+        model_name,
+        model_sha256,
+        status,
+        parameters,
+        unnest(range(batch_size)) AS row,
+        unnest(inputs) AS inputs,
+        unnest(inputs_text) AS inputs_text,
+        unnest(outputs) AS outputs,
+        unnest(outputs_text) AS outputs_text
+    FROM records
+    WHERE status = 'OK'
+),
+latest_outcome AS (
+    SELECT {chain_by}decision_seq, row, "values", observed_at FROM outcomes
+    QUALIFY row_number() OVER (PARTITION BY {chain_by}decision_seq, row ORDER BY seq DESC) = 1
+),
+latest_review AS (
+    SELECT {chain_by}decision_seq, row, decision_made, reviewer FROM reviews
+    QUALIFY row_number() OVER (PARTITION BY {chain_by}decision_seq, row ORDER BY seq DESC) = 1
+)
+SELECT
+    a.*,
+    json_merge_patch(COALESCE(to_json(a.outputs), '{}'), COALESCE(to_json(a.outputs_text), '{}'),
+                     COALESCE(r.decision_made, '{}')) AS final_decision,
+    o."values" AS outcome,
+    o.observed_at AS outcome_observed_at,
+    r.reviewer AS reviewed_by
+FROM answered a
+LEFT JOIN latest_outcome o ON {same_o}o.decision_seq = a.seq AND o.row = a.row
+LEFT JOIN latest_review r ON {same_r}r.decision_seq = a.seq AND r.row = a.row;
 
 CREATE OR REPLACE VIEW audit_log AS
 SELECT
-    seq,
+    {chain}seq,
     kind,
     request_id,
     make_timestamp(received_us) AS at,
@@ -164,7 +212,22 @@ SELECT
     detail::JSON AS detail
 FROM entries
 WHERE kind <> 'infer';
-""".replace("{batch_size}", BATCH_SIZE)
+"""
+
+
+def views(*, chains: bool = False) -> str:
+    """The views' SQL. With `chains`, over tables that hold several ledgers told apart by
+    a `chain_id` column (the archive's fleet): each view has `chain_id` first, and an
+    outcome or review is matched to its decision within its own chain."""
+    chain = "chain_id,\n    " if chains else ""
+    by = "chain_id, " if chains else ""
+    return (_VIEWS.replace("{batch_size}", BATCH_SIZE).replace("{chain}", chain)
+            .replace("{chain_by}", by)
+            .replace("{same_o}", "o.chain_id = a.chain_id AND " if chains else "")
+            .replace("{same_r}", "r.chain_id = a.chain_id AND " if chains else ""))
+
+
+VIEWS = views()
 
 
 # Columns of `entries` that schema versions after the first added, with their types: the
@@ -293,11 +356,11 @@ def connect_reader(path: Path) -> duckdb.DuckDBPyConnection:
     views are what queries see, whatever else the file holds.
 
     An in-memory database attaches the file read-only as catalog `ledger` and defines, in
-    its own catalog, a view over each of the file's tables and the `records`, `decisions`
-    and `audit_log` views from VIEWS. The file's catalog is not on the search path: a view,
-    macro or type stored in the file (mlwitness never stores any but its views) is reached
-    only by naming it `ledger.main.<name>`. Its cursors share all this (they are
-    connections to the same in-memory database)."""
+    its own catalog, a view over each of the file's tables and the views from VIEWS
+    (`records`, `decisions`, `outcomes`, `reviews`, `audit_log`). The file's catalog is not
+    on the search path: a view, macro or type stored in the file (mlwitness never stores
+    any but its views) is reached only by naming it `ledger.main.<name>`. Its cursors share
+    all this (they are connections to the same in-memory database)."""
     if not path.exists():
         from mlwitness.errors import FailedPrecondition
 

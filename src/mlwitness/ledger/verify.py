@@ -18,6 +18,8 @@
   bytes give, their name and version against the first record that used them.
   **Environments** and **baselines**: content against id; a baseline's name and time
   against the admin record that announced it.
+* **Outcomes and reviews** (ledger/outcomes.py): each names an earlier answered call by its
+  seq and that record's hash, and a row it has.
 * **The file's views and other objects** (schema.stray_objects): `records`, `decisions`
   and `audit_log` as mlwitness defines them, and no view, macro or type of anyone else's.
 * **An archived prefix.** Local retention (archive/retention.py) deletes records once they
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mlwitness.errors import InvalidInput
-from mlwitness.ledger import decoded, erasure, journal, schema
+from mlwitness.ledger import decoded, erasure, journal, outcomes, schema
 from mlwitness.ledger.record import (
     FORMAT_V1,
     FORMAT_V2,
@@ -203,9 +205,11 @@ class _Walk:
 
 
 def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
-           con: Any = None) -> VerifyReport:
+           con: Any = None, derive: bool = True) -> VerifyReport:
     """Verify the ledger file at `path` and its journal tail. The file is opened read-only
     unless `con`, a cursor on it (e.g. from the process that writes it), is given.
+    `derive=False` skips deriving the decoded columns again (most of the cost: the
+    auditor's report, which says so); `decoded_checked` is then 0.
     `expect_head`: (seq, hash) as checked by `expected_head`."""
     report = VerifyReport(ledger=str(path))
     # The journal first: a live writer loads records into DuckDB and only then deletes
@@ -232,10 +236,11 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
         walk.prev = genesis_hash(meta.get("chain_id", ""))
         _start_after_archived(meta, walk, report)
         if "entries" in tables:
-            _check_entries(con, where, catalog, walk, report)
+            _check_entries(con, where, catalog, walk, report, derive)
             _check_erasures(walk, report)
         _check_models(con, where, walk, report, tables)
         _check_baselines(con, where, walk, report, tables)
+        _check_references(con, where, walk, report, tables, tail)
     finally:
         if own:
             con.close()
@@ -278,19 +283,19 @@ def _catalog(con: Any, path: Path) -> str:
 
 
 def _check_entries(con: Any, where: str, catalog: str, walk: _Walk,
-                   report: VerifyReport) -> None:
+                   report: VerifyReport, derive: bool = True) -> None:
     check = decoded.DecodedCheck()
     mismatched: list[decoded.Mismatch] = []  # the first LISTED + 1
     more = 0
     formats: dict[int, int] = {}
-    for batch, records in _stored_batches(con, where, catalog):
+    for batch, records in _stored_batches(con, where, catalog, derive):
         for record in records:
             _chain_step(record, walk, report, "")
             _note_use(record, walk)
             _note_erasure(record, walk, report)
             formats[record.format] = formats.get(record.format, 0) + 1
         report.records += len(records)
-        found = check.check(records, batch)
+        found = check.check(records, batch) if derive else []
         room = LISTED + 1 - len(mismatched)
         mismatched += found[:room]
         more += len(found[room:])
@@ -312,17 +317,18 @@ def _check_entries(con: Any, where: str, catalog: str, walk: _Walk,
     report.record_formats = {str(f): n for f, n in sorted(formats.items())}
 
 
-def _stored_batches(con: Any, where: str, catalog: str
+def _stored_batches(con: Any, where: str, catalog: str, derive: bool = True
                     ) -> Iterator[tuple[Any, list[Record]]]:
     """The stored records in seq order, a batch at a time: (the Arrow batch, with the
-    decoded columns; its records). A ledger no writer of this version has opened yet lacks
-    the columns later schema versions added: NULL, as for its format-1 records."""
+    decoded columns when they are to be derived again; its records). A ledger no writer of
+    this version has opened yet lacks the columns later schema versions added: NULL, as for
+    its format-1 records."""
     have = set(schema.entries_columns(con, catalog))
     columns = [name if name in have or name not in schema.ADDED_COLUMNS
                else f"NULL::{schema.ADDED_COLUMNS[name]} AS {name}" for name in RECORD_FIELDS]
+    columns += decoded.COLUMNS if derive else ()
     reader = con.sql(
-        f"SELECT {', '.join(columns)}, {', '.join(decoded.COLUMNS)} FROM {where}entries "
-        "ORDER BY seq").to_arrow_reader(BATCH)
+        f"SELECT {', '.join(columns)} FROM {where}entries ORDER BY seq").to_arrow_reader(BATCH)
     for batch in reader:
         yield batch, records_from(batch)
 
@@ -571,6 +577,18 @@ def _check_baselines(con: Any, where: str, walk: _Walk, report: VerifyReport,
             report.problems.append(Problem(seq, f"baseline {sha}: its stored time is after "
                                            f"record seq {seq} announced it (the time decides "
                                            "which baseline is the latest)"))
+
+
+def _check_references(con: Any, where: str, walk: _Walk, report: VerifyReport,
+                      tables: set[str], tail: list[Record]) -> None:
+    """Every outcome and review names an earlier answered call by its seq and hash
+    (ledger/outcomes.py), stored ones and the journal's alike."""
+    if "entries" not in tables:
+        return
+    unloaded = [r for r in tail if r.seq >= walk.expected_seq]
+    archived = report.archived_prefix["seq"] if report.archived_prefix else 0
+    report.problems.extend(Problem(seq, what) for seq, what in outcomes.reference_problems(
+        con, where, unloaded, archived=archived))
 
 
 def _report_missing(

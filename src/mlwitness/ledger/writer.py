@@ -134,6 +134,7 @@ class LedgerWriter:
     # no call to the path every record takes (ledger/chain.py documents them).
     append: Callable[[Record], Coroutine[Any, Any, None]]
     append_blocking: Callable[[Record], None]
+    append_group: Callable[[list[Record]], None]
     # The DuckDB side: a test injects DuckDB's faults with a subclass of it.
     database: type[Database] = Database
 
@@ -173,6 +174,7 @@ class LedgerWriter:
         self._open = False
         self.append = self._chain.append
         self.append_blocking = self._chain.append_blocking
+        self.append_group = self._chain.append_group
 
     def open(self) -> None:
         """Open (or create) the ledger, load any journal tail, start the loader thread."""

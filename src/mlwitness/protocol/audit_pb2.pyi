@@ -1115,3 +1115,165 @@ class ExplainRangeEvent(_message.Message):
     decision: ExplainedDecision
     summary: ExplainRangeSummary
     def __init__(self, progress: _Optional[_Union[ReplayProgress, _Mapping]] = ..., decision: _Optional[_Union[ExplainedDecision, _Mapping]] = ..., summary: _Optional[_Union[ExplainRangeSummary, _Mapping]] = ...) -> None: ...
+
+class Outcome(_message.Message):
+    __slots__ = ("decision", "row", "values", "observed_us", "line")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_US_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    decision: RecordRef
+    row: int
+    values: _containers.RepeatedCompositeFieldContainer[Value]
+    observed_us: int
+    line: int
+    def __init__(self, decision: _Optional[_Union[RecordRef, _Mapping]] = ..., row: _Optional[int] = ..., values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., observed_us: _Optional[int] = ..., line: _Optional[int] = ...) -> None: ...
+
+class RecordOutcomesRequest(_message.Message):
+    __slots__ = ("outcomes", "source")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
+    source: str
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class RecordOutcomesResponse(_message.Message):
+    __slots__ = ("recorded", "duplicates", "superseding", "first_seq", "last_seq")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDING_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    duplicates: int
+    superseding: int
+    first_seq: int
+    last_seq: int
+    def __init__(self, recorded: _Optional[int] = ..., duplicates: _Optional[int] = ..., superseding: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class RecordReviewRequest(_message.Message):
+    __slots__ = ("decision", "row", "decision_made", "reason")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    DECISION_MADE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    decision: RecordRef
+    row: int
+    decision_made: _containers.RepeatedCompositeFieldContainer[Value]
+    reason: str
+    def __init__(self, decision: _Optional[_Union[RecordRef, _Mapping]] = ..., row: _Optional[int] = ..., decision_made: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RecordReviewResponse(_message.Message):
+    __slots__ = ("seq", "decision_seq", "reviewer", "overrides")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DECISION_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    decision_seq: int
+    reviewer: str
+    overrides: bool
+    def __init__(self, seq: _Optional[int] = ..., decision_seq: _Optional[int] = ..., reviewer: _Optional[str] = ..., overrides: bool = ...) -> None: ...
+
+class QualityRequest(_message.Message):
+    __slots__ = ("since_us", "until_us", "model", "label", "positive", "decision", "score", "by", "bins", "reference", "confidence", "calibration_bins")
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_BINS_FIELD_NUMBER: _ClassVar[int]
+    since_us: int
+    until_us: int
+    model: str
+    label: str
+    positive: str
+    decision: str
+    score: str
+    by: str
+    bins: _containers.RepeatedScalarFieldContainer[float]
+    reference: str
+    confidence: float
+    calibration_bins: int
+    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., label: _Optional[str] = ..., positive: _Optional[str] = ..., decision: _Optional[str] = ..., score: _Optional[str] = ..., by: _Optional[str] = ..., bins: _Optional[_Iterable[float]] = ..., reference: _Optional[str] = ..., confidence: _Optional[float] = ..., calibration_bins: _Optional[int] = ...) -> None: ...
+
+class QualityResponse(_message.Message):
+    __slots__ = ("decisions", "with_outcome", "coverage", "accuracy", "precision", "recall", "roc_auc", "brier", "review_rate", "override_rate", "report_json")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    WITH_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    ROC_AUC_FIELD_NUMBER: _ClassVar[int]
+    BRIER_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_RATE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_RATE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    decisions: int
+    with_outcome: int
+    coverage: float
+    accuracy: float
+    precision: float
+    recall: float
+    roc_auc: float
+    brier: float
+    review_rate: float
+    override_rate: float
+    report_json: str
+    def __init__(self, decisions: _Optional[int] = ..., with_outcome: _Optional[int] = ..., coverage: _Optional[float] = ..., accuracy: _Optional[float] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., roc_auc: _Optional[float] = ..., brier: _Optional[float] = ..., review_rate: _Optional[float] = ..., override_rate: _Optional[float] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class ReportRequest(_message.Message):
+    __slots__ = ("since_us", "until_us", "model", "favorable", "attributes", "label", "positive", "decision", "score", "by", "baseline", "replay_sample", "seed", "command", "bucket", "verify_decoded")
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FAVORABLE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_DECODED_FIELD_NUMBER: _ClassVar[int]
+    since_us: int
+    until_us: int
+    model: str
+    favorable: str
+    attributes: _containers.RepeatedScalarFieldContainer[str]
+    label: str
+    positive: str
+    decision: str
+    score: str
+    by: str
+    baseline: str
+    replay_sample: int
+    seed: int
+    command: str
+    bucket: str
+    verify_decoded: bool
+    def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., favorable: _Optional[str] = ..., attributes: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., positive: _Optional[str] = ..., decision: _Optional[str] = ..., score: _Optional[str] = ..., by: _Optional[str] = ..., baseline: _Optional[str] = ..., replay_sample: _Optional[int] = ..., seed: _Optional[int] = ..., command: _Optional[str] = ..., bucket: _Optional[str] = ..., verify_decoded: bool = ...) -> None: ...
+
+class ReportChunk(_message.Message):
+    __slots__ = ("html", "sha256", "size", "head_seq")
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    html: bytes
+    sha256: str
+    size: int
+    head_seq: int
+    def __init__(self, html: _Optional[bytes] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., head_seq: _Optional[int] = ...) -> None: ...

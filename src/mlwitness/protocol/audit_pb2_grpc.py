@@ -129,6 +129,26 @@ class AuditServiceStub(object):
                 request_serializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeRequest.SerializeToString,
                 response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeEvent.FromString,
                 _registered_method=True)
+        self.RecordOutcomes = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/RecordOutcomes',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.RecordOutcomesRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.RecordOutcomesResponse.FromString,
+                _registered_method=True)
+        self.RecordReview = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/RecordReview',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.RecordReviewRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.RecordReviewResponse.FromString,
+                _registered_method=True)
+        self.Quality = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Quality',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.QualityRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.QualityResponse.FromString,
+                _registered_method=True)
+        self.Report = channel.unary_stream(
+                '/mlwitness.audit.v1.AuditService/Report',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.ReportRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ReportChunk.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer(object):
@@ -273,6 +293,38 @@ class AuditServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutcomes(self, request, context):
+        """Attach ground-truth outcomes to recorded decisions (sidecar only; role reviewer, or an
+        access entry with report_outcomes). Each outcome is its own record in the chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordReview(self, request, context):
+        """Record a person's review of a decision: what they decided and why (sidecar only; role
+        reviewer). The reviewer is the authenticated caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Quality(self, request, context):
+        """Model quality over a window once outcomes are known, with intervals, by group;
+        outcome coverage, label delay, review and override rates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Report(self, request, context):
+        """The auditor's report: one self-contained HTML file, streamed in chunks. The question
+        is recorded with the SHA-256 of the file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -370,6 +422,26 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ExplainRange,
                     request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeRequest.FromString,
                     response_serializer=mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeEvent.SerializeToString,
+            ),
+            'RecordOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcomes,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.RecordOutcomesRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.RecordOutcomesResponse.SerializeToString,
+            ),
+            'RecordReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordReview,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.RecordReviewRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.RecordReviewResponse.SerializeToString,
+            ),
+            'Quality': grpc.unary_unary_rpc_method_handler(
+                    servicer.Quality,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.QualityRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.QualityResponse.SerializeToString,
+            ),
+            'Report': grpc.unary_stream_rpc_method_handler(
+                    servicer.Report,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ReportRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.ReportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -885,6 +957,114 @@ class AuditService(object):
             '/mlwitness.audit.v1.AuditService/ExplainRange',
             mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeRequest.SerializeToString,
             mlwitness_dot_protocol_dot_audit__pb2.ExplainRangeEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/RecordOutcomes',
+            mlwitness_dot_protocol_dot_audit__pb2.RecordOutcomesRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.RecordOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/RecordReview',
+            mlwitness_dot_protocol_dot_audit__pb2.RecordReviewRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.RecordReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Quality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Quality',
+            mlwitness_dot_protocol_dot_audit__pb2.QualityRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.QualityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Report(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Report',
+            mlwitness_dot_protocol_dot_audit__pb2.ReportRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.ReportChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,14 +48,14 @@ def _warn_open_audit(address: str, *, mtls: bool) -> None:
         log.warning("audit port %s has no --audit-access: any client certificate that "
                     "--tls-client-ca signed may read every record (request and response "
                     "bytes), replay, ask what-if, drift, bias and verify (role auditor). "
-                    "Changing guards and erasing records need an admin identity in an "
-                    "--audit-access file.",
-                    address)
+                    "Recording outcomes and reviews needs a reviewer; changing guards and "
+                    "erasing records an admin identity, in an --audit-access file.", address)
     else:
         log.warning("audit port %s has no --audit-access: anyone who can reach it may read "
                     "every record (request and response bytes), replay, ask what-if, drift, "
-                    "bias and verify, change the guards and erase records. Give it an access file "
-                    "(`mlwitness token add`) or keep it off the network (--audit-port 0).",
+                    "bias and verify, record outcomes and reviews, change the guards and erase "
+                    "records. Give it an access file (`mlwitness token add`) or keep it off "
+                    "the network (--audit-port 0).",
                     address)
 
 
@@ -94,7 +94,8 @@ class AuditServer:
         self.service = service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
                                               store_model=store_model_with(trail.write),
                                               threads=settings.ort_threads,
-                                              limits=AuditLimits.of(settings))
+                                              limits=AuditLimits.of(settings),
+                                              ledger_path=path)
         trail.write(lambda con: store.put_environment(con, service.environment))
         access = Access.load(settings.audit_access) if settings.audit_access else None
         auth = Authenticator(access, required_role="auditor")

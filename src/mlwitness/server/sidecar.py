@@ -18,6 +18,7 @@ from typing import Any
 
 from mlwitness.analytics.baseline import Baseline
 from mlwitness.analytics.drift import FeatureDrift, drift_report
+from mlwitness.analytics.outcomes import QualityQuery, fetch, quality_answer
 from mlwitness.audit.evidence import live_status
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.errors import ConfigError
@@ -35,7 +36,7 @@ from mlwitness.ledger.publisher import Publisher
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
-from mlwitness.metrics import Metrics, refresh_drift
+from mlwitness.metrics import Metrics, refresh_drift, refresh_quality
 from mlwitness.model.modelfile import ModelFile
 from mlwitness.model.runtime import OnnxModel, SessionConfig
 from mlwitness.protocol import inference as pb
@@ -265,7 +266,8 @@ class Sidecar:
             threads=s.ort_threads, checks=self.checks, limits=AuditLimits.of(s),
             status=live_status(ledger, self.checkpointer),
             erase=lambda record, compact: ledger.erase(record, compact=compact),
-            stored_value=minimiser.stored_parameter if minimiser is not None else None)
+            stored_value=minimiser.stored_parameter if minimiser is not None else None,
+            append_group=ledger.append_group, ledger_path=s.ledger)
         service = self.audit_service  # its questions' records name its environment
         ledger.write(lambda con: store.put_environment(con, service.environment))
         self.audit = await start_audit_port(self.audit_service, s.ledger, s.audit_port, s,
@@ -283,6 +285,10 @@ class Sidecar:
             compute = recent_drift(self.ledger, self.baseline, s.drift_window)
             self._tasks.append(asyncio.create_task(
                 refresh_drift(self.metrics, compute, s.drift_interval)))
+        if self.metrics is not None and s.quality_label and s.quality_interval > 0:
+            assert self.ledger is not None
+            self._tasks.append(asyncio.create_task(refresh_quality(
+                self.metrics, recent_quality(self.ledger, s), s.quality_interval)))
 
     def _current_sha(self) -> str:
         assert self.model_file is not None
@@ -366,6 +372,27 @@ def recent_drift(ledger: LedgerWriter, baseline: Baseline, window_s: float
                                 since_us=until_us - int(window_s * 1e6)).features
         finally:
             cursor.close()
+
+    return compute
+
+
+def recent_quality(ledger: LedgerWriter, s: Settings
+                   ) -> Callable[[int], tuple[float | None, int, dict[str, float | None]]]:
+    """Coverage, rows with an outcome and the quality figures of the decisions of the last
+    --quality-window seconds up to a time (for the quality gauges; run in a thread)."""
+    def compute(until_us: int) -> tuple[float | None, int, dict[str, float | None]]:
+        q = QualityQuery(label=s.quality_label, since_us=until_us - int(s.quality_window * 1e6),
+                         until_us=until_us, decision=s.quality_decision, score=s.quality_score)
+        ledger.sync()
+        cursor = ledger.cursor()
+        try:
+            a = quality_answer(fetch(cursor, q), q)
+        finally:
+            cursor.close()
+        r = a.quality
+        figures = {name: getattr(r, name).value if r else None
+                   for name in ("accuracy", "precision", "recall", "roc_auc", "brier")}
+        return a.coverage.value, a.with_outcome, figures
 
     return compute
 

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from mlwitness.audit.results import ReportChunk
 from mlwitness.audit.service import Asker, AuditService
 from mlwitness.auth import Authenticator
 from mlwitness.errors import InvalidInput, MlwitnessError
@@ -227,6 +228,39 @@ class AuditServicer:
                                          dry_run=r.dry_run, compact=not r.no_compact)
         return convert.to_message(result).SerializeToString()
 
+    async def RecordOutcomes(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("RecordOutcomes", raw, context)
+        r = parse(apb.RecordOutcomesRequest, raw)
+        result = await asyncio.to_thread(self.service.record_outcomes, asker,
+                                         convert.outcomes(r), r.source)
+        return convert.to_message(result).SerializeToString()
+
+    async def RecordReview(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("RecordReview", raw, context)
+        r = parse(apb.RecordReviewRequest, raw)
+        result = await asyncio.to_thread(
+            self.service.record_review, asker, convert.named_values(r.decision_made),
+            r.reason, **convert.ref(r.decision), row=r.row)
+        return convert.to_message(result).SerializeToString()
+
+    async def Quality(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Quality", raw, context)
+        r = parse(apb.QualityRequest, raw)
+        result = await asyncio.to_thread(self.service.quality, asker,
+                                         convert.quality_query(r))
+        return convert.to_message(result).SerializeToString()
+
+    async def Report(self, raw: bytes, context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[bytes]:
+        asker = await self._asker("Report", raw, context)
+        r = parse(apb.ReportRequest, raw)
+        made = await asyncio.to_thread(self.service.report, asker, convert.report_query(r))
+        for start in range(0, len(made.html), REPORT_CHUNK):
+            part = ReportChunk(html=made.html[start:start + REPORT_CHUNK])
+            yield convert.to_message(part).SerializeToString()
+        last = ReportChunk(sha256=made.sha256, size=len(made.html), head_seq=made.head_seq)
+        yield convert.to_message(last).SerializeToString()
+
 
 # A streamed question's events are made and encoded in a worker thread, several per trip
 # to it: up to STREAM_BATCH, or what STREAM_WAIT_S brings (ExplainRange makes thousands a
@@ -273,15 +307,18 @@ async def _stream(events: Generator[Any, None, None], wrapper: type[Message]
         await asyncio.to_thread(events.close)
 
 
+REPORT_CHUNK = 1 << 20  # bytes of the report a message: well under gRPC's 4 MiB default
+
 UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
          "Violations", "GetGuards", "SetGuards", "Drift", "Bias", "GetCheckpoint",
-         "InclusionProof", "ConsistencyProof", "Status", "Erase", "Explain")
+         "InclusionProof", "ConsistencyProof", "Status", "Erase", "Explain", "RecordOutcomes",
+         "RecordReview", "Quality")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:
     methods = {name: grpc.unary_unary_rpc_method_handler(rpc(getattr(servicer, name)))
                for name in UNARY}
-    for name in ("ReplayRange", "ExplainRange"):
+    for name in ("ReplayRange", "ExplainRange", "Report"):
         methods[name] = grpc.unary_stream_rpc_method_handler(
             stream_rpc(getattr(servicer, name)))
     return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -15,8 +15,11 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from mlwitness.analytics.outcomes import QualityQuery
 from mlwitness.audit import results as r
 from mlwitness.audit.explain import ExplainOptions
+from mlwitness.audit.outcomes import OutcomeIn
+from mlwitness.audit.report import DEFAULT_REPLAY_SAMPLE, ReportQuery
 from mlwitness.ledger.erasure import Selector
 from mlwitness.ledger.filters import Filters
 from mlwitness.protocol import audit_pb2 as apb
@@ -61,6 +64,10 @@ MESSAGES: dict[type, type[Message]] = {
     r.ExplainResult: apb.ExplainResponse,
     r.ExplainedDecision: apb.ExplainedDecision,
     r.ExplainRangeSummary: apb.ExplainRangeSummary,
+    r.OutcomesRecorded: apb.RecordOutcomesResponse,
+    r.ReviewRecorded: apb.RecordReviewResponse,
+    r.QualityResult: apb.QualityResponse,
+    r.ReportChunk: apb.ReportChunk,
 }
 RESULTS = {message.DESCRIPTOR.full_name: result for result, message in MESSAGES.items()}
 
@@ -162,3 +169,46 @@ def overrides(request: apb.WhatIfRequest) -> list[tuple[str, float]]:
 def explain_options(message: apb.ExplainOptions) -> ExplainOptions:
     return ExplainOptions(**{f.name: getattr(message, f.name)
                              for f in dataclasses.fields(ExplainOptions)})
+
+
+def named_values(values: Any) -> dict[str, float | str]:
+    """Repeated `Value`s as {name: number or text}; a value set to neither is refused."""
+    from mlwitness.errors import InvalidInput
+
+    out: dict[str, float | str] = {}
+    for v in values:
+        kind = v.WhichOneof("kind")
+        if kind is None:
+            raise InvalidInput(f"value {v.name!r} has neither a number nor text")
+        if v.name in out:
+            raise InvalidInput(f"value {v.name!r} is given twice")
+        out[v.name] = getattr(v, kind)
+    return out
+
+
+def outcomes(request: apb.RecordOutcomesRequest) -> list[OutcomeIn]:
+    return [OutcomeIn(request_id=o.decision.request_id, seq=o.decision.seq, row=o.row,
+                      values=named_values(o.values), observed_us=o.observed_us, line=o.line)
+            for o in request.outcomes]
+
+
+def quality_query(request: apb.QualityRequest) -> QualityQuery:
+    return QualityQuery(
+        label=request.label, since_us=request.since_us, until_us=request.until_us,
+        model=request.model, positive=request.positive or "1", decision=request.decision,
+        score=request.score, by=request.by, bins=tuple(request.bins),
+        reference=request.reference, confidence=request.confidence or 0.95,
+        calibration_bins=request.calibration_bins or 10)
+
+
+def report_query(request: apb.ReportRequest) -> ReportQuery:
+    quality = QualityQuery(label=request.label, positive=request.positive or "1",
+                           decision=request.decision, score=request.score, by=request.by)
+    return ReportQuery(
+        since_us=request.since_us, until_us=request.until_us, model=request.model,
+        favorable=request.favorable, attributes=tuple(request.attributes), quality=quality,
+        baseline=request.baseline,
+        replay_sample=(request.replay_sample if request.HasField("replay_sample")
+                       else DEFAULT_REPLAY_SAMPLE),
+        seed=request.seed, command=request.command, bucket=request.bucket or "day",
+        verify_decoded=request.verify_decoded)

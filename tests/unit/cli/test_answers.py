@@ -23,6 +23,7 @@ from json_shape import INTEGERS, shape_problems
 from mlwitness import cli
 from mlwitness.analytics.bias import BiasReport
 from mlwitness.analytics.drift import DriftReport
+from mlwitness.analytics.outcomes import QualityAnswer
 from mlwitness.cli.answers import as_json, dumps
 from mlwitness.protocol import audit_pb2 as apb
 
@@ -197,7 +198,11 @@ def example_problems(command: str, text: str) -> list[str]:
         lines = [json.loads(line) for line in text.splitlines()]
         return [p for line in lines for kind, value in line.items()
                 for p in shape_problems(value, events[kind].DESCRIPTOR)]
-    reports = {"drift": DriftReport, "bias": BiasReport}
+    if command == "report":
+        keys = set(json.loads(text))
+        need, may = {"out", "sha256", "bytes", "head_seq"}, {"pdf", "pdf_pages"}
+        return [] if need <= keys <= need | may else [f"keys {sorted(keys)}"]
+    reports = {"drift": DriftReport, "bias": BiasReport, "quality": QualityAnswer}
     if command in reports:
         keys = sorted(json.loads(text))
         return [] if keys == report_keys(reports[command]) else [f"keys {keys}"]
