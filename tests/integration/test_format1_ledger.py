@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from audit_support import credit_builder, rpc_error, start_audited_sidecar
+from audit_support import audit_server, credit_builder, rpc_error, start_audited_sidecar, stub_for
 from sidecar import mlwitness_command, raw_rpc, read_ledger, run_verify
 
 from mlwitness.codec import Tensor, encode_inputs
@@ -119,3 +119,18 @@ def test_serve_continues_it_in_format2_and_verifies_the_mixed_chain(
     assert report["record_formats"]["1"] == FORMAT1_RECORDS + TAIL
     assert report["record_formats"]["2"] >= 3  # the calls, the erasure, the questions
     assert report["erased"] == {str(done.admin_seq): 1}
+
+
+def test_a_standalone_audit_server_replays_a_format1_window_without_upgrading_it(
+        format1: Path, tmp_path: Path) -> None:
+    """`audit-server` reads an older ledger as it is (no `erased_by` column): a traffic
+    replay over it counts its answered records, and the file keeps its schema version."""
+    ledger = format1 / "ledger.duckdb"
+    with audit_server(ledger, log_dir=tmp_path) as server:
+        channel, stub = stub_for(server.address)
+        with channel:
+            events = list(stub.ReplayRange(apb.ReplayRangeRequest(), timeout=120))
+        assert server.process.poll() is None, server.stderr()
+    summary = events[-1].summary
+    assert summary.records == 5 and summary.identical == 5 and summary.failed == 0
+    assert schema_version(ledger) == "1"

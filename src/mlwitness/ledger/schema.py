@@ -399,18 +399,38 @@ def missing_columns(have: list[str]) -> str:
                    if name not in have)
 
 
+# The views of an older schema version, as that version created them, so that a file it
+# wrote (and no newer writer has opened: `verify` and `audit-server` never upgrade it) is
+# checked against its own definitions. Version 1 had no outcome and review views.
+_OLDER_VIEWS = {"1": "views_v1.sql"}
+
+
 @functools.cache
-def expected_views() -> dict[str, str]:
-    """This version's views as DuckDB stores them (its own rendering of VIEWS' text)."""
+def expected_views(version: str | None = None) -> dict[str, str]:
+    """The views of schema `version` (None: this version's) as DuckDB stores them (its own
+    rendering of their text)."""
+    text = VIEWS
+    if version in _OLDER_VIEWS:
+        text = (Path(__file__).parent / _OLDER_VIEWS[version]).read_text(encoding="utf-8")
     con = duckdb.connect(":memory:")
     try:
         con.execute(TABLES)
-        con.execute(VIEWS)
+        con.execute(text)
         return dict(con.execute(
             "SELECT view_name, sql FROM system.main.duckdb_views() WHERE NOT internal"
         ).fetchall())
     finally:
         con.close()
+
+
+def _version_of(con: duckdb.DuckDBPyConnection, catalog: str) -> str | None:
+    """The schema version the file attached as `catalog` records (None: none readable)."""
+    try:
+        found = con.execute(f'SELECT value FROM "{catalog}".main.ledger_meta '
+                            "WHERE key = 'schema_version'").fetchall()
+    except duckdb.Error:
+        return None
+    return str(found[0][0]) if found else None
 
 
 def stray_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> list[str]:
@@ -424,7 +444,7 @@ def stray_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> list[str]:
         (schema, name): sql for schema, name, sql in con.execute(
             "SELECT schema_name, view_name, sql FROM system.main.duckdb_views() "
             "WHERE database_name = ? AND NOT internal ORDER BY ALL", [catalog]).fetchall()}
-    for name, sql in expected_views().items():
+    for name, sql in expected_views(_version_of(con, catalog)).items():
         found = stored.pop(("main", name), None)
         if found is None:
             problems.append(f"view {name} is missing")
