@@ -250,6 +250,21 @@ def test_replay_without_the_numeric_input_is_a_failed_precondition(
     assert status == "FAILED_PRECONDITION" and "x were stored hashed or redacted" in message
 
 
+def test_traffic_replay_counts_a_record_without_its_input_as_failed_and_says_why(
+        started: Start, models_dir: dict[str, Path], tmp_path: Path) -> None:
+    """ReplayRange reads what was minimised too: the record whose model input was redacted
+    fails with the reason Replay gives, instead of running the model on what is left."""
+    served = started(models_dir["affine"], tmp_path / "ledger.duckdb", redact_inputs=["x"])
+    send(served, affine_request("r-3", np.full((1, 4), 7.0, np.float32)))
+    channel, stub = audit_stub(served.audit_address)
+    with channel:
+        events = list(stub.ReplayRange(apb.ReplayRangeRequest(), timeout=60))
+    summary = events[-1].summary
+    assert summary.records == 1 and summary.failed == 1 and summary.identical == 0
+    assert any("x were stored hashed or redacted" in f for f in summary.failures), \
+        list(summary.failures)
+
+
 def test_replay_without_the_bytes_input_fails_clearly(
         started: Start, models_dir: dict[str, Path], tmp_path: Path, key_file: Path) -> None:
     served = started(models_dir["strings"], tmp_path / "ledger.duckdb",

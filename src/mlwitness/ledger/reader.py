@@ -184,17 +184,19 @@ class LedgerReader:
     def window(self, filters: Filters, batch: int = 4096) -> Iterator[builtins.list[Record]]:
         """Answered inference records in a window, oldest first, in batches, erased ones
         left out (nothing of their call is left to run). Only what a replay needs is read:
-        seq, kind, request id, status, model, environment, request and response."""
+        seq, kind, request id, status, model, environment, detail (what was minimised),
+        request and response."""
         where, params = filters.where()
         cursor = self.cursor().execute(
-            "SELECT seq, kind, request_id, status, message, model_sha256, env_id, request, "
-            f"response FROM entries WHERE {where} AND status = 'OK' AND erased_by IS NULL "
-            "ORDER BY seq",
+            "SELECT seq, kind, request_id, status, message, model_sha256, env_id, detail, "
+            f"request, response FROM entries WHERE {where} AND status = 'OK'"
+            f"{self._not_erased()} ORDER BY seq",
             params,
         )
         while rows := cursor.fetchmany(batch):
             yield [Record(seq=r[0], kind=r[1], request_id=r[2], status=r[3], message=r[4],
-                          model_sha256=r[5], env_id=r[6], request=r[7], response=r[8])
+                          model_sha256=r[5], env_id=r[6], detail=r[7], request=r[8],
+                          response=r[9])
                    for r in rows]
 
     def decisions(self, filters: Filters, batch: int = 1024
@@ -246,9 +248,14 @@ class LedgerReader:
     def count(self, filters: Filters) -> int:
         where, params = filters.where()
         return int(self.cursor().execute(
-            f"SELECT count(*) FROM entries WHERE {where} AND status = 'OK' "
-            "AND erased_by IS NULL", params
+            f"SELECT count(*) FROM entries WHERE {where} AND status = 'OK'"
+            f"{self._not_erased()}", params
         ).fetchall()[0][0])
+
+    def _not_erased(self) -> str:
+        """The SQL condition that leaves erased records out; none on a ledger written before
+        erasure existed (read as it is, without upgrading it)."""
+        return " AND erased_by IS NULL" if self._has_column("entries", "erased_by") else ""
 
     def model(self, sha256: str) -> store.StoredModel:
         with self._lock:
