@@ -74,10 +74,12 @@ class AuditService:
         self.violations = guards.violations
         self.get_guards = guards.get
         self.set_guards = guards.set
-        evidence = Evidence(reader, self.trail, status)
+        evidence = Evidence(reader, self.trail, status,
+                            max_model_bytes=self.candidates.limits.max_candidate_bytes)
         self.get_checkpoint = evidence.checkpoint
         self.inclusion_proof = evidence.inclusion_proof
         self.consistency_proof = evidence.consistency_proof
+        self.evidence = evidence.evidence
         self.status = evidence.status
         self.erasures = Erasures(reader, self.trail, erase, stored_value)
         self.erase = self.erasures.erase

@@ -4,6 +4,7 @@
     mlwitness verify --ledger mlwitness.duckdb [--json] [--expect-head SEQ:HASH]
                      [--checkpoint FILE|DIR --key PUB]
     mlwitness keygen --out signing.key
+    mlwitness evidence verify decision.evidence --key PUB [--model F.onnx]
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
@@ -27,6 +28,7 @@ import grpc
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
 from mlwitness.cli import audit as audit_cli
+from mlwitness.cli import evidence as evidence_cli
 from mlwitness.errors import ConfigError, InvalidInput, MlwitnessError
 
 
@@ -399,6 +401,7 @@ def parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_token_add)
 
     audit_cli.add_commands(sub)
+    evidence_cli.add_commands(sub)
     return top
 
 

@@ -42,6 +42,8 @@ def sample(hint: Any, counter: itertools.count) -> Any:
         return n + 0.25
     if hint is str:
         return f"text {n}"
+    if hint is bytes:
+        return f"bytes {n}".encode()
     if origin is Mapping:  # a Row
         return {f"number{n}": n + 0.5, f"text{n}": f"value {n}"}
     if origin is Sequence:
