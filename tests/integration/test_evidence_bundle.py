@@ -135,9 +135,11 @@ def test_erased_unknown_and_not_yet_checkpointed_records_are_refused(
     side, _, _ = deployed
     erased = side.stub.Erase(apb.EraseRequest(request_id="app-3", reason=REASON), timeout=60)
     assert erased.erased == 1
-    code, details = refused(side.stub, apb.EvidenceRequest(ref=apb.RecordRef(request_id="app-3")))
+    code, details = refused(side.stub, apb.EvidenceRequest(
+        ref=apb.RecordRef(request_id="app-3")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "erased" in details
-    code, details = refused(side.stub, apb.EvidenceRequest(ref=apb.RecordRef(request_id="nobody")))
+    code, details = refused(side.stub, apb.EvidenceRequest(
+        ref=apb.RecordRef(request_id="nobody")))
     assert code == grpc.StatusCode.NOT_FOUND
     code, details = refused(side.stub, apb.EvidenceRequest(ref=apb.RecordRef(seq=-4)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -157,7 +159,8 @@ def test_a_record_no_checkpoint_covers_yet_is_refused_saying_so(
     try:
         side.infer(credit_model.features(1, seed=1), "early")
         side.running.sync()
-        code, details = refused(side.stub, apb.EvidenceRequest(ref=apb.RecordRef(request_id="early")))
+        code, details = refused(side.stub, apb.EvidenceRequest(
+            ref=apb.RecordRef(request_id="early")))
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert "no checkpoint covers record seq" in details
     finally:

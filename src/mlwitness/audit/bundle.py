@@ -55,14 +55,14 @@ def build(reader: LedgerReader, seq: int, *, with_model: bool, max_model_bytes: 
     signatures = checkpoints.read_note(latest.note)[1]
     bundle: dict[str, Any] = {
         "format": FORMAT,
-        "record": _record(record, proofs[0].hashes, latest.size),
-        "decoded": {"inputs": _decoded(record.request, inputs=True),
-                    "outputs": _decoded(record.response, inputs=False)},
+        "record": record_part(record, proofs[0].hashes, latest.size),
+        "decoded": {"inputs": decoded_part(record.request, inputs=True),
+                    "outputs": decoded_part(record.response, inputs=False)},
         "model": _model(reader, record.model_sha256, with_model, max_model_bytes),
         "environment": _environment(reader, record.env_id),
-        "guards": _guards(cited["guards"]),
-        "baseline": _baseline(cited["baseline"]),
-        "context": [_record(r, p.hashes, latest.size)
+        "guards": guards_part(cited["guards"]),
+        "baseline": baseline_part(cited["baseline"]),
+        "context": [record_part(r, p.hashes, latest.size)
                     for r, p in zip(proven[1:], proofs[1:], strict=True)],
         "checkpoint": {"note": latest.note, "key_id": checkpoints.key_names(signatures)},
     }
@@ -74,7 +74,7 @@ def dumps(bundle: dict[str, Any]) -> bytes:
     return (json.dumps(bundle, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode()
 
 
-def _record(record: Record, hashes: tuple[bytes, ...], tree_size: int) -> dict[str, Any]:
+def record_part(record: Record, hashes: tuple[bytes, ...], tree_size: int) -> dict[str, Any]:
     out: dict[str, Any] = {"format": record.format, "seq": record.seq,
                            "received_us": record.received_us,
                            "responded_us": record.responded_us}
@@ -113,7 +113,7 @@ def _detail(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _guards(record: Record | None) -> dict[str, Any] | None:
+def guards_part(record: Record | None) -> dict[str, Any] | None:
     if record is None:
         return None
     detail = _detail(record.detail)
@@ -121,7 +121,7 @@ def _guards(record: Record | None) -> dict[str, Any] | None:
             "mode": detail.get("mode", ""), "config": detail.get("config", {})}
 
 
-def _baseline(record: Record | None) -> dict[str, Any] | None:
+def baseline_part(record: Record | None) -> dict[str, Any] | None:
     if record is None:
         return None
     return {"seq": record.seq, "sha256": _detail(record.detail).get("sha256", "")}
@@ -149,7 +149,7 @@ def _model(reader: LedgerReader, sha256: str, with_model: bool, limit: int
     return out
 
 
-def _decoded(data: bytes, *, inputs: bool) -> list[dict[str, Any]] | None:
+def decoded_part(data: bytes, *, inputs: bool) -> list[dict[str, Any]] | None:
     """Each tensor of the request (or response) bytes by name, as JSON values; None when
     the bytes are not a v2 message whose tensors decode (a refused call's)."""
     if not data:

@@ -4,8 +4,8 @@ It wires the parts, each a module of its own: the trail every question goes on
 (`trail`), reading and verifying records (`records`), one call run again — replay, what-if,
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), drift and bias
-(`monitoring`), the guards (`guards`), checkpoints, proofs and the health detail
-(`evidence`), and erasures (`erasure`). Answers are the dataclasses of `results`;
+(`monitoring`), the guards (`guards`), checkpoints, proofs, evidence bundles and the health detail
+(`evidence`, `bundle`), and erasures (`erasure`). Answers are the dataclasses of `results`;
 `mlwitness.wire.audit` serves them over gRPC.
 """
 

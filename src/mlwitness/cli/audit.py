@@ -552,6 +552,10 @@ def consistency(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# What `audit evidence --json` prints (docs/audit-json.md): the file written, not the bundle
+EVIDENCE_SUMMARY = ("out", "seq", "tree_size", "bytes", "sha256", "with_model")
+
+
 def evidence(args: argparse.Namespace) -> int:
     """Write one record's evidence bundle to --out, as the stream brings it: checked for
     completeness (size and SHA-256 of the last chunk), written to a temporary file and
@@ -569,8 +573,8 @@ def evidence(args: argparse.Namespace) -> int:
     partial = out.with_name(out.name + ".partial")
     partial.write_bytes(data)
     partial.replace(out)
-    summary = {"out": str(out), "seq": last.seq, "tree_size": last.tree_size,
-               "bytes": len(data), "sha256": last.sha256, "with_model": args.with_model}
+    summary = dict(zip(EVIDENCE_SUMMARY, (str(out), last.seq, last.tree_size, len(data),
+                                          last.sha256, args.with_model), strict=True))
     if args.json:
         print(dumps(summary))
         return 0

@@ -54,14 +54,14 @@ class BundleError(ValueError):
 
 
 def load(data: bytes) -> dict[str, Any]:
-    """The bundle's JSON object. Duplicate keys, NaN and the like are refused: one file has
-    one reading."""
+    """The bundle's JSON object. Duplicate keys, NaN, numbers not in their canonical form
+    are refused: one file has one reading."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise BundleError(f"{len(data)} bytes: larger than any bundle ({MAX_BUNDLE_BYTES})")
     try:
         text = data.decode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates,
-                           parse_constant=_no_constant)
+                           parse_constant=_no_constant, parse_float=_canonical_float)
     except UnicodeDecodeError:
         raise BundleError("not UTF-8 text") from None
     except RecursionError:
@@ -80,6 +80,17 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"key {key!r} appears twice")
         out[key] = value
     return out
+
+
+def _canonical_float(text: str) -> float:
+    """A number with a fraction or exponent, only in its one spelling: the shortest decimal
+    that reads back to the same binary64 (docs/evidence.md gives the form). Two spellings
+    of one float would let a changed byte pass unnoticed."""
+    value = float(text)
+    if repr(value) != text:
+        raise ValueError(f"number {text[:40]} is not written in its canonical form "
+                         f"({repr(value)[:40]})")
+    return value
 
 
 def _no_constant(name: str) -> Any:

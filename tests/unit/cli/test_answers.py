@@ -23,6 +23,7 @@ from json_shape import INTEGERS, shape_problems
 from mlwitness import cli
 from mlwitness.analytics.bias import BiasReport
 from mlwitness.analytics.drift import DriftReport
+from mlwitness.cli import audit as audit_cli
 from mlwitness.cli.answers import as_json, dumps
 from mlwitness.protocol import audit_pb2 as apb
 
@@ -193,6 +194,9 @@ def example_problems(command: str, text: str) -> list[str]:
         lines = [json.loads(line) for line in text.splitlines()]
         return [p for line in lines for kind, value in line.items()
                 for p in shape_problems(value, events[kind].DESCRIPTOR)]
+    if command == "evidence":  # the bundle goes to --out; --json says what was written
+        keys = list(json.loads(text))
+        return [] if keys == list(audit_cli.EVIDENCE_SUMMARY) else [f"keys {keys}"]
     reports = {"drift": DriftReport, "bias": BiasReport}
     if command in reports:
         keys = sorted(json.loads(text))
