@@ -19,6 +19,7 @@ import pytest
 from audit_support import run_cli, start_audited_sidecar
 from conftest import CreditModel
 from evidence_support import keygen
+from security_support import add_token, bearer
 from sidecar import mlwitness_command
 
 from mlwitness.analytics.baseline import build_baseline
@@ -202,3 +203,30 @@ def test_the_decoded_values_are_those_the_caller_sent(
     (tensor,) = bundle["decoded"]["inputs"]
     assert tensor["datatype"] == "FP32" and tensor["shape"] == list(sent.shape)
     assert np.array(tensor["data"], dtype=np.float32).tobytes() == sent.tobytes()
+
+
+def test_an_auditor_may_ask_for_a_bundle_and_a_caller_may_not(
+        credit_model: CreditModel, tmp_path: Path) -> None:
+    access = tmp_path / "audit-access.toml"
+    tokens = {name: add_token(access, name, role)
+              for name, role in (("alice", "auditor"), ("bob", "caller"))}
+    side = start_audited_sidecar(credit_model.path, tmp_path / "ledger.duckdb",
+                                 load_interval=0.1, checkpoint_interval=0.2,
+                                 audit_access=access)
+    try:
+        side.infer(credit_model.features(1, seed=1), "asked")
+        head = side.running.sync()
+        wait_for(lambda: side.stub.Status(apb.StatusRequest(), timeout=30, metadata=bearer(
+            tokens["alice"])).checkpoints.size >= head, what="a checkpoint")
+        request = apb.EvidenceRequest(ref=apb.RecordRef(request_id="asked"))
+        with pytest.raises(grpc.RpcError) as refused_bob:
+            list(side.stub.Evidence(request, timeout=30, metadata=bearer(tokens["bob"])))
+        assert refused_bob.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        chunks = list(side.stub.Evidence(request, timeout=30,
+                                         metadata=bearer(tokens["alice"])))
+        assert json.loads(b"".join(c.data for c in chunks))["record"]["request_id"] == "asked"
+        asked = side.query("SELECT peer, status FROM entries WHERE kind = 'audit' AND "
+                           "detail LIKE '%\"rpc\": \"Evidence\"%' ORDER BY seq")
+        assert asked == [("token:bob", "PERMISSION_DENIED"), ("token:alice", "OK")]
+    finally:
+        side.stop()
