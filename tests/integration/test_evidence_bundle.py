@@ -7,6 +7,7 @@ refused with their gRPC status; the question is on the audit trail."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from audit_support import run_cli, start_audited_sidecar
+from audit_support import audit_server, run_cli, start_audited_sidecar
 from conftest import CreditModel
 from evidence_support import keygen
 from security_support import add_token, bearer
@@ -230,3 +231,26 @@ def test_an_auditor_may_ask_for_a_bundle_and_a_caller_may_not(
         assert asked == [("token:bob", "PERMISSION_DENIED"), ("token:alice", "OK")]
     finally:
         side.stop()
+
+
+def test_the_standalone_audit_server_writes_bundles_from_a_ledger_copy(
+        credit_model: CreditModel, tmp_path: Path) -> None:
+    pub, _, run = keygen(MLWITNESS, tmp_path / "signing.key")
+    assert run.returncode == 0, run.stderr
+    side = start_audited_sidecar(credit_model.path, tmp_path / "ledger.duckdb",
+                                 signing_key=tmp_path / "signing.key", load_interval=0.1,
+                                 checkpoint_interval=0.2)
+    try:
+        side.infer(credit_model.features(1, seed=5), "copied")
+    finally:
+        side.stop()  # a last checkpoint at shutdown covers the call
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(tmp_path / "ledger.duckdb", copy)
+    out = tmp_path / "copied.evidence"
+    with audit_server(copy, log_dir=tmp_path) as server:
+        made = run_cli(f"127.0.0.1:{server.ready['audit_port']}", "evidence", "copied",
+                       "--out", str(out), "--with-model")
+    assert made.returncode == 0, made.stderr
+    checked = offline(str(out), "--key", str(pub))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "re-run        bit-identical" in checked.stdout
