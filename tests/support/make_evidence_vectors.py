@@ -171,8 +171,7 @@ def bundles(onnx_bytes: bytes) -> tuple[dict[str, dict[str, Any]], str]:
             model["onnx"] = base64.b64encode(onnx_bytes).decode()
         return {
             "format": producer.FORMAT, "record": part(record),
-            "decoded": {"inputs": producer.decoded_part(record.request, inputs=True),
-                        "outputs": producer.decoded_part(record.response, inputs=False)},
+            "decoded": producer.decoded(record),
             "model": model, "environment": env_text,
             "guards": producer.guards_part(guards), "baseline": producer.baseline_part(baseline),
             "context": [part(r) for r in cited],

@@ -56,8 +56,7 @@ def build(reader: LedgerReader, seq: int, *, with_model: bool, max_model_bytes: 
     bundle: dict[str, Any] = {
         "format": FORMAT,
         "record": record_part(record, proofs[0].hashes, latest.size),
-        "decoded": {"inputs": decoded_part(record.request, inputs=True),
-                    "outputs": decoded_part(record.response, inputs=False)},
+        "decoded": decoded(record),
         "model": _model(reader, record.model_sha256, with_model, max_model_bytes),
         "environment": _environment(reader, record.env_id),
         "guards": guards_part(cited["guards"]),
@@ -147,6 +146,15 @@ def _model(reader: LedgerReader, sha256: str, with_model: bool, limit: int
                        "names its SHA-256)")
     out["onnx"] = base64.b64encode(onnx).decode()
     return out
+
+
+def decoded(record: Record) -> dict[str, Any]:
+    """The decoded tensors of a decision (an infer record); of any other record, none: its
+    bytes are not v2 messages."""
+    if record.kind != "infer":
+        return {"inputs": None, "outputs": None}
+    return {"inputs": decoded_part(record.request, inputs=True),
+            "outputs": decoded_part(record.response, inputs=False)}
 
 
 def decoded_part(data: bytes, *, inputs: bool) -> list[dict[str, Any]] | None:
