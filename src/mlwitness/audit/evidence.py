@@ -10,14 +10,17 @@ the auditor keeps.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mlwitness.audit import bundle
 from mlwitness.audit.results import (
     CheckpointInfo,
     CheckpointStatus,
     ConsistencyProofResult,
+    EvidenceBundle,
     InclusionProofResult,
     LedgerStatus,
     PublisherStatus,
@@ -35,13 +38,15 @@ StatusSource = Callable[[], Status]
 
 class Evidence:
     """`status` gives the health detail (None: worked out from the ledger file, as the
-    standalone audit-server reads it)."""
+    standalone audit-server reads it); `max_model_bytes` caps the model a bundle carries."""
 
     def __init__(self, reader: LedgerReader, trail: Trail,
-                 status: StatusSource | None = None) -> None:
+                 status: StatusSource | None = None, *, max_model_bytes: int = 16 << 20
+                 ) -> None:
         self.reader = reader
         self.trail = trail
         self._status = status or (lambda: stored_status(reader))
+        self.max_model_bytes = max_model_bytes
 
     def checkpoint(self, asker: Asker, size: int = 0) -> CheckpointInfo:
         with self.trail.audited(asker, size=size) as summary:
@@ -75,6 +80,25 @@ class Evidence:
                 tree_size=inclusion.tree_size, chain_hash=inclusion.chain_hash.hex(),
                 leaf_hash=inclusion.leaf_hash.hex(), hashes=[h.hex() for h in inclusion.hashes],
                 root_hash=inclusion.root.hex(), checkpoint=info(proof.checkpoint))
+
+    def evidence(self, asker: Asker, request_id: str = "", seq: int = 0,
+                 with_model: bool = False) -> EvidenceBundle:
+        """The evidence bundle of one record (audit/bundle.py), proven in the latest
+        checkpoint; refused for an erased record, as every question about its content."""
+        with self.trail.audited(asker, request_id=request_id, seq=seq,
+                                with_model=with_model) as summary:
+            if request_id:
+                seq = self.reader.get(request_id, rows=False).record.seq
+            elif seq <= 0:
+                raise InvalidInput(f"give a request id or a positive seq (got seq {seq})")
+            found = bundle.build(self.reader, seq, with_model=with_model,
+                                 max_model_bytes=self.max_model_bytes)
+            data = bundle.dumps(found)
+            tree_size = int(found["record"]["proof"]["tree_size"])
+            summary.update(seq=seq, tree_size=tree_size, bytes=len(data))
+            return EvidenceBundle(data=data, total_bytes=len(data),
+                                  sha256=hashlib.sha256(data).hexdigest(), seq=seq,
+                                  tree_size=tree_size)
 
     def consistency_proof(self, asker: Asker, from_size: int, to_size: int = 0
                           ) -> ConsistencyProofResult:

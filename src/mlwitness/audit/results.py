@@ -332,6 +332,18 @@ class InclusionProofResult:
 
 
 @dataclass(frozen=True)
+class EvidenceBundle:
+    """A record's evidence bundle: its JSON bytes (format mlwitness-evidence/1), their
+    size and SHA-256 (hex); record `seq`, proven in the checkpoint of `tree_size`."""
+
+    data: bytes
+    total_bytes: int
+    sha256: str
+    seq: int
+    tree_size: int
+
+
+@dataclass(frozen=True)
 class ConsistencyProofResult:
     from_size: int
     to_size: int

@@ -5,9 +5,10 @@ It wires the parts, each a module of its own: the trail every question goes on
 sensitivity (`rerun`) — on stored models or uploaded candidates in sandbox workers
 (`candidates`), traffic replay over a window (`replay_range`), explanations of decisions
 (`explain`, `explain_range`), drift and bias (`monitoring`), the guards (`guards`),
-checkpoints, proofs and the health detail (`evidence`), erasures (`erasure`), outcomes and
-reviews written on the chain (`outcomes`), model quality once outcomes are known
-(`quality`) and the auditor's report (`report`). Answers are the dataclasses of `results`;
+checkpoints, proofs, evidence bundles and the health detail (`evidence`, `bundle`),
+erasures (`erasure`), outcomes and reviews written on the chain (`outcomes`), model quality
+once outcomes are known (`quality`) and the auditor's report (`report`). Answers are the
+dataclasses of `results`;
 `mlwitness.wire.audit` serves them over gRPC.
 """
 
@@ -89,10 +90,12 @@ class AuditService:
         self.violations = guards.violations
         self.get_guards = guards.get
         self.set_guards = guards.set
-        evidence = Evidence(reader, self.trail, status)
+        evidence = Evidence(reader, self.trail, status,
+                            max_model_bytes=self.candidates.limits.max_candidate_bytes)
         self.get_checkpoint = evidence.checkpoint
         self.inclusion_proof = evidence.inclusion_proof
         self.consistency_proof = evidence.consistency_proof
+        self.evidence = evidence.evidence
         self.status = evidence.status
         self.erasures = Erasures(reader, self.trail, erase, stored_value)
         self.erase = self.erasures.erase

@@ -4,6 +4,7 @@
     mlwitness verify --ledger mlwitness.duckdb [--json] [--expect-head SEQ:HASH]
                      [--checkpoint FILE|DIR --key PUB]
     mlwitness keygen --out signing.key
+    mlwitness evidence verify decision.evidence --key PUB [--model F.onnx]
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
     mlwitness outcomes record|import …   mlwitness review ID --decision label=1 --reason …
@@ -28,6 +29,7 @@ import grpc
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
 from mlwitness.cli import audit as audit_cli
+from mlwitness.cli import evidence as evidence_cli
 from mlwitness.cli import outcomes as outcomes_cli
 from mlwitness.errors import ConfigError, InvalidInput, MlwitnessError
 
@@ -411,6 +413,7 @@ def parser() -> argparse.ArgumentParser:
 
     audit_cli.add_commands(sub)
     outcomes_cli.add_commands(sub)
+    evidence_cli.add_commands(sub)
     return top
 
 

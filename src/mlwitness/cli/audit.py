@@ -553,6 +553,40 @@ def consistency(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# What `audit evidence --json` prints (docs/audit-json.md): the file written, not the bundle
+EVIDENCE_SUMMARY = ("out", "seq", "tree_size", "bytes", "sha256", "with_model")
+
+
+def evidence(args: argparse.Namespace) -> int:
+    """Write one record's evidence bundle to --out, as the stream brings it: checked for
+    completeness (size and SHA-256 of the last chunk), written to a temporary file and
+    renamed, so a cut-off stream never leaves a file that looks whole."""
+    request = apb.EvidenceRequest(ref=_ref(args.record), with_model=args.with_model)
+    chunks, last = [], apb.EvidenceChunk()
+    for last in stub(args).Evidence(request, timeout=args.timeout):
+        chunks.append(last.data)
+    data = b"".join(chunks)
+    if not last.sha256 or len(data) != last.total_bytes or hashlib.sha256(
+            data).hexdigest() != last.sha256:
+        raise InvalidInput(f"the bundle arrived incomplete ({len(data)} bytes of "
+                           f"{last.total_bytes}): nothing written; ask again")
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(out)
+    summary = dict(zip(EVIDENCE_SUMMARY, (str(out), last.seq, last.tree_size, len(data),
+                                          last.sha256, args.with_model), strict=True))
+    if args.json:
+        print(dumps(summary))
+        return 0
+    print(f"record        seq {last.seq}, proven in the checkpoint of size {last.tree_size}")
+    print(f"written to    {out} ({len(data)} bytes, sha256 {last.sha256[:16]}…"
+          + (", with the model" if args.with_model else "") + ")")
+    print(f"check it      mlwitness evidence verify {out} --key PUB"
+          + ("" if args.with_model else " [--model F.onnx]"))
+    return 0
+
+
 def status(args: argparse.Namespace) -> int:
     r = stub(args).Status(apb.StatusRequest(), timeout=args.timeout)
     led, marks, pub = r.ledger, r.checkpoints, r.publisher
@@ -881,6 +915,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--checkpoint", metavar="FILE",
                    help="a checkpoint you kept: from its size, checked against its root")
     p.add_argument("--verifier-key", action="append", metavar="KEY", help=key_help)
+    p = command("evidence", evidence, "write one decision's evidence bundle (record, decoded "
+                "values, model, environment, guards, proofs, signed checkpoint) to check "
+                "offline with `mlwitness evidence verify`")
+    p.add_argument("record", help=record_help)
+    p.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write")
+    p.add_argument("--with-model", action="store_true", help="include the model's ONNX bytes "
+                   "(up to the server's --max-candidate-bytes), so the bundle re-runs alone")
     command("status", status, "health detail: ledger head, checkpoints, publishing; exit 1 "
             "if checkpoints stopped, publishing fails or the ledger is unhealthy")
     p = command("erase", erase, "erase the payloads of inference records (admin); the chain "

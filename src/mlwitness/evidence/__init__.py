@@ -8,6 +8,9 @@ proofs a third party can check offline.
   (c2sp.org/tlog-checkpoint), as the producer writes them.
 - `check`: the verifier, written from the specifications and sharing no code with the two
   above, so that it checks them rather than repeats them.
+- `bundle_check`: the evidence bundle's verifier (docs/evidence.md, "Evidence bundle"): a
+  decision's record, decoded values, proofs and signed checkpoint, checked offline with
+  `check` and nothing of the producer (`mlwitness.audit.bundle`).
 
 Nothing here touches storage; the ledger plugs its tables in through `merkle.SubtreeHashes`.
 """

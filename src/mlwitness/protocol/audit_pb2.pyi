@@ -714,6 +714,28 @@ class ConsistencyProofResponse(_message.Message):
     to_checkpoint: CheckpointResponse
     def __init__(self, from_size: _Optional[int] = ..., to_size: _Optional[int] = ..., from_root: _Optional[str] = ..., to_root: _Optional[str] = ..., hashes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ..., to_checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ...) -> None: ...
 
+class EvidenceRequest(_message.Message):
+    __slots__ = ("ref", "with_model")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    WITH_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ref: RecordRef
+    with_model: bool
+    def __init__(self, ref: _Optional[_Union[RecordRef, _Mapping]] = ..., with_model: bool = ...) -> None: ...
+
+class EvidenceChunk(_message.Message):
+    __slots__ = ("data", "total_bytes", "sha256", "seq", "tree_size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_bytes: int
+    sha256: str
+    seq: int
+    tree_size: int
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., seq: _Optional[int] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -109,6 +109,11 @@ class AuditServiceStub(object):
                 request_serializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofRequest.SerializeToString,
                 response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofResponse.FromString,
                 _registered_method=True)
+        self.Evidence = channel.unary_stream(
+                '/mlwitness.audit.v1.AuditService/Evidence',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.EvidenceRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EvidenceChunk.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/mlwitness.audit.v1.AuditService/Status',
                 request_serializer=mlwitness_dot_protocol_dot_audit__pb2.StatusRequest.SerializeToString,
@@ -260,6 +265,17 @@ class AuditServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evidence(self, request, context):
+        """The evidence bundle of one decision (format mlwitness-evidence/1, docs/evidence.md):
+        its record, decoded inputs and outputs, model, environment, guards and baseline in
+        force, inclusion proofs in the latest checkpoint and that signed checkpoint, as one
+        JSON document, streamed in chunks (with the model it may exceed a message's size).
+        FAILED_PRECONDITION for an erased record, or one no checkpoint covers yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Health detail: the ledger's head and loading, checkpoints and their publishing.
         """
@@ -402,6 +418,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ConsistencyProof,
                     request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofRequest.FromString,
                     response_serializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofResponse.SerializeToString,
+            ),
+            'Evidence': grpc.unary_stream_rpc_method_handler(
+                    servicer.Evidence,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EvidenceRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.EvidenceChunk.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -849,6 +870,33 @@ class AuditService(object):
             '/mlwitness.audit.v1.AuditService/ConsistencyProof',
             mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofRequest.SerializeToString,
             mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Evidence',
+            mlwitness_dot_protocol_dot_audit__pb2.EvidenceRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.EvidenceChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -213,6 +213,15 @@ class AuditServicer:
                                          r.to_size)
         return convert.to_message(result).SerializeToString()
 
+    async def Evidence(self, raw: bytes, context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[bytes]:
+        asker = await self._asker("Evidence", raw, context)
+        r = parse(apb.EvidenceRequest, raw)
+        result = await asyncio.to_thread(self.service.evidence, asker, **convert.ref(r.ref),
+                                         with_model=r.with_model)
+        for message in convert.evidence_chunks(result):
+            yield message.SerializeToString()
+
     async def Status(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         asker = await self._asker("Status", raw, context)
         parse(apb.StatusRequest, raw)
@@ -313,12 +322,13 @@ UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyL
          "Violations", "GetGuards", "SetGuards", "Drift", "Bias", "GetCheckpoint",
          "InclusionProof", "ConsistencyProof", "Status", "Erase", "Explain", "RecordOutcomes",
          "RecordReview", "Quality")
+STREAMS = ("ReplayRange", "ExplainRange", "Report", "Evidence")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:
     methods = {name: grpc.unary_unary_rpc_method_handler(rpc(getattr(servicer, name)))
                for name in UNARY}
-    for name in ("ReplayRange", "ExplainRange", "Report"):
+    for name in STREAMS:
         methods[name] = grpc.unary_stream_rpc_method_handler(
             stream_rpc(getattr(servicer, name)))
     return grpc.method_handlers_generic_handler(SERVICE, methods)

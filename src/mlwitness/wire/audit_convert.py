@@ -68,6 +68,7 @@ MESSAGES: dict[type, type[Message]] = {
     r.ReviewRecorded: apb.RecordReviewResponse,
     r.QualityResult: apb.QualityResponse,
     r.ReportChunk: apb.ReportChunk,
+    r.EvidenceBundle: apb.EvidenceChunk,
 }
 RESULTS = {message.DESCRIPTOR.full_name: result for result, message in MESSAGES.items()}
 
@@ -212,3 +213,16 @@ def report_query(request: apb.ReportRequest) -> ReportQuery:
                        else DEFAULT_REPLAY_SAMPLE),
         seed=request.seed, command=request.command, bucket=request.bucket or "day",
         verify_decoded=request.verify_decoded)
+
+
+EVIDENCE_CHUNK = 1 << 20  # well under gRPC's default 4 MiB message limit
+
+
+def evidence_chunks(bundle: r.EvidenceBundle) -> list[apb.EvidenceChunk]:
+    """A bundle as the Evidence stream sends it: its bytes in chunks of EVIDENCE_CHUNK, the
+    last one also carrying the whole's size, SHA-256, record and tree size."""
+    data = bundle.data
+    head = [apb.EvidenceChunk(data=data[at:at + EVIDENCE_CHUNK])
+            for at in range(0, len(data) - EVIDENCE_CHUNK, EVIDENCE_CHUNK)]
+    tail = dataclasses.replace(bundle, data=data[len(head) * EVIDENCE_CHUNK:])
+    return [*head, to_message(tail)]

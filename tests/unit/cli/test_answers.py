@@ -24,6 +24,7 @@ from mlwitness import cli
 from mlwitness.analytics.bias import BiasReport
 from mlwitness.analytics.drift import DriftReport
 from mlwitness.analytics.outcomes import QualityAnswer
+from mlwitness.cli import audit as audit_cli
 from mlwitness.cli.answers import as_json, dumps
 from mlwitness.protocol import audit_pb2 as apb
 
@@ -202,6 +203,9 @@ def example_problems(command: str, text: str) -> list[str]:
         keys = set(json.loads(text))
         need, may = {"out", "sha256", "bytes", "head_seq"}, {"pdf", "pdf_pages"}
         return [] if need <= keys <= need | may else [f"keys {sorted(keys)}"]
+    if command == "evidence":  # the bundle goes to --out; --json says what was written
+        keys = list(json.loads(text))
+        return [] if keys == list(audit_cli.EVIDENCE_SUMMARY) else [f"keys {keys}"]
     reports = {"drift": DriftReport, "bias": BiasReport, "quality": QualityAnswer}
     if command in reports:
         keys = sorted(json.loads(text))
