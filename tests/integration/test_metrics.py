@@ -290,8 +290,10 @@ def test_every_documented_metric_is_exported(kit: MonitoringKit, start: Start,
     path.write_text(edited(kit.guards_text(), ("min_samples = 100", "min_samples = 10")))
     witness = tmp_path / "witness"  # checkpoints published: their gauges have values
     witness.mkdir()
+    archive = tmp_path / "archive"  # shipped: the archive's gauges are there too
+    archive.mkdir()
     side = start(guards=path, guard_mode="observe", baseline=kit.baseline_path, drift_interval=0.3,
-                 checkpoint_interval=0.2, checkpoint_dir=witness)
+                 checkpoint_interval=0.2, checkpoint_dir=witness, archive=f"file://{archive}")
     send_with_violations(side, kit)
 
     def complete() -> Scrape | None:

@@ -553,8 +553,9 @@ def consistency(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     r = stub(args).Status(apb.StatusRequest(), timeout=args.timeout)
-    led, marks, pub = r.ledger, r.checkpoints, r.publisher
-    healthy = led.healthy and marks.state != "stopped" and pub.state != "failing"
+    led, marks, pub, arc = r.ledger, r.checkpoints, r.publisher, r.archive
+    healthy = (led.healthy and marks.state != "stopped" and pub.state != "failing"
+               and arc.state != "failing")
     if args.json:
         print(dumps(as_json(r)))
         return 0 if healthy else 1
@@ -576,7 +577,30 @@ def status(args: argparse.Namespace) -> int:
           + (f"; {pub.failures} failed rounds" if pub.failures else ""))
     if pub.last_error:
         print(f"              last error: {pub.last_error}")
+    _print_archive(arc)
     return 0 if healthy else 1
+
+
+def _print_archive(arc: Any) -> None:
+    if arc.state in ("off", ""):
+        print("archive       off (no --archive)")
+        return
+    if arc.state == "fleet":
+        print(f"archive       fleet: {arc.url}, {arc.chains} chains")
+        return
+    lag = (f"{arc.lag_records} records not yet archived, oldest {arc.lag_s:.1f} s"
+           if arc.lag_records else "nothing waiting")
+    print(f"archive       {arc.state}: {arc.url}; archived up to seq {arc.archived_seq}, "
+          f"{lag}; {arc.segments_shipped} segments shipped"
+          + (f"; {arc.failures} failed attempts" if arc.failures else ""))
+    if arc.last_error:
+        print(f"              last error: {arc.last_error}")
+    if arc.retention_days:
+        kept = (f"records up to seq {arc.pruned_seq} deleted locally" if arc.pruned_seq
+                else "nothing deleted locally yet")
+        print(f"retention     {arc.retention_days:g} days: {kept}")
+    if arc.retention_error:
+        print(f"              last error: {arc.retention_error}")
 
 
 def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
@@ -716,8 +740,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--checkpoint", metavar="FILE",
                    help="a checkpoint you kept: from its size, checked against its root")
     p.add_argument("--verifier-key", action="append", metavar="KEY", help=key_help)
-    command("status", status, "health detail: ledger head, checkpoints, publishing; exit 1 "
-            "if checkpoints stopped, publishing fails or the ledger is unhealthy")
+    command("status", status, "health detail: ledger head, checkpoints, publishing, "
+            "archive; exit 1 if checkpoints stopped, publishing or archiving fails or the "
+            "ledger is unhealthy")
     p = command("erase", erase, "erase the payloads of inference records (admin); the chain "
                 "and its proofs stay valid")
     p.add_argument("--request-id", help="the record(s) with this request id (alone)")

@@ -719,14 +719,16 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("ledger", "checkpoints", "publisher")
+    __slots__ = ("ledger", "checkpoints", "publisher", "archive")
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     ledger: LedgerStatus
     checkpoints: CheckpointStatus
     publisher: PublisherStatus
-    def __init__(self, ledger: _Optional[_Union[LedgerStatus, _Mapping]] = ..., checkpoints: _Optional[_Union[CheckpointStatus, _Mapping]] = ..., publisher: _Optional[_Union[PublisherStatus, _Mapping]] = ...) -> None: ...
+    archive: ArchiveStatus
+    def __init__(self, ledger: _Optional[_Union[LedgerStatus, _Mapping]] = ..., checkpoints: _Optional[_Union[CheckpointStatus, _Mapping]] = ..., publisher: _Optional[_Union[PublisherStatus, _Mapping]] = ..., archive: _Optional[_Union[ArchiveStatus, _Mapping]] = ...) -> None: ...
 
 class LedgerStatus(_message.Message):
     __slots__ = ("chain_id", "head_seq", "head_hash", "loaded_seq", "healthy", "writable")
@@ -839,3 +841,37 @@ class EraseResponse(_message.Message):
     journal_segments: int
     notes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, dry_run: bool = ..., matched: _Optional[int] = ..., erased: _Optional[int] = ..., already_erased: _Optional[int] = ..., admin_seq: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ..., compacted: bool = ..., journal_segments: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ArchiveStatus(_message.Message):
+    __slots__ = ("url", "state", "chain_id", "archived_seq", "loaded_seq", "lag_records", "lag_s", "failures", "last_error", "segments_shipped", "last_shipped_us", "retention_days", "pruned_seq", "retention_error", "chains")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LOADED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAG_S_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_SHIPPED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SHIPPED_US_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    state: str
+    chain_id: str
+    archived_seq: int
+    loaded_seq: int
+    lag_records: int
+    lag_s: float
+    failures: int
+    last_error: str
+    segments_shipped: int
+    last_shipped_us: int
+    retention_days: float
+    pruned_seq: int
+    retention_error: str
+    chains: int
+    def __init__(self, url: _Optional[str] = ..., state: _Optional[str] = ..., chain_id: _Optional[str] = ..., archived_seq: _Optional[int] = ..., loaded_seq: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_s: _Optional[float] = ..., failures: _Optional[int] = ..., last_error: _Optional[str] = ..., segments_shipped: _Optional[int] = ..., last_shipped_us: _Optional[int] = ..., retention_days: _Optional[float] = ..., pruned_seq: _Optional[int] = ..., retention_error: _Optional[str] = ..., chains: _Optional[int] = ...) -> None: ...

@@ -3,6 +3,8 @@
 `Sidecar.start()` opens the ledger (loading any journal tail left by a crash), pins the
 model by content, records the environment, and starts the inference port (with health and
 reflection), the audit port, the plaintext health port and the metrics endpoint.
+With --archive, the shipper uploads sealed segments of the ledger in its own thread, and
+local retention deletes what the archive holds (server/archiving.py).
 `Sidecar.stop()` drains in-flight calls, flushes and closes the ledger.
 """
 
@@ -45,6 +47,7 @@ from mlwitness.server.admin import (
     record_guards,
     store_baseline_file,
 )
+from mlwitness.server.archiving import Archiving
 from mlwitness.server.audit_server import start_audit_port
 from mlwitness.server.columns import check_minimised_names, columns_of, tabulator_for
 from mlwitness.server.lifecycle import run_until_signal
@@ -73,6 +76,7 @@ class Sidecar:
         self.settings = settings.validate()
         self.ledger: LedgerWriter | None = None
         self.checkpointer: Checkpointer | None = None
+        self.archiving: Archiving | None = None
         self.backend: Backend | None = None
         self.model_file: ModelFile | None = None
         self.service: InferenceService | None = None
@@ -113,6 +117,9 @@ class Sidecar:
         model = await asyncio.to_thread(OnnxModel, first, session)
         ledger = await self._open_ledger(model)
         self.checkpointer = self._start_checkpoints(ledger, signer)
+        if s.archive:
+            self.archiving = Archiving(s, ledger)
+            await asyncio.to_thread(self.archiving.start)
         self.model_file = ModelFile(s.model, model_store(ledger, s))  # type: ignore[arg-type]
         if self.model_file.sha256 != model.sha256:  # the file changed while we loaded it
             model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, session)
@@ -137,6 +144,8 @@ class Sidecar:
             self.metrics.watch_ledger(ledger)
             if self.checkpointer is not None:
                 self.metrics.watch_checkpoints(self.checkpointer)
+            if self.archiving is not None:
+                self.metrics.watch_archive(self.archiving.shipper)
         if s.baseline:
             self.baseline = await store_baseline_file(ledger, s.baseline, model.signature)
         if s.guards:
@@ -263,7 +272,8 @@ class Sidecar:
         self.audit_service = AuditService(
             reader, trail=ledger.append_blocking, store_model=store_model_with(ledger.write),
             threads=s.ort_threads, checks=self.checks, limits=AuditLimits.of(s),
-            status=live_status(ledger, self.checkpointer),
+            status=live_status(ledger, self.checkpointer,
+                               self.archiving.status if self.archiving else None),
             erase=lambda record, compact: ledger.erase(record, compact=compact),
             stored_value=minimiser.stored_parameter if minimiser is not None else None)
         service = self.audit_service  # its questions' records name its environment
@@ -278,6 +288,8 @@ class Sidecar:
         watcher = Watcher(s, self._update_health, access=access, guards=self.guard_file,
                           model_file=self.model_file if s.upstream else None)
         self._tasks.append(asyncio.create_task(watcher.run()))
+        if self.archiving is not None and s.local_retention > 0:
+            self._tasks.append(asyncio.create_task(self.archiving.retain()))
         if self.metrics is not None and self.baseline is not None and s.drift_interval > 0:
             assert self.ledger is not None
             compute = recent_drift(self.ledger, self.baseline, s.drift_window)
@@ -345,6 +357,8 @@ class Sidecar:
             self.metrics.stop()
         if self.checkpointer is not None:  # the last checkpoint, after the final load
             await asyncio.to_thread(self.checkpointer.close, PUBLISH_AT_SHUTDOWN_S)
+        if self.archiving is not None:  # the next start ships what is left
+            await asyncio.to_thread(self.archiving.stop)
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
 
