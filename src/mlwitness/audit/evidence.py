@@ -10,10 +10,12 @@ the auditor keeps.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mlwitness.archive.fleet import Fleet
 from mlwitness.audit.results import (
     ArchiveStatus,
     CheckpointInfo,
@@ -200,3 +202,23 @@ def _no_checkpoints(state: str, detail: str) -> CheckpointStatus:
 def _no_publisher(state: str = "off") -> PublisherStatus:
     return PublisherStatus(directory="", state=state, last_error="", failures=0,
                            published_size=0, published_us=0, age_s=0.0)
+
+
+def fleet_status(fleet: Fleet, url: str) -> StatusSource:
+    """The health detail of `audit-server --archive`: the chains it serves, and the
+    problems of the archive it left out (named by `mlwitness archive verify`)."""
+
+    def status() -> Status:
+        ledger = LedgerStatus(chain_id="", head_seq=0, head_hash="", loaded_seq=0,
+                              healthy=True, writable=False)
+        marks = _no_checkpoints("read-only", "an archive read by the audit-server: each "
+                                "segment's manifest carries its chain's checkpoint")
+        problems = fleet.problems
+        archive = no_archive("fleet", url, len(fleet.chains))
+        if problems:
+            archive = dataclasses.replace(
+                archive, failures=len(problems),
+                last_error=f"{len(problems)} problems, e.g. {problems[0]}")
+        return Status(ledger, marks, _no_publisher(), archive)
+
+    return status

@@ -53,6 +53,7 @@ class RecordSummary:
     batch_size: int
     first_output: Row
     erased_by: int = 0  # seq of the admin record that erased its payload; 0: kept
+    chain_id: str = ""  # over a fleet: the chain that holds it
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mlwitness.archive import ObjectStore
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
 from mlwitness.audit.erasure import Eraser, Erasures, StoredValue
 from mlwitness.audit.evidence import Evidence, StatusSource
@@ -37,7 +38,8 @@ class AuditService:
     `status` gives the health detail (None: what the ledger file says);
     `erase` carries out an erasure on the ledger's writer (None: erasures are refused, as
     on a standalone server) and `stored_value` gives a request parameter's value as the
-    records store it (the sidecar's minimiser; None: as sent)."""
+    records store it (the sidecar's minimiser; None: as sent); `archive` is the store a
+    fleet's reader reads (`audit-server --archive`), which `verify` then checks whole."""
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class AuditService:
         status: StatusSource | None = None,
         erase: Eraser | None = None,
         stored_value: StoredValue | None = None,
+        archive: ObjectStore | None = None,
     ) -> None:
         self.reader = reader
         # The environment the trail's records name: this process's, with no model session
@@ -58,7 +61,7 @@ class AuditService:
         self.environment = environment.fingerprint()
         self.trail = Trail(trail, self.environment)
         self.candidates = Candidates(reader, store_model, limits or AuditLimits(), threads)
-        records = Records(reader, self.trail)
+        records = Records(reader, self.trail, archive)
         reruns = Reruns(reader, self.trail, self.candidates)
         monitoring = Monitoring(reader, self.trail)
         guards = Guards(reader, self.trail, checks)

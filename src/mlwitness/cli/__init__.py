@@ -6,6 +6,8 @@
     mlwitness keygen --out signing.key
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
+    mlwitness audit-server --archive s3://bucket/prefix   (every chain archived there)
+    mlwitness archive verify|register|push --archive s3://bucket/prefix
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
     mlwitness migrate --ledger mlwitness.duckdb
 """
@@ -26,6 +28,7 @@ import grpc
 
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
+from mlwitness.cli import archive as archive_cli
 from mlwitness.cli import audit as audit_cli
 from mlwitness.errors import ConfigError, InvalidInput, MlwitnessError
 
@@ -353,7 +356,8 @@ def parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     audit_server = sub.add_parser(
-        "audit-server", help="serve the audit API over a ledger file opened read-only")
+        "audit-server", help="serve the audit API over a ledger file opened read-only, or "
+        "over every chain of an archive (--archive)")
     settings_mod.add_arguments(audit_server, list(settings_mod.AUDIT_SERVER), helps={
         "audit_port": "Audit service port (0: any free port, printed in the ready line).",
         "host": "Address the audit port listens on (0.0.0.0 in a pod)."})
@@ -399,6 +403,7 @@ def parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_token_add)
 
     audit_cli.add_commands(sub)
+    archive_cli.add_commands(sub)
     return top
 
 

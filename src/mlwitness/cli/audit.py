@@ -139,8 +139,10 @@ def records(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps([as_json(r) for r in shown]))
         return 0
+    # over a fleet (audit-server --archive) a seq is per chain: shown as CHAIN:SEQ
     print(_table(["seq", "received (UTC)", "request id", "model", "status", "µs", "output"],
-                 [[r.seq, _when(r.received_us), r.request_id, r.model_name, r.status,
+                 [[f"{r.chain_id[:8]}:{r.seq}" if r.chain_id else r.seq, _when(r.received_us),
+                   r.request_id, r.model_name, r.status,
                    r.latency_us, _row_text(r.first_output) if not r.erased_by
                    else f"(erased by seq {r.erased_by})"] for r in shown]))
     return 0

@@ -40,12 +40,12 @@ def open_archive(url: str, flag: str = "--archive") -> ObjectStore:
 class Archiving:
     """The shipper and local retention of one sidecar's ledger."""
 
-    def __init__(self, settings: Settings, ledger: LedgerWriter) -> None:
+    def __init__(self, settings: Settings, ledger: LedgerWriter, store: ObjectStore) -> None:
         assert settings.archive is not None
         self.settings = settings
         self.ledger = ledger
         self.url = settings.archive
-        self.store = open_archive(settings.archive)
+        self.store = store
         self.shipper = Shipper(self.store, ledger.cursor, ledger.chain_id, ShipperOptions(
             interval_s=settings.archive_interval, max_records=settings.archive_records,
             object_lock_days=settings.archive_object_lock_days))

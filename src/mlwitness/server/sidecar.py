@@ -47,7 +47,7 @@ from mlwitness.server.admin import (
     record_guards,
     store_baseline_file,
 )
-from mlwitness.server.archiving import Archiving
+from mlwitness.server.archiving import Archiving, open_archive
 from mlwitness.server.audit_server import start_audit_port
 from mlwitness.server.columns import check_minimised_names, columns_of, tabulator_for
 from mlwitness.server.lifecycle import run_until_signal
@@ -112,13 +112,15 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         signer = load_signer(s.signing_key) if s.signing_key else None
+        archive = open_archive(s.archive) if s.archive else None  # before the ledger: a bad
+        # --archive stops the start with nothing created
         first = s.model.read_bytes()  # type: ignore[union-attr]
         session = SessionConfig(intra_op_num_threads=s.ort_threads)
         model = await asyncio.to_thread(OnnxModel, first, session)
         ledger = await self._open_ledger(model)
         self.checkpointer = self._start_checkpoints(ledger, signer)
-        if s.archive:
-            self.archiving = Archiving(s, ledger)
+        if archive is not None:
+            self.archiving = Archiving(s, ledger, archive)
             await asyncio.to_thread(self.archiving.start)
         self.model_file = ModelFile(s.model, model_store(ledger, s))  # type: ignore[arg-type]
         if self.model_file.sha256 != model.sha256:  # the file changed while we loaded it
