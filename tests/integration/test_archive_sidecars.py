@@ -6,6 +6,7 @@ outage of the bucket never reaches a caller; a bad --archive stops the start, cl
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,6 +161,27 @@ def test_a_request_id_on_two_chains_is_refused_naming_them_and_a_chain_seq_finds
         shown = run_cli(address, "show", f"{chain[:8]}:{seq}", "--json")
         assert shown.returncode == 0, shown.stderr
         assert f'"request_id": "{SHARED}"' in shown.stdout
+
+
+def test_the_other_questions_are_answered_over_the_whole_fleet(
+        fleet: Fleet, fleet_server: tuple[str, Any]) -> None:
+    address, _ = fleet_server
+    bias = run_cli(address, "bias", "--attribute", "age", "--favorable", "label=1",
+                   "--bins", "26,41,61", "--json")
+    assert bias.returncode == 0, bias.stderr
+    groups = json.loads(bias.stdout)["groups"]
+    assert sum(g["n"] for g in groups) == sum(len(v) for v in fleet.outputs.values()) + 2
+    whatif = run_cli(address, "whatif", "r2-04", "--set", "income=45000", "--json")
+    assert whatif.returncode == 0, whatif.stderr
+    replayed = run_cli(address, "replay-range", "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    summary = json.loads(replayed.stdout.strip().splitlines()[-1])["summary"]
+    assert summary["identical"] == len(fleet.outputs) + 2 and summary["failed"] == 0
+    for command in (["violations"], ["drift", "--since", "2000-01-01",
+                                     "--reference-since", "2000-01-01"]):
+        done = run_cli(address, *command)
+        assert done.returncode in (0, 2), done.stderr
+        assert "Traceback" not in done.stderr and "INTERNAL" not in done.stderr, done.stderr
 
 
 def test_verify_through_the_fleet_server_checks_every_chain(
