@@ -231,6 +231,19 @@ def test_archive_push_twice_ships_nothing_twice(s3_server: S3Server, fleet: Flee
     assert [(m.first_seq, m.last_seq) for m in manifests(open_store(url))] == [(1, head)]
 
 
+def test_archive_register_adds_each_segment_once(fleet: Fleet, tmp_path: Path) -> None:
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    runs = [subprocess.run([*mlwitness_command(), "archive", "register", "--archive",
+                            fleet.url, "--catalog", catalog, "--json"],
+                           capture_output=True, text=True, timeout=300, env=_clean_env())
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    first, second = (json.loads(r.stdout) for r in runs)
+    segments_archived = len(manifests(fleet.store))
+    assert (first["added"], first["already"]) == (segments_archived, 0)
+    assert (second["added"], second["already"]) == (0, segments_archived)
+
+
 def _archive_verify(url: str) -> subprocess.CompletedProcess:
     return subprocess.run([*mlwitness_command(), "archive", "verify", "--archive", url],
                           capture_output=True, text=True, timeout=120, env=_clean_env())
