@@ -63,6 +63,13 @@ DOCUMENTED = {
                                                    "that failed (each is retried)",
     "mlwitness_checkpoint_stopped": "1 once checkpoints stopped: the ledger no longer gives "
                                     "the tree it published (see `mlwitness audit status`)",
+    "mlwitness_archive_lag_seconds": "age of the oldest record loaded and not yet in a "
+                                     "segment committed to --archive (0: none)",
+    "mlwitness_archive_lag_records": "records loaded and not yet in a committed segment",
+    "mlwitness_archive_archived_seq": "the chain's last record in a committed segment",
+    "mlwitness_archive_failures": "consecutive failed attempts to ship (each retried with "
+                                  "backoff; 0 once one succeeds)",
+    "mlwitness_archive_segments_total": "segments shipped by this process",
 }
 
 
@@ -135,6 +142,26 @@ class _CheckpointCollector(Collector):
     @staticmethod
     def _gauge(name: str, value: float) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, DOCUMENTED[name], value=value)
+
+
+class _ArchiveCollector(Collector):
+    """Shipping to --archive, read off the shipper's status at scrape time
+    (archive/shipper.py: ShipperStatus)."""
+
+    def __init__(self, shipper: Any) -> None:
+        self.shipper = shipper
+
+    def collect(self) -> Iterable[Any]:
+        s = self.shipper.status()
+        for name, value in (
+            ("mlwitness_archive_lag_seconds", s.lag_seconds),
+            ("mlwitness_archive_lag_records", s.lag_records),
+            ("mlwitness_archive_archived_seq", max(s.archived_seq, 0)),
+            ("mlwitness_archive_failures", s.failures),
+        ):
+            yield GaugeMetricFamily(name, DOCUMENTED[name], value=value)
+        name = "mlwitness_archive_segments"
+        yield CounterMetricFamily(name, DOCUMENTED[name + "_total"], value=s.segments_shipped)
 
 
 class _BeforeScrape(Collector):
@@ -236,6 +263,9 @@ class Metrics:
 
     def watch_checkpoints(self, checkpointer: Any) -> None:
         self.registry.register(_CheckpointCollector(checkpointer))
+
+    def watch_archive(self, shipper: Any) -> None:
+        self.registry.register(_ArchiveCollector(shipper))
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; return the bound port."""

@@ -270,6 +270,35 @@ class Settings:
     checkpoint_origin: str | None = setting(
         None, "The log's name on its checkpoints (their origin line): one per ledger.",
         shown="`mlwitness/<chain id>`")
+    archive: str | None = setting(
+        None, "Object storage the ledger is shipped to in sealed Parquet segments: "
+        "`s3://bucket/prefix` (endpoint, region and credentials from the standard AWS "
+        "environment: AWS_ENDPOINT_URL, AWS_REGION, keys or a web identity) or "
+        "`file:///absolute/dir` (an existing directory, e.g. a mounted volume). Shipping "
+        "never holds up serving; lag and failures show in the metrics and `mlwitness audit "
+        "status`. For `audit-server`: serve the audit API over every chain under it instead "
+        "of --ledger.", commands=BOTH)
+    archive_interval: float = setting(
+        60.0, "Seconds between segments while records arrive (--archive); for `audit-server "
+        "--archive`, seconds between looks for newly archived segments.", commands=BOTH,
+        check="seconds>0")
+    archive_records: int = setting(
+        100_000, "Records that seal a segment at once, without waiting for "
+        "--archive-interval; also the most one segment holds.", check="count")
+    archive_object_lock_days: int = setting(
+        0, "Days every archived object is locked for (S3 Object Lock, COMPLIANCE mode: not "
+        "even the bucket's owner can delete or overwrite it before then). Needs a bucket "
+        "created with Object Lock; refused at start-up on a store that cannot lock. 0: no "
+        "lock.", check="days>=0")
+    local_retention: float = setting(
+        0.0, "Days a record stays in the local ledger once the archive holds it: older "
+        "records, whose segment was read back from --archive and matched, are deleted "
+        "locally (the chain head, checkpoints and models stay; `verify` reports the archived "
+        "prefix). 0: keep everything (the default).", check="days>=0")
+    archive_cache: Path | None = setting(
+        None, "Directory where `audit-server --archive` keeps the segments and models it "
+        "fetched (they never change once archived, so a restart fetches only what is "
+        "new).", commands=AUDIT_ONLY, shown="a temporary directory")
     drain_timeout: float = setting(
         20.0, "Seconds SIGTERM waits for in-flight calls.", commands=BOTH,
         check="seconds>=0")
@@ -300,6 +329,7 @@ class Settings:
             raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
         self._check_hashing()
         self._check_checkpoints()
+        self._check_archive()
         if self.upstream is not None:
             _check_target(self.upstream)
         return self
@@ -310,6 +340,17 @@ class Settings:
         _check_each(self, [spec for spec in SPECS if "audit-server" in spec.commands
                            and spec.check != "file"])
         return self
+
+    def _check_archive(self) -> None:
+        if self.archive is None:
+            given = [f for f, v in (("--local-retention", self.local_retention),
+                                    ("--archive-object-lock-days",
+                                     self.archive_object_lock_days)) if v]
+            if given:
+                raise ConfigError(f"{', '.join(given)} need --archive: records are deleted "
+                                  "locally, and locked, only once archived")
+            return
+        check_archive_url(self.archive)
 
     def _check_checkpoints(self) -> None:
         if self.checkpoint_interval == 0:
@@ -340,6 +381,15 @@ class Settings:
                               "that, explicitly")
 
 
+def check_archive_url(url: str) -> str:
+    """The form of an --archive URL (the store itself is opened, and reached, at start)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("s3", "file") or not rest.strip("/"):
+        raise ConfigError(f"--archive must be s3://bucket/prefix or file:///absolute/dir, "
+                          f"got {url!r:.200}")
+    return url
+
+
 def _seconds(value: Any, positive: bool) -> bool:
     return math.isfinite(value) and (value > 0 if positive else value >= 0)
 
@@ -352,6 +402,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seconds>0": (lambda v: _seconds(v, True), "a positive number of seconds"),
     "seconds>=0": (lambda v: _seconds(v, False), "0 or more seconds"),
     "count": (lambda v: v > 0, "positive"),
+    "days>=0": (lambda v: math.isfinite(v) and 0 <= v <= 36_600, "0 to 36600 days"),
     "c_int": (lambda v: 0 < v < 2**31, "a positive whole number"),
     "file": (lambda v: v is None or Path(v).is_file(), "an existing file"),
 }

@@ -112,6 +112,10 @@ class Rendering:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [d for d in self.docs if d["kind"] == kind]
 
+    def replicas_of_kind(self, kind: str) -> list[dict[str, Any]]:
+        """The objects of the replicas' pods: not the archive's fleet audit server."""
+        return [d for d in self.of_kind(kind) if not _is_fleet(d)]
+
     @property
     def statefulset(self) -> dict[str, Any]:
         (sts,) = self.of_kind("StatefulSet")
@@ -208,6 +212,17 @@ HELM_MONITORING = (
     "--set-file", f"baseline.json={BASE_CONFIG / 'baseline.json'}",
 )
 HELM_TLS = ("--set", "tls.enabled=true", "--set", "tls.existingSecret=mlwitness-tls")
+ARCHIVE_URL = "s3://audit-bucket/credit"
+HELM_ARCHIVE = (
+    "--set", f"archive.url={ARCHIVE_URL}",
+    "--set", "archive.region=eu-west-1",
+    "--set", "archive.endpoint=https://minio.example:9000",
+    "--set", "archive.credentialsSecret=mlwitness-archive-credentials",
+    "--set", "archive.register.enabled=true",
+    "--set", "archive.register.catalogSecret.name=iceberg-catalog",
+    "--set", "mlwitness.settings.local_retention=30",
+    "--set", "mlwitness.settings.archive_object_lock_days=2557",
+)
 
 RENDERINGS = {
     # name: (tool needed, native sidecar, render)
@@ -219,7 +234,10 @@ RENDERINGS = {
         True,
         lambda: _kustomize("overlays/native-sidecar-tls"),
     ),
+    "kustomize-archive": ("kubectl", False, lambda: _kustomize("overlays/archive")),
     "helm-default": ("helm", False, lambda: _helm()),
+    "helm-archive": ("helm", False, lambda: _helm(*HELM_ARCHIVE, *HELM_TLS,
+        "--set", "auditAccess.existingSecret=mlwitness-audit-access")),
     "helm-native-sidecar": ("helm", True, lambda: _helm("--set", "nativeSidecar=true")),
     "helm-everything": (
         "helm",
@@ -710,6 +728,10 @@ def test_kustomize_runs_guards_baseline_and_audit_access(name: str, tmp_path: Pa
 # ── every rendering: Services and the NetworkPolicy ────────────────────────────────────
 
 
+def _is_fleet(doc: dict[str, Any]) -> bool:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "fleet-audit"
+
+
 def _selects_pods(selector: dict[str, str], r: Rendering) -> bool:
     return bool(selector) and selector.items() <= r.pod_labels.items()
 
@@ -718,7 +740,7 @@ def test_audit_service_selects_the_pods_and_exposes_only_the_audit_port(
     rendering: Rendering, tmp_path: Path
 ) -> None:
     _, settings = _sidecar_settings(rendering, tmp_path)
-    services = rendering.of_kind("Service")
+    services = rendering.replicas_of_kind("Service")
     audit = [
         s
         for s in services
@@ -747,7 +769,7 @@ def test_network_policy_admits_the_audit_port_only_from_auditor_namespaces(
     rendering: Rendering, tmp_path: Path
 ) -> None:
     _, settings = _sidecar_settings(rendering, tmp_path)
-    (policy,) = rendering.of_kind("NetworkPolicy")
+    (policy,) = rendering.replicas_of_kind("NetworkPolicy")
     spec = policy["spec"]
     assert _selects_pods(spec["podSelector"]["matchLabels"], rendering)
     assert "Ingress" in spec["policyTypes"]
@@ -1391,3 +1413,128 @@ def test_image_entrypoint_serves_and_stops_on_sigterm(image_venv: Path, tmp_path
     assert time.monotonic() - started < 10
     assert "stopped; ledger flushed" in stderr
     assert (tmp_path / "ledger.duckdb").exists()
+
+
+# ── the archive: sidecars ship, the fleet audit server, the register CronJob ───────────
+
+ARCHIVE_RENDERINGS = ("kustomize-archive", "helm-archive")
+
+
+def _container_args(r: Rendering, container: dict[str, Any]) -> list[str]:
+    """A container's args with $(VAR) expanded from its env (ConfigMap values resolved)."""
+    env: dict[str, str] = {}
+    configmaps = r.configmaps()
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        ref = item.get("valueFrom", {}).get("configMapKeyRef")
+        if ref is not None:
+            data = configmaps.get(ref["name"])
+            if data is not None and ref["key"] in data:
+                env[item["name"]] = data[ref["key"]]
+        if item.get("valueFrom", {}).get("secretKeyRef") is not None:
+            env[item["name"]] = f"secret:{item['name']}"
+    return _expand(container["args"], env)
+
+
+def _sidecar_archive(r: Rendering, tmp_path: Path) -> str:
+    _, settings = _sidecar_settings(r, tmp_path)
+    if settings.archive:
+        return settings.archive
+    env = {e["name"]: e for e in r.sidecar.get("env", [])}
+    ref = env["MLWITNESS_ARCHIVE"]["valueFrom"]["configMapKeyRef"]
+    return r.configmaps()[ref["name"]][ref["key"]]
+
+
+@pytest.mark.parametrize("name", ARCHIVE_RENDERINGS)
+def test_archive_sidecars_ship_with_credentials_from_the_environment(
+        name: str, tmp_path: Path) -> None:
+    r = _render(name)
+    assert _sidecar_archive(r, tmp_path) == ARCHIVE_URL
+    sidecar = r.sidecar
+    env = {e["name"] for e in sidecar.get("env", [])}
+    assert {"AWS_REGION", "AWS_ENDPOINT_URL"} <= env
+    (source,) = sidecar["envFrom"]
+    assert source["secretRef"]["name"] == "mlwitness-archive-credentials"
+    assert not any(e["name"].startswith("AWS_SECRET") for e in sidecar.get("env", [])), \
+        "credentials come from a Secret, never from values"
+    settings = _valid_settings(r, tmp_path)  # the archive settings pass serve's checks
+    if name == "helm-archive":
+        assert (settings.local_retention, settings.archive_object_lock_days) == (30, 2557)
+
+
+def _fleet_deployment(r: Rendering) -> dict[str, Any]:
+    (deployment,) = [d for d in r.of_kind("Deployment") if _is_fleet(d)]
+    return deployment
+
+
+@pytest.mark.parametrize("name", ARCHIVE_RENDERINGS)
+def test_the_fleet_audit_server_is_a_deployment_over_the_sidecars_archive(
+        name: str, tmp_path: Path) -> None:
+    r = _render(name)
+    deployment = _fleet_deployment(r)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = parser().parse_args(_container_args(r, container))
+    assert args.command == "audit-server"
+    settings = settings_mod.build(args, env={}).validate_limits()
+    assert settings.archive == _sidecar_archive(r, tmp_path)
+    assert settings.audit_access is not None, "auditors authenticate there too"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in (settings.archive_cache, settings.audit_trail):
+        assert path is not None
+        mount = _mount(container, path)
+        assert "emptyDir" in volumes[mount["name"]], path
+    assert _mount(container, settings.audit_access)["readOnly"] is True
+    assert "/tmp" in mounts
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["envFrom"][0]["secretRef"]["name"] == "mlwitness-archive-credentials"
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    assert not labels.items() <= r.pod_labels.items(), "the StatefulSet must not own these pods"
+    assert not r.statefulset["spec"]["selector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    (service,) = [s for s in r.of_kind("Service") if _is_fleet(s)]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["fleet-audit"]
+    (policy,) = [p for p in r.of_kind("NetworkPolicy") if _is_fleet(p)]
+    assert policy["spec"]["podSelector"]["matchLabels"] == labels
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [settings.audit_port]
+    assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
+
+
+@pytest.mark.parametrize("name", ARCHIVE_RENDERINGS)
+def test_the_register_cronjob_runs_one_registration_at_a_time(name: str, tmp_path: Path) -> None:
+    r = _render(name)
+    (cron,) = r.of_kind("CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = parser().parse_args(_container_args(r, container))
+    assert (args.command, args.archive_command) == ("archive", "register")
+    assert args.archive == _sidecar_archive(r, tmp_path)
+    assert args.catalog and args.table == "mlwitness.records"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["restartPolicy"] == "Never"
+
+
+@needs_helm
+def test_chart_without_an_archive_renders_none_of_its_objects() -> None:
+    docs = _helm()
+    assert not [d for d in docs if d["kind"] in ("Deployment", "CronJob") or _is_fleet(d)]
+    assert not any(a.startswith("--archive") for a in _render("helm-default").sidecar["args"])
+
+
+@needs_helm
+@pytest.mark.parametrize(("args", "message"), [
+    (("--set", "archive.url=http://bucket/x"), "archive.url"),
+    (("--set", "archive.url=s3://bucket/x", "--set", "archive.register.enabled=true"),
+     "archive.register.catalog"),
+])
+def test_chart_refuses_a_bad_archive(args: tuple[str, ...], message: str) -> None:
+    done = subprocess.run(_helm_cmd(*args), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and message in done.stderr, done.stderr

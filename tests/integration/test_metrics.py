@@ -290,9 +290,12 @@ def test_every_documented_metric_is_exported(kit: MonitoringKit, start: Start,
     path.write_text(edited(kit.guards_text(), ("min_samples = 100", "min_samples = 10")))
     witness = tmp_path / "witness"  # checkpoints published: their gauges have values
     witness.mkdir()
+    archive = tmp_path / "archive"  # shipped: the archive's gauges are there too
+    archive.mkdir()
     side = start(guards=path, guard_mode="observe", baseline=kit.baseline_path, drift_interval=0.3,
                  checkpoint_interval=0.2, checkpoint_dir=witness,
-                 quality_label="defaulted", quality_interval=0.3)
+                 quality_label="defaulted", quality_interval=0.3,
+                 archive=f"file://{archive}")
     send_with_violations(side, kit)
     side.stub.RecordOutcomes(apb.RecordOutcomesRequest(outcomes=[  # for the quality gauges
         apb.Outcome(decision=apb.RecordRef(request_id=f"clean-{i}"), row=row,

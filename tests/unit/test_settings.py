@@ -95,3 +95,46 @@ def test_a_value_that_fails_its_check_is_refused_naming_the_flag(
 def test_the_audit_server_checks_every_limit_it_takes(name: str, value: object) -> None:
     with pytest.raises(ConfigError, match=name.replace("_", "-")):
         Settings(**{name: value}).validate_limits()
+
+
+# ── the archive's settings ─────────────────────────────────────────────────────────────
+
+
+def _serve(tmp_path: Path, **values: object) -> Settings:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    return Settings(model=model, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["s3://audit-bucket/credit", "s3://audit-bucket",
+                                 "file:///var/lib/archive"])
+def test_an_archive_url_of_either_kind_passes(url: str, tmp_path: Path) -> None:
+    assert _serve(tmp_path, archive=url, local_retention=30.0).validate().archive == url
+
+
+@pytest.mark.parametrize("url", ["http://audit-bucket/x", "audit-bucket/credit", "s3://",
+                                 "file://", "gs://bucket/x"])
+def test_an_archive_url_of_another_kind_is_refused_naming_the_flag(
+        url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--archive must be s3://bucket/prefix"):
+        _serve(tmp_path, archive=url).validate()
+
+
+@pytest.mark.parametrize(("name", "flag"), [("local_retention", "--local-retention"),
+                                            ("archive_object_lock_days",
+                                             "--archive-object-lock-days")])
+def test_retention_and_object_lock_need_an_archive(name: str, flag: str,
+                                                   tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"{flag} need --archive"):
+        _serve(tmp_path, **{name: 7}).validate()
+
+
+@pytest.mark.parametrize(("name", "value"), [("local_retention", -1.0),
+                                             ("local_retention", float("nan")),
+                                             ("archive_object_lock_days", -3),
+                                             ("archive_interval", 0.0),
+                                             ("archive_records", 0)])
+def test_archive_numbers_out_of_range_are_refused(name: str, value: object,
+                                                  tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--" + name.replace("_", "-")):
+        _serve(tmp_path, archive="s3://audit-bucket/x", **{name: value}).validate()

@@ -352,11 +352,22 @@ class FleetReader(LedgerReader):
         if not request_id and seq <= 0:
             raise InvalidInput("give a request id, or a chain and a positive seq")
         if request_id:
-            chain, seq = self.locate(request_id)
+            chain, seq = self._locate_or_ref(request_id)
         else:
             chain = self.resolve_chain(chain, seq)
         return self._fetch("chain_id = ? AND seq = ?", [chain, seq],
                            f"no record {chain}:{seq} in the archive", rows=rows)
+
+    def _locate_or_ref(self, text: str) -> tuple[str, int]:
+        """A request id; else, when no record carries it and it reads as CHAIN:SEQ, that
+        record (the audit API's record reference has no chain field of its own)."""
+        try:
+            return self.locate(text)
+        except RecordNotFound:
+            if _REF.fullmatch(text.strip().lower()) is None:
+                raise
+        chain, seq = parse_record_ref(text)
+        return self.resolve_chain(chain, seq), seq
 
     def locate(self, request_id: str) -> tuple[str, int]:
         """(chain, seq) of the one record with this request id in the fleet."""
@@ -420,12 +431,13 @@ class FleetReader(LedgerReader):
             params += [int(after[1]), after[2], int(after[3])]
         rows = self.cursor().execute(
             "SELECT chain_id, seq, request_id, received_us, model_name, model_sha256, status, "
-            f"responded_us - received_us, peer, {schema.BATCH_SIZE}, outputs[1] "
+            f"responded_us - received_us, peer, {schema.BATCH_SIZE}, outputs[1], "
+            "coalesce(erased_by, 0) "
             f"FROM entries WHERE {where} ORDER BY received_us DESC, chain_id DESC, seq DESC "
             "LIMIT ?", [*params, page_size + 1]).fetchall()
         more = len(rows) > page_size
         keys = ("chain_id", "seq", "request_id", "received_us", "model_name", "model_sha256",
-                "status", "latency_us", "caller", "batch_size", "first_output")
+                "status", "latency_us", "caller", "batch_size", "first_output", "erased_by")
         items = [dict(zip(keys, row, strict=True)) for row in rows[:page_size]]
         for item in items:
             item["first_output"] = dict(item["first_output"] or {})

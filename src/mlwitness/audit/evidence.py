@@ -10,13 +10,16 @@ the auditor keeps.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mlwitness.archive.fleet import Fleet
 from mlwitness.audit import bundle
 from mlwitness.audit.results import (
+    ArchiveStatus,
     CheckpointInfo,
     CheckpointStatus,
     ConsistencyProofResult,
@@ -25,6 +28,7 @@ from mlwitness.audit.results import (
     LedgerStatus,
     PublisherStatus,
     Status,
+    no_archive,
 )
 from mlwitness.audit.trail import Asker, Trail
 from mlwitness.errors import InvalidInput
@@ -143,18 +147,24 @@ def _age(us: int, now_us: int) -> float:
     return max(0.0, (now_us - us) / 1e6) if us else 0.0
 
 
-def live_status(ledger: LedgerWriter, checkpointer: Checkpointer | None) -> StatusSource:
-    """The sidecar's health detail, from its writer, checkpointer and publisher."""
+def live_status(ledger: LedgerWriter, checkpointer: Checkpointer | None,
+                archive: Callable[[], ArchiveStatus] | None = None) -> StatusSource:
+    """The sidecar's health detail, from its writer, checkpointer, publisher and (with
+    --archive) its shipper."""
 
     def status() -> Status:
+        parts = _parts()
+        return Status(*parts, archive() if archive is not None else no_archive())
+
+    def _parts() -> tuple[LedgerStatus, CheckpointStatus, PublisherStatus]:
         now = time.time_ns() // 1000
         head_seq, head_hash = ledger.head
         state = LedgerStatus(chain_id=ledger.chain_id, head_seq=head_seq,
                              head_hash=head_hash.hex(), loaded_seq=ledger.loaded_seq,
                              healthy=ledger.healthy, writable=True)
         if checkpointer is None:
-            return Status(state, _no_checkpoints("off", "--checkpoint-interval is 0: no "
-                                                 "tree, no checkpoints"), _no_publisher())
+            return (state, _no_checkpoints("off", "--checkpoint-interval is 0: no "
+                                               "tree, no checkpoints"), _no_publisher())
         row = checkpointer.latest
         parts = _row_parts(row, now)
         marks = CheckpointStatus(
@@ -164,12 +174,12 @@ def live_status(ledger: LedgerWriter, checkpointer: Checkpointer | None) -> Stat
             last_error=checkpointer.last_error)
         publisher = checkpointer.publisher
         if publisher is None:
-            return Status(state, marks, _no_publisher("off"))
-        return Status(state, marks, PublisherStatus(
+            return state, marks, _no_publisher("off")
+        return state, marks, PublisherStatus(
             directory=str(publisher.directory), state=publisher.state,
             last_error=publisher.last_error, failures=publisher.failures,
             published_size=publisher.published_size, published_us=publisher.published_us,
-            age_s=_age(publisher.published_us, now)))
+            age_s=_age(publisher.published_us, now))
 
     return status
 
@@ -216,3 +226,23 @@ def _no_checkpoints(state: str, detail: str) -> CheckpointStatus:
 def _no_publisher(state: str = "off") -> PublisherStatus:
     return PublisherStatus(directory="", state=state, last_error="", failures=0,
                            published_size=0, published_us=0, age_s=0.0)
+
+
+def fleet_status(fleet: Fleet, url: str) -> StatusSource:
+    """The health detail of `audit-server --archive`: the chains it serves, and the
+    problems of the archive it left out (named by `mlwitness archive verify`)."""
+
+    def status() -> Status:
+        ledger = LedgerStatus(chain_id="", head_seq=0, head_hash="", loaded_seq=0,
+                              healthy=True, writable=False)
+        marks = _no_checkpoints("read-only", "an archive read by the audit-server: each "
+                                "segment's manifest carries its chain's checkpoint")
+        problems = fleet.problems
+        archive = no_archive("fleet", url, len(fleet.chains))
+        if problems:
+            archive = dataclasses.replace(
+                archive, failures=len(problems),
+                last_error=f"{len(problems)} problems, e.g. {problems[0]}")
+        return Status(ledger, marks, _no_publisher(), archive)
+
+    return status

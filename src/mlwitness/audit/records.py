@@ -1,6 +1,6 @@
 """Reading the ledger: one record in full, pages of record summaries, and verification of
 the whole chain (`mlwitness.ledger.verify`) through a cursor that sees every acknowledged
-record."""
+record; over a fleet (`archive`), verification of every chain in the archive."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from mlwitness.archive import ObjectStore
+from mlwitness.archive.verify import ArchiveReport, verify_archive
 from mlwitness.audit.results import RecordDetail, RecordPage, RecordSummary, Verification
 from mlwitness.audit.trail import Asker, Trail
+from mlwitness.errors import InvalidInput
 from mlwitness.ledger import environment
 from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.reader import LedgerReader
@@ -17,9 +20,11 @@ from mlwitness.ledger.verify import expected_head, verify
 
 
 class Records:
-    def __init__(self, reader: LedgerReader, trail: Trail) -> None:
+    def __init__(self, reader: LedgerReader, trail: Trail,
+                 archive: ObjectStore | None = None) -> None:
         self.reader = reader
         self.trail = trail
+        self.archive = archive
 
     def get(self, asker: Asker, request_id: str = "", seq: int = 0) -> RecordDetail:
         with self.trail.audited(asker, request_id=request_id, seq=seq) as summary:
@@ -53,6 +58,8 @@ class Records:
         threads: a caller who leaves mid-way is on the trail as CANCELLED."""
         asked: dict[str, Any] = {"expect_seq": expect_seq, "expect_hash": expect_hash} if (
             expect_seq or expect_hash) else {}
+        if self.archive is not None:
+            return await self._verify_archive(asker, self.archive, asked)
         with self.trail.audited(asker, **asked) as summary:
             head = expected_head(expect_seq, expect_hash) if asked else None
             cursor = await asyncio.to_thread(self.reader.cursor)  # sees all acknowledged
@@ -67,3 +74,30 @@ class Records:
             decoded_not_covered=report.decoded_not_covered, notes=report.notes(),
             erased_records=report.erased_records,
         )
+
+    async def _verify_archive(self, asker: Asker, store: ObjectStore,
+                              asked: dict[str, Any]) -> Verification:
+        """Every chain of the archive, from its objects (archive/verify.py): the problems
+        name the chain, the first bad seq and the object."""
+        with self.trail.audited(asker, **asked) as summary:
+            if asked:
+                raise InvalidInput("a fleet holds one chain per replica, each with its own "
+                                   "head: check published heads with `mlwitness archive "
+                                   "verify --expect-head CHAIN:SEQ:HASH`")
+            report = await asyncio.to_thread(verify_archive, store)
+            summary.update(ok=report.ok, records=report.records, chains=len(report.chains))
+        return archive_verification(report)
+
+
+def archive_verification(report: ArchiveReport) -> Verification:
+    first = [c.first_bad for c in report.chains if c.first_bad is not None]
+    seqs = [p.seq for p in first if p.seq is not None]
+    notes = [f"chain {c.chain_id}: {c.segments} segments, records up to seq {c.head_seq}, "
+             f"head {c.head_hash}" for c in report.chains]
+    notes += [f"chain {c.chain_id}: {note}" for c in report.chains for note in c.notes]
+    return Verification(
+        ok=report.ok, records=report.records, journal_records=0, head_seq=0, head_hash="",
+        first_bad_seq=min(seqs) if seqs else 0,
+        problems=[str(p) for p in report.all_problems],
+        decoded_checked=sum(c.decoded_checked for c in report.chains),
+        decoded_not_covered=0, notes=notes, erased_records=0)

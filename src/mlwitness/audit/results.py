@@ -8,7 +8,7 @@ part. A `Row` is one row of named values: a number, or text for a BYTES tensor.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Row = Mapping[str, object]
 
@@ -53,6 +53,7 @@ class RecordSummary:
     batch_size: int
     first_output: Row
     erased_by: int = 0  # seq of the admin record that erased its payload; 0: kept
+    chain_id: str = ""  # over a fleet: the chain that holds it
 
 
 @dataclass(frozen=True)
@@ -392,12 +393,41 @@ class PublisherStatus:
 
 
 @dataclass(frozen=True)
+class ArchiveStatus:
+    """Shipping to --archive (a sidecar), or the archive a fleet audit-server reads."""
+
+    url: str
+    state: str  # off; starting; ok; failing; fleet (an audit-server over the archive)
+    chain_id: str
+    archived_seq: int
+    loaded_seq: int
+    lag_records: int
+    lag_s: float
+    failures: int
+    last_error: str
+    segments_shipped: int
+    last_shipped_us: int
+    retention_days: float
+    pruned_seq: int
+    retention_error: str
+    chains: int
+
+
+def no_archive(state: str = "off", url: str = "", chains: int = 0) -> ArchiveStatus:
+    return ArchiveStatus(url=url, state=state, chain_id="", archived_seq=0, loaded_seq=0,
+                         lag_records=0, lag_s=0.0, failures=0, last_error="",
+                         segments_shipped=0, last_shipped_us=0, retention_days=0.0,
+                         pruned_seq=0, retention_error="", chains=chains)
+
+
+@dataclass(frozen=True)
 class Status:
     """The health detail: one part per concern (a new concern adds a part)."""
 
     ledger: LedgerStatus
     checkpoints: CheckpointStatus
     publisher: PublisherStatus
+    archive: ArchiveStatus = field(default_factory=no_archive)
 
 
 # ── explanations: why a decision came out as it did ────────────────────────────────────

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from mlwitness.archive import ObjectStore
 from mlwitness.audit.candidates import AuditLimits, Candidates, StoreModel, store_model_with
 from mlwitness.audit.erasure import Eraser, Erasures, StoredValue
 from mlwitness.audit.evidence import Evidence, StatusSource
@@ -48,7 +49,8 @@ class AuditService:
     records store it (the sidecar's minimiser; None: as sent);
     `append_group` commits records on the ledger the decisions are on (None: a standalone
     server, which reads it read-only and records no outcomes or reviews); `ledger_path`
-    is the ledger file the auditor's report verifies."""
+    is the ledger file the auditor's report verifies; `archive` is the store a fleet's
+    reader reads (`audit-server --archive`), which `verify` then checks whole."""
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class AuditService:
         stored_value: StoredValue | None = None,
         append_group: AppendGroup | None = None,
         ledger_path: Path | None = None,
+        archive: ObjectStore | None = None,
     ) -> None:
         self.reader = reader
         # The environment the trail's records name: this process's, with no model session
@@ -71,7 +74,7 @@ class AuditService:
         self.environment = environment.fingerprint()
         self.trail = Trail(trail, self.environment)
         self.candidates = Candidates(reader, store_model, limits or AuditLimits(), threads)
-        records = Records(reader, self.trail)
+        records = Records(reader, self.trail, archive)
         reruns = Reruns(reader, self.trail, self.candidates)
         monitoring = Monitoring(reader, self.trail)
         guards = Guards(reader, self.trail, checks)

@@ -8,6 +8,8 @@
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
     mlwitness outcomes record|import …   mlwitness review ID --decision label=1 --reason …
+    mlwitness audit-server --archive s3://bucket/prefix   (every chain archived there)
+    mlwitness archive verify|register|push --archive s3://bucket/prefix
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
     mlwitness migrate --ledger mlwitness.duckdb
 """
@@ -28,6 +30,7 @@ import grpc
 
 from mlwitness import __version__
 from mlwitness import settings as settings_mod
+from mlwitness.cli import archive as archive_cli
 from mlwitness.cli import audit as audit_cli
 from mlwitness.cli import evidence as evidence_cli
 from mlwitness.cli import outcomes as outcomes_cli
@@ -360,7 +363,8 @@ def parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     audit_server = sub.add_parser(
-        "audit-server", help="serve the audit API over a ledger file opened read-only")
+        "audit-server", help="serve the audit API over a ledger file opened read-only, or "
+        "over every chain of an archive (--archive)")
     settings_mod.add_arguments(audit_server, list(settings_mod.AUDIT_SERVER), helps={
         "audit_port": "Audit service port (0: any free port, printed in the ready line).",
         "host": "Address the audit port listens on (0.0.0.0 in a pod)."})
@@ -414,6 +418,7 @@ def parser() -> argparse.ArgumentParser:
     audit_cli.add_commands(sub)
     outcomes_cli.add_commands(sub)
     evidence_cli.add_commands(sub)
+    archive_cli.add_commands(sub)
     return top
 
 

@@ -141,8 +141,10 @@ def records(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps([as_json(r) for r in shown]))
         return 0
+    # over a fleet (audit-server --archive) a seq is per chain: shown as CHAIN:SEQ
     print(_table(["seq", "received (UTC)", "request id", "model", "status", "µs", "output"],
-                 [[r.seq, _when(r.received_us), r.request_id, r.model_name, r.status,
+                 [[f"{r.chain_id[:8]}:{r.seq}" if r.chain_id else r.seq, _when(r.received_us),
+                   r.request_id, r.model_name, r.status,
                    r.latency_us, _row_text(r.first_output) if not r.erased_by
                    else f"(erased by seq {r.erased_by})"] for r in shown]))
     return 0
@@ -589,8 +591,9 @@ def evidence(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     r = stub(args).Status(apb.StatusRequest(), timeout=args.timeout)
-    led, marks, pub = r.ledger, r.checkpoints, r.publisher
-    healthy = led.healthy and marks.state != "stopped" and pub.state != "failing"
+    led, marks, pub, arc = r.ledger, r.checkpoints, r.publisher, r.archive
+    healthy = (led.healthy and marks.state != "stopped" and pub.state != "failing"
+               and arc.state != "failing")
     if args.json:
         print(dumps(as_json(r)))
         return 0 if healthy else 1
@@ -612,6 +615,7 @@ def status(args: argparse.Namespace) -> int:
           + (f"; {pub.failures} failed rounds" if pub.failures else ""))
     if pub.last_error:
         print(f"              last error: {pub.last_error}")
+    _print_archive(arc)
     return 0 if healthy else 1
 
 
@@ -724,6 +728,28 @@ def report(args: argparse.Namespace) -> int:
         if args.pdf:
             print(f"printed {args.pdf}: {answer['pdf_pages']} pages")
     return 0
+
+
+def _print_archive(arc: Any) -> None:
+    if arc.state in ("off", ""):
+        print("archive       off (no --archive)")
+        return
+    if arc.state == "fleet":
+        print(f"archive       fleet: {arc.url}, {arc.chains} chains")
+        return
+    lag = (f"{arc.lag_records} records not yet archived, oldest {arc.lag_s:.1f} s"
+           if arc.lag_records else "nothing waiting")
+    print(f"archive       {arc.state}: {arc.url}; archived up to seq {arc.archived_seq}, "
+          f"{lag}; {arc.segments_shipped} segments shipped"
+          + (f"; {arc.failures} failed attempts" if arc.failures else ""))
+    if arc.last_error:
+        print(f"              last error: {arc.last_error}")
+    if arc.retention_days:
+        kept = (f"records up to seq {arc.pruned_seq} deleted locally" if arc.pruned_seq
+                else "nothing deleted locally yet")
+        print(f"retention     {arc.retention_days:g} days: {kept}")
+    if arc.retention_error:
+        print(f"              last error: {arc.retention_error}")
 
 
 def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
@@ -922,8 +948,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write")
     p.add_argument("--with-model", action="store_true", help="include the model's ONNX bytes "
                    "(up to the server's --max-candidate-bytes), so the bundle re-runs alone")
-    command("status", status, "health detail: ledger head, checkpoints, publishing; exit 1 "
-            "if checkpoints stopped, publishing fails or the ledger is unhealthy")
+    command("status", status, "health detail: ledger head, checkpoints, publishing, "
+            "archive; exit 1 if checkpoints stopped, publishing or archiving fails or the "
+            "ledger is unhealthy")
     p = command("erase", erase, "erase the payloads of inference records (admin); the chain "
                 "and its proofs stay valid")
     p.add_argument("--request-id", help="the record(s) with this request id (alone)")

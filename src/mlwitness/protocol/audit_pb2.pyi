@@ -103,7 +103,7 @@ class ListRecordsRequest(_message.Message):
     def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., caller: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class RecordSummary(_message.Message):
-    __slots__ = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status", "latency_us", "caller", "batch_size", "first_output", "erased_by")
+    __slots__ = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status", "latency_us", "caller", "batch_size", "first_output", "erased_by", "chain_id")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_US_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class RecordSummary(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     FIRST_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     ERASED_BY_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     seq: int
     request_id: str
     received_us: int
@@ -126,7 +127,8 @@ class RecordSummary(_message.Message):
     batch_size: int
     first_output: Row
     erased_by: int
-    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., status: _Optional[str] = ..., latency_us: _Optional[int] = ..., caller: _Optional[str] = ..., batch_size: _Optional[int] = ..., first_output: _Optional[_Union[Row, _Mapping]] = ..., erased_by: _Optional[int] = ...) -> None: ...
+    chain_id: str
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., status: _Optional[str] = ..., latency_us: _Optional[int] = ..., caller: _Optional[str] = ..., batch_size: _Optional[int] = ..., first_output: _Optional[_Union[Row, _Mapping]] = ..., erased_by: _Optional[int] = ..., chain_id: _Optional[str] = ...) -> None: ...
 
 class ListRecordsResponse(_message.Message):
     __slots__ = ("records", "next_page_token")
@@ -741,14 +743,16 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("ledger", "checkpoints", "publisher")
+    __slots__ = ("ledger", "checkpoints", "publisher", "archive")
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     ledger: LedgerStatus
     checkpoints: CheckpointStatus
     publisher: PublisherStatus
-    def __init__(self, ledger: _Optional[_Union[LedgerStatus, _Mapping]] = ..., checkpoints: _Optional[_Union[CheckpointStatus, _Mapping]] = ..., publisher: _Optional[_Union[PublisherStatus, _Mapping]] = ...) -> None: ...
+    archive: ArchiveStatus
+    def __init__(self, ledger: _Optional[_Union[LedgerStatus, _Mapping]] = ..., checkpoints: _Optional[_Union[CheckpointStatus, _Mapping]] = ..., publisher: _Optional[_Union[PublisherStatus, _Mapping]] = ..., archive: _Optional[_Union[ArchiveStatus, _Mapping]] = ...) -> None: ...
 
 class LedgerStatus(_message.Message):
     __slots__ = ("chain_id", "head_seq", "head_hash", "loaded_seq", "healthy", "writable")
@@ -1299,3 +1303,37 @@ class ReportChunk(_message.Message):
     size: int
     head_seq: int
     def __init__(self, html: _Optional[bytes] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., head_seq: _Optional[int] = ...) -> None: ...
+
+class ArchiveStatus(_message.Message):
+    __slots__ = ("url", "state", "chain_id", "archived_seq", "loaded_seq", "lag_records", "lag_s", "failures", "last_error", "segments_shipped", "last_shipped_us", "retention_days", "pruned_seq", "retention_error", "chains")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LOADED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAG_S_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_SHIPPED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SHIPPED_US_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    state: str
+    chain_id: str
+    archived_seq: int
+    loaded_seq: int
+    lag_records: int
+    lag_s: float
+    failures: int
+    last_error: str
+    segments_shipped: int
+    last_shipped_us: int
+    retention_days: float
+    pruned_seq: int
+    retention_error: str
+    chains: int
+    def __init__(self, url: _Optional[str] = ..., state: _Optional[str] = ..., chain_id: _Optional[str] = ..., archived_seq: _Optional[int] = ..., loaded_seq: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_s: _Optional[float] = ..., failures: _Optional[int] = ..., last_error: _Optional[str] = ..., segments_shipped: _Optional[int] = ..., last_shipped_us: _Optional[int] = ..., retention_days: _Optional[float] = ..., pruned_seq: _Optional[int] = ..., retention_error: _Optional[str] = ..., chains: _Optional[int] = ...) -> None: ...

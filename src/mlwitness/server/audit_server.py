@@ -1,27 +1,37 @@
 """The audit port, and `mlwitness audit-server`: the audit API over a ledger file opened
-read-only, without the sidecar. Its own audit trail goes to a separate ledger
-(--audit-trail) since it may not write this one."""
+read-only, without the sidecar, or (`--archive URL`) over every chain archived under URL,
+read as one DuckDB database (archive/fleet.py) and refreshed every --archive-interval. Its
+own audit trail goes to a separate ledger (--audit-trail) since it may not write the one
+it reads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from mlwitness.archive import ArchiveError, ObjectStore
+from mlwitness.archive.fleet import Fleet, FleetReader, open_fleet
+from mlwitness.audit.evidence import fleet_status
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
+from mlwitness.errors import ConfigError
 from mlwitness.ledger import journal, schema, store
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.protocol import audit_pb2
 from mlwitness.protocol import inference as pb
+from mlwitness.server.archiving import open_archive
 from mlwitness.server.lifecycle import run_until_signal
 from mlwitness.server.port import GrpcPort, stop_ports
-from mlwitness.settings import Settings
+from mlwitness.settings import Settings, check_archive_url
 from mlwitness.wire import audit as audit_servicer
 
 log = logging.getLogger("mlwitness")
@@ -68,11 +78,16 @@ class AuditServer:
         self.trail: LedgerWriter | None = None
         self.service: AuditService | None = None
         self.audit: GrpcPort | None = None
+        self.fleet: Fleet | None = None
+        self._temporary_cache: Path | None = None
+        self._refresh: asyncio.Task | None = None
 
     async def start(self) -> dict[str, Any]:
-        """Open the ledger and the trail, serve; return the "ready" line."""
+        """Open the ledger (or the archive) and the trail, serve; return the "ready" line."""
         settings = self.settings
         settings.validate_limits()
+        if settings.archive:
+            return await self._start_fleet(settings.archive)
         path = settings.ledger
         # The file's tables under this version's views, with nothing stored in the file (a
         # redefined view, a macro standing in for a built-in) in the way of what is read.
@@ -104,8 +119,45 @@ class AuditServer:
         return {"event": "ready", "host": settings.host, "audit_port": self.audit.port,
                 "ledger": str(path), "audit_trail": str(trail_path)}
 
+    async def _start_fleet(self, url: str) -> dict[str, Any]:
+        """The audit API over every chain archived under `url`."""
+        settings = self.settings
+        check_archive_url(url)
+        store = open_archive(url)
+        cache = settings.archive_cache
+        if cache is None:
+            cache = self._temporary_cache = Path(tempfile.mkdtemp(prefix="mlwitness-fleet-"))
+        try:
+            self.fleet = fleet = await asyncio.to_thread(open_fleet, store, cache)
+        except ArchiveError as exc:
+            raise ConfigError(f"--archive {url}: cannot read the archive: {exc.message}"
+                              ) from None
+        log.info("fleet audit over %s: %d chains, %d records", url, len(fleet.chains),
+                 sum(c.records for c in fleet.chains.values()))
+        trail_path = settings.audit_trail or settings.ledger.with_name(
+            settings.ledger.name + ".audit-trail.duckdb")
+        self.trail = trail = LedgerWriter(trail_path)
+        await asyncio.to_thread(trail.open)
+        self.service = service = AuditService(
+            FleetReader(fleet.cursor), trail=trail.append_blocking,
+            store_model=store_model_with(trail.write), threads=settings.ort_threads,
+            limits=AuditLimits.of(settings), status=fleet_status(fleet, url), archive=store)
+        trail.write(lambda con: store_environment(con, service.environment))
+        access = Access.load(settings.audit_access) if settings.audit_access else None
+        auth = Authenticator(access, required_role="auditor")
+        self.audit = await start_audit_port(service, settings.ledger, settings.audit_port,
+                                            settings, auth)
+        self._refresh = asyncio.create_task(_keep_refreshed(fleet, store,
+                                                            settings.archive_interval))
+        return {"event": "ready", "host": settings.host, "audit_port": self.audit.port,
+                "archive": url, "chains": len(fleet.chains), "audit_trail": str(trail_path)}
+
     async def stop(self) -> None:
         """Drain the calls in flight, then close the trail and the ledger."""
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
         await stop_ports([self.audit], self.settings.drain_timeout)
         if self.service is not None:
             await self.service.close_refusals()
@@ -114,6 +166,34 @@ class AuditServer:
             await asyncio.to_thread(self.trail.close)
         if self.con is not None:
             self.con.close()
+        if self.fleet is not None:
+            self.fleet.close()
+        if self._temporary_cache is not None:
+            shutil.rmtree(self._temporary_cache, ignore_errors=True)
+
+
+def store_environment(con: duckdb.DuckDBPyConnection, env: dict[str, Any]) -> Any:
+    return store.put_environment(con, env)
+
+
+async def _keep_refreshed(fleet: Fleet, store: ObjectStore, interval_s: float) -> None:
+    """Take what was archived since, every `interval_s`; a failed look is logged once per
+    kind of failure and tried again (the answers meanwhile are those of the last look)."""
+    last = ""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(fleet.refresh)
+        except (ArchiveError, OSError) as exc:
+            message = str(exc)
+            if message != last:
+                log.warning("fleet: cannot read %s (%s); serving what was read before",
+                            store, message)
+            last = message
+            continue
+        if last:
+            log.info("fleet: the archive is readable again")
+        last = ""
 
 
 async def serve_audit(settings: Settings) -> None:

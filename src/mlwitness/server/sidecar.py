@@ -3,6 +3,8 @@
 `Sidecar.start()` opens the ledger (loading any journal tail left by a crash), pins the
 model by content, records the environment, and starts the inference port (with health and
 reflection), the audit port, the plaintext health port and the metrics endpoint.
+With --archive, the shipper uploads sealed segments of the ledger in its own thread, and
+local retention deletes what the archive holds (server/archiving.py).
 `Sidecar.stop()` drains in-flight calls, flushes and closes the ledger.
 """
 
@@ -46,6 +48,7 @@ from mlwitness.server.admin import (
     record_guards,
     store_baseline_file,
 )
+from mlwitness.server.archiving import Archiving, open_archive
 from mlwitness.server.audit_server import start_audit_port
 from mlwitness.server.columns import check_minimised_names, columns_of, tabulator_for
 from mlwitness.server.lifecycle import run_until_signal
@@ -74,6 +77,7 @@ class Sidecar:
         self.settings = settings.validate()
         self.ledger: LedgerWriter | None = None
         self.checkpointer: Checkpointer | None = None
+        self.archiving: Archiving | None = None
         self.backend: Backend | None = None
         self.model_file: ModelFile | None = None
         self.service: InferenceService | None = None
@@ -109,11 +113,16 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         signer = load_signer(s.signing_key) if s.signing_key else None
+        archive = open_archive(s.archive) if s.archive else None  # before the ledger: a bad
+        # --archive stops the start with nothing created
         first = s.model.read_bytes()  # type: ignore[union-attr]
         session = SessionConfig(intra_op_num_threads=s.ort_threads)
         model = await asyncio.to_thread(OnnxModel, first, session)
         ledger = await self._open_ledger(model)
         self.checkpointer = self._start_checkpoints(ledger, signer)
+        if archive is not None:
+            self.archiving = Archiving(s, ledger, archive)
+            await asyncio.to_thread(self.archiving.start)
         self.model_file = ModelFile(s.model, model_store(ledger, s))  # type: ignore[arg-type]
         if self.model_file.sha256 != model.sha256:  # the file changed while we loaded it
             model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, session)
@@ -138,6 +147,8 @@ class Sidecar:
             self.metrics.watch_ledger(ledger)
             if self.checkpointer is not None:
                 self.metrics.watch_checkpoints(self.checkpointer)
+            if self.archiving is not None:
+                self.metrics.watch_archive(self.archiving.shipper)
         if s.baseline:
             self.baseline = await store_baseline_file(ledger, s.baseline, model.signature)
         if s.guards:
@@ -264,7 +275,8 @@ class Sidecar:
         self.audit_service = AuditService(
             reader, trail=ledger.append_blocking, store_model=store_model_with(ledger.write),
             threads=s.ort_threads, checks=self.checks, limits=AuditLimits.of(s),
-            status=live_status(ledger, self.checkpointer),
+            status=live_status(ledger, self.checkpointer,
+                               self.archiving.status if self.archiving else None),
             erase=lambda record, compact: ledger.erase(record, compact=compact),
             stored_value=minimiser.stored_parameter if minimiser is not None else None,
             append_group=ledger.append_group, ledger_path=s.ledger)
@@ -280,6 +292,8 @@ class Sidecar:
         watcher = Watcher(s, self._update_health, access=access, guards=self.guard_file,
                           model_file=self.model_file if s.upstream else None)
         self._tasks.append(asyncio.create_task(watcher.run()))
+        if self.archiving is not None and s.local_retention > 0:
+            self._tasks.append(asyncio.create_task(self.archiving.retain()))
         if self.metrics is not None and self.baseline is not None and s.drift_interval > 0:
             assert self.ledger is not None
             compute = recent_drift(self.ledger, self.baseline, s.drift_window)
@@ -351,6 +365,8 @@ class Sidecar:
             self.metrics.stop()
         if self.checkpointer is not None:  # the last checkpoint, after the final load
             await asyncio.to_thread(self.checkpointer.close, PUBLISH_AT_SHUTDOWN_S)
+        if self.archiving is not None:  # the next start ships what is left
+            await asyncio.to_thread(self.archiving.stop)
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
 

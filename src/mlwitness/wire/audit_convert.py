@@ -53,6 +53,7 @@ MESSAGES: dict[type, type[Message]] = {
     r.LedgerStatus: apb.LedgerStatus,
     r.CheckpointStatus: apb.CheckpointStatus,
     r.PublisherStatus: apb.PublisherStatus,
+    r.ArchiveStatus: apb.ArchiveStatus,
     r.Status: apb.StatusResponse,
     r.SeqRange: apb.SeqRange,
     r.EraseResult: apb.EraseResponse,

@@ -104,6 +104,14 @@ have a source.
 {{- if and .Values.baseline.enabled (not (trim .Values.baseline.json)) }}
 {{- fail "baseline.enabled needs the baseline: --set-file baseline.json=baseline.json (mlwitness baseline)" }}
 {{- end }}
+{{- with .Values.archive.url }}
+{{- if not (regexMatch "^(s3://[a-z0-9][a-z0-9.-]+[a-z0-9](/.*)?|file:///.+)$" .) }}
+{{- fail (printf "archive.url must be s3://bucket/prefix or file:///dir, got %q" .) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.archive.url .Values.archive.register.enabled (not .Values.archive.register.catalog) (not .Values.archive.register.catalogSecret.name) }}
+{{- fail "archive.register.enabled needs archive.register.catalog (a REST catalog URL or a SQLAlchemy URL) or archive.register.catalogSecret" }}
+{{- end }}
 {{- $files := add (len .Values.guards.toml) (len .Values.baseline.json) }}
 {{- if gt $files 1000000 }}
 {{- fail (printf "guards.toml + baseline.json are %d bytes; a ConfigMap holds at most 1 MiB (mlwitness baseline --sample-size makes it smaller)" $files) }}
@@ -168,6 +176,9 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     {{- if .Values.hashKey.existingSecret }}
     - --hash-key=/etc/mlwitness/hash-key/hash.key
     {{- end }}
+    {{- with .Values.archive.url }}
+    - --archive={{ . }}
+    {{- end }}
     {{- range .Values.mlwitness.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -175,9 +186,11 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     - name: POD_NAME
       valueFrom:
         fieldRef: {fieldPath: metadata.name}
+    {{- include "mlwitness.archiveEnv" . | nindent 4 }}
     {{- with .Values.mlwitness.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- include "mlwitness.archiveEnvFrom" . | nindent 2 }}
   ports:
     - {name: inference, containerPort: {{ $ports.inference }}, protocol: TCP}
     - {name: audit, containerPort: {{ $ports.audit }}, protocol: TCP}
@@ -218,4 +231,31 @@ nativeSidecar, in `initContainers` with restartPolicy Always.
     - {name: ledger, mountPath: {{ .Values.ledger.mountPath }}}
     - {name: config, mountPath: /etc/mlwitness, readOnly: true}
     - {name: tmp, mountPath: /tmp}
+{{- end }}
+
+{{/* The archive's standard AWS environment (endpoint, region), for the sidecar, the fleet
+audit server and the register job. */}}
+{{- define "mlwitness.archiveEnv" -}}
+{{- if .Values.archive.url }}
+{{- with .Values.archive.endpoint }}
+- {name: AWS_ENDPOINT_URL, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.archive.region }}
+- {name: AWS_REGION, value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The archive's credentials Secret, its keys as environment variables. */}}
+{{- define "mlwitness.archiveEnvFrom" -}}
+{{- if and .Values.archive.url .Values.archive.credentialsSecret }}
+envFrom:
+  - secretRef: {name: {{ .Values.archive.credentialsSecret }}}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the fleet audit server's pods: not the StatefulSet's selector labels. */}}
+{{- define "mlwitness.fleetSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "mlwitness.name" . }}-fleet-audit
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
