@@ -3,8 +3,9 @@
 `Sidecar.start()` opens the ledger (loading any journal tail left by a crash), pins the
 model by content, records the environment, and starts the inference port (with health and
 reflection), the audit port, the plaintext health port and the metrics endpoint.
-With --archive, the shipper uploads sealed segments of the ledger in its own thread, and
-local retention deletes what the archive holds (server/archiving.py).
+Checkpoints are issued and published in their own thread (server/checkpointing.py); with
+--archive, the shipper uploads sealed segments of the ledger in its own thread, and local
+retention deletes what the archive holds (server/archiving.py).
 `Sidecar.stop()` drains in-flight calls, flushes and closes the ledger.
 """
 
@@ -23,8 +24,6 @@ from mlwitness.analytics.drift import FeatureDrift, drift_report
 from mlwitness.analytics.outcomes import QualityQuery, fetch, quality_answer
 from mlwitness.audit.evidence import live_status
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
-from mlwitness.errors import ConfigError
-from mlwitness.evidence.note import NoteError, Signer
 from mlwitness.guards.checks import InlineChecks
 from mlwitness.guards.file import load_guards
 from mlwitness.inference.backends import Backend
@@ -34,7 +33,6 @@ from mlwitness.inference.minimise import Minimiser
 from mlwitness.inference.service import InferenceService
 from mlwitness.ledger import environment, store
 from mlwitness.ledger.checkpoints import Checkpointer, load_signer
-from mlwitness.ledger.publisher import Publisher
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
@@ -50,6 +48,7 @@ from mlwitness.server.admin import (
 )
 from mlwitness.server.archiving import Archiving, open_archive
 from mlwitness.server.audit_server import start_audit_port
+from mlwitness.server.checkpointing import start_checkpoints
 from mlwitness.server.columns import check_minimised_names, columns_of, tabulator_for
 from mlwitness.server.lifecycle import run_until_signal
 from mlwitness.server.port import GrpcPort, stop_ports
@@ -119,7 +118,7 @@ class Sidecar:
         session = SessionConfig(intra_op_num_threads=s.ort_threads)
         model = await asyncio.to_thread(OnnxModel, first, session)
         ledger = await self._open_ledger(model)
-        self.checkpointer = self._start_checkpoints(ledger, signer)
+        self.checkpointer = start_checkpoints(s, ledger, signer)
         if archive is not None:
             self.archiving = Archiving(s, ledger, archive)
             await asyncio.to_thread(self.archiving.start)
@@ -153,7 +152,8 @@ class Sidecar:
             self.baseline = await store_baseline_file(ledger, s.baseline, model.signature)
         if s.guards:
             await self._load_guards(s.guards, model)
-        self.service = self._inference_service(env_id, current_sha)
+        self.service = inference_service(s, ledger, self.backend, env_id, current_sha,
+                                         self.metrics, self.checks)
         await self._start_inference(model)
         await self._start_audit()
         if s.health_port:
@@ -191,33 +191,6 @@ class Sidecar:
         ledger.on_failure = ledger.on_recovery = on_change
         return ledger
 
-    def _start_checkpoints(self, ledger: LedgerWriter, signer: Signer | None
-                           ) -> Checkpointer | None:
-        """The checkpointer (and its publisher) over the open ledger, started: its thread
-        builds any missing tree and issues checkpoints off the hot path."""
-        s = self.settings
-        if s.checkpoint_interval == 0:
-            log.warning("--checkpoint-interval 0: no Merkle tree and no checkpoints; a "
-                        "rewrite of the ledger is caught only by a head published elsewhere "
-                        "(--expect-head)")
-            return None
-        publisher = Publisher(s.checkpoint_dir, ledger) if s.checkpoint_dir else None
-        try:
-            checkpointer = Checkpointer(ledger, signer=signer, origin=s.checkpoint_origin or "",
-                                        interval_s=s.checkpoint_interval, publisher=publisher)
-        except NoteError as exc:
-            raise ConfigError(f"--checkpoint-origin: {exc}") from None
-        checkpointer.start()
-        signed = (f"signed by {checkpointer.key_id}" if signer is not None else
-                  "UNSIGNED (no --signing-key: they fix the tree, not who issued it)")
-        log.info("checkpoints of log %s every %g s, %s", checkpointer.origin,
-                 s.checkpoint_interval, signed)
-        if publisher is None:
-            log.warning("checkpoints are kept in the ledger only (no --checkpoint-dir): "
-                        "whoever can rewrite the ledger can rewrite them too; publish them "
-                        "where its operator cannot")
-        return checkpointer
-
     async def _load_guards(self, path: Path, model: OnnxModel) -> None:
         ledger, mode = self.ledger, self.settings.guard_mode
         assert ledger is not None
@@ -229,28 +202,6 @@ class Sidecar:
         self.guard_file = GuardFile(path, self.checks, lambda edited: record_guards(
             ledger, edited, mode=mode, source=str(path), caller="file reload"))
         await record_guards(ledger, config, mode=mode, source=str(path), caller="startup")
-
-    def _inference_service(self, env_id: Any, current_sha: Callable[[], str]
-                           ) -> InferenceService:
-        s = self.settings
-        assert self.ledger is not None and self.backend is not None
-        return InferenceService(
-            backend=self.backend,
-            ledger=self.ledger,
-            model_name=s.served_name,
-            model_version=s.model_version,
-            model_sha256=current_sha,
-            env_id=env_id,
-            max_request_bytes=s.max_request_bytes,
-            max_string_elements=s.max_string_elements,
-            observe=self.metrics.observe if self.metrics else None,
-            checks=self.checks,
-            minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
-                                key=s.hash_key.read_bytes() if s.hash_key else None,
-                                tabulator=self.ledger.tabulator,
-                                unkeyed=s.hash_inputs_unkeyed)
-            if s.redact_inputs or s.hash_inputs else None,
-        )
 
     async def _start_inference(self, model: OnnxModel) -> None:
         s = self.settings
@@ -375,6 +326,28 @@ class Sidecar:
                 "audit_port": self.audit_port, "metrics_port": self.metrics_port,
                 "health_port": self.health_port}
 
+
+
+def inference_service(s: Settings, ledger: LedgerWriter, backend: Backend, env_id: Any,
+                      current_sha: Callable[[], str], metrics: Metrics | None,
+                      checks: InlineChecks | None) -> InferenceService:
+    """The inference service: one call, one record, with the minimiser the settings ask."""
+    return InferenceService(
+        backend=backend,
+        ledger=ledger,
+        model_name=s.served_name,
+        model_version=s.model_version,
+        model_sha256=current_sha,
+        env_id=env_id,
+        max_request_bytes=s.max_request_bytes,
+        max_string_elements=s.max_string_elements,
+        observe=metrics.observe if metrics else None,
+        checks=checks,
+        minimiser=Minimiser(s.redact_inputs, s.hash_inputs,
+                            key=s.hash_key.read_bytes() if s.hash_key else None,
+                            tabulator=ledger.tabulator, unkeyed=s.hash_inputs_unkeyed)
+        if s.redact_inputs or s.hash_inputs else None,
+    )
 
 def recent_drift(ledger: LedgerWriter, baseline: Baseline, window_s: float
                  ) -> Callable[[int], list[FeatureDrift]]:
