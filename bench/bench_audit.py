@@ -109,7 +109,7 @@ async def _record(ledger: Path, model_path: Path, x: np.ndarray, rows: int,
                           decoder=decode_record_tensors)
     writer.open()
     env_id = writer.write(lambda con: store.put_environment(
-        con, environment.fingerprint(model.providers)))
+        con, environment.fingerprint(model.session_config)))
     writer.write(lambda con: store.put_model(con, onnx, "credit", "1",
                                              model.signature.to_dict()))
     service = InferenceService(backend=EmbeddedBackend(model, "credit", "1"), ledger=writer,

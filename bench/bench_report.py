@@ -112,7 +112,7 @@ def write_report_ledger(path: Path, model_path: Path, baseline: Baseline, n: int
     model = OnnxModel(onnx)
     writer = _writer(path, tuple(builder.FEATURES))
     env_id = writer.write(lambda con: store.put_environment(
-        con, environment.fingerprint(model.providers)))
+        con, environment.fingerprint(model.session_config)))
     writer.write(lambda con: store.put_model(con, onnx, "credit", "1",
                                              model.signature.to_dict()))
     sha = writer.write(lambda con: store_baseline(con, baseline, "baseline.json"))

@@ -72,6 +72,7 @@ def test_an_erased_record_keeps_its_place_and_refuses_every_rerun(side) -> None:
             feature="income", value=1.0)])),
         (side.stub.Sensitivity, apb.SensitivityRequest(ref=ref, feature="income", start=1,
                                                        stop=2, steps=2)),
+        (side.stub.Explain, apb.ExplainRequest(ref=ref)),
     ):
         error = rpc_error(rpc, request)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, rpc
