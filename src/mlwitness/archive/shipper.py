@@ -147,12 +147,15 @@ class Shipper:
 
     def status(self) -> ShipperStatus:
         archived, digest = self._position or (-1, "")
+        lag_records = max(0, self._loaded - max(archived, 0))
         lag_s = 0.0
-        if self._oldest_pending_us:
+        # The oldest pending record's time is read after each segment; read between a
+        # segment's upload and that, it is the time of a record now archived: no lag then.
+        if self._oldest_pending_us and lag_records:
             lag_s = max(0.0, time.time() - self._oldest_pending_us / 1e6)
         return ShipperStatus(
             chain_id=self.chain_id, archived_seq=archived, archived_hash=digest,
-            loaded_seq=self._loaded, lag_records=max(0, self._loaded - max(archived, 0)),
+            loaded_seq=self._loaded, lag_records=lag_records,
             lag_seconds=lag_s, last_error=self._last_error, failures=self._failures,
             segments_shipped=self._shipped, last_shipped_at=self._last_shipped_at)
 
