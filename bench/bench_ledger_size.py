@@ -14,7 +14,9 @@ age band as a request parameter and an x-caller header, rows from the demo data 
 SIGTERM: the sidecar drains, loads the journal, CHECKPOINTs DuckDB and removes the journal,
 and the script measures what is left on disk, checks the ledger holds every call, and
 samples the ledger directory while the calls run (DuckDB's WAL and the journal included)
-for the peak.
+for the peak. With record format 2 (erasable payloads) it also reports what the format's
+columns (format, salt, payload_commitment, erased_by) take per record: `entries` copied
+into two fresh files, with and without them.
 
 Bytes per record come from the slope between the two largest counts (the fixed part,
 the model bytes, baseline, environment and schema, cancels out); the fixed part is the
@@ -222,6 +224,7 @@ def one_run(
     finally:
         con.close()
     calls = sum(n for kind, n in kinds.items() if kind != "admin")
+    format_columns = format2_column_bytes(ledger, work) if count else None
     if calls != count or ok != count:
         raise RuntimeError(f"{count} calls sent, {ok} answered OK, {calls} on the ledger")
     assert blobs is not None and size is not None
@@ -240,7 +243,38 @@ def one_run(
         "avg_response_bytes": blobs[1],
         "avg_metadata_chars": blobs[2],
         "avg_violations_chars": blobs[3],
+        "format2_column_bytes": format_columns,
     }
+
+
+FORMAT2_COLUMNS = ("format", "salt", "payload_commitment", "erased_by")
+
+
+def format2_column_bytes(ledger: Path, work: Path) -> int | None:
+    """What record format 2's columns of `entries` take in a DuckDB file: the table copied
+    into two fresh files, with and without them, and the sizes subtracted (to DuckDB's
+    256 KiB block). None for a ledger without them (written before format 2)."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH '{ledger}' AS l (READ_ONLY)")
+        have = {r[0] for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = 'l' "
+            "AND table_name = 'entries'").fetchall()}
+        if not set(FORMAT2_COLUMNS) <= have:
+            return None
+        sizes = []
+        without = f"* EXCLUDE ({', '.join(FORMAT2_COLUMNS)})"
+        for name, select in (("with", "*"), ("without", without)):
+            path = work / f"columns-{name}.duckdb"
+            path.unlink(missing_ok=True)
+            con.execute(f"ATTACH '{path}' AS c")
+            con.execute(f"CREATE TABLE c.entries AS SELECT {select} FROM l.entries ORDER BY seq")
+            con.execute("DETACH c")
+            sizes.append(path.stat().st_size)
+            path.unlink()
+        return sizes[0] - sizes[1]
+    finally:
+        con.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         / (high["records"] - low["records"])
     )
     transient = high["peak_running_bytes"] - high["file_bytes"]
+    columns = high["format2_column_bytes"]
+    format2_per_record = columns / high["records"] if columns is not None else None
     fixed = runs[0]["file_bytes"] - runs[0]["records"] * per_record
     gib_per_million = per_record * 1e6 / GIB
     print(
@@ -324,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         f"in used blocks:  {used_per_record:,.0f} bytes per record (the rest of the growth is "
         f"free blocks DuckDB reuses)"
     )
+    if format2_per_record is not None:
+        print(f"format 2:        its columns (format, salt, payload_commitment, erased_by) "
+              f"take {format2_per_record:,.1f} bytes per record of entries, copied alone "
+              f"(±{high['block_size'] / high['records']:.1f}: DuckDB's blocks)")
     print(
         f"while running:   up to {transient / 1e6:.0f} MB above the closed file at "
         f"{high['records']:,} calls (DuckDB WAL before its checkpoint, unloaded journal)"
@@ -337,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "gib_per_million": gib_per_million,
         "used_bytes_per_record": used_per_record,
         "running_overhead_bytes": transient,
+        "format2_column_bytes_per_record": format2_per_record,
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -16,6 +16,11 @@ one):
     a        mlwitness serve, embedded, --durability fsync (the default: durable ledger)
     a_write  mlwitness serve, embedded, --durability write (acked once in the OS)
     a_guards mlwitness serve, embedded, fsync, with a suggested guard file (observe mode)
+    a_cp     mlwitness serve, embedded, fsync, checkpoints signed and published to a
+             directory every 10 s (--signing-key, --checkpoint-dir); `a` has them unsigned
+             and unpublished, the default
+    a_nocp   mlwitness serve, embedded, fsync, --checkpoint-interval 0: no Merkle tree, no
+             checkpoints (what a_cp is compared with: issue 15's 3 % at c=8)
     p        bench/bare_proxy.py in front of an upstream: the bare proxy hop, what forwarding
              is compared with first
     c        mlwitness serve --upstream <an upstream> (forwarding, fsync); also measures
@@ -78,6 +83,8 @@ LABELS = {
     "a": "(a)  sidecar embedded, fsync",
     "a_write": "(a') sidecar embedded, write",
     "a_guards": "(g)  sidecar fsync + guards, observe",
+    "a_cp": "(a+) sidecar, checkpoints published",
+    "a_nocp": "(a0) sidecar, checkpoints off",
     "k": "(k)  KServe ModelServer",
     "m": "(m)  MLServer",
     "n": "(n)  sidecar, ledger off",
@@ -88,7 +95,7 @@ LABELS = {
 }
 CONFIGS = tuple(c for c in LABELS if c != "c0")  # c0 comes with c
 PEERS = {"k": "kserve", "m": "mlserver"}
-LEDGERED = ("a", "a_write", "a_guards", "c", "c_write")
+LEDGERED = ("a", "a_write", "a_guards", "a_cp", "a_nocp", "c", "c_write")
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,18 @@ def guard_files(work: Path, model: Path, features: tuple[str, ...]) -> list[str]
         subprocess.run([*cli, "guards", "suggest", str(baseline), "--out", str(guards)],
                        check=True, stdout=subprocess.DEVNULL)
     return ["--features", ",".join(features), "--guards", str(guards), "--guard-mode", "observe"]
+
+
+def checkpoint_flags(work: Path, tag: str) -> list[str]:
+    """Checkpoints as a pod would run them: signed by a key made once, published to a
+    directory of this run's own."""
+    key = work / "signing.key"
+    if not key.exists():
+        subprocess.run([sys.executable, "-m", "mlwitness", "keygen", "--out", str(key)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    witness = work / f"{tag}.witness"
+    witness.mkdir(exist_ok=True)
+    return ["--signing-key", str(key), "--checkpoint-dir", str(witness)]
 
 
 def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = "",
@@ -581,8 +600,10 @@ def one_config(
             measure(pool, server, config, rnd, args, run)
         finally:
             server.stop()
-    elif config in ("a", "a_write", "a_guards"):
-        extra = guard_files(work, model, args.kind.features) if config == "a_guards" else None
+    elif config in ("a", "a_write", "a_guards", "a_cp", "a_nocp"):
+        extra = (guard_files(work, model, args.kind.features) if config == "a_guards" else
+                 checkpoint_flags(work, tag) if config == "a_cp" else
+                 ["--checkpoint-interval", "0"] if config == "a_nocp" else None)
         server = sidecar(model, work, tag, "write" if config == "a_write" else "fsync",
                          extra=extra)
         try:
@@ -711,6 +732,9 @@ def checks(hi: int, lo: int) -> dict[str, list[Check]]:
             Check(f"(a')/(n) throughput, c={hi}", "a_write", "n", hi, _ratio),
             Check(f"(a')/(b) throughput, c={hi}", "a_write", "b", hi, _ratio),
             Check(f"(g)/(a) throughput, c={hi}", "a_guards", "a", hi, _ratio, ">=", 0.90),
+            Check(f"(a+)/(a0) throughput, c={hi}", "a_cp", "a_nocp", hi, _ratio, ">=", 0.97),
+            Check(f"(a)/(a0) throughput, c={hi}", "a", "a_nocp", hi, _ratio, ">=", 0.97),
+            Check(f"(a+) p99 - (a0) p99, c={hi}", "a_cp", "a_nocp", hi, _p99, unit=ms),
             Check(f"(a') p50 - (b) p50, c={lo}", "a_write", "b", lo, _p50, unit=ms),
             Check(f"(c)/(c0) throughput, c={hi}", "c", "c0", hi, _ratio),
             Check(f"(c) p50 - (c0) p50, c={lo}", "c", "c0", lo, _p50, unit=ms),

@@ -12,7 +12,8 @@ Access file (TOML, `--audit-access` / `--inference-access`):
     role = "admin"
 
 Roles: `auditor` reads records, replays, asks what-if, drift, bias and violations; `admin`
-can also change guards; `caller` may call the inference port when it requires credentials.
+can also change guards and erase records; `caller` may call the inference port when it
+requires credentials.
 A call with no credentials is UNAUTHENTICATED, one with unknown credentials too, and a
 known principal without the role an RPC needs is PERMISSION_DENIED. Tokens travel as gRPC
 metadata `authorization: Bearer <token>`.
@@ -35,7 +36,7 @@ from mlwitness.errors import ConfigError, PermissionDenied, Unauthenticated
 
 ROLES = ("caller", "auditor", "admin")
 # RPCs that need more than the auditor role.
-ADMIN_RPCS = frozenset({"SetGuards"})
+ADMIN_RPCS = frozenset({"SetGuards", "Erase"})
 
 
 @dataclass(frozen=True)

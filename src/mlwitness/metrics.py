@@ -44,6 +44,18 @@ DOCUMENTED = {
     "mlwitness_ledger_backlog": "records acknowledged but not yet in DuckDB",
     "mlwitness_ledger_last_commit_batch": "records in the latest journal group commit",
     "mlwitness_ledger_healthy": "1 while the ledger can commit records",
+    "mlwitness_checkpoint_size": "tree size (records) of the latest checkpoint",
+    "mlwitness_checkpoint_age_seconds": "seconds since the latest checkpoint was issued",
+    "mlwitness_checkpoint_pending_records": "records loaded into DuckDB and not yet in a "
+                                            "checkpoint",
+    "mlwitness_checkpoint_published_size": "tree size of the latest checkpoint published "
+                                           "to --checkpoint-dir",
+    "mlwitness_checkpoint_published_age_seconds": "seconds since a checkpoint was last "
+                                                  "published",
+    "mlwitness_checkpoint_publish_failures_total": "publishing rounds to --checkpoint-dir "
+                                                   "that failed (each is retried)",
+    "mlwitness_checkpoint_stopped": "1 once checkpoints stopped: the ledger no longer gives "
+                                    "the tree it published (see `mlwitness audit status`)",
 }
 
 
@@ -81,6 +93,41 @@ class _LedgerCollector(Collector):
             ("mlwitness_ledger_healthy", 1.0 if self.writer.healthy else 0.0),
         ):
             yield GaugeMetricFamily(name, DOCUMENTED[name], value=value)
+
+
+class _CheckpointCollector(Collector):
+    """Checkpoints and their publishing, read off the checkpointer at scrape time
+    (ledger/checkpoints.py: `latest`, `state`; its publisher's `published_*`, `failures`).
+    An age is left out until there is something to be old."""
+
+    def __init__(self, checkpointer: Any) -> None:
+        self.checkpointer = checkpointer
+
+    def collect(self) -> Iterable[Any]:
+        c = self.checkpointer
+        now = time.time()
+        latest = c.latest
+        size = latest.size if latest is not None else 0
+        yield self._gauge("mlwitness_checkpoint_size", size)
+        if latest is not None:
+            yield self._gauge("mlwitness_checkpoint_age_seconds",
+                              max(0.0, now - latest.created_us / 1e6))
+        yield self._gauge("mlwitness_checkpoint_pending_records",
+                          max(0, c.ledger.loaded_seq - size))
+        yield self._gauge("mlwitness_checkpoint_stopped", 1.0 if c.state == "stopped" else 0.0)
+        publisher = c.publisher
+        if publisher is None:
+            return
+        yield self._gauge("mlwitness_checkpoint_published_size", publisher.published_size)
+        if publisher.published_us:
+            yield self._gauge("mlwitness_checkpoint_published_age_seconds",
+                              max(0.0, now - publisher.published_us / 1e6))
+        name = "mlwitness_checkpoint_publish_failures"
+        yield CounterMetricFamily(name, DOCUMENTED[name + "_total"], value=publisher.failures)
+
+    @staticmethod
+    def _gauge(name: str, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, DOCUMENTED[name], value=value)
 
 
 class _BeforeScrape(Collector):
@@ -159,6 +206,9 @@ class Metrics:
 
     def watch_ledger(self, writer: Any) -> None:
         self.registry.register(_LedgerCollector(writer))
+
+    def watch_checkpoints(self, checkpointer: Any) -> None:
+        self.registry.register(_CheckpointCollector(checkpointer))
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; return the bound port."""

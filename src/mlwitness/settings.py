@@ -204,7 +204,9 @@ class Settings:
         "get to finish before it is closed (0: none). Raise it for long ReplayRange "
         "streams.", commands=BOTH, check="seconds>=0")
     ort_threads: int = setting(
-        1, "onnxruntime intra-op threads (embedded mode and replay).", commands=BOTH,
+        1, "onnxruntime intra-op threads of the serving session (embedded mode; recorded in "
+        "the environment). Replay runs each decision with the threads it was recorded with; "
+        "this applies to records whose environment names none.", commands=BOTH,
         check="count")
     max_candidate_bytes: int = setting(
         16 << 20, "Largest candidate model an auditor may upload (candidate_onnx); larger "
@@ -234,6 +236,25 @@ class Settings:
     max_backlog: int = setting(
         200_000, "Records acknowledged but not yet in DuckDB before new calls wait (then "
         "fail with UNAVAILABLE after 5 s): backpressure, never dropping.", check="count")
+    checkpoint_interval: float = setting(
+        10.0, "Seconds between checkpoints while records arrive: the Merkle tree head of "
+        "every record loaded so far (a C2SP tlog-checkpoint), stored in the ledger and "
+        "published to --checkpoint-dir; one more is issued at shutdown. 0 turns the tree "
+        "and checkpoints off.", check="seconds>=0")
+    signing_key: Path | None = setting(
+        None, "Signer key file (`mlwitness keygen`) that signs each checkpoint (Ed25519, a "
+        "C2SP signed note). Without it checkpoints are unsigned: they fix the tree, not who "
+        "issued it. Keep it off the ledger's volume, readable by the sidecar only.",
+        check="file")
+    checkpoint_dir: Path | None = setting(
+        None, "Directory the checkpoints are published to, outside the ledger: `latest`, "
+        "`checkpoints/<size>` and the tree's tiles (c2sp.org/tlog-tiles). Use storage the "
+        "ledger's operator cannot rewrite (another volume, an NFS share, a bucket mount); it "
+        "must exist. Publishing never holds up serving; failures show in `mlwitness audit "
+        "status`, the log and the metrics.")
+    checkpoint_origin: str | None = setting(
+        None, "The log's name on its checkpoints (their origin line): one per ledger.",
+        shown="`mlwitness/<chain id>`")
     drain_timeout: float = setting(
         20.0, "Seconds SIGTERM waits for in-flight calls.", commands=BOTH,
         check="seconds>=0")
@@ -263,6 +284,7 @@ class Settings:
         if overlap:
             raise ConfigError(f"inputs both redacted and hashed: {', '.join(sorted(overlap))}")
         self._check_hashing()
+        self._check_checkpoints()
         if self.upstream is not None:
             _check_target(self.upstream)
         return self
@@ -273,6 +295,21 @@ class Settings:
         _check_each(self, [spec for spec in SPECS if "audit-server" in spec.commands
                            and spec.check != "file"])
         return self
+
+    def _check_checkpoints(self) -> None:
+        if self.checkpoint_interval == 0:
+            given = [f for f, v in (("--signing-key", self.signing_key),
+                                    ("--checkpoint-dir", self.checkpoint_dir),
+                                    ("--checkpoint-origin", self.checkpoint_origin)) if v]
+            if given:
+                raise ConfigError(f"{', '.join(given)} need checkpoints, and "
+                                  "--checkpoint-interval 0 turns them off")
+        if self.checkpoint_origin is not None and (
+                not self.checkpoint_origin.strip() or self.checkpoint_origin != " ".join(
+                    self.checkpoint_origin.split()) or not self.checkpoint_origin.isprintable()):
+            raise ConfigError("--checkpoint-origin must be one line of printable text, "
+                              f"without leading, trailing or repeated spaces, got "
+                              f"{self.checkpoint_origin!r:.80}")
 
     def _check_hashing(self) -> None:
         """--hash-inputs is keyed (a key of MIN_KEY_BYTES or more) unless the weak, unkeyed

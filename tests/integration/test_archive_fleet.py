@@ -184,12 +184,12 @@ def test_show_and_replay_from_the_archive_are_bit_identical(
     try:
         for rid in ("s0-03", "s2-11"):
             shown = service.get_record(Asker("auditor"), request_id=rid)
-            assert shown["request_id"] == rid
+            assert shown.request_id == rid
             answer = service.replay(Asker("auditor"), request_id=rid)
-            assert answer["bit_identical"] is True
-            assert answer["replayed_model_sha256"] == hashlib.sha256(
+            assert answer.bit_identical is True
+            assert answer.replayed_model_sha256 == hashlib.sha256(
                 sidecars.model.read_bytes()).hexdigest()
-            assert [r["label"] for r in answer["replayed_outputs"]] == \
+            assert [r["label"] for r in answer.replayed_outputs] == \
                 sidecars.outputs[rid]["label"].tolist()
     finally:
         service.close()

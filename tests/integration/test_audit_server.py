@@ -82,7 +82,8 @@ def test_every_audit_question_is_recorded_in_the_chain_and_verify_passes(
     replay = json.loads(trail[5][4])
     assert replay["request"]["request_id"] == "a16"
     assert replay["result"] == {"seq": audit_ledger.entries["a16"].seq, "bit_identical": True,
-                                "model_sha256": audit_ledger.models.sha_v1}
+                                "model_sha256": audit_ledger.models.sha_v1,
+                                "verdict": "bit-identical"}
     assert by_rpc["ReplayRange"]["result"]["records"] == 33
     assert by_rpc["ReplayRange"]["result"]["decisions_changed"] == 6
     assert by_rpc["WhatIf"]["request"]["overrides"] == [["income", 45000.0]]

@@ -84,7 +84,8 @@ def target(tmp_path_factory: pytest.TempPathFactory, audit_ledger: Any) -> Itera
     running = start_with_audit_port(dict(
         model=models.v1, model_name="credit", ledger=audit_ledger.copy(root),
         host="127.0.0.1", port=0, metrics_port=0, durability="write", drain_timeout=5.0,
-        features=list(models.features), guards=guards))
+        features=list(models.features), guards=guards,
+        checkpoint_interval=0.2))  # checkpoints soon: proofs have trees to come from
     entries = audit_ledger.entries.values()
     received = [e.received_us for e in entries]
     known = Known(

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+import struct
 import threading
 import time
 from datetime import UTC, datetime
@@ -49,6 +50,8 @@ COLUMNS = (
     "response",
     "prev_hash",
     "hash",
+    "format",
+    "salt",
 )
 X1 = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
 
@@ -153,6 +156,23 @@ def test_typed_request_bytes_are_stored_exactly(
     assert [(bytes(a), bytes(b)) for a, b in rows] == [(sent, received)]
 
 
+def _spec_hashed_v2(row: dict) -> bytes:
+    """A format-2 record's hashed bytes built from docs/ledger.md's spec alone (not with
+    mlwitness.ledger.record): head, the clear fields, then the payload commitment."""
+    def lp(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    clear = b"".join(lp(row[name].encode()) for name in (
+        "kind", "request_id", "model_name", "model_version", "model_sha256", "env_id", "peer",
+        "metadata", "status"))
+    payload = b"".join(lp(part) for part in (
+        row["message"].encode(), row["violations"].encode(), row["detail"].encode(),
+        bytes(row["request"]), bytes(row["response"])))
+    commitment = hashlib.sha256(b"mlwitness-payload-v2" + bytes(row["salt"]) + payload).digest()
+    head = struct.pack(">BqqqI", 2, row["seq"], row["received_us"], row["responded_us"], 10)
+    return head + clear + lp(commitment)
+
+
 def test_records_are_hash_chained_from_the_ledgers_genesis(sidecar: RunningSidecar) -> None:
     with grpcclient.InferenceServerClient(sidecar.address) as client:
         for i in range(5):
@@ -168,13 +188,16 @@ def test_records_are_hash_chained_from_the_ledgers_genesis(sidecar: RunningSidec
     )
     assert len(rows) == 5
     prev = genesis_hash(chain_id)
-    for row in rows:
-        record = Record(**dict(zip(COLUMNS[:15], row[:15], strict=True)))
-        record.request, record.response = bytes(row[15]), bytes(row[16])
-        assert bytes(row[17]) == prev
-        assert bytes(row[18]) == chain_hash(prev, encode(record))
-        assert bytes(row[18]) == hashlib.sha256(prev + encode(record)).digest()
-        prev = bytes(row[18])
+    for values in rows:
+        row = dict(zip(COLUMNS, values, strict=True))
+        assert row["format"] == 2 and len(row["salt"]) == 16  # record format 2, salted
+        record = Record(**{name: row[name] for name in COLUMNS[:15]})
+        record.request, record.response = bytes(row["request"]), bytes(row["response"])
+        record.salt = bytes(row["salt"])
+        assert bytes(row["prev_hash"]) == prev
+        assert bytes(row["hash"]) == chain_hash(prev, encode(record))
+        assert bytes(row["hash"]) == hashlib.sha256(prev + _spec_hashed_v2(row)).digest()
+        prev = bytes(row["hash"])
 
 
 def test_records_view_carries_the_documented_columns(

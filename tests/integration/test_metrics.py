@@ -288,7 +288,10 @@ def test_every_documented_metric_is_exported(kit: MonitoringKit, start: Start,
                                              tmp_path: Path) -> None:
     path = tmp_path / "guards.toml"
     path.write_text(edited(kit.guards_text(), ("min_samples = 100", "min_samples = 10")))
-    side = start(guards=path, guard_mode="observe", baseline=kit.baseline_path, drift_interval=0.3)
+    witness = tmp_path / "witness"  # checkpoints published: their gauges have values
+    witness.mkdir()
+    side = start(guards=path, guard_mode="observe", baseline=kit.baseline_path, drift_interval=0.3,
+                 checkpoint_interval=0.2, checkpoint_dir=witness)
     send_with_violations(side, kit)
 
     def complete() -> Scrape | None:

@@ -118,6 +118,8 @@ def messages(known: Known) -> dict[str, st.SearchStrategy[Any]]:
     outputs = texts("", *OUTPUT_COLUMNS, weight=10)
     page_sizes = weighted((4, st.integers(-2, 60)), (1, I32),
                           (1, st.sampled_from([1000, 1001, 2**31 - 1, -(2**31)])))
+    tree_sizes = weighted((4, st.integers(-2, 120)), (2, I64),
+                          (1, st.sampled_from([0, -1, 2**63 - 1, -(2**63)])))
     tokens = weighted((6, st.just("")), (2, st.text(max_size=40)), (1, huge_text()),
                       (1, st.sampled_from(["0", "-1", "9" * 40, "seq:5", "null", "{}", "=="])))
     return {
@@ -157,6 +159,12 @@ def messages(known: Known) -> dict[str, st.SearchStrategy[Any]]:
                                                                         for i in range(n)])))),
         "Violations": st.builds(apb.ViolationsRequest, since_us=t, until_us=t, model=m),
         "GetGuards": st.just(apb.GetGuardsRequest()),
+        "GetCheckpoint": st.builds(apb.GetCheckpointRequest, size=tree_sizes),
+        "InclusionProof": st.builds(apb.InclusionProofRequest, ref=refs(known),
+                                    tree_size=tree_sizes),
+        "ConsistencyProof": st.builds(apb.ConsistencyProofRequest, from_size=tree_sizes,
+                                      to_size=tree_sizes),
+        "Status": st.just(apb.StatusRequest()),
         "SetGuards": hostile_guards(known).map(
             lambda pair: apb.SetGuardsRequest(toml=pair[0], json=pair[1])),
     }
@@ -177,4 +185,6 @@ REQUESTS = {
     "VerifyLedger": apb.VerifyLedgerRequest, "Drift": apb.DriftRequest,
     "Bias": apb.BiasRequest, "Violations": apb.ViolationsRequest,
     "GetGuards": apb.GetGuardsRequest, "SetGuards": apb.SetGuardsRequest,
+    "GetCheckpoint": apb.GetCheckpointRequest, "InclusionProof": apb.InclusionProofRequest,
+    "ConsistencyProof": apb.ConsistencyProofRequest, "Status": apb.StatusRequest,
 }

@@ -28,7 +28,8 @@ from typing import Any
 import duckdb
 
 from mlwitness.ledger import journal
-from mlwitness.ledger.record import Record, chain_hash, encode
+from mlwitness.ledger.record import chain_hash, encode
+from mlwitness.ledger.verify import RECORD_FIELDS, records_from
 from mlwitness.server.sidecar import Sidecar
 from mlwitness.settings import Settings
 
@@ -59,7 +60,7 @@ def read_ledger(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple]
         con.close()
 
 
-# A record's stored fields in the order of Record's own
+# The stored fields a rewrite may change (format, salt and the erasure's stay as they are)
 _RECORD_FIELDS = ("kind", "request_id", "received_us", "responded_us", "model_name",
                   "model_version", "model_sha256", "env_id", "peer", "metadata", "status",
                   "message", "violations", "detail", "request", "response", "seq", "prev_hash",
@@ -71,9 +72,9 @@ def rewrite_record(path: Path, seq: int, **changes: Any) -> None:
     write access who knows the chain would: the result is a whole, valid chain."""
     con = duckdb.connect(str(path))
     try:
-        rows = con.execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM entries WHERE seq >= ? "
-                           "ORDER BY seq", [seq]).fetchall()
-        records = [Record(*row) for row in rows]
+        records = records_from(con.sql(
+            f"SELECT {', '.join(RECORD_FIELDS)} FROM entries WHERE seq >= {int(seq)} "
+            "ORDER BY seq").to_arrow_table())
         prev = records[0].prev_hash
         for record in records:
             if record.seq == seq:

@@ -160,3 +160,13 @@ def test_the_check_sees_upward_sideways_lazy_and_relative_imports(tmp_path: Path
         "mlwitness.low.b (low, layer 1) imports mlwitness.high.c (high, layer 2)",
         "mlwitness.side (side, layer 1) imports mlwitness.low.a (low, layer 1)",
     ]
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their base name (tests/ has no packages): two files of
+    one name in different folders stop the whole run at collection."""
+    tests = Path(__file__).resolve().parents[1]
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}

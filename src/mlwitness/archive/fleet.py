@@ -225,8 +225,11 @@ class Fleet:
             files = [str(self.path(m.parquet_key)) for m in
                      sorted(taken, key=lambda m: (m.chain_id, m.first_seq))]
             if files:
-                con.execute("CREATE OR REPLACE VIEW entries AS SELECT * FROM "
-                            f"read_parquet({_literal(files)}, union_by_name = true)")
+                parquet = f"read_parquet({_literal(files)}, union_by_name = true)"
+                have = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {parquet}").fetchall()]
+                # segments sealed before record format 2 lack its columns
+                con.execute(f"CREATE OR REPLACE VIEW entries AS SELECT *"
+                            f"{schema.missing_columns(have)} FROM {parquet}")
             else:
                 con.execute("CREATE OR REPLACE VIEW entries AS SELECT *, ''::VARCHAR AS "
                             f"{segments.CHAIN_COLUMN} FROM fleet_empty.entries")

@@ -21,6 +21,7 @@ from mlwitness.errors import FailedPrecondition, InvalidInput, TooLarge
 from mlwitness.ledger import store
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.model.external_data import NotProtobuf, NotSelfContained, check_self_contained
+from mlwitness.model.runtime import SessionConfig
 from mlwitness.model.sandbox import Aborted, Limits, Sandbox, SandboxedModel, Sandboxes
 
 StoreModel = Callable[[bytes, dict[str, Any]], str]  # (onnx, signature) -> sha256
@@ -59,20 +60,22 @@ class Runs:
             self._sandbox = self.sandboxes.open(self.deadline)
         return self._sandbox
 
-    def model(self, sha256: str) -> SandboxedModel:
-        """A stored model (or this question's upload) by SHA-256, loaded in the worker.
+    def model(self, sha256: str, session: SessionConfig | None = None) -> SandboxedModel:
+        """A stored model (or this question's upload) by SHA-256, loaded in the worker in
+        a session built from `session` (a record's: `Candidates.session_of`; None: the
+        default).
         A stored one is looked up even when the worker has it loaded: a worker may still
         hold an earlier question's upload that failed and was never stored, and an answer
         must rest only on models the store holds."""
         onnx = self.uploads.get(sha256)
         if onnx is None:
             onnx = self.reader.model(sha256).onnx  # or FailedPrecondition, DataLoss
-        return self._open().load(sha256, lambda: onnx)
+        return self._open().load(sha256, lambda: onnx, session)
 
-    def upload(self, onnx: bytes) -> SandboxedModel:
+    def upload(self, onnx: bytes, session: SessionConfig | None = None) -> SandboxedModel:
         sha = hashlib.sha256(onnx).hexdigest()
         self.uploads[sha] = onnx
-        return self.model(sha)
+        return self.model(sha, session)
 
     def close(self) -> None:
         if self._sandbox is not None:
@@ -93,6 +96,10 @@ class Candidates:
         """End the idle sandbox workers."""
         self.sandboxes.close()
 
+    def session_of(self, env_id: str) -> SessionConfig | None:
+        """The session options a record's environment names (None: it names none)."""
+        return SessionConfig.from_environment(self.reader.environment(env_id))
+
     @contextlib.contextmanager
     def runs(self, deadline: float | None) -> Iterator[Runs]:
         runs = Runs(self.reader, self.sandboxes, deadline)
@@ -101,7 +108,8 @@ class Candidates:
         finally:
             runs.close()
 
-    def upload(self, runs: Runs, onnx: bytes) -> SandboxedModel:
+    def upload(self, runs: Runs, onnx: bytes,
+               session: SessionConfig | None = None) -> SandboxedModel:
         """An uploaded candidate, checked and loaded (not stored: see `keep`)."""
         if self.store_model is None:
             raise FailedPrecondition("this audit server cannot store uploaded models; "
@@ -112,7 +120,7 @@ class Candidates:
                            f"{limit} bytes (--max-candidate-bytes)")
         try:
             check_self_contained(onnx)  # here too: onnxruntime must never see it
-            return runs.upload(onnx)
+            return runs.upload(onnx, session)
         except Aborted:
             raise
         except (NotSelfContained, NotProtobuf) as exc:

@@ -64,4 +64,5 @@ class Records:
             problems=[f"seq {p.seq}: {p.what}" if p.seq else p.what for p in report.problems],
             decoded_checked=report.decoded_checked,
             decoded_not_covered=report.decoded_not_covered, notes=report.notes(),
+            erased_records=report.erased_records,
         )

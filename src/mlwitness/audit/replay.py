@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mlwitness.audit.fidelity import ulps
 from mlwitness.audit.results import OutputDiff
 from mlwitness.codec import DATATYPES, Tensor, decode_inputs, decode_outputs
 from mlwitness.errors import FailedPrecondition, InvalidInput
@@ -129,7 +130,8 @@ def compare(recorded: Sequence[Tensor], replayed: Sequence[Tensor]) -> list[Outp
     for old in recorded:
         new = by_name.get(old.name)
         if new is None:
-            diffs.append(OutputDiff(old.name, False, math.inf, math.inf, int(old.array.size)))
+            diffs.append(OutputDiff(old.name, False, math.inf, math.inf, int(old.array.size),
+                                    math.inf))
             continue
         same = old.datatype == new.datatype and old.shape == new.shape and (
             # BYTES arrays hold Python objects: compare the values, not their addresses
@@ -141,7 +143,7 @@ def compare(recorded: Sequence[Tensor], replayed: Sequence[Tensor]) -> list[Outp
         if old.array.dtype == object or new.array.dtype == object or old.shape != new.shape:
             differing = int(old.array.size) if old.shape != new.shape else int(
                 np.sum(old.array != new.array))
-            diffs.append(OutputDiff(old.name, False, math.inf, math.inf, differing))
+            diffs.append(OutputDiff(old.name, False, math.inf, math.inf, differing, math.inf))
             continue
         a = old.array.astype(np.float64)
         b = new.array.astype(np.float64)
@@ -150,9 +152,13 @@ def compare(recorded: Sequence[Tensor], replayed: Sequence[Tensor]) -> list[Outp
             both_nan = np.isnan(a) & np.isnan(b)
             delta = np.where(both_nan, 0.0, delta)
             rel = np.where(delta == 0, 0.0, delta / np.maximum(np.abs(a), np.finfo(float).tiny))
+        if old.array.dtype == new.array.dtype:
+            distance = ulps(old.array, new.array)
+            differing, most = int(np.count_nonzero(distance)), float(distance.max(initial=0))
+        else:  # another type: a different model, no distance in one type's ulps
+            differing, most = int(np.count_nonzero(delta)), math.inf
         diffs.append(OutputDiff(old.name, False, float(np.max(delta, initial=0.0)),
-                                float(np.max(rel, initial=0.0)),
-                                int(np.count_nonzero(delta))))
+                                float(np.max(rel, initial=0.0)), differing, most))
     return diffs
 
 

@@ -18,6 +18,7 @@ from mlwitness.audit.results import ChangedDecision, ReplayEvent, ReplayProgress
 from mlwitness.audit.trail import Asker, Trail
 from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.reader import LedgerReader
+from mlwitness.model.sandbox import SandboxedModel
 
 PROGRESS_EVERY_S = 0.5
 FAILURES_LISTED = 10
@@ -32,6 +33,7 @@ class _Counts:
     failed: int = 0
     decisions_changed: int = 0
     max_abs_diff: float = 0.0
+    max_ulps: float = 0.0
     failures: list[str] = field(default_factory=list)
 
     def add(self, outcome: traffic.Outcome | str) -> None:
@@ -47,6 +49,7 @@ class _Counts:
         else:
             self.changed += 1
             self.max_abs_diff = max(self.max_abs_diff, outcome.max_abs_diff)
+            self.max_ulps = max(self.max_ulps, outcome.max_ulps)
         self.decisions_changed += len(outcome.flips)
 
 
@@ -81,7 +84,8 @@ class ReplayRanges:
                 changed=counts.changed, failed=counts.failed,
                 decisions_changed=counts.decisions_changed,
                 records_per_second=counts.records / elapsed, replayed_model_sha256=candidate,
-                max_abs_diff=counts.max_abs_diff, failures=counts.failures)
+                max_abs_diff=counts.max_abs_diff, failures=counts.failures,
+                max_ulps=counts.max_ulps)
             summary.update({k: v for k, v in result.__dict__.items() if k != "failures"})
             yield result
 
@@ -94,8 +98,13 @@ class ReplayRanges:
         last = started
         listed = 0
         rule = rp.DecisionRule()
+
+        def model_for(sha256: str, env_id: str) -> SandboxedModel:
+            # each record's decision re-run with the session options it was made with
+            return runs.model(sha256, self.candidates.session_of(env_id))
+
         for batch in self.reader.window(filters):
-            for outcome in traffic.replay_batch(batch, candidate, rule, runs.model):
+            for outcome in traffic.replay_batch(batch, candidate, rule, model_for):
                 counts.add(outcome)
                 if isinstance(outcome, str):
                     continue

@@ -1,15 +1,16 @@
 """One recorded call run again: replay (on its model or a candidate), what-if, sensitivity.
 
-The arithmetic is `mlwitness.audit.replay`'s; this is the question around it: which model,
-which rows, what the trail keeps, and the answer as `mlwitness.audit.results`.
+The arithmetic is `mlwitness.audit.replay`'s and the judgement of a difference
+`mlwitness.audit.fidelity`'s; this is the question around it: which model, in a session
+with which options (those the record's environment names), which rows, what the trail
+keeps, and the answer as `mlwitness.audit.results`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from mlwitness.audit import fidelity
 from mlwitness.audit import replay as rp
 from mlwitness.audit.candidates import Candidates, check_fits, upload_sha256
 from mlwitness.audit.results import (
@@ -24,6 +25,7 @@ from mlwitness.audit.trail import Asker, Trail
 from mlwitness.errors import FailedPrecondition, InvalidInput
 from mlwitness.ledger import environment
 from mlwitness.ledger.reader import LedgerReader, StoredRecord
+from mlwitness.model.runtime import SessionConfig
 
 
 def feature_names(stored: StoredRecord) -> list[str]:
@@ -37,12 +39,10 @@ def changed_rows(before: list[str], after: list[str]) -> list[int]:
 
 
 class Reruns:
-    def __init__(self, reader: LedgerReader, trail: Trail, candidates: Candidates,
-                 fingerprint: dict[str, Any]) -> None:
+    def __init__(self, reader: LedgerReader, trail: Trail, candidates: Candidates) -> None:
         self.reader = reader
         self.trail = trail
         self.candidates = candidates
-        self.environment = fingerprint  # this process's, to compare with the recording one
 
     def replay(self, asker: Asker, request_id: str = "", seq: int = 0,
                candidate_sha256: str = "", candidate_onnx: bytes = b"") -> ReplayResult:
@@ -52,14 +52,16 @@ class Reruns:
                                 ) as summary, self.candidates.runs(asker.deadline) as runs:
             record = self.reader.get(request_id, seq, rows=False).record
             call = rp.decode_call(record)
+            recorded_env = self.reader.environment(record.env_id)
+            session = SessionConfig.from_environment(recorded_env)  # as it was decided
             if candidate_onnx:
-                model = self.candidates.upload(runs, candidate_onnx)
+                model = self.candidates.upload(runs, candidate_onnx, session)
             else:
                 sha = self.reader.resolve_model(candidate_sha256) if candidate_sha256 \
                     else record.model_sha256
                 if not sha:
                     raise FailedPrecondition(f"record seq {record.seq} names no model")
-                model = runs.model(sha)
+                model = runs.model(sha, session)
             if candidate_onnx or candidate_sha256:
                 check_fits(model, call, record.seq)
             replayed = model.run(call.inputs, call.requested)
@@ -67,21 +69,25 @@ class Reruns:
                 self.candidates.keep(candidate_onnx, model)
             diffs = rp.compare(call.outputs, replayed)
             rule = rp.DecisionRule()
-            env_diff = environment.differences(self.reader.environment(record.env_id),
-                                               self.environment)
+            # This machine and process, with the options the replay's session ran with.
+            env_diff = environment.differences(
+                recorded_env, environment.fingerprint(model.session_config))
             identical = all(d.identical for d in diffs)
-            summary.update(seq=record.seq, bit_identical=identical, model_sha256=model.sha256)
+            verdict = fidelity.verdict(call.outputs, diffs, env_diff, model.unavailable)
+            summary.update(seq=record.seq, bit_identical=identical, model_sha256=model.sha256,
+                           verdict=verdict)
             return ReplayResult(
                 seq=record.seq, request_id=record.request_id,
                 recorded_model_sha256=record.model_sha256,
                 replayed_model_sha256=model.sha256, bit_identical=identical, outputs=diffs,
-                environment_differences=[EnvDifference(k, str(v[0]), str(v[1]))
-                                         for k, v in env_diff.items()],
+                environment_differences=[
+                    EnvDifference(k, environment.text(v[0]), environment.text(v[1]))
+                    for k, v in env_diff.items()],
                 recorded_outputs=rp.row_dicts(call.outputs),
                 replayed_outputs=rp.row_dicts(replayed),
                 decisions_changed=changed_rows(rule.decisions(call.outputs),
                                                rule.decisions(replayed)),
-                decision_output=rule.describe(call.outputs),
+                decision_output=rule.describe(call.outputs), verdict=verdict,
             )
 
     def what_if(self, asker: Asker, overrides: list[tuple[str, float]], request_id: str = "",
@@ -104,7 +110,8 @@ class Reruns:
                 index, column, _ = rp.locate(call.inputs, names, feature)
                 changes.append((index, column, value))
             modified = rp.with_values(call.inputs, changes, None if all_rows else [row])
-            model = runs.model(stored.record.model_sha256)
+            model = runs.model(stored.record.model_sha256,
+                               self.candidates.session_of(stored.record.env_id))
             original = model.run(call.inputs, call.requested)
             counterfactual = model.run(modified, call.requested)
             rule = rp.DecisionRule()
@@ -136,7 +143,8 @@ class Reruns:
             n = call.inputs[index].array.shape[0]
             if not 0 <= row < n:
                 raise InvalidInput(f"row {row} is out of range: the request has {n} rows")
-            model = runs.model(stored.record.model_sha256)
+            model = runs.model(stored.record.model_sha256,
+                               self.candidates.session_of(stored.record.env_id))
             # The recorded row repeated once per point, the feature swept down the batch.
             base = [rp.row_of(t, row, len(points)) for t in call.inputs]
             swept = rp.with_values(base, [(index, column, points)], None)

@@ -52,6 +52,7 @@ class RecordSummary:
     caller: str
     batch_size: int
     first_output: Row
+    erased_by: int = 0  # seq of the admin record that erased its payload; 0: kept
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,28 @@ class Verification:
     decoded_checked: int
     decoded_not_covered: int
     notes: Sequence[str]
+    erased_records: int = 0
+
+
+# ── erasure ────────────────────────────────────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class SeqRange:
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class EraseResult:
+    dry_run: bool
+    matched: int  # inference records the selector matches
+    erased: int  # erased now (a dry run: would be)
+    already_erased: int
+    admin_seq: int  # the erasure's admin record; 0: none was written
+    seqs: Sequence[SeqRange]
+    compacted: bool  # the DuckDB file was rewritten without the erased bytes
+    journal_segments: int  # journal segments overwritten and deleted
+    notes: Sequence[str]
 
 
 # ── replay, what-if, sensitivity ───────────────────────────────────────────────────────
@@ -82,7 +105,8 @@ class OutputDiff:
     identical: bool  # byte for byte
     max_abs_diff: float = 0.0
     max_rel_diff: float = 0.0
-    elements_differing: int = 0
+    elements_differing: int = 0  # elements whose bits differ
+    max_ulps: float = 0.0  # `mlwitness.audit.replay.ulps`; infinity: no distance (text, shape)
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,7 @@ class ReplayResult:
     replayed_outputs: Sequence[Row]
     decisions_changed: Sequence[int]  # rows whose decision differs
     decision_output: str  # how a row's decision was read
+    verdict: str = ""  # bit-identical, rounding (and why), or material
 
 
 @dataclass(frozen=True)
@@ -178,6 +203,7 @@ class ReplaySummary:
     replayed_model_sha256: str  # empty: each record's own model
     max_abs_diff: float
     failures: Sequence[str]  # the first few reasons
+    max_ulps: float = 0.0  # over every output of every changed record
 
 
 ReplayEvent = ReplayProgress | ChangedDecision | ReplaySummary
@@ -277,3 +303,86 @@ class GuardsState:
     mode: str = ""  # observe or enforce
     toml: str = ""
     rates_now: Sequence[RateState] = ()
+
+
+# ── evidence: checkpoints, proofs, status ──────────────────────────────────────────────
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    size: int  # 0: no such checkpoint
+    root_hash: str  # hex
+    note: str  # as published: a signed note, or its text alone (unsigned)
+    signed: bool
+    origin: str
+    key_id: str
+    created_us: int
+    published_us: int  # 0: not (yet)
+
+
+@dataclass(frozen=True)
+class InclusionProofResult:
+    seq: int
+    leaf_index: int
+    tree_size: int
+    chain_hash: str  # hex
+    leaf_hash: str  # hex
+    hashes: Sequence[str]  # hex, the leaf's sibling first
+    root_hash: str  # hex
+    checkpoint: CheckpointInfo
+
+
+@dataclass(frozen=True)
+class ConsistencyProofResult:
+    from_size: int
+    to_size: int
+    from_root: str  # hex
+    to_root: str  # hex
+    hashes: Sequence[str]  # hex
+    from_checkpoint: CheckpointInfo
+    to_checkpoint: CheckpointInfo
+
+
+@dataclass(frozen=True)
+class LedgerStatus:
+    chain_id: str
+    head_seq: int
+    head_hash: str  # hex
+    loaded_seq: int
+    healthy: bool
+    writable: bool
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    state: str
+    detail: str
+    tree_size: int
+    size: int
+    root_hash: str  # hex
+    created_us: int
+    age_s: float
+    signed: bool
+    origin: str
+    key_id: str
+    failures: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class PublisherStatus:
+    directory: str
+    state: str
+    last_error: str
+    failures: int
+    published_size: int
+    published_us: int
+    age_s: float
+
+
+@dataclass(frozen=True)
+class Status:
+    """The health detail: one part per concern (a new concern adds a part)."""
+
+    ledger: LedgerStatus
+    checkpoints: CheckpointStatus
+    publisher: PublisherStatus

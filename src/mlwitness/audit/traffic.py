@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mlwitness.audit.fidelity import ulps
 from mlwitness.audit.replay import DecisionRule, Decoded, Parsed, compare, decoded, parse_call
 from mlwitness.codec import DATATYPES, Tensor
 from mlwitness.errors import MlwitnessError
@@ -27,14 +28,16 @@ BATCH_ROWS = 8192  # rows per onnxruntime run when a model takes any batch size
 
 @dataclass
 class Outcome:
-    """One record replayed: bit-identical or not, the largest absolute difference, and
-    (row, recorded decision, replayed decision) for every row whose decision changed."""
+    """One record replayed: bit-identical or not, the largest absolute difference and
+    distance in ulps, and (row, recorded decision, replayed decision) for every row whose
+    decision changed."""
 
     record: Record
     identical: bool
     max_abs_diff: float
     flips: list[tuple[int, str, str]]
     rows: int
+    max_ulps: float = 0.0
 
 
 def outcome(record: Record, recorded: Sequence[Tensor], replayed: Sequence[Tensor],
@@ -47,7 +50,7 @@ def outcome(record: Record, recorded: Sequence[Tensor], replayed: Sequence[Tenso
         flips = [(i, a, b) for i, (a, b) in enumerate(zip(before, after, strict=False))
                  if a != b]
     return Outcome(record, identical, max((d.max_abs_diff for d in diffs), default=0.0),
-                   flips, rows)
+                   flips, rows, max((d.max_ulps for d in diffs), default=0.0))
 
 
 def _stack(spec: Any, parts: list[bytes], total: int) -> Tensor:
@@ -115,15 +118,21 @@ def replay_rows(model: Runnable, calls: list[Parsed], rule: DecisionRule
             target[lo:hi] = array
     identical = np.ones(len(calls), dtype=bool)
     max_abs = np.zeros(len(calls))
+    max_ulps = np.zeros(len(calls))
     for name, old in recorded.items():
         new = replayed[name]
-        identical &= np.logical_and.reduceat(_rows_equal(old.array, new), starts)
+        same = _rows_equal(old.array, new)
+        identical &= np.logical_and.reduceat(same, starts)
         a = old.array.reshape(total, -1).astype(np.float64)
         b = new.reshape(total, -1).astype(np.float64)
         with np.errstate(invalid="ignore"):
             delta = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
         max_abs = np.maximum(max_abs, np.maximum.reduceat(delta.max(axis=1, initial=0.0),
                                                           starts))
+        if not same.all():  # the distance only where something differs: the rare case
+            distance = ulps(old.array.reshape(total, -1), new.reshape(total, -1))
+            max_ulps = np.maximum(max_ulps, np.maximum.reduceat(
+                distance.max(axis=1, initial=0.0), starts))
     flips: dict[int, list[tuple[int, str, str]]] = {}
     if not identical.all():
         old_tensors = list(recorded.values())
@@ -136,7 +145,8 @@ def replay_rows(model: Runnable, calls: list[Parsed], rule: DecisionRule
                                              rule.text(kind, before[row]),
                                              rule.text(kind, after[row])))
     return [failed[i] if i in failed else
-            Outcome(c.record, bool(identical[i]), float(max_abs[i]), flips.get(i, []), c.rows)
+            Outcome(c.record, bool(identical[i]), float(max_abs[i]), flips.get(i, []), c.rows,
+                    float(max_ulps[i]))
             for i, c in enumerate(calls)]
 
 
@@ -179,10 +189,11 @@ def run_concatenated(model: Runnable, calls: list[Decoded], requested: list[str]
 
 
 def replay_batch(records: list[Record], candidate: str, rule: DecisionRule,
-                 model_for: Callable[[str], Runnable]) -> Iterator[Outcome | str]:
+                 model_for: Callable[[str, str], Runnable]) -> Iterator[Outcome | str]:
     """Replay records (on `candidate`, or each on its recorded model), running rows of the
-    same model and layout together. Yields an Outcome per record, or why it could not be
-    replayed. `model_for(sha256)` loads a model (raising MlwitnessError)."""
+    same model, environment and layout together. Yields an Outcome per record, or why it
+    could not be replayed. `model_for(sha256, env_id)` loads a model in a session with the
+    options that environment records (raising MlwitnessError)."""
     groups: dict[tuple, list[Parsed]] = {}
     for record in records:
         try:
@@ -190,10 +201,11 @@ def replay_batch(records: list[Record], candidate: str, rule: DecisionRule,
         except Exception as exc:  # noqa: BLE001 — reported per record
             yield f"seq {record.seq}: {getattr(exc, 'message', exc)}"
             continue
-        groups.setdefault((candidate or record.model_sha256, call.layout), []).append(call)
-    for (sha, layout), calls in groups.items():
+        groups.setdefault((candidate or record.model_sha256, record.env_id, call.layout),
+                          []).append(call)
+    for (sha, env_id, layout), calls in groups.items():
         try:
-            model = model_for(sha)
+            model = model_for(sha, env_id)
         except Aborted:
             raise
         except MlwitnessError as exc:

@@ -2,9 +2,12 @@
 
     mlwitness serve --model credit.onnx [--upstream HOST:PORT] [...]
     mlwitness verify --ledger mlwitness.duckdb [--json] [--expect-head SEQ:HASH]
+                     [--checkpoint FILE|DIR --key PUB]
+    mlwitness keygen --out signing.key
     mlwitness audit [--target HOST:PORT] show|records|replay|whatif|sensitivity|replay-range|verify
     mlwitness audit-server --ledger copy.duckdb [--audit-port 8702]
     mlwitness sql --ledger mlwitness.duckdb "SELECT … FROM records"
+    mlwitness migrate --ledger mlwitness.duckdb
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -165,16 +169,71 @@ def cmd_audit_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from mlwitness.evidence.note import NoteError, Signer
+
+    out = Path(args.out)
+    pub = Path(args.pub) if args.pub else out.with_name(out.name + ".pub")
+    if out.resolve() == pub.resolve():
+        raise InvalidInput("--pub must name another file than --out")
+    try:
+        signer = Signer.generate(args.name)
+    except NoteError as exc:
+        raise InvalidInput(f"--name: {exc}") from None
+    for path in (out, pub):
+        if path.exists() or path.is_symlink():
+            raise InvalidInput(f"{path} exists: keygen never overwrites a key (move it aside "
+                               "to make a new one)")
+    _write_new(out, signer.signer_key() + "\n", 0o600)
+    try:
+        _write_new(pub, signer.verifier_key() + "\n", 0o644)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    print(signer.verifier_key())
+    print(f"wrote the signer key to {out} (mode 600: keep it secret, off the ledger's volume; "
+          f"serve with --signing-key {out}) and the verifier key above to {pub} (give it to "
+          "auditors: `mlwitness verify --checkpoint DIR --key "
+          f"{pub.name}`)", file=sys.stderr)
+    return 0
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """Create `path` holding `text` (never over an existing file), durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), mode)  # whatever the umask
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    from mlwitness.ledger.extension import check_extends, read_keys
     from mlwitness.ledger.verify import parse_head, verify
 
     head = parse_head(args.expect_head) if args.expect_head else None
+    if args.key and not args.checkpoint:
+        raise InvalidInput("--key checks a checkpoint's signature: give --checkpoint too")
+    keys = read_keys(args.key or [])
     report = verify(Path(args.ledger), expect_head=head)
+    extension = (check_extends(Path(args.ledger), Path(args.checkpoint), keys)
+                 if args.checkpoint else None)
+    if extension is not None:
+        report.problems.extend(extension.problems)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        data = report.to_dict()
+        if extension is not None:
+            data["checkpoint"] = extension.to_dict()
+        print(json.dumps(data, indent=2))
     else:
         print(f"ledger        {report.ledger}")
-        print(f"records       {report.records} in DuckDB, {report.journal_records} in the journal")
+        formats = ", ".join(f"format {f}: {n}" for f, n in report.record_formats.items())
+        print(f"records       {report.records} in DuckDB ({formats or 'none'}), "
+              f"{report.journal_records} in the journal")
+        if report.erased:
+            print(f"erased        {report.erased_records} records, by admin record seq "
+                  f"{', '.join(report.erased)}")
         print(f"models        {report.models}, environments {report.environments}, "
               f"baselines {report.baselines}")
         print(f"chain head    seq {report.head_seq}  {report.head_hash}")
@@ -182,8 +241,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"their bytes; {report.decoded_not_covered} not covered by the chain")
         for note in report.notes():
             print(f"  - {note}")
+        if extension is not None:
+            _print_extension(extension)
         if report.ok:
-            print("result        OK: every record and model matches its hash")
+            also = ", and the ledger extends the checkpoint" if extension is not None else ""
+            print(f"result        OK: every record and model matches its hash{also}")
         else:
             where = f" at seq {report.first_bad_seq}" if report.first_bad_seq else ""
             print(f"result        FAILED{where}")
@@ -191,6 +253,52 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 where = f"seq {problem.seq}: " if problem.seq is not None else ""
                 print(f"  - {where}{problem.what}")
     return 0 if report.ok else 1
+
+
+def _print_extension(extension: Any) -> None:
+    """The checkpoint part of `verify --checkpoint`'s report (its problems are listed
+    with the others)."""
+    e = extension
+    print(f"checkpoint    {e.checkpoint}: size {e.size}, log {e.origin or '?'}")
+    print(f"signature     {e.signature or 'not read'}")
+    if e.extends:
+        others = f"; {len(e.references)} other checkpoints agree" if e.references else ""
+        print(f"extends       yes: records 1..{e.size} give its root{others}")
+    else:
+        print("extends       NO (below)" if e.size else "extends       not checked")
+    if e.tiles:
+        print(f"tiles         {e.tiles}")
+    for note in e.notes:
+        print(f"  - {note}")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from mlwitness.ledger import journal, schema
+
+    path = Path(args.ledger)
+    if not path.exists():
+        raise InvalidInput(f"ledger file {path} does not exist")
+    con = schema.connect(path, upgrade=False)
+    try:
+        if not schema.entries_columns(con):
+            raise InvalidInput(f"{path} is not an mlwitness ledger (it has no entries table)")
+        done = schema.create(con)
+        (version,) = con.execute(
+            "SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchone() or ("?",)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    if done:
+        print(f"{path}: upgraded in place to schema version {version}:")
+        for sentence in done:
+            print(f"  - {sentence}")
+    else:
+        print(f"{path}: already at schema version {version}; nothing to do")
+    pending = sum(1 for _ in journal.read(journal.journal_dir(path)))
+    if pending:
+        print(f"  its journal holds {pending} records not yet in DuckDB: the next `mlwitness "
+              "serve` loads them (format-1 records stay format 1)")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -213,7 +321,28 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--expect-head", metavar="SEQ:HASH", default=None,
                         help="also fail unless the record at SEQ has this hash (a head "
                         "published earlier)")
+    verify.add_argument("--checkpoint", metavar="FILE|DIR", default=None,
+                        help="also fail unless the ledger extends this checkpoint (a file, "
+                        "or a --checkpoint-dir: its `latest`), naming the first record that "
+                        "differs (exactly, with the published tiles)")
+    verify.add_argument("--key", metavar="PUB", action="append", default=None,
+                        help="verifier key (as `mlwitness keygen` printed it), or a file of "
+                        "them: the checkpoint must be signed by it")
     verify.set_defaults(func=cmd_verify)
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key to sign checkpoints; print "
+                            "its verifier key")
+    keygen.add_argument("--out", required=True, help="signer key file to create (mode 600; "
+                        "never overwritten)")
+    keygen.add_argument("--name", default="mlwitness", help="the key's name, shown in "
+                        "signatures (default mlwitness)")
+    keygen.add_argument("--pub", help="verifier key file to create (default: OUT.pub)")
+    keygen.set_defaults(func=cmd_keygen)
+    migrate = sub.add_parser("migrate", help="upgrade a ledger file written by an older "
+                             "version in place (serve does it at start); print what it did")
+    migrate.add_argument("--ledger", default="mlwitness.duckdb", help="ledger file (with "
+                         "no sidecar running on it)")
+    migrate.set_defaults(func=cmd_migrate)
 
     sql = sub.add_parser("sql", help="run a read-only SQL query on a ledger file "
                          "(e.g. on the records view)")

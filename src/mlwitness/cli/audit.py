@@ -19,6 +19,7 @@ from typing import Any
 from mlwitness.cli.answers import as_json, dumps
 from mlwitness.cli.client import DEFAULT_TARGET, stub
 from mlwitness.errors import InvalidInput
+from mlwitness.evidence import check
 from mlwitness.protocol import audit_pb2 as apb
 
 
@@ -140,7 +141,8 @@ def records(args: argparse.Namespace) -> int:
         return 0
     print(_table(["seq", "received (UTC)", "request id", "model", "status", "µs", "output"],
                  [[r.seq, _when(r.received_us), r.request_id, r.model_name, r.status,
-                   r.latency_us, _row_text(r.first_output)] for r in shown]))
+                   r.latency_us, _row_text(r.first_output) if not r.erased_by
+                   else f"(erased by seq {r.erased_by})"] for r in shown]))
     return 0
 
 
@@ -155,9 +157,10 @@ def replay(args: argparse.Namespace) -> int:
     verdict = "BIT-IDENTICAL" if r.bit_identical else "DIFFERENT"
     print(f"replay of seq {r.seq} ({r.request_id}): {verdict}")
     print(f"recorded model {r.recorded_model_sha256}\nreplayed on    {r.replayed_model_sha256}")
-    print(_table(["output", "identical", "max |Δ|", "max rel Δ", "elements ≠"],
-                 [[d.name, d.identical, f"{d.max_abs_diff:.3g}", f"{d.max_rel_diff:.3g}",
-                   d.elements_differing] for d in r.outputs]))
+    print(_table(["output", "identical", "max ulps", "max |Δ|", "max rel Δ", "elements ≠"],
+                 [[d.name, d.identical, f"{d.max_ulps:.3g}", f"{d.max_abs_diff:.3g}",
+                   f"{d.max_rel_diff:.3g}", d.elements_differing] for d in r.outputs]))
+    print(f"verdict: {r.verdict}")
     if r.decisions_changed:
         print(f"decisions changed ({r.decision_output}) in rows {list(r.decisions_changed)}")
     if r.environment_differences:
@@ -256,7 +259,7 @@ def replay_range(args: argparse.Namespace) -> int:
               f"at {summary.records_per_second:,.0f} records/s")
         print(f"identical {summary.identical}  changed {summary.changed}  failed "
               f"{summary.failed}  decisions changed {summary.decisions_changed}  "
-              f"max |Δ| {summary.max_abs_diff:.3g}")
+              f"max |Δ| {summary.max_abs_diff:.3g}  max ulps {summary.max_ulps:.3g}")
         for failure in summary.failures:
             print(f"  failed: {failure}")
     return 0
@@ -330,6 +333,37 @@ def guards(args: argparse.Namespace) -> int:
     return 0
 
 
+def erase(args: argparse.Namespace) -> int:
+    request = apb.EraseRequest(request_id=args.request_id or "", since_us=parse_time(args.since),
+                               until_us=parse_time(args.until), reason=args.reason,
+                               dry_run=args.dry_run, no_compact=args.no_compact)
+    if args.parameter:
+        key, sep, value = args.parameter.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--parameter takes KEY=VALUE, e.g. applicant=A-1093, got "
+                               f"{args.parameter!r}")
+        request.parameter, request.value = key, value
+    r = stub(args).Erase(request, timeout=args.timeout)
+    if args.json:
+        print(dumps(as_json(r)))
+        return 0
+    runs = ", ".join(str(s.first) if s.first == s.last else f"{s.first}-{s.last}"
+                     for s in r.seqs[:20]) + (", …" if len(r.seqs) > 20 else "")
+    if r.dry_run:
+        print(f"dry run: {r.matched} records match; {r.erased} would be erased"
+              + (f" (seq {runs})" if runs else "") + "; nothing was changed")
+    elif r.admin_seq:
+        print(f"erased {r.erased} records (seq {runs}) by admin record seq {r.admin_seq}")
+        print("ledger file compacted: the erased bytes are gone from it" if r.compacted else
+              "ledger file not compacted (--no-compact): the erased bytes may remain in its "
+              "unused blocks until a later erasure compacts it")
+    else:
+        print(f"{r.matched} records match; none left to erase")
+    for note in r.notes:
+        print(f"  note: {note}")
+    return 0
+
+
 def drift(args: argparse.Namespace) -> int:
     request = apb.DriftRequest(
         since_us=parse_time(args.since), until_us=parse_time(args.until),
@@ -384,6 +418,165 @@ def bias(args: argparse.Namespace) -> int:
     if r.has_fisher:
         print(f"Fisher exact: odds ratio {r.fisher_odds_ratio:.4g}, p = {r.fisher_pvalue:.4g}")
     return 0
+
+
+# ── checkpoints and proofs: checked here, not taken on the service's word ──────────────
+
+def _keys(given: list[str] | None) -> list[str]:
+    from mlwitness.ledger.extension import read_keys
+
+    return read_keys(given or [])
+
+
+def _opened(note: str, keys: list[str]) -> tuple[check.Checkpoint, str]:
+    """The checkpoint in `note` and what is established about who signed it; with keys,
+    its signature must verify (VerificationError otherwise)."""
+    data = note.encode()
+    if keys:
+        opened = check.open_note(data, keys)
+        who = opened.signed_by[0].rsplit("+", 1)[0]  # name+id, without the key itself
+        return check.parse_checkpoint(opened.text), f"signature checked: {who}"
+    if "\n\n" not in note:
+        return check.parse_checkpoint(note), "unsigned checkpoint"
+    text = note[: note.rindex("\n\n") + 1]
+    return check.parse_checkpoint(text), "signature not checked (give --verifier-key)"
+
+
+def _root_of(info: apb.CheckpointResponse, size: int, root_hex: str, keys: list[str]
+             ) -> tuple[bytes, str]:
+    """The root to check a proof for tree `size` against: the checkpoint's when the answer
+    carries one of that size (its signature checked with `keys`), else the root the service
+    computed, which proves nothing by itself."""
+    if info.size:
+        parsed, who = _opened(info.note, keys)
+        if parsed.size != size or parsed.root.hex() != root_hex:
+            raise check.VerificationError(f"the answer's checkpoint is of size {parsed.size} "
+                                          f"and root {parsed.root.hex()[:16]}…, not the "
+                                          "proof's")
+        return parsed.root, f"checkpoint {size} ({who})"
+    if keys:
+        raise check.VerificationError(f"no checkpoint of size {size}: nothing signed to "
+                                      "check the proof against")
+    return bytes.fromhex(root_hex), (f"the root the service computed for size {size} (no "
+                                     "checkpoint of that size: this proves nothing alone)")
+
+
+def _verdict(ok: bool, text: str) -> str:
+    return ("OK: " if ok else "FAILED: ") + text
+
+
+def checkpoint(args: argparse.Namespace) -> int:
+    r = stub(args).GetCheckpoint(apb.GetCheckpointRequest(size=args.size), timeout=args.timeout)
+    if args.out:
+        Path(args.out).write_text(r.note, encoding="utf-8")
+    if args.json:
+        print(dumps(as_json(r)))
+        return 0
+    published = f"published {_when(r.published_us)} UTC" if r.published_us else "not published"
+    print(f"checkpoint    size {r.size}  root {r.root_hash}")
+    print(f"log           {r.origin}")
+    print(f"signed        {r.key_id or 'no: unsigned'}")
+    print(f"issued        {_when(r.created_us)} UTC; {published}")
+    if args.out:
+        print(f"written to    {args.out}")
+    print(f"\n{r.note}", end="")
+    return 0
+
+
+def prove(args: argparse.Namespace) -> int:
+    keys = _keys(args.verifier_key)
+    r = stub(args).InclusionProof(apb.InclusionProofRequest(ref=_ref(args.record),
+                                                            tree_size=args.size),
+                                  timeout=args.timeout)
+    try:
+        if r.leaf_index != r.seq - 1 or check.leaf_hash(bytes.fromhex(r.chain_hash)) != \
+                bytes.fromhex(r.leaf_hash):
+            raise check.VerificationError("the leaf is not the record's (leaf hash = "
+                                          "SHA-256(0x00 ‖ chain hash), leaf index = seq - 1)")
+        root, against = _root_of(r.checkpoint, r.tree_size, r.root_hash, keys)
+        check.verify_inclusion(r.leaf_index, r.tree_size, bytes.fromhex(r.leaf_hash),
+                               [bytes.fromhex(h) for h in r.hashes], root)
+        ok, verdict = True, f"record seq {r.seq} is in the tree of {against}"
+    except (check.VerificationError, ValueError) as exc:
+        ok, verdict = False, str(exc)
+    if args.json:
+        print(dumps(as_json(r)))
+    else:
+        print(f"record        seq {r.seq}, leaf {r.leaf_index} of the tree of {r.tree_size}")
+        print(f"chain hash    {r.chain_hash}")
+        print(f"leaf hash     {r.leaf_hash}")
+        print(f"proof         {len(r.hashes)} hashes, the leaf's sibling first")
+        for h in r.hashes:
+            print(f"              {h}")
+        print(f"root          {r.root_hash}")
+        print(f"verified      {_verdict(ok, verdict)}")
+    return 0 if ok else 1
+
+
+def consistency(args: argparse.Namespace) -> int:
+    keys = _keys(args.verifier_key)
+    mine: bytes | None = None
+    if (args.from_size is None) == (args.checkpoint is None):
+        raise InvalidInput("give the older tree's size, or --checkpoint FILE (one you kept)")
+    if args.checkpoint is not None:
+        try:
+            held, _ = _opened(Path(args.checkpoint).read_text(encoding="utf-8"), keys)
+        except check.VerificationError as exc:
+            raise InvalidInput(f"--checkpoint {args.checkpoint}: {exc}") from None
+        from_size, mine = held.size, held.root
+    else:
+        from_size = args.from_size
+    r = stub(args).ConsistencyProof(apb.ConsistencyProofRequest(
+        from_size=from_size, to_size=args.to), timeout=args.timeout)
+    try:
+        if mine is not None:
+            old, old_from = mine, f"your checkpoint {from_size}"
+        else:
+            old, old_from = _root_of(r.from_checkpoint, r.from_size, r.from_root, keys)
+        new, new_from = _root_of(r.to_checkpoint, r.to_size, r.to_root, keys)
+        check.verify_consistency(r.from_size, r.to_size, [bytes.fromhex(h) for h in r.hashes],
+                                 old, new)
+        ok, verdict = True, f"the tree of {new_from} extends the tree of {old_from}"
+    except (check.VerificationError, ValueError) as exc:
+        ok, verdict = False, str(exc)
+    if args.json:
+        print(dumps(as_json(r)))
+    else:
+        print(f"from          size {r.from_size}  root {r.from_root}")
+        print(f"to            size {r.to_size}  root {r.to_root}")
+        print(f"proof         {len(r.hashes)} hashes")
+        for h in r.hashes:
+            print(f"              {h}")
+        print(f"verified      {_verdict(ok, verdict)}")
+    return 0 if ok else 1
+
+
+def status(args: argparse.Namespace) -> int:
+    r = stub(args).Status(apb.StatusRequest(), timeout=args.timeout)
+    led, marks, pub = r.ledger, r.checkpoints, r.publisher
+    healthy = led.healthy and marks.state != "stopped" and pub.state != "failing"
+    if args.json:
+        print(dumps(as_json(r)))
+        return 0 if healthy else 1
+    print(f"ledger        chain {led.chain_id}: head seq {led.head_seq}, loaded seq "
+          f"{led.loaded_seq}, {'healthy' if led.healthy else 'NOT HEALTHY'}"
+          + ("" if led.writable else " (a file, read-only)"))
+    latest = (f"latest size {marks.size}, {marks.age_s:.1f} s ago, "
+              + (f"signed by {marks.key_id}" if marks.signed else "unsigned")
+              if marks.size else "none yet")
+    print(f"checkpoints   {marks.state}: {latest}; tree of {marks.tree_size} records"
+          + (f" ({marks.origin})" if marks.origin else ""))
+    for line in (marks.detail, marks.last_error and f"last error: {marks.last_error}"):
+        if line:
+            print(f"              {line}")
+    where = pub.directory or "no --checkpoint-dir"
+    done = (f"size {pub.published_size} published {pub.age_s:.1f} s ago"
+            if pub.published_us else "nothing published yet")
+    print(f"publisher     {pub.state}: {where}; {done}"
+          + (f"; {pub.failures} failed rounds" if pub.failures else ""))
+    if pub.last_error:
+        print(f"              last error: {pub.last_error}")
+    return 0 if healthy else 1
 
 
 def _connection_options(parser: argparse.ArgumentParser, *, default: bool) -> None:
@@ -501,3 +694,41 @@ def add_commands(sub: Any) -> None:
                    "<25, [25, 40), [40, 60), >=60")
     p = command("guards", guards, "show the guards in force, or replace them (--set, admin)")
     p.add_argument("--set", metavar="FILE", help="new guard file (TOML, or .json)")
+    key_help = ("the log's verifier key (as `mlwitness keygen` printed it), or a file of "
+                "them: the checkpoint's signature must verify with it")
+    p = command("checkpoint", checkpoint, "the latest checkpoint (signed tree head), or one "
+                "of a size")
+    p.add_argument("--size", type=_at_least(0), default=0,
+                   help="the checkpoint of this tree size (default: the latest)")
+    p.add_argument("--out", metavar="FILE", help="also write the checkpoint note to FILE")
+    p = command("prove", prove, "prove a record is in a checkpoint's tree, and check the "
+                "proof here; exit 1 if it does not hold")
+    p.add_argument("record", help=record_help)
+    p.add_argument("--size", type=_at_least(0), default=0,
+                   help="the tree size (a checkpoint's; default: the latest)")
+    p.add_argument("--verifier-key", action="append", metavar="KEY", help=key_help)
+    p = command("consistency", consistency, "prove a later tree extends an earlier one (e.g. "
+                "a checkpoint you kept), and check it here; exit 1 if it does not hold")
+    p.add_argument("from_size", nargs="?", type=_at_least(1), metavar="FROM_SIZE",
+                   help="the older tree's size (or give --checkpoint)")
+    p.add_argument("--to", type=_at_least(0), default=0,
+                   help="the newer tree's size (default: the latest checkpoint's)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="a checkpoint you kept: from its size, checked against its root")
+    p.add_argument("--verifier-key", action="append", metavar="KEY", help=key_help)
+    command("status", status, "health detail: ledger head, checkpoints, publishing; exit 1 "
+            "if checkpoints stopped, publishing fails or the ledger is unhealthy")
+    p = command("erase", erase, "erase the payloads of inference records (admin); the chain "
+                "and its proofs stay valid")
+    p.add_argument("--request-id", help="the record(s) with this request id (alone)")
+    p.add_argument("--parameter", metavar="KEY=VALUE", help="records whose request had this "
+                   "parameter value (as sent, also for a parameter --hash-inputs minimises)")
+    p.add_argument("--since", help="records received from this time (UTC), e.g. 2026-03-01")
+    p.add_argument("--until", help="records received before this time (UTC)")
+    p.add_argument("--reason", required=True, help="why (kept on the chain with who erased "
+                   "what), e.g. \"GDPR Art. 17 request 2026-118\"")
+    p.add_argument("--dry-run", action="store_true", help="list what would be erased; change "
+                   "nothing")
+    p.add_argument("--no-compact", action="store_true", help="leave the DuckDB file as it is "
+                   "(faster on a large ledger; the erased bytes may stay in its unused blocks "
+                   "until an erasure compacts it)")

@@ -70,6 +70,16 @@ class Minimiser:
         return {"received_hmac_sha256": hmac.new(self.key, received,
                                                  hashlib.sha256).hexdigest()}
 
+    def stored_parameter(self, name: str, value: str) -> str | None:
+        """A request parameter's value as the records store it (what an erasure selects
+        by): its HMAC (or SHA-256) for a parameter named in --hash-inputs, None for one in
+        --redact-inputs (no record keeps it), else the value itself."""
+        if name in self.redact:
+            return None
+        if name in self.hashed:
+            return self._value(name, value.encode()).decode()
+        return value
+
     def _value(self, name: str, data: bytes) -> bytes:
         if name in self.redact:
             return b""

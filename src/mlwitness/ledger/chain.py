@@ -9,6 +9,8 @@ Which thread runs what:
   _wait_for_space          an append_blocking caller, or a worker thread of `append`'s
   _retry_journal           "ledger-journal-retry", after a write found the disk full
   start, shut              the owner (LedgerWriter.open, close)
+  seal_journal, scrub_journal
+                           the thread erasing records (LedgerWriter.erase): under write_lock
 
 Shared fields: who writes each, under which lock. Reads need no lock: each is one attribute,
 so it is never seen half-written (a moment stale at most).
@@ -36,6 +38,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING
 from mlwitness.errors import LedgerUnavailable
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger.commit import Batch, Linger, settle_elsewhere, settle_futures
-from mlwitness.ledger.record import Record, chain_hash, encode
+from mlwitness.ledger.record import FORMAT_VERSION, SALT_SIZE, Record, chain_hash, encodings
 
 if TYPE_CHECKING:
     from mlwitness.ledger.loader import Loader
@@ -186,13 +189,18 @@ class Chain:
             seq, prev = self.head_seq, self.head_hash
             first = seq + 1
             frames = []
-            for record in batch:
+            # Every record is written in the current format, with a salt of its own for its
+            # payload commitment: one getrandom call for the batch (record.py).
+            salts = os.urandom(SALT_SIZE * len(batch))
+            for index, record in enumerate(batch):
                 seq += 1
                 record.seq = seq
-                payload = encode(record)
+                record.format = FORMAT_VERSION
+                record.salt = salts[index * SALT_SIZE : (index + 1) * SALT_SIZE]
+                stored, hashed = encodings(record)
                 record.prev_hash = prev
-                record.hash = prev = chain_hash(prev, payload)
-                frames.append(journal_mod.frame(record, payload, first))
+                record.hash = prev = chain_hash(prev, hashed)
+                frames.append(journal_mod.frame(record, stored, first))
             try:
                 self.journal.append(b"".join(frames), first, seq)
                 if self.options.durability == "fsync":
@@ -215,6 +223,29 @@ class Chain:
             self.stats.last_flush_batch = len(batch)
             self.journal.retire(self.loader.loaded_seq)
             self.stats.flush_seconds += time.perf_counter() - started
+
+    def seal_journal(self, holds: Callable[[int, int], bool]) -> None:
+        """(An erasing thread.) Mark the journal segments that hold records `holds(first,
+        last)` names, and close the active one if it is among them (journal.Journal.seal).
+        A failure to start a new segment is logged: the marked one is then overwritten
+        when it is full and its records loaded, or at shutdown."""
+        with self.write_lock:
+            if self.closing or self.failure is not None:
+                return
+            try:
+                self.journal.seal(holds)
+            except OSError as exc:
+                log.warning("could not start a new journal segment after an erasure (%s); "
+                            "the segment holding erased records is overwritten once full",
+                            exc.strerror or exc)
+
+    def scrub_journal(self) -> int:
+        """(An erasing thread, once the marked segments' records are loaded.) Overwrite
+        and delete the marked segments; only taking them out of the journal is done under
+        the write lock. Returns how many were."""
+        with self.write_lock:
+            taken = self.journal.take_scrubbed(self.loader.loaded_seq)
+        return sum(journal_mod.scrub(path) for path in taken)
 
     def _fail(self, exc: OSError, *, retry: bool) -> LedgerUnavailable:
         """Refuse appends from now on. With `retry` (a write found the disk full and its

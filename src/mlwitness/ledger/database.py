@@ -1,15 +1,17 @@
 """The ledger writer's read-write DuckDB connection: rows in (with their decoded columns
 left out where DuckDB refuses only those), other writes in a transaction of their own,
-opened again after a fatal error, cursors for readers, the checkpoint at close.
+opened again after a fatal error, cursors for readers, the checkpoint at close, the file
+rewritten after an erasure (`compact`).
 
 Which thread runs what: the owner's (LedgerWriter.open, close) before the loader thread
 starts and after it has ended; in between only the loader thread uses the connection
-(`store`, `insert`, `transaction`, `stored_head`, `reopen`). `cursor` is for any thread.
+(`store`, `insert`, `transaction`, `stored_head`, `reopen`, `compact`). `cursor` is for any
+thread.
 
 Shared fields:
-  con, read_root  written by the owner, or by the loader thread in `reopen`, under
-                  `read_lock`; `cursor` (any thread) reads read_root under it. Nothing
-                  else is taken, nor anything waited for, while holding read_lock.
+  con, read_root  written by the owner, or by the loader thread in `reopen` and `compact`,
+                  under `read_lock`; `cursor` (any thread) reads read_root under it.
+                  Nothing else is taken, nor anything waited for, while holding read_lock.
   broken          the loader thread's (DuckDB invalidated its database: open it again)
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +31,7 @@ import pyarrow as pa
 
 from mlwitness.errors import LedgerUnavailable
 from mlwitness.ledger import schema
+from mlwitness.ledger.journal import scrub
 from mlwitness.ledger.rows import without_decoded
 
 if TYPE_CHECKING:
@@ -59,6 +63,7 @@ class Database:
 
     def open(self) -> duckdb.DuckDBPyConnection:
         """(Owner.) Connect; readers are let in by `admit_readers`."""
+        self.clear_leftovers()
         self.con = self._connect()
         return self.con
 
@@ -72,7 +77,8 @@ class Database:
 
     def admit_readers(self) -> None:
         assert self.con is not None
-        self.read_root = self.con.cursor()
+        if self.read_root is None:
+            self.read_root = self.con.cursor()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new read cursor on the ledger, for one thread's use."""
@@ -169,6 +175,95 @@ class Database:
         con.execute("COMMIT")
         return result
 
+    def outside_transaction(self, fn: Callable[[Any], T]) -> T:
+        assert self.con is not None
+        return fn(self.con)
+
+    def compact(self) -> int:
+        """(The loader thread, or the owner at start.) Rewrite the ledger file without the
+        blocks nothing uses any more, and overwrite the old file: what an erasure removed
+        is then gone from the disk's copy (where the file system writes in place). Returns
+        the old file's size.
+
+        DuckDB does not overwrite data it no longer needs: a checkpoint after an UPDATE
+        writes the new column segments to other blocks and leaves the old ones as they
+        were, free or (in a block it shares with live segments) in use, until reused; its
+        VACUUM reclaims nothing. So the file is copied (COPY FROM DATABASE, as DuckDB's
+        "Reclaiming space" advises) to a new one, which takes the old one's name; the old
+        one, kept by a second link until then, is overwritten with zeros and deleted. Loads
+        wait meanwhile (the journal keeps acknowledging), and readers' cursors of the old
+        connection fail; new ones read the new file. A crash at any point leaves the old
+        file or the new one in place, whole, and the next start scrubs what is left."""
+        assert self.con is not None
+        self.checkpoint()
+        spare, old_copy = self._spare_paths()
+        for leftover in (spare, spare.with_name(spare.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+        (catalog,) = self.con.execute("SELECT current_database()").fetchone() or ("",)
+        self.con.execute("ATTACH ? AS mlwitness_compact", [str(spare)])
+        try:
+            self.con.execute(f'COPY FROM DATABASE "{catalog}" TO mlwitness_compact')
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("DETACH mlwitness_compact")
+            spare.unlink(missing_ok=True)
+            raise
+        self.con.execute("DETACH mlwitness_compact")
+        size = self.path.stat().st_size
+        with self.read_lock:
+            old, root = self.con, self.read_root
+            self.con = self.read_root = None
+        for handle in (root, old):
+            if handle is not None:
+                with contextlib.suppress(duckdb.Error):
+                    handle.close()
+        try:
+            if self.path.with_name(self.path.name + ".wal").exists():
+                raise OSError("the ledger's WAL is not empty after its checkpoint")
+            old_copy.unlink(missing_ok=True)
+            try:
+                os.link(self.path, old_copy)
+            except OSError as exc:  # a file system without hard links: deleted, not zeroed
+                log.warning("cannot keep the old ledger file to overwrite it (%s); it is "
+                            "deleted without being overwritten", exc.strerror or exc)
+            os.replace(spare, self.path)
+            _sync_directory(self.path.parent)
+        except OSError as exc:
+            log.error("could not put the compacted ledger file in place (%s); the ledger "
+                      "goes on in the old one", exc)
+            spare.unlink(missing_ok=True)
+            old_copy.unlink(missing_ok=True)
+            self._reconnect()
+            raise
+        self._reconnect()
+        scrub(old_copy)
+        return size
+
+    def _spare_paths(self) -> tuple[Path, Path]:
+        """Where a compaction writes the new file, and where it keeps the old one."""
+        return (self.path.with_name(self.path.name + ".compacting"),
+                self.path.with_name(self.path.name + ".erased"))
+
+    def clear_leftovers(self) -> None:
+        """(Owner, at open.) What a compaction a crash interrupted left beside the ledger:
+        a new file not yet in place (deleted), the old file not yet overwritten (scrubbed)."""
+        spare, old_copy = self._spare_paths()
+        for leftover in (spare, spare.with_name(spare.name + ".wal")):
+            if leftover.exists():
+                try:
+                    leftover.unlink()
+                except OSError as exc:  # it stays; the next compaction removes it first
+                    log.warning("cannot delete %s (%s)", leftover, exc.strerror or exc)
+        if old_copy.exists():
+            log.warning("overwriting %s, the ledger file a compaction replaced before the "
+                        "last stop", old_copy)
+            scrub(old_copy)
+
+    def _reconnect(self) -> None:
+        con = self._connect()
+        with self.read_lock:
+            self.con, self.read_root = con, con.cursor()
+
     def checkpoint(self, attempts: int = 40) -> None:
         """CHECKPOINT at close. A thread that outlived its cancelled task (a drift metric or
         an audit question still reading) can hold the connection for a moment; DuckDB then
@@ -209,3 +304,12 @@ def note_undecoded(stats: WriterStats, seqs: list[int], why: str) -> None:
     log.warning("%d record(s) (seq %s) are loaded without decoded columns (inputs, outputs, "
                 "parameters); their request and response bytes are stored whole. Seq "
                 "%d: %s", len(seqs), shown, seqs[0], why)
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync a directory: a rename in it is durable once this returns."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

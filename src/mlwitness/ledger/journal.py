@@ -12,10 +12,14 @@ Segment files are named after the first seq they hold (`00000000000000000042.wal
     frame = "MLWF" ‖ u32 payload length ‖ u32 CRC-32 of the rest ‖ u64 batch seq
             ‖ prev_hash ‖ hash ‖ payload
 
-with `payload` the record's canonical encoding and `batch seq` the first seq of the group
-commit the frame was written in (one write, one fdatasync). `durability` is one byte: F
-when every batch was fdatasync'ed before it was acknowledged, W for `--durability write`.
-A new segment's header is flushed before any frame goes into it.
+with `payload` the record's stored encoding (record.py: for a format-2 record its salt and
+payload, from which the bytes its hash covers are derived; a format-1 record's, as a
+journal a previous version left behind holds them, are those bytes) and `batch seq` the
+first seq of the group commit the frame was written in (one write, one fdatasync).
+`durability` is one byte: F when every batch was fdatasync'ed before it was acknowledged,
+W for `--durability write`. A new segment's header is flushed before any frame goes into
+it. A loaded segment that held payloads since erased is overwritten with zeros before it
+is deleted (`seal`, `take_scrubbed`, `scrub`).
 
 **Zeros ahead.** The writer extends a segment with zeros a megabyte (EXTEND_BYTES) at a
 time, ahead of its frames, so most batches overwrite blocks the file already has. Their
@@ -56,7 +60,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,6 +80,7 @@ _BATCH = struct.Struct(">q")
 _PAYLOAD_SEQ = struct.Struct(">xq")  # a payload's format version, then its seq (record.py)
 _HASHES = 2 * HASH_SIZE
 SUFFIX = ".wal"
+ERASING = ".erasing"  # a loaded segment that held erased payloads, being overwritten
 EXTEND_BYTES = 1 << 20
 
 
@@ -110,6 +115,9 @@ class Segment:
     first_seq: int
     last_seq: int
     stuck: bool = False  # a loaded segment that could not be deleted (warned once)
+    # It holds records whose payload was erased: overwritten before it is deleted, and
+    # then by the erasure (Journal.take_scrubbed), not by a commit's `retire`
+    scrub: bool = False
 
 
 def segment_paths(directory: Path) -> list[Path]:
@@ -236,6 +244,29 @@ def _later_batch(data: bytes, offset: int, torn_batches: set[int]) -> int | None
     return None
 
 
+def scrub(path: Path) -> bool:
+    """Overwrite a file with zeros, flush it and delete it: a journal segment that held
+    payloads since erased. The file system writes the zeros over the same blocks where it
+    writes in place (ext4, XFS); a copy-on-write one, a snapshot or an SSD's remapping may
+    keep the old ones (docs/security.md). False, with a warning, when it failed."""
+    try:
+        size = path.stat().st_size
+        zeros = bytes(EXTEND_BYTES)
+        with open(path, "r+b") as handle:
+            for offset in range(0, size, len(zeros)):
+                handle.write(zeros[: min(len(zeros), size - offset)])
+            handle.flush()
+            os.fsync(handle.fileno())
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        log.warning("could not overwrite and delete %s (%s), which held payloads since "
+                    "erased; delete it by hand", path, exc.strerror or exc)
+        return False
+    return True
+
+
 def _remove(segment: Segment) -> bool:
     """Delete a loaded segment's file; on failure warn (once per segment) and say so."""
     try:
@@ -269,6 +300,8 @@ class Journal:
         """Start a fresh segment for records from `next_seq` on. Existing segments are kept
         until `retire` says their records are in DuckDB."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        for path in self.directory.glob(f"*{ERASING}"):  # a scrub a crash interrupted
+            scrub(path)
         for path in segment_paths(self.directory):
             first = int(path.stem)
             if first >= next_seq:
@@ -371,9 +404,49 @@ class Journal:
     def retire(self, loaded_upto: int) -> None:
         """Delete segments, other than the active one, whose records are all loaded. Best
         effort: it runs after a batch is durable, so a failure here must not fail the batch;
-        a segment that cannot be deleted is tried again at the next retire."""
-        keep = [s for s in self._segments[:-1] if s.last_seq > loaded_upto or not _remove(s)]
+        a segment that cannot be deleted is tried again at the next retire. A segment that
+        held erased payloads is left to the erasure (`take_scrubbed`): overwriting it is
+        no work for the commit path."""
+        keep = [s for s in self._segments[:-1]
+                if s.last_seq > loaded_upto or s.scrub or not _remove(s)]
         self._segments = keep + self._segments[-1:]
+
+    def seal(self, holds: Callable[[int, int], bool]) -> None:
+        """Mark the segments holding records that `holds(first, last)` says were erased,
+        to be overwritten before they are deleted; if the active one is among them, start a
+        new one, so that the marked ones are all closed. Raises OSError if the new segment
+        cannot be made (it stays marked)."""
+        for segment in self._segments:
+            if segment.last_seq >= segment.first_seq and holds(segment.first_seq,
+                                                                segment.last_seq):
+                segment.scrub = True
+        active = self._segments[-1] if self._segments else None
+        if active is not None and active.scrub and self._fd is not None:
+            self._batch_start = None
+            self._roll(active.last_seq + 1)
+
+    def take_scrubbed(self, loaded_upto: int) -> list[Path]:
+        """The marked segments whose records are all loaded, out of the journal: renamed
+        (ERASING) and forgotten, for the caller to `scrub` outside the write lock. A start
+        scrubs any it finds left (`open`)."""
+        taken, keep = [], []
+        for segment in self._segments[:-1]:
+            if not (segment.scrub and segment.last_seq <= loaded_upto):
+                keep.append(segment)
+                continue
+            target = segment.path.with_suffix(ERASING)
+            try:
+                os.replace(segment.path, target)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("cannot move journal segment %s aside to overwrite it (%s); "
+                            "will retry", segment.path, exc.strerror or exc)
+                keep.append(segment)
+                continue
+            taken.append(target)
+        self._segments = keep + self._segments[-1:]
+        return taken
 
     def close(self, *, remove_if_loaded_upto: int | None = None) -> None:
         """Close the active segment; with `remove_if_loaded_upto` covering every record,
@@ -387,6 +460,12 @@ class Journal:
         if remove_if_loaded_upto is not None and all(
             s.last_seq <= remove_if_loaded_upto for s in self._segments
         ):
+            for segment in self._segments:
+                if segment.scrub:
+                    target = segment.path.with_suffix(ERASING)
+                    with contextlib.suppress(OSError):
+                        os.replace(segment.path, target)
+                        scrub(target)
             self._segments = [s for s in self._segments if not _remove(s)]
             with contextlib.suppress(OSError):
                 self.directory.rmdir()

@@ -24,6 +24,7 @@ Shared fields:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -62,7 +63,7 @@ class Loader:
         self.space = threading.Condition()
         self.loaded_seq = 0
         self.load_now = False
-        self._writes: deque[tuple[Callable[[duckdb.DuckDBPyConnection], Any], Future]] = deque()
+        self._writes: deque[tuple[Callable[[], Any], Future]] = deque()
         self._finished = False
         self._thread: threading.Thread | None = None
         self.sources = Sources(chain, self.cond, options, stats, tabulator, decoder)
@@ -88,18 +89,22 @@ class Loader:
 
     # ── other writes and the barrier ───────────────────────────────────────────────────
 
-    def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float = 30.0) -> T:
+    def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float = 30.0,
+              *, transaction: bool = True) -> T:
         """Run `fn(connection)` on the writer's DuckDB connection, in the loader thread, in
-        its own transaction; return its result. For models, environments, guards."""
+        its own transaction (or, with `transaction=False`, in none: a checkpoint, or work
+        that replaces the connection); return its result. For models, environments, guards,
+        erasures."""
         if self.db.con is None:
             raise LedgerUnavailable("the ledger is not open")
+        run = self.db.transaction if transaction else self.db.outside_transaction
         if self._thread is None:  # during start-up, before the thread runs
-            return self.db.transaction(fn)
+            return run(fn)
         future: Future[T] = Future()
         with self.cond:
             if self._finished:
                 raise LedgerUnavailable("the ledger is shutting down")
-            self._writes.append((fn, future))
+            self._writes.append((functools.partial(run, fn), future))
             self.cond.notify_all()
         return future.result(timeout)
 
@@ -111,7 +116,7 @@ class Loader:
                                                        "an error; retry later"))
                 continue
             try:
-                future.set_result(self.db.transaction(fn))
+                future.set_result(fn())
             except BaseException as exc:  # handed back to the caller
                 if isinstance(exc, Exception) and fatal(exc):
                     self.db.broken = True

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 
 from mlwitness.errors import FailedPrecondition, InvalidInput, RecordNotFound
-from mlwitness.ledger import schema, store
+from mlwitness.ledger import erasure, schema, store
 from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.record import Record
 
@@ -28,8 +28,10 @@ _PAGE_TOKEN = re.compile(r"[0-9]{1,18}")  # a seq; str.isdigit() would take "²"
 _RECORD_COLUMNS = (
     "seq, kind, request_id, received_us, responded_us, model_name, model_version, "
     "model_sha256, env_id, peer, metadata, status, message, violations, detail, "
-    "request, response, prev_hash, hash"
+    "request, response, prev_hash, hash, coalesce(format, 1), salt, payload_commitment, "
+    "erased_by"
 )
+_FIELDS = 23  # columns of _RECORD_COLUMNS
 
 
 @dataclass
@@ -45,7 +47,9 @@ def _record(row: tuple) -> Record:
         model_name=row[5], model_version=row[6], model_sha256=row[7], env_id=row[8],
         peer=row[9], metadata=row[10], status=row[11], message=row[12], violations=row[13],
         detail=row[14], request=bytes(row[15]), response=bytes(row[16]),
-        prev_hash=bytes(row[17]), hash=bytes(row[18]),
+        prev_hash=bytes(row[17]), hash=bytes(row[18]), format=row[19],
+        salt=bytes(row[20] or b""), payload_commitment=bytes(row[21] or b""),
+        erased_by=row[22] or 0,
     )
 
 
@@ -79,9 +83,16 @@ class LedgerReader:
         self._barrier()
         return self._cursor()
 
+    def stored_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on what is loaded now, without waiting for acknowledged records: for
+        what only ever covers loaded records (the Merkle tree and its checkpoints)."""
+        return self._cursor()
+
     def get(self, request_id: str = "", seq: int = 0, *, rows: bool = True) -> StoredRecord:
         """One record by request id or seq; `rows=False` skips the decoded per-row columns
-        (replay reads the request and response bytes only).
+        (replay reads the request and response bytes only). An erased record is refused:
+        FailedPrecondition naming the admin record that erased it and why (`get_as_stored`
+        gives it as it is stored, without its payload).
 
         A request id names whatever the caller sent, so several records may carry it (a
         retry after UNAVAILABLE, a client that reuses ids). Picking one of them would answer
@@ -93,9 +104,21 @@ class LedgerReader:
             seq = self._seq_of(request_id)
         return self._fetch("seq = ?", [seq], f"no record with seq {seq}", rows=rows)
 
-    def _fetch(self, where: str, params: builtins.list[Any], missing: str, *, rows: bool
-               ) -> StoredRecord:
-        """The one record `where` selects; RecordNotFound saying `missing` if none."""
+    def get_as_stored(self, request_id: str = "", seq: int = 0) -> StoredRecord:
+        """One record as `get` finds it, an erased one too (with its payload commitment and
+        `erased_by`, and nothing of its payload): for what proves a record's place in the
+        chain, not its content."""
+        if not request_id and seq <= 0:
+            raise InvalidInput("give a request id or a positive seq")
+        if request_id:
+            seq = self._seq_of(request_id)
+        return self._fetch("seq = ?", [seq], f"no record with seq {seq}", rows=False,
+                           erased=True)
+
+    def _fetch(self, where: str, params: builtins.list[Any], missing: str, *, rows: bool,
+               erased: bool = False) -> StoredRecord:
+        """The one record `where` selects; RecordNotFound saying `missing` if none, and
+        FailedPrecondition for an erased one unless `erased`."""
         extra = ", inputs, inputs_text, outputs, outputs_text" if rows else ""
         sql = f"SELECT {_RECORD_COLUMNS}{extra} FROM entries WHERE {where}"
         # Records never change once stored, so one found without waiting for the loader is
@@ -106,10 +129,12 @@ class LedgerReader:
         if not found:
             raise RecordNotFound(missing)
         row = found[0]
+        if row[22] and not erased:  # erased_by
+            raise erasure.refusal(self._cursor(), row[0], row[22])
         if not rows:
             return StoredRecord(_record(row))
-        return StoredRecord(_record(row[:19]), _merge_rows(row[19], row[20]),
-                            _merge_rows(row[21], row[22]))
+        return StoredRecord(_record(row[:_FIELDS]), _merge_rows(row[_FIELDS], row[_FIELDS + 1]),
+                            _merge_rows(row[_FIELDS + 2], row[_FIELDS + 3]))
 
     def _seq_of(self, request_id: str) -> int:
         """The seq of the one record with this request id. Always behind the barrier: a
@@ -142,36 +167,40 @@ class LedgerReader:
             params.append(int(page_token))
         rows = self.cursor().execute(
             "SELECT seq, request_id, received_us, model_name, model_sha256, status, "
-            f"responded_us - received_us, peer, {schema.BATCH_SIZE}, outputs[1] "
-            f"FROM entries WHERE {where} ORDER BY seq DESC LIMIT ?",
+            f"responded_us - received_us, peer, {schema.BATCH_SIZE}, outputs[1], "
+            f"coalesce(erased_by, 0) FROM entries WHERE {where} ORDER BY seq DESC LIMIT ?",
             [*params, page_size + 1],
         ).fetchall()
         more = len(rows) > page_size
         rows = rows[:page_size]
         keys = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status",
-                "latency_us", "caller", "batch_size", "first_output")
+                "latency_us", "caller", "batch_size", "first_output", "erased_by")
         items = [dict(zip(keys, row, strict=True)) for row in rows]
         for item in items:
             item["first_output"] = dict(item["first_output"] or {})
         return items, (str(items[-1]["seq"]) if more and items else "")
 
     def window(self, filters: Filters, batch: int = 4096) -> Iterator[builtins.list[Record]]:
-        """Answered inference records in a window, oldest first, in batches. Only what a
-        replay needs is read: seq, kind, request id, status, model, request and response."""
+        """Answered inference records in a window, oldest first, in batches, erased ones
+        left out (nothing of their call is left to run). Only what a replay needs is read:
+        seq, kind, request id, status, model, environment, request and response."""
         where, params = filters.where()
         cursor = self.cursor().execute(
-            "SELECT seq, kind, request_id, status, message, model_sha256, request, response "
-            f"FROM entries WHERE {where} AND status = 'OK' ORDER BY seq",
+            "SELECT seq, kind, request_id, status, message, model_sha256, env_id, request, "
+            f"response FROM entries WHERE {where} AND status = 'OK' AND erased_by IS NULL "
+            "ORDER BY seq",
             params,
         )
         while rows := cursor.fetchmany(batch):
             yield [Record(seq=r[0], kind=r[1], request_id=r[2], status=r[3], message=r[4],
-                          model_sha256=r[5], request=r[6], response=r[7]) for r in rows]
+                          model_sha256=r[5], env_id=r[6], request=r[7], response=r[8])
+                   for r in rows]
 
     def count(self, filters: Filters) -> int:
         where, params = filters.where()
         return int(self.cursor().execute(
-            f"SELECT count(*) FROM entries WHERE {where} AND status = 'OK'", params
+            f"SELECT count(*) FROM entries WHERE {where} AND status = 'OK' "
+            "AND erased_by IS NULL", params
         ).fetchall()[0][0])
 
     def model(self, sha256: str) -> store.StoredModel:

@@ -1,5 +1,6 @@
 """Start-up: the chain's id and head as DuckDB has them, then the journal records a
-previous run left beyond them, checked against the chain and loaded in chunks.
+previous run left beyond them, checked against the chain and loaded in chunks, then any
+erasure a stop interrupted.
 
 It runs in the owner's thread inside LedgerWriter.open, before the writer's other threads
 exist: nothing here is shared.
@@ -8,6 +9,7 @@ exist: nothing here is shared.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from mlwitness.errors import DataLoss
+from mlwitness.ledger import erasure
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger.database import Database
 from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
@@ -50,6 +53,7 @@ class Recovery:
     def run(self) -> Recovery:
         self._read_head()
         self._load_tail()
+        self._complete_erasures()
         return self
 
     def _read_head(self) -> None:
@@ -116,6 +120,19 @@ class Recovery:
                 self.announced = names
         if chunk:
             self._load_chunk(chunk)
+
+    def _complete_erasures(self) -> None:
+        """Erase what an erase admin record states and a stop before its transaction left
+        undone (ledger/erasure.py), and rewrite the file without the erased bytes."""
+        completed = 0
+        for stated in erasure.pending(self.db.con):
+            done = self.db.transaction(functools.partial(erasure.apply, erasure=stated))
+            if done:
+                log.warning("completed the erasure of admin record seq %d: %d records erased "
+                            "(the sidecar stopped before it had erased them)", stated.seq, done)
+            completed += done
+        if completed:
+            self.db.compact()
 
     def _load_chunk(self, chunk: list[Record]) -> None:
         assert self.db.con is not None

@@ -362,7 +362,7 @@ _RECORD_COLUMNS = (
     ("peer", pa.string()), ("metadata", pa.string()), ("status", pa.string()),
     ("message", pa.string()), ("violations", pa.string()), ("detail", pa.string()),
     ("request", pa.binary()), ("response", pa.binary()), ("prev_hash", pa.binary()),
-    ("hash", pa.binary()),
+    ("hash", pa.binary()), ("format", pa.int8()),
 )
 
 # Decodes a record's request/response bytes into tensors when they are not in memory
@@ -393,6 +393,9 @@ def record_table(
         name: pa.array(list(map(attrgetter(name), records)), kind)
         for name, kind in _RECORD_COLUMNS
     }
+    # A format-2 record's salt (a format-1 record, from a journal an older version left,
+    # has none). `payload_commitment` and `erased_by` stay NULL until an erasure.
+    columns["salt"] = pa.array([record.salt or None for record in records], pa.binary())
     columns.update(decoded_columns([record.seq for record in records], decoded, tabulator,
                                    notes))
     table = pa.table(columns)

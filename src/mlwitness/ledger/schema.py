@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import threading
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = "1"
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "2"
 
 _NUM_ROWS = "MAP(VARCHAR, DOUBLE)[]"
 _TEXT_ROWS = "MAP(VARCHAR, VARCHAR)[]"
@@ -56,7 +59,11 @@ CREATE TABLE IF NOT EXISTS entries (
     inputs_text {_TEXT_ROWS},
     outputs {_NUM_ROWS},
     outputs_text {_TEXT_ROWS},
-    parameters MAP(VARCHAR, VARCHAR)
+    parameters MAP(VARCHAR, VARCHAR),
+    format TINYINT,
+    salt BLOB,
+    payload_commitment BLOB,
+    erased_by BIGINT
 );
 CREATE TABLE IF NOT EXISTS models (
     sha256 VARCHAR PRIMARY KEY,
@@ -77,7 +84,25 @@ CREATE TABLE IF NOT EXISTS environments (
     fingerprint VARCHAR NOT NULL,
     first_seen_us BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    level SMALLINT NOT NULL,
+    idx BIGINT NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size BIGINT PRIMARY KEY,
+    root BLOB NOT NULL,
+    note VARCHAR NOT NULL,
+    created_us BIGINT NOT NULL,
+    published_us BIGINT
+);
 """
+
+# Tables a ledger gains at the first start of the version that added them (read-write
+# connections create them): a file no such version has opened yet lacks them, and that is
+# no damage. Readers treat them as empty.
+LATER_TABLES = frozenset({"merkle_nodes", "checkpoints"})
 
 # Rows in a call: of its tabulated inputs or, when they are not tabular (images), outputs.
 BATCH_SIZE = "greatest(len(inputs), len(inputs_text), len(outputs), len(outputs_text))"
@@ -142,14 +167,70 @@ WHERE kind <> 'infer';
 """.replace("{batch_size}", BATCH_SIZE)
 
 
-def create(con: duckdb.DuckDBPyConnection) -> None:
-    """Create missing tables and (re)create the views. Idempotent."""
+# Columns of `entries` that schema versions after the first added, with their types: the
+# record format (NULL in a row written before format 2: format 1), a format-2 record's salt,
+# an erased record's payload commitment and the seq of the admin record that erased it
+# (ledger/record.py, ledger/erasure.py). An older ledger gains them in place (`upgrade`).
+ADDED_COLUMNS = {
+    "format": "TINYINT",
+    "salt": "BLOB",
+    "payload_commitment": "BLOB",
+    "erased_by": "BIGINT",
+}
+
+
+def create(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Create missing tables, upgrade an older ledger's (`upgrade`) and (re)create the
+    views. Idempotent. Returns what the upgrade did, in sentences (none: nothing)."""
     con.execute(TABLES)
+    done = upgrade(con)
     con.execute(VIEWS)
     con.execute(
         "INSERT INTO ledger_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
         [SCHEMA_VERSION],
     )
+    return done
+
+
+def upgrade(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Bring an older ledger's tables to this schema version in place, in one transaction:
+    the columns of ADDED_COLUMNS that `entries` lacks are added (NULL in every row it
+    holds: its records stay format 1, and verify and serve as they are) and the schema
+    version is set. Returns what it did, in sentences (none: the ledger was current)."""
+    missing = [name for name in ADDED_COLUMNS if name not in entries_columns(con)]
+    found = con.execute(
+        "SELECT value FROM ledger_meta WHERE key = 'schema_version'").fetchall()
+    version = found[0][0] if found else None
+    if not missing and version in (None, SCHEMA_VERSION):
+        return []
+    done = []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name in missing:
+            con.execute(f"ALTER TABLE entries ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+        if missing:
+            (records,) = con.execute("SELECT count(*) FROM entries").fetchone() or (0,)
+            done.append(f"added the columns {', '.join(missing)} to entries; its {records} "
+                        "records stay record format 1 (they verify and serve as before), new "
+                        "records are format 2 (erasable payloads)")
+        if version is not None and version != SCHEMA_VERSION:
+            con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'schema_version'",
+                        [SCHEMA_VERSION])
+            done.append(f"schema version {version} -> {SCHEMA_VERSION}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return done
+
+
+def entries_columns(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> list[str]:
+    """The columns of the `entries` table of the current database (or of `catalog`)."""
+    where = "database_name = ?" if catalog else "database_name = current_database()"
+    return [name for (name,) in con.execute(
+        "SELECT column_name FROM system.main.duckdb_columns() WHERE " + where
+        + " AND schema_name = 'main' AND table_name = 'entries' ORDER BY column_index",
+        [catalog] if catalog else []).fetchall()]
 
 
 # Bits no ledger file may grant: the ledger holds every caller's request and response, so
@@ -171,10 +252,13 @@ def restrict_umask() -> None:
         os.umask(current | PRIVATE_UMASK)
 
 
-def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(path: Path, *, read_only: bool = False,
+            upgrade: bool = True) -> duckdb.DuckDBPyConnection:
     """Open a ledger file. Read-only connections never create or alter anything. A
     read-write connection first keeps group write and all other users' access off the
-    files DuckDB creates (`restrict_umask`)."""
+    files DuckDB creates (`restrict_umask`), then creates what the file lacks and upgrades
+    an older ledger in place, saying so in one log line (`create`; `upgrade=False`
+    leaves that to the caller)."""
     if read_only:
         if not path.exists():
             from mlwitness.errors import FailedPrecondition
@@ -191,7 +275,10 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     # larger (580 against 354 bytes a record). `python bench/bench_duckdb_load.py`.
     with contextlib.suppress(duckdb.Error):  # an older DuckDB without it keeps its default
         con.execute("SET max_vacuum_tasks = 0")
-    create(con)
+    if upgrade:
+        done = create(con)
+        if done:
+            log.warning("ledger %s upgraded in place: %s", path, "; ".join(done))
     return con
 
 
@@ -223,13 +310,30 @@ def connect_reader(path: Path) -> duckdb.DuckDBPyConnection:
             "WHERE database_name = ? AND schema_name = 'main'", [READER_CATALOG]).fetchall()}
         for name in TABLE_NAMES:
             if name in stored:  # an older ledger may lack a table that came later
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {READER_CATALOG}.main.{name}")
+                con.execute(f"CREATE VIEW {name} AS SELECT *{_added(con, name)} "
+                            f"FROM {READER_CATALOG}.main.{name}")
         if "entries" in stored:
             con.execute(VIEWS)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _added(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    if table != "entries":
+        return ""
+    return missing_columns(entries_columns(con, READER_CATALOG))
+
+
+def missing_columns(have: list[str]) -> str:
+    """The columns a later schema version added to `entries` that a table with columns
+    `have` lacks (a ledger no writer of this version has opened yet, an archive segment
+    written before them), as a select list of NULLs of their types (", NULL::TINYINT AS
+    format, …"): read through this version's code, its records are what they are,
+    format 1."""
+    return "".join(f", NULL::{kind} AS {name}" for name, kind in ADDED_COLUMNS.items()
+                   if name not in have)
 
 
 @functools.cache
@@ -271,8 +375,10 @@ def stray_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> list[str]:
         "WHERE database_name = ? AND schema_name = 'main'", [catalog]).fetchall()}
     for name in TABLE_NAMES:
         if name not in tables:
-            kind = "a view" if ("main", name) in stored else "missing"
-            problems.append(f"table {name} is {kind}")
+            if ("main", name) in stored:
+                problems.append(f"table {name} is a view")
+            elif name not in LATER_TABLES:
+                problems.append(f"table {name} is missing")
     for (schema, name) in stored:
         problems.append(f"view {_qualified(schema, name)} is not one mlwitness creates")
     for schema, name, kind in con.execute(

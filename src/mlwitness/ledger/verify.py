@@ -1,9 +1,14 @@
 """Ledger verification: everything an auditor reads, checked against what is hashed.
 
-* **The chain.** Every field of every record is hashed (see `record.encode`), so changing
-  any byte of a stored record, deleting a record or reordering records breaks the chain at
-  the first affected seq. Records still in the journal (acknowledged, not yet loaded into
-  DuckDB) are verified as the chain's continuation.
+* **The chain.** Every field of every record is hashed (see `record.encode`; a format-2
+  record's payload through its salted commitment), so changing any byte of a stored
+  record, its salt or its commitment, deleting a record or reordering records breaks the
+  chain at the first affected seq. Records still in the journal (acknowledged, not yet
+  loaded into DuckDB) are verified as the chain's continuation. A ledger may hold format-1
+  records (written before format 2) and then format-2 ones; each is checked in its own.
+* **Erased records** (ledger/erasure.py) keep their payload commitment, which their hash
+  covers, and nothing of their payload; each must be one that the admin record it names
+  states it erases. The report counts them by that admin record.
 * **A published head** (`expect_head`, SEQ and its hash as published earlier): the record
   at SEQ must carry that hash whenever the chain reaches SEQ, so neither a truncated ledger
   nor one rewritten from some record on (every later hash recomputed) passes.
@@ -33,15 +38,27 @@ from pathlib import Path
 from typing import Any
 
 from mlwitness.errors import InvalidInput
-from mlwitness.ledger import decoded, journal, schema
-from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
+from mlwitness.ledger import decoded, erasure, journal, schema
+from mlwitness.ledger.record import (
+    FORMAT_V1,
+    FORMAT_V2,
+    PAYLOAD_FIELDS,
+    Record,
+    chain_hash,
+    encode,
+    genesis_hash,
+)
 
 # Stored record fields in the order of Record's own (so a row is Record(*row)).
 RECORD_FIELDS = (
     "kind", "request_id", "received_us", "responded_us", "model_name", "model_version",
     "model_sha256", "env_id", "peer", "metadata", "status", "message", "violations", "detail",
-    "request", "response", "seq", "prev_hash", "hash",
+    "request", "response", "seq", "prev_hash", "hash", "format", "salt", "payload_commitment",
+    "erased_by",
 )
+# The fields of RECORD_FIELDS a later schema added (schema.ADDED_COLUMNS): NULL, or missing
+# from an older archive segment, they are what a format-1 record has.
+_ADDED_DEFAULTS = {"format": FORMAT_V1, "salt": b"", "payload_commitment": b"", "erased_by": 0}
 ARCHIVED_SEQ = "archived_seq"  # ledger_meta: the last record deleted once archived
 ARCHIVED_HASH = "archived_hash"  # ledger_meta: its hash (hex)
 BATCH = 4096  # records read, decoded and compared at a time
@@ -73,6 +90,12 @@ class VerifyReport:
     column_names: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Records 1..seq deleted locally once archived: {seq, hash}; None when none were
     archived_prefix: dict[str, Any] | None = None
+    # Records by format ({"1": n, "2": m}) and erased records by the seq of the admin record
+    # that erased them ({"812": 3}); erasures not complete: {seq, listed, erased}
+    record_formats: dict[str, int] = field(default_factory=dict)
+    erased: dict[str, int] = field(default_factory=dict)
+    erasures_incomplete: list[dict[str, int]] = field(default_factory=list)
+    _reasons: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +109,10 @@ class VerifyReport:
     @property
     def decoded_not_covered(self) -> int:
         return sum(group["records"] for group in self.not_covered)
+
+    @property
+    def erased_records(self) -> int:
+        return sum(self.erased.values())
 
     def notes(self) -> list[str]:
         """What verification could not cover, in sentences (not failures)."""
@@ -101,13 +128,25 @@ class VerifyReport:
         for tensor, named in self.column_names.items():
             out.append(f"columns of tensor {tensor} named {', '.join(named['names'])} from "
                        f"seq {named['first_seq']} on: --features, not in the hashed bytes")
+        for by, count in self.erased.items():
+            why = self._reasons.get(int(by), "")
+            out.append(f"{count} records erased by admin record seq {by}"
+                       + (f" ({why})" if why else "")
+                       + ": their hashes cover their payload commitments, kept")
+        for stated in self.erasures_incomplete:
+            out.append(f"admin record seq {stated['seq']} erases {stated['listed']} records, "
+                       f"{stated['erased']} of them erased so far (the sidecar completes an "
+                       "erasure when it starts; records deleted once archived are in the "
+                       "archive)")
         return out
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data.pop("_reasons", None)
         data["ok"] = self.ok
         data["first_bad_seq"] = self.first_bad_seq
         data["decoded_not_covered"] = self.decoded_not_covered
+        data["erased_records"] = self.erased_records
         return data
 
 
@@ -159,6 +198,8 @@ class _Walk:
     named: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # model -> first use
     candidates: set[str] = field(default_factory=set)  # model uploads for what-if questions
     baselines: dict[str, tuple[int, str, int]] = field(default_factory=dict)  # sha -> announced
+    erasures: dict[int, erasure.Erasure] = field(default_factory=dict)  # admin seq -> stated
+    erased: list[tuple[int, int]] = field(default_factory=list)  # (seq, erased_by)
 
 
 def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
@@ -191,7 +232,8 @@ def verify(path: Path, *, expect_head: tuple[int, str] | None = None,
         walk.prev = genesis_hash(meta.get("chain_id", ""))
         _start_after_archived(meta, walk, report)
         if "entries" in tables:
-            _check_entries(con, where, walk, report)
+            _check_entries(con, where, catalog, walk, report)
+            _check_erasures(walk, report)
         _check_models(con, where, walk, report, tables)
         _check_baselines(con, where, walk, report, tables)
     finally:
@@ -235,14 +277,18 @@ def _catalog(con: Any, path: Path) -> str:
     return str(con.execute("SELECT system.main.current_database()").fetchone()[0])
 
 
-def _check_entries(con: Any, where: str, walk: _Walk, report: VerifyReport) -> None:
+def _check_entries(con: Any, where: str, catalog: str, walk: _Walk,
+                   report: VerifyReport) -> None:
     check = decoded.DecodedCheck()
     mismatched: list[decoded.Mismatch] = []  # the first LISTED + 1
     more = 0
-    for batch, records in _stored_batches(con, where):
+    formats: dict[int, int] = {}
+    for batch, records in _stored_batches(con, where, catalog):
         for record in records:
             _chain_step(record, walk, report, "")
             _note_use(record, walk)
+            _note_erasure(record, walk, report)
+            formats[record.format] = formats.get(record.format, 0) + 1
         report.records += len(records)
         found = check.check(records, batch)
         room = LISTED + 1 - len(mismatched)
@@ -263,13 +309,19 @@ def _check_entries(con: Any, where: str, walk: _Walk, report: VerifyReport) -> N
     report.column_names = {
         tensor: {"names": list(names), "first_seq": check.named_at[tensor]}
         for tensor, names in check.feature_names.items()}
+    report.record_formats = {str(f): n for f, n in sorted(formats.items())}
 
 
-def _stored_batches(con: Any, where: str) -> Iterator[tuple[Any, list[Record]]]:
+def _stored_batches(con: Any, where: str, catalog: str
+                    ) -> Iterator[tuple[Any, list[Record]]]:
     """The stored records in seq order, a batch at a time: (the Arrow batch, with the
-    decoded columns; its records)."""
+    decoded columns; its records). A ledger no writer of this version has opened yet lacks
+    the columns later schema versions added: NULL, as for its format-1 records."""
+    have = set(schema.entries_columns(con, catalog))
+    columns = [name if name in have or name not in schema.ADDED_COLUMNS
+               else f"NULL::{schema.ADDED_COLUMNS[name]} AS {name}" for name in RECORD_FIELDS]
     reader = con.sql(
-        f"SELECT {', '.join(RECORD_FIELDS)}, {', '.join(decoded.COLUMNS)} FROM {where}entries "
+        f"SELECT {', '.join(columns)}, {', '.join(decoded.COLUMNS)} FROM {where}entries "
         "ORDER BY seq").to_arrow_reader(BATCH)
     for batch in reader:
         yield batch, records_from(batch)
@@ -277,8 +329,19 @@ def _stored_batches(con: Any, where: str) -> Iterator[tuple[Any, list[Record]]]:
 
 def records_from(batch: Any) -> list[Record]:
     """The records of an Arrow batch (or table) holding the RECORD_FIELDS columns (the
-    archive's segments too)."""
-    columns = [batch.column(name).to_pylist() for name in RECORD_FIELDS]
+    archive's segments too; one written before record format 2 lacks the columns it
+    added, and its records are format 1)."""
+    present = set(batch.schema.names)
+    columns = []
+    for name in RECORD_FIELDS:
+        if name not in present:
+            columns.append([_ADDED_DEFAULTS[name]] * batch.num_rows)
+            continue
+        values = batch.column(name).to_pylist()
+        if name in _ADDED_DEFAULTS:
+            default = _ADDED_DEFAULTS[name]
+            values = [default if value is None else value for value in values]
+        columns.append(values)
     return [Record(*values) for values in zip(*columns, strict=True)]
 
 
@@ -304,9 +367,56 @@ def chain_problem(record: Record, expected_seq: int, prev: bytes) -> Problem | N
     if record.prev_hash != prev:
         return Problem(record.seq, "prev_hash does not match the previous record's hash "
                        "(a record was removed, inserted or reordered before it)")
-    if chain_hash(record.prev_hash, encode(record)) != record.hash:
+    try:
+        hashed = encode(record)
+    except ValueError as exc:  # a format-2 record without its salt, an unknown format
+        return Problem(record.seq, f"its hashed bytes cannot be formed ({exc}): the record "
+                       "was altered")
+    if chain_hash(record.prev_hash, hashed) != record.hash:
         return Problem(record.seq, "content does not match its hash (the record was altered)")
     return None
+
+
+def _note_erasure(record: Record, walk: _Walk, report: VerifyReport) -> None:
+    """Remember what erasures the admin records state, and the records erased; an erased
+    record must hold nothing of its payload (its hash covers the commitment it keeps)."""
+    stated = erasure.parse(record)
+    if stated is not None:
+        walk.erasures[record.seq] = stated
+    if not (record.payload_commitment or record.erased_by):
+        return
+    if not (record.payload_commitment and record.erased_by):
+        report.problems.append(Problem(record.seq, "an erased record keeps both its payload "
+                                       "commitment and the seq of the erasure; it has one"))
+    elif record.format != FORMAT_V2:
+        report.problems.append(Problem(record.seq, f"a format-{record.format} record is "
+                                       "marked erased (only format-2 records can be)"))
+    kept = [name for name in (*PAYLOAD_FIELDS, "salt") if getattr(record, name)]
+    if kept:
+        report.problems.append(Problem(record.seq, f"marked erased, yet it holds "
+                                       f"{', '.join(kept)}"))
+    walk.erased.append((record.seq, record.erased_by))
+
+
+def _check_erasures(walk: _Walk, report: VerifyReport) -> None:
+    """Every erased record must be one that the admin record it names (later in the
+    chain: records are erased after they are stored) states it erases; count them by
+    erasure, and note the erasures not complete."""
+    counted: dict[int, int] = {}
+    for seq, by in walk.erased:
+        stated = walk.erasures.get(by)
+        if stated is None or not stated.covers(seq):
+            report.problems.append(Problem(seq, f"erased, but admin record seq {by} states no "
+                                           "erasure of it (a record's payload was removed "
+                                           "without an erasure on the chain)"))
+            continue
+        counted[by] = counted.get(by, 0) + 1
+    report.erased = {str(by): n for by, n in sorted(counted.items())}
+    report._reasons = {by: stated.reason for by, stated in walk.erasures.items()}
+    for by, stated in walk.erasures.items():
+        if counted.get(by, 0) < stated.count:
+            report.erasures_incomplete.append(
+                {"seq": by, "listed": stated.count, "erased": counted.get(by, 0)})
 
 
 def _check_head(report: VerifyReport, walk: _Walk, seq: int, digest: str) -> None:

@@ -31,6 +31,9 @@
   outputs, parameters) are derived from its bytes. A record whose columns cannot be built
   (rows.record_table), or that DuckDB refuses only for them, is loaded with empty ones, a
   warning and a count (`stats.undecoded`): one call never stops the loads, nor a start.
+* **Erasure** (`erase`, ledger/erasure.py): an admin record first, then one transaction
+  that erases the payloads it names; the journal segments and DuckDB blocks that held
+  them are overwritten. A start completes an erasure a stop interrupted.
 * **Failure is loud, and recovered where that is safe.** If the journal cannot be written
   or flushed, every pending and later `append` raises LedgerUnavailable (the caller gets
   UNAVAILABLE and no prediction) and `healthy` turns False. A write that failed for want of
@@ -68,6 +71,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from mlwitness.ledger import erasure
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger.chain import Chain
 from mlwitness.ledger.database import Database
@@ -234,6 +238,11 @@ class LedgerWriter:
         return self._chain.linger.seconds
 
     @property
+    def loaded_seq(self) -> int:
+        """The last seq loaded into DuckDB (visible to cursors)."""
+        return self._loader.loaded_seq
+
+    @property
     def backlog(self) -> int:
         """Records appended but not yet in DuckDB."""
         return self._chain.backlog
@@ -268,6 +277,27 @@ class LedgerWriter:
     def sync(self, timeout: float = 30.0) -> int:
         """Wait until every record acknowledged so far is in DuckDB; return that seq."""
         return self._loader.sync(timeout)
+
+    def erase(self, record: Record, *, compact: bool = True,
+              timeout: float = 600.0) -> erasure.Erased:
+        """Carry out the erasure that `record`, an erase admin record (erasure.admin_record)
+        of stored format-2 records, states: append it (durable: from then on the erasure
+        happens, if not now then at the next start), erase its records in one transaction,
+        overwrite and delete the journal segments that held them, then checkpoint DuckDB
+        and (`compact`) rewrite its file without the blocks that held them (Database.
+        compact). From a thread outside any event loop; raises LedgerUnavailable."""
+        self.append_blocking(record)
+        stated = erasure.parse(record)
+        if stated is None:
+            raise ValueError("not an erase admin record")
+        self.sync(timeout)
+        erased = self.write(lambda con: erasure.apply(con, stated), timeout)
+        self._chain.seal_journal(stated.holds_any)
+        self.sync(timeout)
+        segments = self._chain.scrub_journal()
+        self._loader.write(lambda con: self._db.compact() if compact else self._db.checkpoint(),
+                           timeout, transaction=False)
+        return erasure.Erased(record.seq, erased, segments, compact)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new read cursor on the ledger, for one thread's use."""

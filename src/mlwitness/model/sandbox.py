@@ -19,7 +19,9 @@ A worker serves one question at a time, so a killed run harms no one else's ques
 A worker whose question ended normally is kept, with up to MAX_MODELS models loaded, for
 the next question (a replay of the same model then costs one round trip, not an
 onnxruntime import and a model load); one that timed out, crashed or ran out of memory is
-ended. Tensors travel over the worker's stdin/stdout as a JSON header and raw buffers —
+ended. A model is loaded with the session options the question asks for (replay: those the
+decision was recorded with), so one worker may hold a model in sessions of two configs.
+Tensors travel over the worker's stdin/stdout as a JSON header and raw buffers —
 never pickles: the worker runs whatever the uploaded model makes onnxruntime do.
 
 Cost (2 shared cores, under load): a round trip to the worker is 0.2-0.4 ms plus the copy
@@ -48,7 +50,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import numpy as np
@@ -62,7 +64,7 @@ from mlwitness.errors import (
     MlwitnessError,
     TooLarge,
 )
-from mlwitness.model.runtime import MEMORY_SIGNS
+from mlwitness.model.runtime import MEMORY_SIGNS, SessionConfig
 from mlwitness.model.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,16 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct(">I")
 _BACKSTOP_S = 5  # the child's own alarm, past the parent's bound: if the parent is gone
 MAX_MODELS = 4  # models a worker keeps loaded (its memory limit covers all of them)
+# Threads a recorded session may ask for: each reserves a stack in the worker's capped
+# address space. More are cut to this, and the answer names the difference.
+MAX_THREADS = 64
 
 
 @dataclass(frozen=True)
 class Limits:
     memory_bytes: int = 512 << 20  # address space past the child's start-up size
     run_timeout: float = 60.0  # seconds one model run may take
-    threads: int = 1  # onnxruntime intra-op threads
+    threads: int = 1  # onnxruntime intra-op threads when a record names no session options
 
 
 class Aborted(Exception):  # noqa: N818 — a marker: the run was stopped, not answered
@@ -197,20 +202,26 @@ def _serve(header: dict[str, Any], buffers: list[memoryview], models: dict[str, 
            memory_bytes: int) -> tuple[dict[str, Any], list[np.ndarray]]:
     from mlwitness.model.runtime import OnnxModel
 
-    op, sha = header["op"], header["sha256"]
+    op, key = header["op"], header["key"]
     if op == "load":
         for old in header["evict"]:
             models.pop(old, None)
+        # onnxruntime's CPU arena keeps what a run took until the session ends; without it
+        # memory goes back after each run (a long-lived worker must not hold on to one big
+        # run's peak). It decides where buffers live, not what is computed.
+        session = SessionConfig.from_environment({"session_options": header["session"]})
+        assert session is not None
         try:
-            model = OnnxModel(bytes(buffers[0]), threads=int(header["threads"]), arena=False)
+            model = OnnxModel(bytes(buffers[0]), replace(session, enable_cpu_mem_arena=False))
         except FailedPrecondition as exc:
             if "out of memory" in exc.message:
                 raise TooLarge(_memory_message(memory_bytes)) from None
             raise
-        models[sha] = model
+        models[key] = model
         return {"ok": {"signature": _signature_json(model.signature),
-                       "providers": model.providers}}, []
-    model = models[sha]
+                       "session": model.session_config.to_environment(),
+                       "unavailable": model.unavailable}}, []
+    model = models[key]
     arrays = _decode(header, buffers)
     if op == "run_slices":
         try:
@@ -288,11 +299,12 @@ def _end(process: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class _Worker:
-    """A child process and the models loaded in it (signature and providers by SHA-256,
-    least recently used first)."""
+    """A child process and the models loaded in it: signature, session config and the
+    providers it lacks, keyed by SHA-256 and session config, least recently used first."""
 
     process: subprocess.Popen[bytes]
-    models: OrderedDict[str, tuple[Signature, list[str]]] = field(default_factory=OrderedDict)
+    models: OrderedDict[str, tuple[Signature, SessionConfig, list[str]]] = field(
+        default_factory=OrderedDict)
     healthy: bool = True
 
 
@@ -363,21 +375,28 @@ class Sandbox:
     def close(self) -> None:
         self.pool.release(self.worker)
 
-    def load(self, sha256: str, onnx: Callable[[], bytes]) -> SandboxedModel:
-        """The model with this SHA-256, loaded from `onnx()` unless the worker has it."""
+    def load(self, sha256: str, onnx: Callable[[], bytes],
+             session: SessionConfig | None = None) -> SandboxedModel:
+        """The model with this SHA-256 in a session built from `session` (None: the
+        default, with `Limits.threads`; threads past MAX_THREADS cut to it), loaded from
+        `onnx()` unless the worker has it so."""
+        session = _bounded(session or SessionConfig(intra_op_num_threads=self.limits.threads))
+        key = f"{sha256}/{session.key()}"
         models = self.worker.models
-        if sha256 not in models:
+        if key not in models:
             evict = list(models)[:max(0, len(models) - MAX_MODELS + 1)]
             try:  # the worker drops `evict` before it loads: whether or not the load works
-                reply, _ = self.ask({"op": "load", "sha256": sha256, "evict": evict,
-                                     "threads": self.limits.threads}, raw=[onnx()])
+                reply, _ = self.ask({"op": "load", "key": key, "evict": evict,
+                                     "session": session.to_environment()}, raw=[onnx()])
             finally:
                 for old in evict:
                     models.pop(old, None)
-            models[sha256] = (_signature(reply["signature"]), reply["providers"])
-        models.move_to_end(sha256)
-        signature, providers = models[sha256]
-        return SandboxedModel(self, sha256, signature, providers)
+            actual = SessionConfig.from_environment({"session_options": reply["session"]})
+            assert actual is not None
+            models[key] = (_signature(reply["signature"]), actual, reply["unavailable"])
+        models.move_to_end(key)
+        signature, actual, unavailable = models[key]
+        return SandboxedModel(self, sha256, key, signature, actual, unavailable)
 
     def ask(self, header: dict[str, Any], raw: Sequence[bytes] = (),
             arrays: Sequence[np.ndarray] = ()) -> tuple[dict[str, Any], list[np.ndarray]]:
@@ -478,19 +497,27 @@ def _how(code: int | None) -> str:
     return f"exit code {code}"
 
 
-class SandboxedModel:
-    """A model loaded in a sandbox: what `OnnxModel` offers the audit code."""
+def _bounded(session: SessionConfig) -> SessionConfig:
+    return replace(session, intra_op_num_threads=min(session.intra_op_num_threads, MAX_THREADS),
+                   inter_op_num_threads=min(session.inter_op_num_threads, MAX_THREADS))
 
-    def __init__(self, sandbox: Sandbox, sha256: str, signature: Signature,
-                 providers: list[str]) -> None:
+
+class SandboxedModel:
+    """A model loaded in a sandbox: what `OnnxModel` offers the audit code.
+    `session_config` is what its session runs with, as onnxruntime reports it."""
+
+    def __init__(self, sandbox: Sandbox, sha256: str, key: str, signature: Signature,
+                 session_config: SessionConfig, unavailable: list[str]) -> None:
         self.sandbox = sandbox
         self.sha256 = sha256
+        self.key = key
         self.signature = signature
-        self.providers = providers
+        self.session_config = session_config
+        self.unavailable = unavailable
 
     def run(self, inputs: Sequence[Tensor], outputs: Sequence[str] = (), *,
             op: str = "run") -> list[Tensor]:
-        header = {"op": op, "sha256": self.sha256, "outputs": list(outputs),
+        header = {"op": op, "key": self.key, "outputs": list(outputs),
                   "tensors": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
                               for t in inputs]}
         reply, arrays = self.sandbox.ask(header, arrays=[t.array for t in inputs])
@@ -512,7 +539,7 @@ class SandboxedModel:
             local.append((at, at + hi - lo))
             at += hi - lo
         rows = np.concatenate([np.arange(lo, hi) for lo, hi in slices])
-        header = {"op": "run_slices", "sha256": self.sha256, "names": list(names),
+        header = {"op": "run_slices", "key": self.key, "names": list(names),
                   "feed": list(feed), "slices": local}
         reply, arrays = self.sandbox.ask(header, arrays=[a[rows] for a in feed.values()])
         out: list[list[np.ndarray] | None] = []

@@ -103,7 +103,7 @@ class ListRecordsRequest(_message.Message):
     def __init__(self, since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., model: _Optional[str] = ..., status: _Optional[str] = ..., caller: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
 
 class RecordSummary(_message.Message):
-    __slots__ = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status", "latency_us", "caller", "batch_size", "first_output")
+    __slots__ = ("seq", "request_id", "received_us", "model_name", "model_sha256", "status", "latency_us", "caller", "batch_size", "first_output", "erased_by")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_US_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class RecordSummary(_message.Message):
     CALLER_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     FIRST_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ERASED_BY_FIELD_NUMBER: _ClassVar[int]
     seq: int
     request_id: str
     received_us: int
@@ -124,7 +125,8 @@ class RecordSummary(_message.Message):
     caller: str
     batch_size: int
     first_output: Row
-    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., status: _Optional[str] = ..., latency_us: _Optional[int] = ..., caller: _Optional[str] = ..., batch_size: _Optional[int] = ..., first_output: _Optional[_Union[Row, _Mapping]] = ...) -> None: ...
+    erased_by: int
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., status: _Optional[str] = ..., latency_us: _Optional[int] = ..., caller: _Optional[str] = ..., batch_size: _Optional[int] = ..., first_output: _Optional[_Union[Row, _Mapping]] = ..., erased_by: _Optional[int] = ...) -> None: ...
 
 class ListRecordsResponse(_message.Message):
     __slots__ = ("records", "next_page_token")
@@ -135,18 +137,20 @@ class ListRecordsResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[RecordSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class OutputDiff(_message.Message):
-    __slots__ = ("name", "identical", "max_abs_diff", "max_rel_diff", "elements_differing")
+    __slots__ = ("name", "identical", "max_abs_diff", "max_rel_diff", "elements_differing", "max_ulps")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTICAL_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     MAX_REL_DIFF_FIELD_NUMBER: _ClassVar[int]
     ELEMENTS_DIFFERING_FIELD_NUMBER: _ClassVar[int]
+    MAX_ULPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     identical: bool
     max_abs_diff: float
     max_rel_diff: float
     elements_differing: int
-    def __init__(self, name: _Optional[str] = ..., identical: bool = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., elements_differing: _Optional[int] = ...) -> None: ...
+    max_ulps: float
+    def __init__(self, name: _Optional[str] = ..., identical: bool = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., elements_differing: _Optional[int] = ..., max_ulps: _Optional[float] = ...) -> None: ...
 
 class EnvDifference(_message.Message):
     __slots__ = ("key", "recorded", "current")
@@ -169,7 +173,7 @@ class ReplayRequest(_message.Message):
     def __init__(self, ref: _Optional[_Union[RecordRef, _Mapping]] = ..., candidate_sha256: _Optional[str] = ..., candidate_onnx: _Optional[bytes] = ...) -> None: ...
 
 class ReplayResponse(_message.Message):
-    __slots__ = ("seq", "request_id", "recorded_model_sha256", "replayed_model_sha256", "bit_identical", "outputs", "environment_differences", "recorded_outputs", "replayed_outputs", "decisions_changed", "decision_output")
+    __slots__ = ("seq", "request_id", "recorded_model_sha256", "replayed_model_sha256", "bit_identical", "outputs", "environment_differences", "recorded_outputs", "replayed_outputs", "decisions_changed", "decision_output", "verdict")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECORDED_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +185,7 @@ class ReplayResponse(_message.Message):
     REPLAYED_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     DECISION_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     request_id: str
     recorded_model_sha256: str
@@ -192,7 +197,8 @@ class ReplayResponse(_message.Message):
     replayed_outputs: _containers.RepeatedCompositeFieldContainer[Row]
     decisions_changed: _containers.RepeatedScalarFieldContainer[int]
     decision_output: str
-    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., recorded_model_sha256: _Optional[str] = ..., replayed_model_sha256: _Optional[str] = ..., bit_identical: bool = ..., outputs: _Optional[_Iterable[_Union[OutputDiff, _Mapping]]] = ..., environment_differences: _Optional[_Iterable[_Union[EnvDifference, _Mapping]]] = ..., recorded_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., replayed_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., decisions_changed: _Optional[_Iterable[int]] = ..., decision_output: _Optional[str] = ...) -> None: ...
+    verdict: str
+    def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., recorded_model_sha256: _Optional[str] = ..., replayed_model_sha256: _Optional[str] = ..., bit_identical: bool = ..., outputs: _Optional[_Iterable[_Union[OutputDiff, _Mapping]]] = ..., environment_differences: _Optional[_Iterable[_Union[EnvDifference, _Mapping]]] = ..., recorded_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., replayed_outputs: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., decisions_changed: _Optional[_Iterable[int]] = ..., decision_output: _Optional[str] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class Override(_message.Message):
     __slots__ = ("feature", "value")
@@ -345,7 +351,7 @@ class ChangedDecision(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., request_id: _Optional[str] = ..., row: _Optional[int] = ..., recorded_decision: _Optional[str] = ..., replayed_decision: _Optional[str] = ..., inputs: _Optional[_Union[Row, _Mapping]] = ...) -> None: ...
 
 class ReplaySummary(_message.Message):
-    __slots__ = ("records", "rows", "identical", "changed", "failed", "decisions_changed", "records_per_second", "replayed_model_sha256", "max_abs_diff", "failures")
+    __slots__ = ("records", "rows", "identical", "changed", "failed", "decisions_changed", "records_per_second", "replayed_model_sha256", "max_abs_diff", "failures", "max_ulps")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     IDENTICAL_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +362,7 @@ class ReplaySummary(_message.Message):
     REPLAYED_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ULPS_FIELD_NUMBER: _ClassVar[int]
     records: int
     rows: int
     identical: int
@@ -366,7 +373,8 @@ class ReplaySummary(_message.Message):
     replayed_model_sha256: str
     max_abs_diff: float
     failures: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, records: _Optional[int] = ..., rows: _Optional[int] = ..., identical: _Optional[int] = ..., changed: _Optional[int] = ..., failed: _Optional[int] = ..., decisions_changed: _Optional[int] = ..., records_per_second: _Optional[float] = ..., replayed_model_sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_ulps: float
+    def __init__(self, records: _Optional[int] = ..., rows: _Optional[int] = ..., identical: _Optional[int] = ..., changed: _Optional[int] = ..., failed: _Optional[int] = ..., decisions_changed: _Optional[int] = ..., records_per_second: _Optional[float] = ..., replayed_model_sha256: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., failures: _Optional[_Iterable[str]] = ..., max_ulps: _Optional[float] = ...) -> None: ...
 
 class ReplayRangeEvent(_message.Message):
     __slots__ = ("progress", "changed", "summary")
@@ -387,7 +395,7 @@ class VerifyLedgerRequest(_message.Message):
     def __init__(self, expect_seq: _Optional[int] = ..., expect_hash: _Optional[str] = ...) -> None: ...
 
 class VerifyLedgerResponse(_message.Message):
-    __slots__ = ("ok", "records", "journal_records", "head_seq", "head_hash", "first_bad_seq", "problems", "decoded_checked", "decoded_not_covered", "notes")
+    __slots__ = ("ok", "records", "journal_records", "head_seq", "head_hash", "first_bad_seq", "problems", "decoded_checked", "decoded_not_covered", "notes", "erased_records")
     OK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -398,6 +406,7 @@ class VerifyLedgerResponse(_message.Message):
     DECODED_CHECKED_FIELD_NUMBER: _ClassVar[int]
     DECODED_NOT_COVERED_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    ERASED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     records: int
     journal_records: int
@@ -408,7 +417,8 @@ class VerifyLedgerResponse(_message.Message):
     decoded_checked: int
     decoded_not_covered: int
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ok: bool = ..., records: _Optional[int] = ..., journal_records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_seq: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ..., decoded_checked: _Optional[int] = ..., decoded_not_covered: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    erased_records: int
+    def __init__(self, ok: bool = ..., records: _Optional[int] = ..., journal_records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., first_bad_seq: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ..., decoded_checked: _Optional[int] = ..., decoded_not_covered: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ..., erased_records: _Optional[int] = ...) -> None: ...
 
 class DriftRequest(_message.Message):
     __slots__ = ("since_us", "until_us", "model", "baseline", "reference_since_us", "reference_until_us", "features")
@@ -623,3 +633,209 @@ class GuardsResponse(_message.Message):
     toml: str
     rates_now: _containers.RepeatedCompositeFieldContainer[RateState]
     def __init__(self, active: bool = ..., sha256: _Optional[str] = ..., mode: _Optional[str] = ..., toml: _Optional[str] = ..., rates_now: _Optional[_Iterable[_Union[RateState, _Mapping]]] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("size", "root_hash", "note", "signed", "origin", "key_id", "created_us", "published_us")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_US_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_US_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    root_hash: str
+    note: str
+    signed: bool
+    origin: str
+    key_id: str
+    created_us: int
+    published_us: int
+    def __init__(self, size: _Optional[int] = ..., root_hash: _Optional[str] = ..., note: _Optional[str] = ..., signed: bool = ..., origin: _Optional[str] = ..., key_id: _Optional[str] = ..., created_us: _Optional[int] = ..., published_us: _Optional[int] = ...) -> None: ...
+
+class InclusionProofRequest(_message.Message):
+    __slots__ = ("ref", "tree_size")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ref: RecordRef
+    tree_size: int
+    def __init__(self, ref: _Optional[_Union[RecordRef, _Mapping]] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
+class InclusionProofResponse(_message.Message):
+    __slots__ = ("seq", "leaf_index", "tree_size", "chain_hash", "leaf_hash", "hashes", "root_hash", "checkpoint")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HASH_FIELD_NUMBER: _ClassVar[int]
+    LEAF_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    leaf_index: int
+    tree_size: int
+    chain_hash: str
+    leaf_hash: str
+    hashes: _containers.RepeatedScalarFieldContainer[str]
+    root_hash: str
+    checkpoint: CheckpointResponse
+    def __init__(self, seq: _Optional[int] = ..., leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., chain_hash: _Optional[str] = ..., leaf_hash: _Optional[str] = ..., hashes: _Optional[_Iterable[str]] = ..., root_hash: _Optional[str] = ..., checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ...) -> None: ...
+
+class ConsistencyProofRequest(_message.Message):
+    __slots__ = ("from_size", "to_size")
+    FROM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    from_size: int
+    to_size: int
+    def __init__(self, from_size: _Optional[int] = ..., to_size: _Optional[int] = ...) -> None: ...
+
+class ConsistencyProofResponse(_message.Message):
+    __slots__ = ("from_size", "to_size", "from_root", "to_root", "hashes", "from_checkpoint", "to_checkpoint")
+    FROM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TO_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FROM_ROOT_FIELD_NUMBER: _ClassVar[int]
+    TO_ROOT_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    TO_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    from_size: int
+    to_size: int
+    from_root: str
+    to_root: str
+    hashes: _containers.RepeatedScalarFieldContainer[str]
+    from_checkpoint: CheckpointResponse
+    to_checkpoint: CheckpointResponse
+    def __init__(self, from_size: _Optional[int] = ..., to_size: _Optional[int] = ..., from_root: _Optional[str] = ..., to_root: _Optional[str] = ..., hashes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ..., to_checkpoint: _Optional[_Union[CheckpointResponse, _Mapping]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("ledger", "checkpoints", "publisher")
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHER_FIELD_NUMBER: _ClassVar[int]
+    ledger: LedgerStatus
+    checkpoints: CheckpointStatus
+    publisher: PublisherStatus
+    def __init__(self, ledger: _Optional[_Union[LedgerStatus, _Mapping]] = ..., checkpoints: _Optional[_Union[CheckpointStatus, _Mapping]] = ..., publisher: _Optional[_Union[PublisherStatus, _Mapping]] = ...) -> None: ...
+
+class LedgerStatus(_message.Message):
+    __slots__ = ("chain_id", "head_seq", "head_hash", "loaded_seq", "healthy", "writable")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    LOADED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_FIELD_NUMBER: _ClassVar[int]
+    chain_id: str
+    head_seq: int
+    head_hash: str
+    loaded_seq: int
+    healthy: bool
+    writable: bool
+    def __init__(self, chain_id: _Optional[str] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., loaded_seq: _Optional[int] = ..., healthy: bool = ..., writable: bool = ...) -> None: ...
+
+class CheckpointStatus(_message.Message):
+    __slots__ = ("state", "detail", "tree_size", "size", "root_hash", "created_us", "age_s", "signed", "origin", "key_id", "failures", "last_error")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_US_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    detail: str
+    tree_size: int
+    size: int
+    root_hash: str
+    created_us: int
+    age_s: float
+    signed: bool
+    origin: str
+    key_id: str
+    failures: int
+    last_error: str
+    def __init__(self, state: _Optional[str] = ..., detail: _Optional[str] = ..., tree_size: _Optional[int] = ..., size: _Optional[int] = ..., root_hash: _Optional[str] = ..., created_us: _Optional[int] = ..., age_s: _Optional[float] = ..., signed: bool = ..., origin: _Optional[str] = ..., key_id: _Optional[str] = ..., failures: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class PublisherStatus(_message.Message):
+    __slots__ = ("directory", "state", "last_error", "failures", "published_size", "published_us", "age_s")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_US_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    state: str
+    last_error: str
+    failures: int
+    published_size: int
+    published_us: int
+    age_s: float
+    def __init__(self, directory: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., failures: _Optional[int] = ..., published_size: _Optional[int] = ..., published_us: _Optional[int] = ..., age_s: _Optional[float] = ...) -> None: ...
+
+class EraseRequest(_message.Message):
+    __slots__ = ("request_id", "parameter", "value", "since_us", "until_us", "reason", "dry_run", "no_compact")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_US_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_US_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    NO_COMPACT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    parameter: str
+    value: str
+    since_us: int
+    until_us: int
+    reason: str
+    dry_run: bool
+    no_compact: bool
+    def __init__(self, request_id: _Optional[str] = ..., parameter: _Optional[str] = ..., value: _Optional[str] = ..., since_us: _Optional[int] = ..., until_us: _Optional[int] = ..., reason: _Optional[str] = ..., dry_run: bool = ..., no_compact: bool = ...) -> None: ...
+
+class SeqRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
+
+class EraseResponse(_message.Message):
+    __slots__ = ("dry_run", "matched", "erased", "already_erased", "admin_seq", "seqs", "compacted", "journal_segments", "notes")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_ERASED_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    COMPACTED_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    matched: int
+    erased: int
+    already_erased: int
+    admin_seq: int
+    seqs: _containers.RepeatedCompositeFieldContainer[SeqRange]
+    compacted: bool
+    journal_segments: int
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dry_run: bool = ..., matched: _Optional[int] = ..., erased: _Optional[int] = ..., already_erased: _Optional[int] = ..., admin_seq: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ..., compacted: bool = ..., journal_segments: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...

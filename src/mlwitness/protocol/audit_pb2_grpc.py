@@ -94,6 +94,31 @@ class AuditServiceStub(object):
                 request_serializer=mlwitness_dot_protocol_dot_audit__pb2.SetGuardsRequest.SerializeToString,
                 response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/GetCheckpoint',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.CheckpointResponse.FromString,
+                _registered_method=True)
+        self.InclusionProof = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/InclusionProof',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.InclusionProofRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.InclusionProofResponse.FromString,
+                _registered_method=True)
+        self.ConsistencyProof = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/ConsistencyProof',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Status',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.StatusRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.StatusResponse.FromString,
+                _registered_method=True)
+        self.Erase = channel.unary_unary(
+                '/mlwitness.audit.v1.AuditService/Erase',
+                request_serializer=mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.SerializeToString,
+                response_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer(object):
@@ -183,6 +208,45 @@ class AuditServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """A checkpoint: the signed Merkle tree head of the ledger's first N records (the latest,
+        or of one size), as published (a C2SP signed note).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InclusionProof(self, request, context):
+        """Proof that a record is in the tree of a checkpoint (RFC 9162 inclusion proof).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsistencyProof(self, request, context):
+        """Proof that the tree of one checkpoint extends another's (RFC 9162 consistency proof).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Health detail: the ledger's head and loading, checkpoints and their publishing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Erase(self, request, context):
+        """Erase the payloads of matching inference records (sidecar only; admin): an admin
+        record says who erased what and why, then the records keep only what their hashes
+        need. The chain, checkpoints and proofs stay valid; replay, what-if and GetRecord of
+        an erased record answer FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +309,31 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.SetGuards,
                     request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.SetGuardsRequest.FromString,
                     response_serializer=mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'InclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.InclusionProof,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.InclusionProofRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.InclusionProofResponse.SerializeToString,
+            ),
+            'ConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsistencyProof,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.StatusRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.StatusResponse.SerializeToString,
+            ),
+            'Erase': grpc.unary_unary_rpc_method_handler(
+                    servicer.Erase,
+                    request_deserializer=mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.FromString,
+                    response_serializer=mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -571,6 +660,141 @@ class AuditService(object):
             '/mlwitness.audit.v1.AuditService/SetGuards',
             mlwitness_dot_protocol_dot_audit__pb2.SetGuardsRequest.SerializeToString,
             mlwitness_dot_protocol_dot_audit__pb2.GuardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/GetCheckpoint',
+            mlwitness_dot_protocol_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/InclusionProof',
+            mlwitness_dot_protocol_dot_audit__pb2.InclusionProofRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.InclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/ConsistencyProof',
+            mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.ConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Status',
+            mlwitness_dot_protocol_dot_audit__pb2.StatusRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Erase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlwitness.audit.v1.AuditService/Erase',
+            mlwitness_dot_protocol_dot_audit__pb2.EraseRequest.SerializeToString,
+            mlwitness_dot_protocol_dot_audit__pb2.EraseResponse.FromString,
             options,
             channel_credentials,
             insecure,

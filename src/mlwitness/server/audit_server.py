@@ -14,7 +14,7 @@ import duckdb
 
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
-from mlwitness.ledger import environment, journal, schema, store
+from mlwitness.ledger import journal, schema, store
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.protocol import audit_pb2
@@ -48,12 +48,13 @@ def _warn_open_audit(address: str, *, mtls: bool) -> None:
         log.warning("audit port %s has no --audit-access: any client certificate that "
                     "--tls-client-ca signed may read every record (request and response "
                     "bytes), replay, ask what-if, drift, bias and verify (role auditor). "
-                    "Changing guards needs an admin identity in an --audit-access file.",
+                    "Changing guards and erasing records need an admin identity in an "
+                    "--audit-access file.",
                     address)
     else:
         log.warning("audit port %s has no --audit-access: anyone who can reach it may read "
                     "every record (request and response bytes), replay, ask what-if, drift, "
-                    "bias and verify, and change the guards. Give it an access file "
+                    "bias and verify, change the guards and erase records. Give it an access file "
                     "(`mlwitness token add`) or keep it off the network (--audit-port 0).",
                     address)
 
@@ -90,12 +91,11 @@ class AuditServer:
         trail_path = settings.audit_trail or path.with_name(path.name + ".audit-trail.duckdb")
         self.trail = trail = LedgerWriter(trail_path)
         await asyncio.to_thread(trail.open)
-        env = environment.fingerprint()
-        trail.write(lambda con: store.put_environment(con, env))
-        self.service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
-                                    store_model=store_model_with(trail.write),
-                                    threads=settings.ort_threads,
-                                    limits=AuditLimits.of(settings))
+        self.service = service = AuditService(LedgerReader(cursor), trail=trail.append_blocking,
+                                              store_model=store_model_with(trail.write),
+                                              threads=settings.ort_threads,
+                                              limits=AuditLimits.of(settings))
+        trail.write(lambda con: store.put_environment(con, service.environment))
         access = Access.load(settings.audit_access) if settings.audit_access else None
         auth = Authenticator(access, required_role="auditor")
         self.audit = await start_audit_port(self.service, path, settings.audit_port, settings,

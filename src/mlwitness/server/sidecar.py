@@ -18,7 +18,10 @@ from typing import Any
 
 from mlwitness.analytics.baseline import Baseline
 from mlwitness.analytics.drift import FeatureDrift, drift_report
+from mlwitness.audit.evidence import live_status
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
+from mlwitness.errors import ConfigError
+from mlwitness.evidence.note import NoteError, Signer
 from mlwitness.guards.checks import InlineChecks
 from mlwitness.guards.file import load_guards
 from mlwitness.inference.backends import Backend
@@ -27,12 +30,14 @@ from mlwitness.inference.backends.upstream import UpstreamBackend
 from mlwitness.inference.minimise import Minimiser
 from mlwitness.inference.service import InferenceService
 from mlwitness.ledger import environment, store
+from mlwitness.ledger.checkpoints import Checkpointer, load_signer
+from mlwitness.ledger.publisher import Publisher
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.tensors import decode_record_tensors
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
 from mlwitness.metrics import Metrics, refresh_drift
 from mlwitness.model.modelfile import ModelFile
-from mlwitness.model.runtime import OnnxModel
+from mlwitness.model.runtime import OnnxModel, SessionConfig
 from mlwitness.protocol import inference as pb
 from mlwitness.server.admin import (
     announce_features,
@@ -58,12 +63,16 @@ log = logging.getLogger("mlwitness")
 # A full disk, which the ledger recovers from by itself once there is room, leaves
 # liveness SERVING.
 LEDGER_FAILURE_RESTART_S = 30.0
+# At shutdown the last checkpoint's publishing gets this long; what is left is published by
+# the next start.
+PUBLISH_AT_SHUTDOWN_S = 5.0
 
 
 class Sidecar:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.validate()
         self.ledger: LedgerWriter | None = None
+        self.checkpointer: Checkpointer | None = None
         self.backend: Backend | None = None
         self.model_file: ModelFile | None = None
         self.service: InferenceService | None = None
@@ -98,14 +107,19 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
+        signer = load_signer(s.signing_key) if s.signing_key else None
         first = s.model.read_bytes()  # type: ignore[union-attr]
-        model = await asyncio.to_thread(OnnxModel, first, threads=s.ort_threads)
+        session = SessionConfig(intra_op_num_threads=s.ort_threads)
+        model = await asyncio.to_thread(OnnxModel, first, session)
         ledger = await self._open_ledger(model)
-        env = environment.fingerprint(model.providers)
-        env_id = ledger.write(lambda con: store.put_environment(con, env))
+        self.checkpointer = self._start_checkpoints(ledger, signer)
         self.model_file = ModelFile(s.model, model_store(ledger, s))  # type: ignore[arg-type]
         if self.model_file.sha256 != model.sha256:  # the file changed while we loaded it
-            model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, threads=s.ort_threads)
+            model = await asyncio.to_thread(OnnxModel, self.model_file.onnx, session)
+        # The session options are those of the session that decides; an upstream server's
+        # are not known here.
+        env = environment.fingerprint(None if s.upstream else model.session_config)
+        env_id = ledger.write(lambda con: store.put_environment(con, env))
         if s.upstream:
             self.backend = UpstreamBackend(
                 s.upstream, default_timeout=s.upstream_timeout,
@@ -121,6 +135,8 @@ class Sidecar:
         if s.metrics_port:
             self.metrics = Metrics(s.served_name)
             self.metrics.watch_ledger(ledger)
+            if self.checkpointer is not None:
+                self.metrics.watch_checkpoints(self.checkpointer)
         if s.baseline:
             self.baseline = await store_baseline_file(ledger, s.baseline, model.signature)
         if s.guards:
@@ -162,6 +178,33 @@ class Sidecar:
 
         ledger.on_failure = ledger.on_recovery = on_change
         return ledger
+
+    def _start_checkpoints(self, ledger: LedgerWriter, signer: Signer | None
+                           ) -> Checkpointer | None:
+        """The checkpointer (and its publisher) over the open ledger, started: its thread
+        builds any missing tree and issues checkpoints off the hot path."""
+        s = self.settings
+        if s.checkpoint_interval == 0:
+            log.warning("--checkpoint-interval 0: no Merkle tree and no checkpoints; a "
+                        "rewrite of the ledger is caught only by a head published elsewhere "
+                        "(--expect-head)")
+            return None
+        publisher = Publisher(s.checkpoint_dir, ledger) if s.checkpoint_dir else None
+        try:
+            checkpointer = Checkpointer(ledger, signer=signer, origin=s.checkpoint_origin or "",
+                                        interval_s=s.checkpoint_interval, publisher=publisher)
+        except NoteError as exc:
+            raise ConfigError(f"--checkpoint-origin: {exc}") from None
+        checkpointer.start()
+        signed = (f"signed by {checkpointer.key_id}" if signer is not None else
+                  "UNSIGNED (no --signing-key: they fix the tree, not who issued it)")
+        log.info("checkpoints of log %s every %g s, %s", checkpointer.origin,
+                 s.checkpoint_interval, signed)
+        if publisher is None:
+            log.warning("checkpoints are kept in the ledger only (no --checkpoint-dir): "
+                        "whoever can rewrite the ledger can rewrite them too; publish them "
+                        "where its operator cannot")
+        return checkpointer
 
     async def _load_guards(self, path: Path, model: OnnxModel) -> None:
         ledger, mode = self.ledger, self.settings.guard_mode
@@ -216,10 +259,15 @@ class Sidecar:
         assert self.ledger is not None
         ledger = self.ledger
         reader = LedgerReader(ledger.cursor, ledger.sync)
-        self.audit_service = AuditService(reader, trail=ledger.append_blocking,
-                                          store_model=store_model_with(ledger.write),
-                                          threads=s.ort_threads, checks=self.checks,
-                                          limits=AuditLimits.of(s))
+        minimiser = self.service.minimiser if self.service is not None else None
+        self.audit_service = AuditService(
+            reader, trail=ledger.append_blocking, store_model=store_model_with(ledger.write),
+            threads=s.ort_threads, checks=self.checks, limits=AuditLimits.of(s),
+            status=live_status(ledger, self.checkpointer),
+            erase=lambda record, compact: ledger.erase(record, compact=compact),
+            stored_value=minimiser.stored_parameter if minimiser is not None else None)
+        service = self.audit_service  # its questions' records name its environment
+        ledger.write(lambda con: store.put_environment(con, service.environment))
         self.audit = await start_audit_port(self.audit_service, s.ledger, s.audit_port, s,
                                             self.audit_access.auth)
 
@@ -295,6 +343,8 @@ class Sidecar:
             await self.backend.close()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.checkpointer is not None:  # the last checkpoint, after the final load
+            await asyncio.to_thread(self.checkpointer.close, PUBLISH_AT_SHUTDOWN_S)
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
 

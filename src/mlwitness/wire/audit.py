@@ -42,6 +42,18 @@ def _without_upload(asker: Asker, request: Any) -> Asker:
     return dataclasses.replace(asker, raw=kept.SerializeToString())
 
 
+def _erase_as_kept(asker: Asker, request: apb.EraseRequest) -> Asker:
+    """The Erase question as the audit trail keeps it: without the parameter's value,
+    which identifies the person whose data is erased (a minimised parameter's, in clear):
+    kept, it would outlive the erasure on the ledger."""
+    if not request.value:
+        return asker
+    kept = apb.EraseRequest()
+    kept.CopyFrom(request)
+    kept.value = ""
+    return dataclasses.replace(asker, raw=kept.SerializeToString())
+
+
 class AuditServicer:
     def __init__(self, service: AuditService, ledger_path: Any,
                  auth: Authenticator | None = None, *, mtls: bool = False) -> None:
@@ -177,9 +189,45 @@ class AuditServicer:
             privileged=r.privileged, bins=list(r.bins))
         return convert.to_message(result).SerializeToString()
 
+    async def GetCheckpoint(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("GetCheckpoint", raw, context)
+        r = parse(apb.GetCheckpointRequest, raw)
+        result = await asyncio.to_thread(self.service.get_checkpoint, asker, r.size)
+        return convert.to_message(result).SerializeToString()
+
+    async def InclusionProof(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("InclusionProof", raw, context)
+        r = parse(apb.InclusionProofRequest, raw)
+        result = await asyncio.to_thread(self.service.inclusion_proof, asker,
+                                         **convert.ref(r.ref), tree_size=r.tree_size)
+        return convert.to_message(result).SerializeToString()
+
+    async def ConsistencyProof(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("ConsistencyProof", raw, context)
+        r = parse(apb.ConsistencyProofRequest, raw)
+        result = await asyncio.to_thread(self.service.consistency_proof, asker, r.from_size,
+                                         r.to_size)
+        return convert.to_message(result).SerializeToString()
+
+    async def Status(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Status", raw, context)
+        parse(apb.StatusRequest, raw)
+        result = await asyncio.to_thread(self.service.status, asker)
+        return convert.to_message(result).SerializeToString()
+
+    async def Erase(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        asker = await self._asker("Erase", raw, context)
+        r = parse(apb.EraseRequest, raw)
+        asker = _erase_as_kept(asker, r)
+        result = await asyncio.to_thread(self.service.erase, asker, convert.selector(r),
+                                         r.reason,
+                                         dry_run=r.dry_run, compact=not r.no_compact)
+        return convert.to_message(result).SerializeToString()
+
 
 UNARY = ("GetRecord", "ListRecords", "Replay", "WhatIf", "Sensitivity", "VerifyLedger",
-         "Violations", "GetGuards", "SetGuards", "Drift", "Bias")
+         "Violations", "GetGuards", "SetGuards", "Drift", "Bias", "GetCheckpoint",
+         "InclusionProof", "ConsistencyProof", "Status", "Erase")
 
 
 def handler(servicer: AuditServicer) -> grpc.GenericRpcHandler:

@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mlwitness.audit import results as r
+from mlwitness.ledger.erasure import Selector
 from mlwitness.ledger.filters import Filters
 from mlwitness.protocol import audit_pb2 as apb
 
@@ -42,6 +43,15 @@ MESSAGES: dict[type, type[Message]] = {
     r.RateState: apb.RateState,
     r.ViolationsResult: apb.ViolationsResponse,
     r.GuardsState: apb.GuardsResponse,
+    r.CheckpointInfo: apb.CheckpointResponse,
+    r.InclusionProofResult: apb.InclusionProofResponse,
+    r.ConsistencyProofResult: apb.ConsistencyProofResponse,
+    r.LedgerStatus: apb.LedgerStatus,
+    r.CheckpointStatus: apb.CheckpointStatus,
+    r.PublisherStatus: apb.PublisherStatus,
+    r.Status: apb.StatusResponse,
+    r.SeqRange: apb.SeqRange,
+    r.EraseResult: apb.EraseResponse,
 }
 RESULTS = {message.DESCRIPTOR.full_name: result for result, message in MESSAGES.items()}
 
@@ -114,6 +124,12 @@ def filters(request: apb.ListRecordsRequest | apb.ReplayRangeRequest) -> Filters
         return Filters(request.since_us, request.until_us, request.model)
     return Filters(request.since_us, request.until_us, request.model, request.status,
                    request.caller, request.metadata)
+
+
+def selector(request: apb.EraseRequest) -> Selector:
+    """Which records an Erase request names (the parameter's value as sent)."""
+    return Selector(request.request_id, request.parameter, request.value, request.since_us,
+                    request.until_us)
 
 
 def overrides(request: apb.WhatIfRequest) -> list[tuple[str, float]]:

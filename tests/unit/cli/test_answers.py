@@ -179,7 +179,10 @@ def example_problems(command: str, text: str) -> list[str]:
     single = {"show": apb.RecordDetail, "replay": apb.ReplayResponse,
               "whatif": apb.WhatIfResponse, "sensitivity": apb.SensitivityResponse,
               "verify": apb.VerifyLedgerResponse, "violations": apb.ViolationsResponse,
-              "guards": apb.GuardsResponse}
+              "guards": apb.GuardsResponse, "status": apb.StatusResponse,
+              "checkpoint": apb.CheckpointResponse, "prove": apb.InclusionProofResponse,
+              "consistency": apb.ConsistencyProofResponse,
+              "erase": apb.EraseResponse}
     if command in single:
         return shape_problems(json.loads(text), single[command].DESCRIPTOR)
     if command == "records":

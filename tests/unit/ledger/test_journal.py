@@ -14,7 +14,7 @@ import pytest
 
 from mlwitness.errors import DataLoss
 from mlwitness.ledger import journal
-from mlwitness.ledger.record import Record, chain_hash, encode, genesis_hash
+from mlwitness.ledger.record import SALT_SIZE, Record, chain_hash, encodings, genesis_hash
 
 
 class Chain:
@@ -33,12 +33,13 @@ class Chain:
         for _ in range(size):
             self.seq += 1
             record = Record(request_id=f"r{self.seq}", seq=self.seq,
-                            request=bytes([self.seq % 251]) * request_bytes)
-            payload = encode(record)
-            record.prev_hash, record.hash = self.prev, chain_hash(self.prev, payload)
+                            request=bytes([self.seq % 251]) * request_bytes,
+                            salt=os.urandom(SALT_SIZE))
+            stored, hashed = encodings(record)
+            record.prev_hash, record.hash = self.prev, chain_hash(self.prev, hashed)
             self.prev = record.hash
             records.append(record)
-            frames.append(journal.frame(record, payload, first))
+            frames.append(journal.frame(record, stored, first))
         start = self.journal._size
         self.journal.append(b"".join(frames), first, self.seq)
         self.journal.sync()
