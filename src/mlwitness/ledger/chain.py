@@ -2,52 +2,33 @@
 loops, backpressure, and what follows when the journal cannot be written.
 
 Which thread runs what:
-  append, _flush_batch, _launch, _landed_on
-                           an event loop's thread: each loop chains and writes its own batch
-  _sync_flights            "ledger-commit" (`fsync` durability): the fdatasync of the batch a
-                           loop wrote, then making it durable and answering its callers
+  append, _flush_batch     an event loop's thread; each loop writes and flushes its own batch
   append_blocking          any thread outside an event loop
-  commit                   a thread outside the loops, or (`write` durability) a loop's: under
-                           `write_lock`, once no batch is in flight
+  commit                   either of the two above (and so any number at once): under
+                           `write_lock`
   _wait_for_space          an append_blocking caller, or a worker thread of `append`'s
   _retry_journal           "ledger-journal-retry", after a write found the disk full
   start, shut              the owner (LedgerWriter.open, close)
   seal_journal, scrub_journal
                            the thread erasing records (LedgerWriter.erase): under write_lock
 
-In `fsync` durability a loop's batch is chained and written on the loop (cheap: a write to
-the page cache), and the commit thread flushes it: the loop serves on meanwhile instead of
-sitting in fdatasync (about a fifth of a forwarding sidecar's wall time), and the calls
-arriving meanwhile gather into the loop's next batch, which is written as soon as the one
-in flight lands. One batch is in flight at a time, so a failed flush has exactly one batch
-to cut back out (`_discard`), and no record is acknowledged, made `durable` or handed to
-the loader before its fdatasync returned.
-
 Shared fields: who writes each, under which lock. Reads need no lock: each is one attribute,
 so it is never seen half-written (a moment stale at most).
-  write_lock           serialises commits. Held while chaining a batch and writing it,
-                       flushing the journal (except the commit thread's fdatasync of a batch
-                       in flight, during which nobody writes the journal), deleting loaded
-                       segments, handing the records to the loader (which takes the loader's
-                       condition, held by nobody for long) and calling `on_failure`; never
-                       while waiting for anything else but `_landed`.
-  head_seq, head_hash  the last durable record, whose hash the next one chains to: a
-                       committing thread under write_lock (the owner at open)
+  write_lock           serialises commits. Held while chaining a batch, writing and
+                       flushing the journal, deleting loaded segments, handing the records to
+                       the loader (which takes the loader's condition, held by nobody for
+                       long) and calling `on_failure`; never while waiting for anything else.
+  head_seq, head_hash  the last record in the journal, whose hash the next one chains to:
+                       a committing thread under write_lock (the owner at open)
   durable              (seq, hash) of the last acknowledged record, set at once: a
                        committing thread under write_lock (the owner at open)
-  _in_flight, _deferred, _waiting
-                       under write_lock: the batch the commit thread is flushing, the loops'
-                       batches gathering until it lands, threads waiting for it to land
-                       (`_quiet`); `_landed` (a condition on write_lock) is notified when it
-                       does
   failure, unrecoverable_since, closing, _retrier
                        under write_lock: a committing thread, the retry thread, `shut`
   written_at           any committing thread, without a lock (a time: the loader paces
                        itself by it)
   _batches             each event loop's thread adds and takes its own loop's entry; `shut`
                        takes what is left
-  linger               the event loops' threads, without a lock (a heuristic; `write`
-                       durability only)
+  linger               the event loops' threads, without a lock (a heuristic)
   stopping             set once by `shut`: the retry thread and the loader's backoff end
 """
 
@@ -58,11 +39,9 @@ import contextlib
 import errno
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlwitness.errors import LedgerUnavailable
@@ -107,18 +86,8 @@ class Chain:
         self.written_at = 0.0  # perf_counter of the last journal write
         # Appends from an event loop gather here until the loop runs the batch's flush.
         self._batches: dict[asyncio.AbstractEventLoop, Batch] = {}
-        # In `fsync` durability no batch lingers: the next one gathers while the commit
-        # thread flushes the last (`_launch`), which is group commit without a timer.
-        self.linger = Linger(options.group_commit_linger_s
-                             if options.durability != "fsync" else 0.0)
+        self.linger = Linger(options.group_commit_linger_s)
         self.stopping = threading.Event()
-        # `fsync` durability: the loops' batches written, for the commit thread to flush
-        self._flights: queue.SimpleQueue[_Flight | None] | None = None
-        self._committer: threading.Thread | None = None
-        self._in_flight: _Flight | None = None
-        self._deferred: dict[asyncio.AbstractEventLoop, Batch] = {}
-        self._waiting = 0  # threads in `_quiet`
-        self._landed = threading.Condition(self.write_lock)  # a flight landed
 
     def start(self, seq: int, digest: bytes) -> None:
         """(Owner, at open.) Go on from the chain's last record; start the journal after it."""
@@ -126,11 +95,6 @@ class Chain:
         self.durable = (seq, digest)
         self.journal.open(seq + 1)
         self.journal.retire(seq)
-        if self.options.durability == "fsync":
-            self._flights = queue.SimpleQueue()
-            self._committer = threading.Thread(target=self._sync_flights, daemon=True,
-                                               name="ledger-commit")
-            self._committer.start()
 
     @property
     def backlog(self) -> int:
@@ -146,9 +110,8 @@ class Chain:
     async def append(self, record: Record) -> None:
         """Append a record; return once it is durable. Raises LedgerUnavailable.
 
-        Appends from one event loop gather into one batch, which the loop chains and
-        writes; in `fsync` durability the commit thread flushes it with one fdatasync
-        while the next batch gathers, and the loop answers its callers once it has."""
+        Appends from one event loop gather into one batch, which the loop writes and (in
+        `fsync` mode) flushes with one fdatasync: group commit without a thread hop."""
         self._admit()
         if self.backlog >= self.options.max_unloaded:
             try:
@@ -178,10 +141,7 @@ class Chain:
 
     def _flush_batch(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
         if self._batches.get(loop) is not batch:
-            return  # taken and refused by shut(), or flushed already
-        if self._flights is not None:
-            self._launch(loop, batch)
-            return
+            return  # taken and refused by shut()
         self._batches.pop(loop, None)  # (shut() may take it meanwhile)
         try:
             self.commit([record for record, _ in batch])
@@ -194,105 +154,6 @@ class Chain:
             return
         self.linger.observe(len(batch), lingered=batch.timer is not None and not batch.early)
         settle_futures([f for _, f in batch], None)
-
-    def _launch(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
-        """(fsync durability, the loop's thread.) Chain and write the loop's batch, and
-        hand its fdatasync to the commit thread; or, while another batch is in flight (or a
-        thread outside the loops waits to commit), leave the batch open, gathering, until
-        that one lands."""
-        futures = [f for _, f in batch]
-        with self.write_lock:
-            if self._in_flight is not None or self._waiting:
-                self._deferred[loop] = batch
-                return
-            self._batches.pop(loop, None)
-            records = [record for record, _ in batch]
-            try:
-                started = time.perf_counter()
-                seq, prev = self._write(records)
-            except LedgerUnavailable as exc:
-                failure: BaseException | None = exc
-            except Exception as exc:  # a bug: fail these calls rather than leave them hanging
-                log.exception("writing a ledger batch failed")
-                failure = exc
-            else:
-                flight = self._in_flight = _Flight(loop, records, futures, seq, prev, started)
-                failure = None
-        if failure is not None:
-            settle_futures(futures, failure)
-            return
-        assert self._flights is not None
-        self._flights.put(flight)
-
-    def _sync_flights(self) -> None:
-        """The commit thread ("ledger-commit", fsync durability): fdatasync each batch an
-        event loop wrote, then make it durable and answer its callers. The fdatasync runs
-        outside the write lock and off every event loop: nothing writes the journal while a
-        batch is in flight (other batches wait for it to land, `_launch`, `_quiet`), and
-        the loops go on serving meanwhile."""
-        assert self._flights is not None
-        while (flight := self._flights.get()) is not None:
-            error: OSError | None = None
-            try:
-                self.journal.sync()
-            except OSError as exc:
-                error = exc
-            outcome: BaseException | None = None
-            with self.write_lock:
-                try:
-                    if error is not None:
-                        outcome = self._discard(error, flight.seq)
-                    else:
-                        self._land(flight.records, flight.seq, flight.prev, flight.started)
-                except Exception as exc:  # a bug: fail these calls, keep the thread
-                    log.exception("committing a ledger batch failed")
-                    outcome = exc
-                finally:
-                    self._in_flight = None
-                    deferred = self._take_deferred()
-            self._answer(flight, outcome, deferred)
-
-    def _answer(self, flight: _Flight, outcome: BaseException | None,
-                deferred: dict[asyncio.AbstractEventLoop, Batch]) -> None:
-        """(The commit thread.) Settle a landed batch's callers on its loop, and flush the
-        batches that gathered meanwhile on theirs: one wake-up of each loop."""
-        loops = {flight.loop: deferred.pop(flight.loop, None), **deferred}
-        for loop, batch in loops.items():
-            futures = flight.futures if loop is flight.loop else []
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(self._landed_on, loop, futures, outcome, batch)
-
-    def _landed_on(self, loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future],
-                   outcome: BaseException | None, batch: Batch | None) -> None:
-        """(A loop's thread.) The next batch is launched first, so that its fdatasync runs
-        while this loop answers the callers of the one that landed."""
-        if batch is not None:
-            self._flush_batch(loop, batch)
-        settle_futures(futures, outcome)
-
-    def _take_deferred(self) -> dict[asyncio.AbstractEventLoop, Batch]:
-        """(Under write_lock.) The loops' batches that waited for a flight to land."""
-        deferred, self._deferred = self._deferred, {}
-        self._landed.notify_all()
-        return deferred
-
-    def _wake_deferred(self) -> None:
-        """(Under write_lock, from a thread outside the loops.) Flush the batches that
-        waited while this thread committed, each on its own loop."""
-        for loop, batch in self._take_deferred().items():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._flush_batch, loop, batch)
-
-    def _quiet(self) -> None:
-        """(Under write_lock, a thread outside the loops.) Wait until no batch is in
-        flight; the loops leave theirs gathering meanwhile (so that this thread is not
-        starved under load). Pair with `_wake_deferred` once done."""
-        self._waiting += 1
-        try:
-            while self._in_flight is not None:
-                self._landed.wait()
-        finally:
-            self._waiting -= 1
 
     def append_blocking(self, record: Record) -> None:
         """`append` for threads outside an event loop (one journal flush per call)."""
@@ -319,76 +180,49 @@ class Chain:
         """Chain, journal and (in `fsync` durability) fdatasync a batch, in the calling
         thread; then the records are durable and go to the loader. Raises
         LedgerUnavailable, and then none of the batch is in the journal."""
-        started = time.perf_counter()
+        started = self.written_at = time.perf_counter()
         with self.write_lock:
-            self._quiet()
+            if self.failure is not None:
+                raise self.failure
+            if self.closing:
+                raise LedgerUnavailable("the ledger is shutting down")
+            seq, prev = self.head_seq, self.head_hash
+            first = seq + 1
+            frames = []
+            # Every record is written in the current format, with a salt of its own for its
+            # payload commitment: one getrandom call for the batch (record.py).
+            salts = os.urandom(SALT_SIZE * len(batch))
+            for index, record in enumerate(batch):
+                seq += 1
+                record.seq = seq
+                record.format = FORMAT_VERSION
+                record.salt = salts[index * SALT_SIZE : (index + 1) * SALT_SIZE]
+                stored, hashed = encodings(record)
+                record.prev_hash = prev
+                record.hash = prev = chain_hash(prev, hashed)
+                frames.append(journal_mod.frame(record, stored, first))
             try:
-                seq, prev = self._write(batch)
+                self.journal.append(b"".join(frames), first, seq)
                 if self.options.durability == "fsync":
-                    try:
-                        self.journal.sync()
-                    except OSError as exc:
-                        raise self._discard(exc, seq) from exc
-                self._land(batch, seq, prev, started)
-            finally:
-                self._wake_deferred()
-
-    def _write(self, batch: list[Record]) -> tuple[int, bytes]:
-        """(Under write_lock, nothing in flight.) Chain a batch and write it to the
-        journal; return the (seq, hash) it ends at. The chain head moves only once it is
-        durable (`_land`). Raises LedgerUnavailable, and then the batch is not in the
-        journal."""
-        if self.failure is not None:
-            raise self.failure
-        if self.closing:
-            raise LedgerUnavailable("the ledger is shutting down")
-        self.written_at = time.perf_counter()
-        seq, prev = self.head_seq, self.head_hash
-        first = seq + 1
-        frames = []
-        # Every record is written in the current format, with a salt of its own for its
-        # payload commitment: one getrandom call for the batch (record.py).
-        salts = os.urandom(SALT_SIZE * len(batch))
-        for index, record in enumerate(batch):
-            seq += 1
-            record.seq = seq
-            record.format = FORMAT_VERSION
-            record.salt = salts[index * SALT_SIZE : (index + 1) * SALT_SIZE]
-            stored, hashed = encodings(record)
-            record.prev_hash = prev
-            record.hash = prev = chain_hash(prev, hashed)
-            frames.append(journal_mod.frame(record, stored, first))
-        try:
-            self.journal.append(b"".join(frames), first, seq)
-        except OSError as exc:
-            raise self._discard(exc, seq) from exc
-        return seq, prev
-
-    def _discard(self, exc: OSError, last: int) -> LedgerUnavailable:
-        """(Under write_lock.) A batch's write or flush failed: cut it back out of the
-        journal (its callers get UNAVAILABLE: its records must not appear later) and
-        refuse appends (`_fail`). Returns the error to raise."""
-        try:
-            self.journal.discard_last_batch()
-            discarded = True
-        except OSError:
-            log.exception("could not remove the failed batch (seq %d-%d) from the "
-                          "journal; the next start may load records of refused calls",
-                          self.head_seq + 1, last)
-            discarded = False
-        return self._fail(exc, retry=discarded and _out_of_space(exc))
-
-    def _land(self, batch: list[Record], seq: int, prev: bytes, started: float) -> None:
-        """(Under write_lock.) The batch is durable: move the chain head to it, hand it to
-        the loader, count it."""
-        self.head_seq, self.head_hash = seq, prev
-        self.loader.sources.hand_off(batch, self.loader.loaded_seq)
-        self.durable = (seq, prev)
-        self.stats.appended += len(batch)
-        self.stats.flushes += 1
-        self.stats.last_flush_batch = len(batch)
-        self.journal.retire(self.loader.loaded_seq)
-        self.stats.flush_seconds += time.perf_counter() - started
+                    self.journal.sync()
+            except OSError as exc:
+                try:  # these callers get UNAVAILABLE: their records must not appear later
+                    self.journal.discard_last_batch()
+                    discarded = True
+                except OSError:
+                    log.exception("could not remove the failed batch (seq %d-%d) from the "
+                                  "journal; the next start may load records of refused calls",
+                                  self.head_seq + 1, seq)
+                    discarded = False
+                raise self._fail(exc, retry=discarded and _out_of_space(exc)) from exc
+            self.head_seq, self.head_hash = seq, prev
+            self.loader.sources.hand_off(batch, self.loader.loaded_seq)
+            self.durable = (seq, prev)
+            self.stats.appended += len(batch)
+            self.stats.flushes += 1
+            self.stats.last_flush_batch = len(batch)
+            self.journal.retire(self.loader.loaded_seq)
+            self.stats.flush_seconds += time.perf_counter() - started
 
     def seal_journal(self, holds: Callable[[int, int], bool]) -> None:
         """(An erasing thread.) Mark the journal segments that hold records `holds(first,
@@ -398,15 +232,12 @@ class Chain:
         with self.write_lock:
             if self.closing or self.failure is not None:
                 return
-            self._quiet()  # a new segment must not replace the one a flight is flushing
             try:
                 self.journal.seal(holds)
             except OSError as exc:
                 log.warning("could not start a new journal segment after an erasure (%s); "
                             "the segment holding erased records is overwritten once full",
                             exc.strerror or exc)
-            finally:
-                self._wake_deferred()
 
     def scrub_journal(self) -> int:
         """(An erasing thread, once the marked segments' records are loaded.) Overwrite
@@ -465,17 +296,11 @@ class Chain:
             return
 
     def shut(self) -> None:
-        """(Owner, in close.) Refuse appends from now on: a commit under way (and a batch
-        in flight) finishes first (the loader must see it), the commit and retry threads
-        end, and the batches still gathering on an event loop are refused, never left
-        hanging."""
+        """(Owner, in close.) Refuse appends from now on: a commit under way finishes first
+        (the loader must see it), the retry thread ends, and the batches still gathering on
+        an event loop are refused, never left hanging."""
         with self.write_lock:
             self.closing = True
-            self._quiet()
-            self._deferred.clear()  # refused below with the rest of the gathering batches
-        if self._flights is not None and self._committer is not None:
-            self._flights.put(None)
-            self._committer.join()
         self.stopping.set()
         if self._retrier is not None:
             self._retrier.join()
@@ -484,18 +309,6 @@ class Chain:
             taken = [self._batches.pop(loop, None) for loop in list(self._batches)]
             late = [w for batch in taken if batch is not None for _, w in batch]
         settle_elsewhere(late, LedgerUnavailable("the ledger is shutting down"))
-
-
-@dataclass
-class _Flight:
-    """An event loop's batch, written to the journal, that the commit thread is flushing."""
-
-    loop: asyncio.AbstractEventLoop
-    records: list[Record]
-    futures: list[asyncio.Future]
-    seq: int  # the last record's
-    prev: bytes  # its hash
-    started: float  # perf_counter before its write
 
 
 def _out_of_space(exc: OSError) -> bool:

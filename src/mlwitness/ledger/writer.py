@@ -10,15 +10,12 @@
 
 * **No decision without a record.** `append` returns only after the record's journal frame
   is written and — in `fsync` durability, the default — flushed to disk.
-* **Group commit from the event loop, fdatasync off it.** Appends from an event loop
-  gather into one batch, which the loop chains and writes to the journal itself (no thread
-  has to win the GIL to encode records). In `fsync` durability a commit thread does the
-  batch's fdatasync, which releases the GIL, while the loop serves on and the calls
-  arriving meanwhile gather into the next batch; once it returns, the batch is durable and
-  its callers are answered (ledger/chain.py). A lone caller is flushed at once. In `write`
-  durability the loop writes its batch itself, and under concurrency the batch stays open
-  for a short linger so that one write covers several calls; after a burst lingering stops
-  within three flushes that found nobody else (see `Linger` in ledger/commit.py).
+* **Group commit on the event loop.** Appends from an event loop gather into one batch, and
+  the loop itself writes and fdatasyncs it: no thread has to win the GIL back to acknowledge
+  a commit (that hand-back was the ledger's largest cost). Under concurrency the batch stays
+  open for a short linger so that one write (and fdatasync) covers several calls; a lone
+  caller is flushed at once, and after a burst lingering stops within three flushes that
+  found nobody else (see `Linger` in ledger/commit.py).
 * **Rows built elsewhere.** With `table_process` (the sidecar's setting) the serving process
   keeps no record once it is durable: a low-priority child process reads the records back
   from the journal and builds their DuckDB rows, and the loader thread only inserts them.
@@ -51,9 +48,8 @@
 `LedgerWriter` is a facade over its parts, split along the threads that run them:
 
     ledger/chain.py     the commit path: chain head, journal write and fdatasync, event-loop
-                        batches, backpressure, a full disk, a failed flush (event loops'
-                        threads, the commit thread, append_blocking callers, the retry
-                        thread)
+                        batches and their linger, backpressure, a full disk, a failed flush
+                        (event loops' threads, append_blocking callers, the retry thread)
     ledger/loader.py    the loader thread: loads on its beat, `sync`, other DuckDB writes
     ledger/sources.py   where a load's rows come from: the table builder child (or the
                         journal, read here), or records kept in memory
@@ -98,11 +94,11 @@ class WriterOptions:
     max_unloaded: int = 200_000
     backpressure_timeout_s: float = 5.0
     segment_bytes: int = 64 << 20
-    # `write` durability: under concurrency an event loop's batch stays open this long
-    # before its write, so that one journal write covers several calls; a lone caller is not
-    # held back once lingering has stopped (see commit.Linger): one write per call cost more
-    # than the wait (c=8: 4,117-4,688 calls/s without, 4,872-4,940 with). `fsync` durability
-    # needs no timer: the next batch gathers while the commit thread flushes the last.
+    # Under concurrency an event loop's batch stays open this long before its flush, so that
+    # one journal write (and fdatasync) covers several calls; a lone caller is not held back
+    # once lingering has stopped (see commit.Linger). Both durability modes linger: in
+    # `write` mode one flush per call cost more than the wait (c=8: 4,117-4,688 calls/s
+    # without, 4,872-4,940 with).
     group_commit_linger_s: float = 0.0006
     # DuckDB worker threads (SET threads); 0 leaves DuckDB's default (one per core).
     duckdb_threads: int = 0

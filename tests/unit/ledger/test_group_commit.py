@@ -1,12 +1,10 @@
-"""Group commit from event loops: a lone caller is flushed without waiting, overlapping
-calls share flushes, the fdatasync runs off the loop (fsync durability) and nobody is
-answered before it returns, and every record still lands once, chained, in DuckDB."""
+"""Group commit on the event loop: a lone caller is flushed without waiting, overlapping
+calls share flushes, and every record still lands once, chained, in DuckDB."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -69,11 +67,11 @@ def test_overlapping_calls_share_flushes_and_lose_nothing(writer: LedgerWriter) 
         assert mine == [f"c{n}-{i}" for i in range(10)]
 
 
+@pytest.mark.parametrize("durability", ["fsync", "write"])
 def test_lingering_starts_with_overlap_and_stops_when_callers_are_alone(
-    tmp_path: Path,
+    tmp_path: Path, durability: str
 ) -> None:
-    # `write` durability: the loop writes its batch itself, so it lingers to share writes
-    writer = LedgerWriter(tmp_path / "ledger.duckdb", WriterOptions(durability="write"))
+    writer = LedgerWriter(tmp_path / "ledger.duckdb", WriterOptions(durability=durability))
     writer.open()
     try:
         async def main() -> tuple[float, float]:
@@ -91,66 +89,7 @@ def test_lingering_starts_with_overlap_and_stops_when_callers_are_alone(
     assert verify(tmp_path / "ledger.duckdb").ok
 
 
-# ── fsync durability: the commit thread ─────────────────────────────────────────────────
-
-
-class HeldSync:
-    """The `os` module, except that while `held` an fdatasync says so (`entered`) and waits
-    for `release` (at most 5 s) before it flushes."""
-
-    def __init__(self) -> None:
-        self.held = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def fdatasync(self, fd: int) -> None:
-        if self.held:
-            self.entered.set()
-            self.release.wait(5)
-        os.fdatasync(fd)
-
-
-def test_the_fdatasync_runs_off_the_event_loop_and_nobody_is_answered_before_it(
-    tmp_path: Path,
-) -> None:
-    io = HeldSync()
-    path = tmp_path / "ledger.duckdb"
-    writer = LedgerWriter(path, WriterOptions(durability="fsync"), journal_io=io)
-    writer.open()
-    try:
-        async def main() -> tuple[bool, bool, bool, tuple[int, bytes]]:
-            io.held = True
-            first = asyncio.ensure_future(writer.append(record("first", 0)))
-            for _ in range(500):  # the loop runs on while the flush is held (bounded)
-                if io.entered.is_set():
-                    break
-                await asyncio.sleep(0.01)
-            # Calls arriving meanwhile gather into the next batch
-            second = asyncio.ensure_future(writer.append(record("second", 0)))
-            await asyncio.sleep(0.05)
-            waiting = (not first.done(), not second.done(), io.entered.is_set(), writer.head)
-            io.held = False
-            io.release.set()
-            await asyncio.wait_for(asyncio.gather(first, second), 10)
-            return waiting
-
-        first_waits, second_waits, entered, head = asyncio.run(main())
-        assert entered
-        assert first_waits and second_waits  # not answered before its fdatasync returned
-        assert head[0] == 0  # nor made durable
-        assert writer.head[0] == 2
-        assert writer.stats.flushes == 2
-        assert stored(writer) == ["first-0", "second-0"]
-    finally:
-        io.release.set()
-        writer.close()
-    assert verify(path).ok
-
-
-def test_a_batch_whose_fdatasync_fails_on_the_commit_thread_is_refused_and_not_kept(
+def test_a_loop_batch_whose_fdatasync_fails_is_refused_and_not_kept(
     tmp_path: Path,
 ) -> None:
     disk = FailingCalls("fdatasync", errno.EIO)
@@ -215,20 +154,3 @@ def test_a_thread_committing_beside_busy_event_loops_is_not_starved(tmp_path: Pa
     finally:
         writer.close()
     assert verify(path).ok
-
-
-def test_in_fsync_durability_the_next_batch_gathers_while_the_last_is_flushed(
-    tmp_path: Path,
-) -> None:
-    writer = LedgerWriter(tmp_path / "ledger.duckdb", WriterOptions(durability="fsync"))
-    writer.open()
-    try:
-        async def main() -> None:
-            await asyncio.gather(*(writer.append(record("burst", i)) for i in range(8)))
-
-        asyncio.run(main())
-        assert writer.linger_s == 0  # no timer holds a batch back: the flush in flight does
-        assert writer.stats.flushes == 1  # calls of one loop iteration: one batch
-        assert stored(writer) == [f"burst-{i}" for i in range(8)]
-    finally:
-        writer.close()
