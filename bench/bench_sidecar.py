@@ -26,6 +26,9 @@ one):
     c        mlwitness serve --upstream <an upstream> (forwarding, fsync); also measures
     c0       that upstream called directly, in the same slot, before c forwards to it
     c_write  mlwitness serve --upstream <an upstream> --durability write
+    a_base, c_base
+             a and c from another source tree (--baseline-src DIR: its src directory, put
+             first on the sidecar's PYTHONPATH), for a before/after in one interleaved run
 
 The forwarding configurations (p, c, c_write) each start their own upstream of the
 `--upstream` kind (default: bench/bare_server.py, as in the issue; kserve or mlserver to
@@ -85,17 +88,20 @@ LABELS = {
     "a_guards": "(g)  sidecar fsync + guards, observe",
     "a_cp": "(a+) sidecar, checkpoints published",
     "a_nocp": "(a0) sidecar, checkpoints off",
+    "a_base": "(A)  (a) from --baseline-src",
     "k": "(k)  KServe ModelServer",
     "m": "(m)  MLServer",
     "n": "(n)  sidecar, ledger off",
     "p": "(p)  bare proxy hop -> upstream",
     "c": "(c)  sidecar forwarding, fsync",
     "c_write": "(c') sidecar forwarding, write",
+    "c_base": "(C)  (c) from --baseline-src",
     "c0": "(c0) upstream, called directly",
 }
 CONFIGS = tuple(c for c in LABELS if c != "c0")  # c0 comes with c
 PEERS = {"k": "kserve", "m": "mlserver"}
-LEDGERED = ("a", "a_write", "a_guards", "a_cp", "a_nocp", "c", "c_write")
+LEDGERED = ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_base", "c", "c_write", "c_base")
+BASELINE = ("a_base", "c_base")  # the sidecar of another source tree (--baseline-src)
 
 
 @dataclass(frozen=True)
@@ -337,7 +343,10 @@ def checkpoint_flags(work: Path, tag: str) -> list[str]:
 
 
 def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = "",
-            extra: list[str] | None = None, ledger_off: bool = False) -> Server:
+            extra: list[str] | None = None, ledger_off: bool = False,
+            src: Path | None = None) -> Server:
+    """The sidecar, from this checkout or (`src`) from another source tree's `src`
+    directory, put first on its PYTHONPATH (e.g. a `git worktree` of the commit before)."""
     ledger = work / f"{tag}.duckdb"
     command = [str(NOLEDGER)] if ledger_off else ["-m", "mlwitness", "serve"]
     argv = [
@@ -359,7 +368,11 @@ def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = 
     if upstream:
         argv += ["--upstream", upstream]
     argv += extra or []
-    server = Server(tag, argv, work / f"{tag}.log")
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(src), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    server = Server(tag, argv, work / f"{tag}.log", env=env)
     server.ledger = ledger  # type: ignore[attr-defined]
     server.ledger_bytes0 = ledger_disk_bytes(ledger)  # type: ignore[attr-defined]
     return server
@@ -600,19 +613,19 @@ def one_config(
             measure(pool, server, config, rnd, args, run)
         finally:
             server.stop()
-    elif config in ("a", "a_write", "a_guards", "a_cp", "a_nocp"):
+    elif config in ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_base"):
         extra = (guard_files(work, model, args.kind.features) if config == "a_guards" else
                  checkpoint_flags(work, tag) if config == "a_cp" else
                  ["--checkpoint-interval", "0"] if config == "a_nocp" else None)
         server = sidecar(model, work, tag, "write" if config == "a_write" else "fsync",
-                         extra=extra)
+                         extra=extra, src=args.baseline_src if config == "a_base" else None)
         try:
             acked, calls = measure(pool, server, config, rnd, args, run)
         except BaseException:
             server.stop(kill=True)
             raise
         check_ledger(server, config, rnd, acked, calls, args, run)
-    elif config in ("p", "c", "c_write"):
+    elif config in ("p", "c", "c_write", "c_base"):
         upstream = peer(args.upstream, model, work, f"{config}-up-r{rnd}")
         try:
             if config == "c":
@@ -645,7 +658,8 @@ def forward(
             server.stop()
         return
     durability = "write" if config == "c_write" else "fsync"
-    server = sidecar(model, work, tag, durability, upstream=upstream.target)
+    server = sidecar(model, work, tag, durability, upstream=upstream.target,
+                     src=args.baseline_src if config == "c_base" else None)
     try:
         acked, calls = measure(pool, server, config, rnd, args, run, (upstream,))
     except BaseException:
@@ -741,6 +755,15 @@ def checks(hi: int, lo: int) -> dict[str, list[Check]]:
             Check(f"(c) p99 - (c0) p99, c={hi}", "c", "c0", hi, _p99, unit=ms),
             Check(f"(p)/(c0) throughput, c={hi}", "p", "c0", hi, _ratio),
         ],
+        "against --baseline-src": [
+            Check(f"(a)/(A) throughput, c={hi}", "a", "a_base", hi, _ratio),
+            Check(f"(a)/(A) throughput, c={lo}", "a", "a_base", lo, _ratio),
+            Check(f"(a) p99 - (A) p99, c={hi}", "a", "a_base", hi, _p99, unit=ms),
+            Check(f"(c)/(C) throughput, c={hi}", "c", "c_base", hi, _ratio),
+            Check(f"(c)/(C) throughput, c={lo}", "c", "c_base", lo, _ratio),
+            Check(f"(c) p99 - (C) p99, c={hi}", "c", "c_base", hi, _p99, unit=ms),
+            Check(f"(c) p50 - (C) p50, c={lo}", "c", "c_base", lo, _p50, unit=ms),
+        ],
     }
 
 
@@ -751,7 +774,8 @@ def report(run: Run, args: argparse.Namespace) -> dict[str, object]:
         f"medians over {args.rounds} rounds (model {args.kind.name}, {len(args.kind.features)} "
         f"features, batch {args.batch}, {args.duration:g} s measured per point after "
         f"{args.warmup:g} s warm-up, client {args.client} x{args.processes}"
-        + (f", forwarding to {args.upstream}" if {"p", "c", "c_write"} & set(configs) else "")
+        + (f", forwarding to {args.upstream}"
+           if {"p", "c", "c_write", "c_base"} & set(configs) else "")
         + ")"
     )
     header = (
@@ -889,7 +913,9 @@ def choose_configs(args: argparse.Namespace) -> list[str]:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
-    if args.upstream != "bare" and {"p", "c", "c_write"} & set(configs):
+    if set(BASELINE) & set(configs) and args.baseline_src is None:
+        raise SystemExit("configurations a_base and c_base need --baseline-src")
+    if args.upstream != "bare" and {"p", "c", "c_write", "c_base"} & set(configs):
         problem = peers.missing(args.upstream)
         if problem:
             raise SystemExit(f"--upstream {args.upstream}: {problem}")
@@ -949,6 +975,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-wait", type=float, default=20.0, help="longest wait for --quiet-below, in seconds"
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="the src directory of another checkout (e.g. `git worktree add /tmp/base main`: "
+        "/tmp/base/src), whose sidecar configurations a_base and c_base run, interleaved "
+        "with this one's",
+    )
     parser.add_argument("--verify", action="store_true", help="also run `verify` on each ledger")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and ledgers")
     parser.add_argument("--json", type=Path, help="write every point and the summary here")
@@ -959,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     kinds = {PEERS[c] for c in configs if c in PEERS}
-    if {"p", "c", "c_write"} & set(configs) and args.upstream != "bare":
+    if {"p", "c", "c_write", "c_base"} & set(configs) and args.upstream != "bare":
         kinds.add(args.upstream)
     info.update(peer_versions(kinds))
     print("machine: " + info["uname"])

@@ -69,6 +69,9 @@ DATATYPES: dict[str, DatatypeInfo] = {
 """v2 datatype name -> numpy dtype (little-endian), element size, ONNX type, typed field."""
 
 _BY_ONNX = {info.onnx_type: info.name for info in DATATYPES.values()}
+# numpy dtype -> its datatype row, for numbers (a dtype of the other byte order is not here)
+_BY_DTYPE = {info.dtype: info for info in DATATYPES.values()
+             if info.dtype is not None and info.dtype.kind != "O"}
 _TYPED_FIELDS = tuple(dict.fromkeys(i.field for i in DATATYPES.values() if i.field))
 # Typed fields wider than the datatype: values must be range-checked.
 _NARROW = {"INT8", "INT16", "UINT8", "UINT16"}
@@ -115,8 +118,10 @@ class Tensor:
     array: np.ndarray
 
     def __post_init__(self) -> None:
-        info = _info(self.datatype, f"tensor {self.name!r}")
-        if self.array.dtype != info.dtype or tuple(self.array.shape) != self.shape:
+        info = DATATYPES.get(self.datatype)  # made on every call: no message unless needed
+        if info is None or info.dtype is None:
+            info = _info(self.datatype, f"tensor {self.name!r}")
+        if self.array.dtype != info.dtype or self.array.shape != self.shape:
             raise ValueError(
                 f"tensor {self.name!r}: array is {self.array.dtype} {self.array.shape}, "
                 f"expected {info.dtype} {self.shape} for {self.datatype}"
@@ -128,6 +133,10 @@ def tensor_from_array(name: str, array: np.ndarray) -> Tensor:
     C-contiguous. Object/str/bytes arrays become BYTES, str encoded UTF-8 (numpy's `S` type
     has already dropped trailing NULs)."""
     array = np.asarray(array)
+    info = _BY_DTYPE.get(array.dtype)  # the usual case: already a v2 dtype, little-endian
+    if info is not None:
+        out = array.astype(info.dtype, order="C", copy=False)  # keeps 0-d arrays 0-d
+        return Tensor(name, info.name, tuple(out.shape), out)
     if array.dtype.kind in "OUS":
         values = (_as_bytes(name, v) for v in array.ravel().tolist())
         flat = np.fromiter(values, dtype=object, count=array.size)
@@ -180,7 +189,7 @@ def check_sizes(request: Any, *, size: int, max_strings: int | None = None) -> N
     if max_strings is None:
         return
     strings = 0
-    for item in request.inputs:
+    for item in request.inputs[:]:  # a slice: iterating protobuf's container costs more
         if item.datatype != "BYTES" or len(item.shape) > MAX_DIMS:
             continue
         if any(d < 0 for d in item.shape):
@@ -223,9 +232,9 @@ def _decode(items: Any, raws: Sequence[bytes], kind: str, raw_field: str,
         raise InvalidInput(f"{n} {kind}s but {got} {raw_field} entries; need one per {kind}")
     tensors: list[Tensor] = []
     seen: set[str] = set()
-    for index, item in enumerate(items):
+    for index, item in enumerate(items[:]):  # a slice: iterating the container costs more
         label = f"{kind} {item.name!r}"
-        if raws and _set_fields(item.contents):
+        if raws and item.HasField("contents") and _set_fields(item.contents):
             raise InvalidInput(
                 f"{label} sets typed contents while {raw_field} is used; "
                 "send every tensor raw or every tensor typed, not both"
@@ -237,7 +246,7 @@ def _decode(items: Any, raws: Sequence[bytes], kind: str, raw_field: str,
         if len(item.shape) > MAX_DIMS:
             raise InvalidInput(f"{label}: shape has {len(item.shape)} dimensions; at most "
                                f"{MAX_DIMS} are supported")
-        shape = tuple(int(d) for d in item.shape)
+        shape = tuple(item.shape[:])  # int64 dims: Python ints already
         if any(d < 0 for d in shape):
             raise InvalidInput(f"{label}: shape {list(shape)} has a negative dimension")
         count = math.prod(shape)

@@ -59,7 +59,21 @@ class Caller:
     forward: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # to the upstream
 
     def metadata_json(self) -> str:
-        return json.dumps(dict(self.metadata), sort_keys=True) if self.metadata else ""
+        if not self.metadata:
+            return ""
+        text = _METADATA_JSON.get(self.metadata)
+        if text is None:
+            text = json.dumps(dict(self.metadata), sort_keys=True)
+            if len(_METADATA_JSON) >= METADATA_CACHE:
+                _METADATA_JSON.clear()  # e.g. a trace id per call: a cache of nothing
+            _METADATA_JSON[self.metadata] = text
+        return text
+
+
+# A caller sends the same recorded metadata (user agent, caller name) call after call:
+# its JSON text is made once, not per call. Bounded, as values may differ on every call.
+METADATA_CACHE = 256
+_METADATA_JSON: dict[tuple[tuple[str, str], ...], str] = {}
 
 
 def _now_us() -> int:
@@ -153,6 +167,8 @@ class InferenceService:
         record.responded_us = _now_us()
         if self.minimiser is not None:
             self.minimiser.apply(record)
+        if record.outputs is None:  # not decoded on the way (forwarding without guards):
+            record.inputs = None  # so both are read back from its bytes, not only outputs
         await self._append(record, "OK", started, timeout)
         return response
 
@@ -177,7 +193,7 @@ class InferenceService:
         record.peer, record.metadata = caller.peer, caller.metadata_json()
         record.status, record.message = error.status, error.message
         prove = self.minimiser.proof if self.minimiser is not None else sha256_proof
-        proof = await _off_loop(len(raw), prove, raw)
+        proof = prove(raw) if len(raw) <= INLINE_BYTES else await _in_thread(prove, raw)
         if self.refusals.tally(record, len(raw), proof):
             if self.observe is not None:
                 self.observe(error.status, (_now_us() - record.received_us) / 1e6)
@@ -217,9 +233,8 @@ class InferenceService:
         commit gets CANCELLED or DEADLINE_EXCEEDED, not this answer. The record is still
         in the open batch (no seq, not hashed yet), so it is made to say so, its response
         kept as withheld (ledger/tensors.py), not as sent. (Once committed it stands: a
-        caller that leaves
-        in the instant between the commit and the answer's delivery is recorded OK, as
-        when the network loses an answer that was sent.)"""
+        caller that leaves in the instant between the commit and the answer's delivery is
+        recorded OK, as when the network loses an answer that was sent.)"""
         try:
             await self.ledger.append(record)
         except LedgerUnavailable:
@@ -245,7 +260,8 @@ class InferenceService:
             raise self._too_large(record, len(raw), TooLarge(
                 f"request of {len(raw)} bytes exceeds the limit of {self.max_request_bytes} "
                 "bytes (--max-request-bytes)"))
-        request = await _off_loop(len(raw), _parse, raw)
+        size = len(raw)
+        request = _parse(raw) if size <= INLINE_BYTES else await _in_thread(_parse, raw)
         record.request_id = request.id or new_request_id()
         record.model_name = request.model_name
         if request.parameters:
@@ -258,17 +274,19 @@ class InferenceService:
             raise self._too_large(record, len(raw), exc) from None
         self.check_model(request.model_name, request.model_version)
         self.backend.admit(request)
-        inputs: list[Tensor] | None
-        undecodable = ""
-        try:
-            inputs = await _off_loop(len(raw), decode_inputs, request, size=len(raw))
-        except InvalidInput as exc:
-            if self.backend.mode == "embedded":
-                raise
-            inputs = None  # the upstream judges the request; we keep its bytes
-            undecodable = exc.message
-        record.inputs = inputs
         checks = self.checks
+        inputs: list[Tensor] | None = None
+        undecodable = ""
+        if self._reads_tensors():
+            try:
+                inputs = (decode_inputs(request, size=size) if size <= INLINE_BYTES
+                          else await _in_thread(decode_inputs, request, size=size))
+            except InvalidInput as exc:
+                if self.backend.mode == "embedded":
+                    raise
+                inputs = None  # the upstream judges the request; we keep its bytes
+                undecodable = exc.message
+        record.inputs = inputs
         verdict = None
         if checks is not None:
             if inputs is not None:
@@ -282,18 +300,26 @@ class InferenceService:
                 record.violations = verdict.to_json()
         result = await self.backend.infer(
             Call(request, raw, inputs, record.request_id, timeout, caller.forward,
-                 checked=checks is not None)
+                 checked=checks is not None, decode_outputs=checks is not None)
         )
         record.outputs = result.outputs
         if checks is not None and verdict is not None:
             try:
-                checks.refuse(verdict, checks.after(verdict, result.outputs).counts)
+                checks.refuse(verdict, checks.after(verdict, result.outputs or []).counts)
             except Exception:  # the model ran: its answer is kept, as not sent
                 withhold(record, result.response)
                 raise
             finally:
                 record.violations = verdict.to_json()
         return result.response
+
+    def _reads_tensors(self) -> bool:
+        """Whether this call's tensors are decoded on its way: to run the model, or for
+        the guards. Otherwise (forwarding without guards) nothing on the way reads them
+        (the minimiser decodes what it needs): the table builder decodes them from the
+        record's bytes, as it does for every record (ledger/tensors.py), off the request
+        path."""
+        return self.backend.mode == "embedded" or self.checks is not None
 
     @staticmethod
     def _too_large(record: Record, size: int, error: TooLarge) -> TooLarge:
@@ -311,10 +337,9 @@ def _parse(raw: bytes) -> Any:
         raise InvalidInput(f"the request is not a valid ModelInferRequest: {exc}") from exc
 
 
-async def _off_loop(nbytes: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(*args, **kwargs)` for a request of `nbytes` bytes: in a worker thread when large,
+async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` in a worker thread: for a request of more than INLINE_BYTES,
     so that parsing or decoding it does not hold up every other caller (a 12 MiB request of
-    500,000 tensors took the loop 3.8 s), inline when small (a thread hop costs more)."""
-    if nbytes > INLINE_BYTES:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    return fn(*args, **kwargs)
+    500,000 tensors took the loop 3.8 s). Smaller ones are handled inline by the caller (a
+    thread hop costs more, and so does a coroutine per step on every call)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from mlwitness.codec import Tensor, datatype_from_onnx
@@ -55,8 +56,21 @@ class Signature:
             for kind, specs in (("inputs", self.inputs), ("outputs", self.outputs))
         }
 
+    # Looked up on every call: built once (a frozen dataclass still takes cached properties)
+    @cached_property
+    def _by_name(self) -> dict[str, TensorSpec]:
+        return {s.name: s for s in self.inputs}
+
+    @cached_property
+    def _output_names(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.outputs)
+
+    @cached_property
+    def _named_dims(self) -> bool:
+        return any(d is not None for s in self.inputs for d in s.dim_names)
+
     def input(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.inputs if s.name == name), None)
+        return self._by_name.get(name)
 
     def check_names(self, names: Iterable[str]) -> None:
         """Raise InvalidInput for the first input name that is unknown or repeated, then for
@@ -91,6 +105,8 @@ class Signature:
         self._check_shared_dims(tensors)
 
     def _check_shared_dims(self, tensors: Sequence[Tensor]) -> None:
+        if not self._named_dims:
+            return
         seen: dict[str, tuple[str, int]] = {}  # dim name -> (first input with it, its size)
         for tensor in tensors:
             spec = self.input(tensor.name)
@@ -106,7 +122,7 @@ class Signature:
                         "same size in every input that has it")
 
     def check_outputs(self, names: Sequence[str]) -> None:
-        known = {s.name for s in self.outputs}
+        known = self._output_names
         for name in names:
             if name not in known:
                 raise InvalidInput(f"unknown requested output '{name}'; the model produces: "

@@ -4,10 +4,15 @@ calls share flushes, and every record still lands once, chained, in DuckDB."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from disk_support import FailingCalls
 
+from mlwitness.errors import LedgerUnavailable
 from mlwitness.ledger.record import Record
 from mlwitness.ledger.verify import verify
 from mlwitness.ledger.writer import LedgerWriter, WriterOptions
@@ -82,3 +87,70 @@ def test_lingering_starts_with_overlap_and_stops_when_callers_are_alone(
     finally:
         writer.close()
     assert verify(tmp_path / "ledger.duckdb").ok
+
+
+def test_a_loop_batch_whose_fdatasync_fails_is_refused_and_not_kept(
+    tmp_path: Path,
+) -> None:
+    disk = FailingCalls("fdatasync", errno.EIO)
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="fsync"), journal_io=disk)
+    writer.open()
+    try:
+        async def main() -> list[Any]:
+            for i in range(3):
+                await writer.append(record("kept", i))
+            disk.failing.set()
+            results = await asyncio.wait_for(asyncio.gather(
+                *(writer.append(record("refused", i)) for i in range(4)),
+                return_exceptions=True), 10)
+            disk.failing.clear()
+            return results
+
+        results = asyncio.run(main())
+        assert all(isinstance(r, LedgerUnavailable) for r in results), results
+        assert writer.unrecoverable_since is not None and not writer.healthy
+    finally:
+        writer.close()
+    restarted = LedgerWriter(path)
+    restarted.open()
+    try:
+        assert stored(restarted) == [f"kept-{i}" for i in range(3)]
+    finally:
+        restarted.close()
+    assert verify(path).ok
+
+
+def test_a_thread_committing_beside_busy_event_loops_is_not_starved(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.duckdb"
+    writer = LedgerWriter(path, WriterOptions(durability="fsync"))
+    writer.open()
+    stop = threading.Event()
+    try:
+        async def caller(tag: str) -> None:
+            for i in range(1000):  # bounded; ends when the thread is done
+                if stop.is_set():
+                    return
+                await writer.append(record(tag, i))
+
+        async def loops() -> None:
+            await asyncio.gather(*(caller(f"loop{n}") for n in range(8)))
+
+        def blocking() -> None:
+            try:
+                for i in range(20):
+                    writer.append_blocking(record("thread", i))
+            finally:
+                stop.set()
+
+        thread = threading.Thread(target=blocking)
+        thread.start()
+        asyncio.run(loops())
+        thread.join(30)
+        assert not thread.is_alive()
+        ids = stored(writer)
+        assert [x for x in ids if x.startswith("thread-")] == [f"thread-{i}" for i in range(20)]
+        assert len(ids) == len(set(ids)) == writer.stats.appended
+    finally:
+        writer.close()
+    assert verify(path).ok

@@ -15,7 +15,8 @@ from mlwitness.codec import Tensor
 @dataclass
 class Inference:
     response: bytes  # the exact ModelInferResponse bytes the caller will receive
-    outputs: list[Tensor]
+    # Decoded outputs; None when the call did not ask for them (`Call.decode_outputs`)
+    outputs: list[Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class Call:
     timeout: float | None  # seconds left of the caller's deadline
     metadata: tuple[tuple[str, str], ...]  # caller metadata to pass on
     checked: bool = False  # `Backend.check` already passed it
+    # Whether the caller reads the decoded outputs (guards do). A backend whose answer
+    # comes as bytes (forwarding) decodes them only then; the table builder decodes them
+    # from the record's bytes anyway.
+    decode_outputs: bool = True
 
 
 class Backend(Protocol):

@@ -79,6 +79,8 @@ class UpstreamBackend:
         response = await self._call("ModelInfer", call.raw, call.timeout, call.metadata)
         if not call.request.id:
             response += _id_field(call.request_id)
+        if not call.decode_outputs:
+            return Inference(response, None)
         if len(response) > INLINE_BYTES:  # a large answer is read off the event loop
             return Inference(response, await asyncio.to_thread(_outputs, response))
         return Inference(response, _outputs(response))
