@@ -9,9 +9,10 @@ window's own: the run mostly waits on the worker), the decisions of the run befo
 streamed and the next run's records read, so the model's time and the server's overlap;
 at most one run is in flight, so the worker's memory is as without it. A record that
 cannot be explained (not answered, minimised, erased, not tabular, a model the question
-does not fit) is counted and named, and the window goes on. Events: progress every PROGRESS_EVERY_S, each decision as it is explained,
-then the summary, whose `results_sha256` is the SHA-256 of the decisions as `decision_line`
-writes them: the same question asked again streams the same lines.
+does not fit) is counted and named, and the window goes on. Events: progress every
+PROGRESS_EVERY_S, each decision as it is explained, then the summary, whose
+`results_sha256` is the SHA-256 of the decisions as `decision_line` writes them: the same
+question asked again streams the same lines.
 """
 
 from __future__ import annotations

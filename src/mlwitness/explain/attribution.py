@@ -89,8 +89,10 @@ def instance_and_reference(x: np.ndarray, reference: np.ndarray) -> tuple[np.nda
     return x, reference
 
 
-def model_values(f: ModelFunction, rows: np.ndarray) -> np.ndarray:
-    """`f(rows)` as a float64 vector, checked: one finite value per row."""
+def model_values(f: ModelFunction, rows: np.ndarray, index: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """`f(rows)` as a float64 vector, checked: one finite value per row. With `index`,
+    the values of `rows[index]`, each row of `rows` run once."""
     out = np.asarray(f(rows))
     if out.ndim == 2 and out.shape[1] == 1:
         out = out[:, 0]
@@ -98,6 +100,8 @@ def model_values(f: ModelFunction, rows: np.ndarray) -> np.ndarray:
         raise ValueError(f"the model function must return one value per row: got shape "
                          f"{out.shape} for {rows.shape[0]} rows")
     out = out.astype(np.float64, copy=False)
+    if index is not None:
+        out = out[index]
     if not np.all(np.isfinite(out)):
         bad = int(np.count_nonzero(~np.isfinite(out)))
         raise ValueError(f"the model returned {bad} non-finite value(s); attributions need "
