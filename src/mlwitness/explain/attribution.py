@@ -32,7 +32,9 @@ class Attribution:
     coalitions whose value was computed (2^M for `exact`, the distinct sampled or
     enumerated coalitions plus the empty and full ones for `kernel`, None for `tree`,
     which calls no model); `seed` is set when coalitions were sampled. `model_rows` and
-    `model_calls` count what was passed to the model function (0 for `tree`).
+    `model_calls` count what was passed to the model function (0 for `tree`; for
+    `exact_shapley_many`, the rows the values stand on, each distinct one run once, and
+    the one call they share).
     """
 
     method: str
