@@ -42,6 +42,7 @@ from explain_support import (
 )
 from json_shape import shape_problems
 
+from mlwitness.audit import explain_range as window
 from mlwitness.audit.explain_range import decision_line
 from mlwitness.cli.answers import as_json
 from mlwitness.explain.reasons import load_reasons
@@ -315,6 +316,27 @@ def test_explain_range_streams_every_decision_as_explain_answers_it(gbt: Explain
     detail = gbt.audit_detail(summary.audit_request_id)
     assert detail["rpc"] == "ExplainRange"
     assert detail["result"]["results_sha256"] == digest
+
+
+def test_explain_range_in_many_runs_streams_what_one_run_does(
+        gbt: Explained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of a few decisions (each run going on while the last one's decisions stream)
+    give the lines one run gives; a stream cancelled while a run is in the worker leaves
+    the worker to the next question with nothing of its own pending."""
+    one = explain_range(gbt.side)
+    monkeypatch.setattr(window, "CHUNK_CELLS", 2 * 2**6 * 100 * 6)  # two decisions a run
+    many = explain_range(gbt.side)
+    lines = [[decision_line(convert.from_message(e.decision)) for e in events
+              if e.WhichOneof("event") == "decision"] for events in (one, many)]
+    assert lines[0] == lines[1] and len(lines[0]) == 15
+    assert many[-1].summary.results_sha256 == one[-1].summary.results_sha256
+    stream = gbt.side.stub.ExplainRange(apb.ExplainRangeRequest(), timeout=120)
+    assert next(e for e in stream if e.WhichOneof("event") == "decision")
+    stream.cancel()
+    for _ in range(2):
+        assert explain_range(gbt.side)[-1].summary.results_sha256 == \
+            one[-1].summary.results_sha256
+        assert gbt.explain("app-03", no_flips=True).efficient
 
 
 def test_explain_range_with_tree_and_records_it_cannot_explain(

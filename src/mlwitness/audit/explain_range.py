@@ -4,11 +4,15 @@ Records are read oldest first (`LedgerReader.decisions`); one Explainer serves e
 of a model and feature layout. With `exact`, the hybrid rows of consecutive decisions of
 one Explainer go to the model together, as many as one run of `CHUNK_CELLS` takes (54
 decisions of 6 features against 100 reference rows), so a window costs a few large runs
-rather than one per decision. A record that cannot be explained (not answered, minimised,
-erased, not tabular, a model the question does not fit) is counted and named, and the
-window goes on. Events: progress every PROGRESS_EVERY_S, each decision as it is explained,
-then the summary, whose `results_sha256` is the SHA-256 of the decisions as `decision_line`
-writes them: the same question asked again streams the same lines.
+rather than one per decision. While one run is in the sandbox worker (on a thread of the
+window's own: the run mostly waits on the worker), the decisions of the run before it are
+streamed and the next run's records read, so the model's time and the server's overlap;
+at most one run is in flight, so the worker's memory is as without it. A record that
+cannot be explained (not answered, minimised, erased, not tabular, a model the question
+does not fit) is counted and named, and the window goes on. Events: progress every
+PROGRESS_EVERY_S, each decision as it is explained, then the summary, whose
+`results_sha256` is the SHA-256 of the decisions as `decision_line` writes them: the same
+question asked again streams the same lines.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +65,17 @@ class _Pending:
     decided: list[Decided]
 
 
+@dataclass
+class _Run:
+    """Decisions sent to the model together: their attributions once the run is done.
+    `order` places a failed run's records among the failures as if it had not waited."""
+
+    pending: list[_Pending]
+    key: tuple
+    order: int
+    result: Future[list[Attribution]]
+
+
 class Window:
     """One ExplainRange question: explainers per model and feature layout, the decisions
     waiting for a shared run, the counts and the digest of what was streamed."""
@@ -73,8 +89,11 @@ class Window:
         self.pending: list[_Pending] = []
         self.pending_key: tuple | None = None
         self.held = 0  # rows of the pending decisions
+        self.running: _Run | None = None  # the run in the sandbox worker
+        self._runner: ThreadPoolExecutor | None = None
         self.records = self.decisions = self.failed = 0
-        self.failures: list[str] = []
+        self._failures: list[tuple[int, str]] = []  # (order, why): the first listed
+        self._order = 0
         self.first: Attribution | None = None
         self.digest = hashlib.sha256()
         self.started = time.monotonic()
@@ -82,15 +101,22 @@ class Window:
     def run(self, batches: Iterator[list[tuple[Record, list[str], int | None]]]
             ) -> Iterator[ExplainEvent]:
         last = self.started
-        for batch in batches:
-            for record, names, erased in batch:
-                yield from self._take(record, names, erased)
-                now = time.monotonic()
-                if now - last >= PROGRESS_EVERY_S:
-                    last = now
-                    yield ReplayProgress(done=self.records, total=self.total,
-                                         elapsed_s=now - self.started)
-        yield from self._flush()
+        try:
+            for batch in batches:
+                for record, names, erased in batch:
+                    yield from self._take(record, names, erased)
+                    now = time.monotonic()
+                    if now - last >= PROGRESS_EVERY_S:
+                        last = now
+                        yield ReplayProgress(done=self.records, total=self.total,
+                                             elapsed_s=now - self.started)
+            yield from self._flush()
+            yield from self._finish(self._done())
+        finally:
+            # Stopped (an error, a cancelled call): the worker goes back to the pool only
+            # once no run of ours is in it.
+            if self._runner is not None:
+                self._runner.shutdown(wait=True)
 
     def _take(self, record: Record, names: list[str], erased: int | None
               ) -> Iterator[ExplainEvent]:
@@ -142,30 +168,62 @@ class Window:
         return self.held + features.matrix.shape[0] > room
 
     def _flush(self) -> Iterator[ExplainEvent]:
+        """Send the pending decisions to the model: `tree` (no run) answers them here;
+        for the others, their run starts once the one in flight is done, and that one's
+        decisions are streamed while it goes on."""
         pending, key = self.pending, self.pending_key
         self.pending, self.held = [], 0
         if not pending or key is None:
             return
         found = self.explainers[key]
         assert not isinstance(found, str)  # a failed key's records are never pending
-        explainer, texts = found
+        explainer = found[0]
         xs = np.concatenate([p.features.matrix for p in pending])
         m = self.method
+        run = _Run(pending, key, self._tick(), Future())
+        if m.name == "tree":  # no model run: answered here
+            try:
+                run.result.set_result(explainer.attribute_many(xs, m.name))
+            except MlwitnessError as exc:
+                run.result.set_exception(exc)
+            yield from self._finish(run)
+            return
+        done = self._done()
+        if self._runner is None:
+            self._runner = ThreadPoolExecutor(1, thread_name_prefix="explain-range")
+        run.result = self._runner.submit(explainer.attribute_many, xs, m.name, seed=m.seed,
+                                         samples=m.samples)
+        self.running = run
+        yield from self._finish(done)
+
+    def _done(self) -> _Run | None:
+        """The run in flight, once it is done; a stopped one ends the question here."""
+        run, self.running = self.running, None
+        if run is not None and isinstance(run.result.exception(), Aborted):  # waits
+            run.result.result()
+        return run
+
+    def _finish(self, run: _Run | None) -> Iterator[ExplainEvent]:
+        """A done run's decisions, or its records among the failures."""
+        if run is None:
+            return
+        found = self.explainers[run.key]
+        assert not isinstance(found, str)
+        explainer, texts = found
         try:
-            attributions = explainer.attribute_many(xs, m.name, seed=m.seed,
-                                                    samples=m.samples)
+            attributions = run.result.result()
         except Aborted:
             raise
         except MlwitnessError as exc:
-            for p in pending:
-                self._fail(p.record, exc.message)
+            for p in run.pending:
+                self._fail(p.record, exc.message, run.order)
             return
         self.first = self.first or attributions[0]
         at = 0
-        for p in pending:
+        for p in run.pending:
             for row, decided in enumerate(p.decided):
-                yield self._decision(explainer, texts, p, row, decided, xs[at],
-                                     attributions[at])
+                yield self._decision(explainer, texts, p, row, decided,
+                                     p.features.matrix[row], attributions[at])
                 at += 1
 
     def _decision(self, explainer: Explainer, texts: ReasonTexts | None, p: _Pending,
@@ -182,10 +240,20 @@ class Window:
         self.digest.update(decision_line(result).encode())
         return result
 
-    def _fail(self, record: Record, why: str) -> None:
+    def _tick(self) -> int:
+        self._order += 1
+        return self._order
+
+    def _fail(self, record: Record, why: str, order: int | None = None) -> None:
         self.failed += 1
-        if len(self.failures) < FAILURES_LISTED:
-            self.failures.append(f"seq {record.seq}: {why}")
+        self._failures.append((self._tick() if order is None else order,
+                               f"seq {record.seq}: {why}"))
+        self._failures.sort(key=lambda f: f[0])  # stable: a run's records in their order
+        del self._failures[FAILURES_LISTED:]
+
+    @property
+    def failures(self) -> list[str]:
+        return [why for _, why in self._failures]
 
     def summary(self, record_id: str, favorable: str) -> ExplainRangeSummary:
         explainers = [found[0] for found in self.explainers.values()

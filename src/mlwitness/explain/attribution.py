@@ -32,7 +32,9 @@ class Attribution:
     coalitions whose value was computed (2^M for `exact`, the distinct sampled or
     enumerated coalitions plus the empty and full ones for `kernel`, None for `tree`,
     which calls no model); `seed` is set when coalitions were sampled. `model_rows` and
-    `model_calls` count what was passed to the model function (0 for `tree`).
+    `model_calls` count what was passed to the model function (0 for `tree`; for
+    `exact_shapley_many`, the rows the values stand on, each distinct one run once, and
+    the one call they share).
     """
 
     method: str
@@ -89,8 +91,10 @@ def instance_and_reference(x: np.ndarray, reference: np.ndarray) -> tuple[np.nda
     return x, reference
 
 
-def model_values(f: ModelFunction, rows: np.ndarray) -> np.ndarray:
-    """`f(rows)` as a float64 vector, checked: one finite value per row."""
+def model_values(f: ModelFunction, rows: np.ndarray, index: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """`f(rows)` as a float64 vector, checked: one finite value per row. With `index`,
+    the values of `rows[index]`, each row of `rows` run once."""
     out = np.asarray(f(rows))
     if out.ndim == 2 and out.shape[1] == 1:
         out = out[:, 0]
@@ -98,6 +102,8 @@ def model_values(f: ModelFunction, rows: np.ndarray) -> np.ndarray:
         raise ValueError(f"the model function must return one value per row: got shape "
                          f"{out.shape} for {rows.shape[0]} rows")
     out = out.astype(np.float64, copy=False)
+    if index is not None:
+        out = out[index]
     if not np.all(np.isfinite(out)):
         bad = int(np.count_nonzero(~np.isfinite(out)))
         raise ValueError(f"the model returned {bad} non-finite value(s); attributions need "

@@ -118,7 +118,16 @@ def exact_shapley_many(f: ModelFunction, xs: np.ndarray, reference: np.ndarray, 
     """`exact_shapley` for each row of `xs` against the same reference rows, the hybrid rows
     of as many decisions as fit in `chunk_cells` passed to `f` in one call (a decision too
     big for one call is worked out on its own, as `exact_shapley` does). Each decision's
-    answer is the one `exact_shapley` gives when `f` rounds a row alike in any batch."""
+    answer is the one `exact_shapley` gives when `f` rounds a row alike in any batch.
+
+    A hybrid row that occurs more than once in a call goes to `f` once, its value copied to
+    every coalition and reference row it stands for (`_Distinct`): the reference rows
+    themselves (the empty coalition, and any coalition whose features `x` shares with the
+    reference row), once a call; reference rows alike outside a coalition; and coalitions
+    that differ only in features where `x` has the reference row's value. The values
+    averaged are those of all 2^M × |R| rows, in the same order, so the numbers are the
+    same as sending every row. `model_rows` is still 2^M × |R|, the rows the values stand
+    on."""
     xs = np.asarray(xs)
     if xs.ndim != 2 or xs.shape[0] == 0:
         raise ValueError(f"xs must be rows of features, got shape {xs.shape}")
@@ -128,18 +137,97 @@ def exact_shapley_many(f: ModelFunction, xs: np.ndarray, reference: np.ndarray, 
     if m > MAX_EXACT_FEATURES or per_decision > chunk_cells:
         return [exact_shapley(f, x, reference, max_cells=max_cells, chunk_cells=chunk_cells)
                 for x in xs]
-    masks = coalition_masks(m)
     dtype = np.result_type(xs, reference)
+    reference = np.ascontiguousarray(reference, dtype=dtype)
+    distinct = _distinct(reference.tobytes(), dtype.str, reference.shape)
     per_call = max(1, chunk_cells // per_decision)
     out: list[Attribution] = []
     for start in range(0, xs.shape[0], per_call):
-        part = xs[start:start + per_call]
-        rows = np.where(masks[None, :, None, :], part[:, None, None, :],
-                        reference[None, None, :, :])
-        values = model_values(f, rows.reshape(-1, m).astype(dtype, copy=False))
+        part = xs[start:start + per_call].astype(dtype, copy=False)
+        rows, index = distinct.rows(part)
+        values = model_values(f, rows, index.reshape(-1))
         values = values.reshape(part.shape[0], 2**m, n_ref).mean(axis=2)
         out.extend(Attribution(
             method="exact", values=shapley_from_values(v, m), fx=float(v[-1]),
             reference_value=float(v[0]), reference_rows=n_ref, samples=2**m,
             model_rows=2**m * n_ref, model_calls=1) for v in values)
     return out
+
+
+@lru_cache(maxsize=4)
+def _distinct(data: bytes, dtype: str, shape: tuple[int, int]) -> _Distinct:
+    """The `_Distinct` of a reference set (by its bytes): a window's calls share one."""
+    return _Distinct(np.frombuffer(data, dtype=dtype).reshape(shape))
+
+
+class _Distinct:
+    """The distinct hybrid rows of decisions against one reference set, and where each of
+    the 2^M × |R| rows of a decision is among them.
+
+    Rows are compared by their bytes, so rows taken as the same are the same input to `f`.
+    Hybrid row (S, r) takes x's values in S and r's elsewhere. With E the features where
+    x's value is r's, it is also the row (S | E, r), and every reference row alike with r
+    outside S | E gives it too: so N = S | E and a = `first`[N, r], the first of those,
+    name it, and two pairs of a decision give the same row exactly when they have the same
+    name. A row that is reference row a itself (x has a's values in all of N) is sent once
+    a call, for every decision."""
+
+    def __init__(self, reference: np.ndarray) -> None:
+        n_ref, m = reference.shape
+        self.reference = reference
+        self.masks = coalition_masks(m)
+        self.bits = _bits(reference)  # [R, M]: None when the dtype's bytes cannot be viewed
+        first = np.empty((2**m, n_ref), dtype=np.int64)
+        for k, mask in enumerate(self.masks):
+            first[k] = _first_alike(self.bits, ~mask) if self.bits is not None \
+                else np.arange(n_ref)
+        self.first_flat = first.reshape(-1).astype(np.int32)
+        self.r = np.arange(n_ref, dtype=np.int32)
+        self.shared = np.flatnonzero(first[0] == np.arange(n_ref))  # distinct reference rows
+        self.shared_at = np.cumsum(first[0] == np.arange(n_ref)) - 1
+
+    def rows(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the distinct rows of decisions `xs`: the reference rows, then each decision's
+        own; where each decision's row (coalition, reference row) is, [len(xs), 2^M, R])."""
+        n_ref, m = self.reference.shape
+        k = 2**m
+        bits = _bits(xs)
+        if self.bits is None or bits is None:
+            same = np.zeros((xs.shape[0], 1, n_ref), dtype=np.int32)
+        else:
+            equal = bits[:, None, :] == self.bits[None, :, :]  # [P, R, M]
+            same = (equal @ (1 << np.arange(m, dtype=np.int32)).astype(np.int32)
+                    ).astype(np.int32)[:, None, :]  # E, as a coalition: [P, 1, R]
+        coalition = np.arange(k, dtype=np.int32)[None, :, None]
+        named = coalition | same  # S | E: [P, K, R]
+        alike = self.first_flat[named * n_ref + self.r]  # first[S | E, r]
+        decision = np.arange(xs.shape[0], dtype=np.int32)[:, None, None]
+        shared = (same[decision, 0, alike] & named) == named  # the row is reference row a
+        own = ((named == coalition) & (alike == self.r) & ~shared).reshape(-1)  # rows sent
+        at = np.cumsum(own, dtype=np.int64) - 1 + self.shared.size
+        index = np.where(shared, self.shared_at[self.first_flat[alike]],
+                         at[(decision.astype(np.int64) * k + named) * n_ref + alike])
+        every = np.where(self.masks[None, :, None, :], xs[:, None, None, :],
+                         self.reference[None, None, :, :]).reshape(-1, m)
+        mine = np.take(every, np.flatnonzero(own), axis=0)
+        return np.concatenate([self.reference[self.shared], mine]), index
+
+
+def _bits(a: np.ndarray) -> np.ndarray | None:
+    """`a`'s elements as unsigned integers holding their bytes (None: no such integer)."""
+    size = a.dtype.itemsize
+    if size not in (1, 2, 4, 8):
+        return None
+    return np.ascontiguousarray(a).view(np.dtype(f"u{size}"))
+
+
+def _first_alike(bits: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """For each row, the first row with the same bytes in `columns` (a bool mask)."""
+    n = bits.shape[0]
+    if not columns.any():
+        return np.zeros(n, dtype=np.int64)
+    _, inverse = np.unique(bits[:, columns], axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.full(int(inverse.max()) + 1, n, dtype=np.int64)
+    np.minimum.at(first, inverse, np.arange(n))
+    return first[inverse]

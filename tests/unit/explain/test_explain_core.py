@@ -35,7 +35,7 @@ from mlwitness.explain.flip import MAX_BISECTIONS, nearest_flips
 from mlwitness.explain.kernel import kernel_shapley
 from mlwitness.explain.reasons import ReasonTexts, load_reasons, loads_reasons, reason_codes
 from mlwitness.explain.reference import feature_summary, median_row, sample_rows
-from mlwitness.explain.shapley import exact_shapley, exact_shapley_many
+from mlwitness.explain.shapley import coalition_masks, exact_shapley, exact_shapley_many
 from mlwitness.explain.trees import TreeEnsemble
 from mlwitness.explain.treeshap import TreeExplainer, tree_shap
 
@@ -709,24 +709,67 @@ def test_nearest_flip_agrees_with_a_fine_sweep(
 def test_exact_for_many_decisions_shares_model_calls_and_answers_alike(
     gbt: onnx.ModelProto, credit: tuple, reference: np.ndarray
 ) -> None:
-    calls: list[int] = []
+    calls: list[np.ndarray] = []
     f = _output(gbt, 1, 1)
 
     def counted(rows: np.ndarray) -> np.ndarray:
-        calls.append(rows.shape[0])
+        calls.append(rows.copy())
         return f(rows)
 
     xs = credit[1][20:25]
     many = exact_shapley_many(counted, xs, reference, chunk_cells=6400 * 6 * 2)
-    assert calls == [12800, 12800, 6400]  # two decisions a call
+    assert len(calls) == 3  # two decisions a call
+    for rows in calls:  # each distinct row once, fewer than 6,400 a decision
+        assert 0 < len(rows) < 12800 and len(np.unique(rows, axis=0)) == len(rows)
     for x, result in zip(xs, many, strict=True):
         alone = exact_shapley(f, x, reference)
-        np.testing.assert_allclose(result.values, alone.values, rtol=0, atol=1e-9)
-        assert (result.fx, result.reference_value) == pytest.approx(
-            (alone.fx, alone.reference_value), abs=1e-9)
+        np.testing.assert_array_equal(result.values, alone.values)  # bit for bit
+        assert (result.fx, result.reference_value) == (alone.fx, alone.reference_value)
+        assert (result.model_rows, result.model_calls) == (6400, 1)
         _efficient(result)
     with pytest.raises(ValueError, match="limited to 12 features"):
         exact_shapley_many(counted, np.zeros((2, 13)), np.zeros((2, 13)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_exact_for_many_runs_each_distinct_hybrid_row_once(dtype: type) -> None:
+    """Reference rows alike outside a coalition, decisions sharing values with reference
+    rows, repeated reference rows: the model sees every distinct row once, and each
+    decision's numbers are bit for bit those of all 2^M x R rows. Rows are the same by
+    their bytes: 0.0 and -0.0 are two rows (the model below tells them apart)."""
+    rng = np.random.default_rng(5)
+    reference = rng.integers(0, 3, size=(40, 4)).astype(dtype)
+    reference[7] = reference[3]
+    xs = rng.integers(0, 3, size=(9, 4)).astype(dtype)
+    if dtype is not np.int64:
+        reference[::5, 0] = -0.0
+        xs[::2, 0] = 0.0
+    seen: list[np.ndarray] = []
+
+    def f(rows: np.ndarray) -> np.ndarray:
+        seen.append(rows.copy())
+        r = rows.astype(np.float64)
+        return np.sin(r @ [0.3, -1.1, 0.7, 2.0] + r[:, 1] * r[:, 2]) + np.signbit(r[:, 0]) / 7
+
+    def distinct(rows: np.ndarray) -> int:
+        rows = np.ascontiguousarray(rows).reshape(-1, 4)
+        return len(np.unique(rows.view(np.dtype((np.void, 4 * rows.itemsize)))))
+
+    def at_most(part: np.ndarray) -> int:
+        """The reference rows once, then each decision's distinct rows."""
+        return distinct(reference) + sum(
+            distinct(np.where(coalition_masks(4)[:, None, :], x, reference)) for x in part)
+
+    many = exact_shapley_many(f, xs, reference, chunk_cells=2**4 * 40 * 4 * 4)
+    assert len(seen) == 3  # four decisions a call
+    for rows, part in zip(seen, (xs[:4], xs[4:8], xs[8:]), strict=True):
+        assert rows.dtype == dtype
+        assert distinct(rows) <= len(rows) <= at_most(part) < len(part) * 2**4 * 40
+    seen.clear()
+    for x, result in zip(xs, many, strict=True):
+        alone = exact_shapley(f, x, reference)
+        np.testing.assert_array_equal(result.values, alone.values)
+        assert (result.fx, result.reference_value) == (alone.fx, alone.reference_value)
 
 
 def test_tree_for_many_decisions_answers_as_one_at_a_time(
