@@ -21,6 +21,9 @@ one):
              and unpublished, the default
     a_nocp   mlwitness serve, embedded, fsync, --checkpoint-interval 0: no Merkle tree, no
              checkpoints (what a_cp is compared with: issue 15's 3 % at c=8)
+    a_arch   mlwitness serve, embedded, fsync, --archive file://<a directory of its own>
+             with --archive-interval 2: segments sealed and shipped while the load runs
+             (compared with `a`: issue 17's 3 % at c=8)
     p        bench/bare_proxy.py in front of an upstream: the bare proxy hop, what forwarding
              is compared with first
     c        mlwitness serve --upstream <an upstream> (forwarding, fsync); also measures
@@ -88,6 +91,7 @@ LABELS = {
     "a_guards": "(g)  sidecar fsync + guards, observe",
     "a_cp": "(a+) sidecar, checkpoints published",
     "a_nocp": "(a0) sidecar, checkpoints off",
+    "a_arch": "(a~) sidecar, archive shipping",
     "a_base": "(A)  (a) from --baseline-src",
     "k": "(k)  KServe ModelServer",
     "m": "(m)  MLServer",
@@ -100,7 +104,8 @@ LABELS = {
 }
 CONFIGS = tuple(c for c in LABELS if c != "c0")  # c0 comes with c
 PEERS = {"k": "kserve", "m": "mlserver"}
-LEDGERED = ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_base", "c", "c_write", "c_base")
+LEDGERED = ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_arch", "a_base", "c", "c_write",
+            "c_base")
 BASELINE = ("a_base", "c_base")  # the sidecar of another source tree (--baseline-src)
 
 
@@ -340,6 +345,14 @@ def checkpoint_flags(work: Path, tag: str) -> list[str]:
     witness = work / f"{tag}.witness"
     witness.mkdir(exist_ok=True)
     return ["--signing-key", str(key), "--checkpoint-dir", str(witness)]
+
+
+def archive_flags(work: Path, tag: str) -> list[str]:
+    """Shipping as a pod would, to a directory of this run's own, every 2 s so that several
+    segments are sealed and uploaded while the load runs (the default is every 60 s)."""
+    archive = work / f"{tag}.archive"
+    archive.mkdir(exist_ok=True)
+    return ["--archive", f"file://{archive}", "--archive-interval", "2"]
 
 
 def sidecar(model: Path, work: Path, tag: str, durability: str, upstream: str = "",
@@ -613,10 +626,11 @@ def one_config(
             measure(pool, server, config, rnd, args, run)
         finally:
             server.stop()
-    elif config in ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_base"):
+    elif config in ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_arch", "a_base"):
         extra = (guard_files(work, model, args.kind.features) if config == "a_guards" else
                  checkpoint_flags(work, tag) if config == "a_cp" else
-                 ["--checkpoint-interval", "0"] if config == "a_nocp" else None)
+                 ["--checkpoint-interval", "0"] if config == "a_nocp" else
+                 archive_flags(work, tag) if config == "a_arch" else None)
         server = sidecar(model, work, tag, "write" if config == "a_write" else "fsync",
                          extra=extra, src=args.baseline_src if config == "a_base" else None)
         try:
@@ -749,6 +763,8 @@ def checks(hi: int, lo: int) -> dict[str, list[Check]]:
             Check(f"(a+)/(a0) throughput, c={hi}", "a_cp", "a_nocp", hi, _ratio, ">=", 0.97),
             Check(f"(a)/(a0) throughput, c={hi}", "a", "a_nocp", hi, _ratio, ">=", 0.97),
             Check(f"(a+) p99 - (a0) p99, c={hi}", "a_cp", "a_nocp", hi, _p99, unit=ms),
+            Check(f"(a~)/(a) throughput, c={hi}", "a_arch", "a", hi, _ratio, ">=", 0.97),
+            Check(f"(a~) p99 - (a) p99, c={hi}", "a_arch", "a", hi, _p99, unit=ms),
             Check(f"(a') p50 - (b) p50, c={lo}", "a_write", "b", lo, _p50, unit=ms),
             Check(f"(c)/(c0) throughput, c={hi}", "c", "c0", hi, _ratio),
             Check(f"(c) p50 - (c0) p50, c={lo}", "c", "c0", lo, _p50, unit=ms),
