@@ -60,6 +60,7 @@ import atexit
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -347,10 +348,12 @@ def checkpoint_flags(work: Path, tag: str) -> list[str]:
     return ["--signing-key", str(key), "--checkpoint-dir", str(witness)]
 
 
-def archive_flags(work: Path, tag: str) -> list[str]:
+def archive_flags(work: Path, tag: str, root: Path | None = None) -> list[str]:
     """Shipping as a pod would, to a directory of this run's own, every 2 s so that several
-    segments are sealed and uploaded while the load runs (the default is every 60 s)."""
-    archive = work / f"{tag}.archive"
+    segments are sealed and uploaded while the load runs (the default is every 60 s). The
+    directory is under `root` when given (another file system than the journal's, as object
+    storage is), else in the work dir, on the journal's disk."""
+    archive = (root or work) / f"{work.name}-{tag}.archive"
     archive.mkdir(exist_ok=True)
     return ["--archive", f"file://{archive}", "--archive-interval", "2"]
 
@@ -490,6 +493,8 @@ class Sanity:
     verified: str = ""
     payload_bytes: int = 0  # request + response bytes in the ledger's records
     disk_bytes: int = 0  # what the ledger's files grew by from start to the clean exit
+    shipped_records: int = 0  # a_arch: what the shipper logged at the clean exit
+    shipper_cpu_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -573,6 +578,9 @@ def wait_for_quiet(args: argparse.Namespace) -> None:
             return
 
 
+SHIPPED = re.compile(r"archive: shipped (\d+) records in \d+ segments, ([0-9.]+) s of CPU")
+
+
 def check_ledger(
     server: Server,
     config: str,
@@ -587,6 +595,9 @@ def check_ledger(
     total, ok, payload = ledger_counts(ledger)
     grown = ledger_disk_bytes(ledger) - server.ledger_bytes0  # type: ignore[attr-defined]
     sanity = Sanity(config, rnd, acked, calls, total, ok, code, "", payload, grown)
+    shipped = SHIPPED.findall(server.tail())
+    if shipped:
+        sanity.shipped_records, sanity.shipper_cpu_s = int(shipped[-1][0]), float(shipped[-1][1])
     if args.verify:
         from mlwitness.ledger.verify import verify
 
@@ -599,6 +610,14 @@ def check_ledger(
         f"({acked} acknowledged OK), exit {code}{verified} -> {state}",
         flush=True,
     )
+    if sanity.shipped_records:
+        per_call = [p.server_cpu_us_per_call for p in run.points
+                    if (p.config, p.round) == (config, rnd)]
+        per_record = sanity.shipper_cpu_s * 1e6 / sanity.shipped_records
+        print(f"  round {rnd} {config:<8} shipper: {sanity.shipped_records} records, "
+              f"{sanity.shipper_cpu_s:.3f} s CPU: {per_record:.1f} us a record"
+              + (f" = {100 * per_record / per_call[-1]:.1f} % of the server's CPU a call"
+                 if per_call else ""), flush=True)
     if not sanity.ok:
         print(server.tail(), flush=True)
     if not args.keep:
@@ -630,7 +649,7 @@ def one_config(
         extra = (guard_files(work, model, args.kind.features) if config == "a_guards" else
                  checkpoint_flags(work, tag) if config == "a_cp" else
                  ["--checkpoint-interval", "0"] if config == "a_nocp" else
-                 archive_flags(work, tag) if config == "a_arch" else None)
+                 archive_flags(work, tag, args.archive_root) if config == "a_arch" else None)
         server = sidecar(model, work, tag, "write" if config == "a_write" else "fsync",
                          extra=extra, src=args.baseline_src if config == "a_base" else None)
         try:
@@ -865,7 +884,26 @@ def report(run: Run, args: argparse.Namespace) -> dict[str, object]:
             "records == calls and OK records == acknowledged OK calls"
             + ("" if not bad else f"; MISMATCH in {[(s.config, s.round) for s in bad]}")
         )
-    return {"table": table, "ratios": ratios, "volume": volume}
+    shipping = report_shipping(run)
+    return {"table": table, "ratios": ratios, "volume": volume, "shipping": shipping}
+
+
+def report_shipping(run: Run) -> dict[str, float]:
+    """What the archive shipper's thread cost (a_arch), from the CPU time it logs at exit:
+    a direct measure where the throughput ratio is within the machine's noise."""
+    shipped = [s for s in run.sanity if s.shipped_records]
+    if not shipped:
+        return {}
+    cpu_call = {(p.config, p.round): p.server_cpu_us_per_call for p in run.points}
+    per_record = [s.shipper_cpu_s * 1e6 / s.shipped_records for s in shipped]
+    share = [r / cpu_call[(s.config, s.round)] for r, s in zip(per_record, shipped, strict=True)
+             if cpu_call.get((s.config, s.round))]
+    out = {"shipper_us_per_record": statistics.median(per_record),
+           "share_of_server_cpu": statistics.median(share) if share else float("nan")}
+    print(f"archive shipping (a~): the shipper thread's CPU {out['shipper_us_per_record']:.1f} us "
+          f"a record, {100 * out['share_of_server_cpu']:.1f} % of the server's CPU a call "
+          f"(medians of {len(shipped)} rounds; target <= 3 %)")
+    return out
 
 
 def report_volume(run: Run, args: argparse.Namespace) -> list[dict[str, object]]:
@@ -999,6 +1037,14 @@ def main(argv: list[str] | None = None) -> int:
         "/tmp/base/src), whose sidecar configurations a_base and c_base run, interleaved "
         "with this one's",
     )
+    parser.add_argument(
+        "--archive-root",
+        type=Path,
+        metavar="DIR",
+        help="where a_arch's directory archive goes (default: the work dir, on the journal's "
+        "disk; a tmpfs such as /dev/shm stands in for object storage, whose disk is not the "
+        "pod's)",
+    )
     parser.add_argument("--verify", action="store_true", help="also run `verify` on each ledger")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and ledgers")
     parser.add_argument("--json", type=Path, help="write every point and the summary here")
@@ -1061,6 +1107,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+        if args.archive_root:
+            for archive in args.archive_root.glob(f"{work.name}-*.archive"):
+                shutil.rmtree(archive, ignore_errors=True)
     bad = [s for s in run.sanity if not s.ok]
     return 1 if bad else 0
 

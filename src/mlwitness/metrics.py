@@ -70,6 +70,9 @@ DOCUMENTED = {
     "mlwitness_archive_failures": "consecutive failed attempts to ship (each retried with "
                                   "backoff; 0 once one succeeds)",
     "mlwitness_archive_segments_total": "segments shipped by this process",
+    "mlwitness_archive_records_total": "records shipped by this process",
+    "mlwitness_archive_cpu_seconds_total": "CPU time the shipper thread spent sealing and "
+                                           "uploading: what archiving costs the pod",
 }
 
 
@@ -160,8 +163,10 @@ class _ArchiveCollector(Collector):
             ("mlwitness_archive_failures", s.failures),
         ):
             yield GaugeMetricFamily(name, DOCUMENTED[name], value=value)
-        name = "mlwitness_archive_segments"
-        yield CounterMetricFamily(name, DOCUMENTED[name + "_total"], value=s.segments_shipped)
+        for name, value in (("mlwitness_archive_segments", s.segments_shipped),
+                            ("mlwitness_archive_records", s.records_shipped),
+                            ("mlwitness_archive_cpu_seconds", s.cpu_seconds)):
+            yield CounterMetricFamily(name, DOCUMENTED[name + "_total"], value=value)
 
 
 class _BeforeScrape(Collector):

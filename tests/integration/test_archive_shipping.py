@@ -75,6 +75,8 @@ def test_every_record_is_shipped_once_in_segments_of_at_most_max_records(
     assert parquet_ranges(s3, chain) == ranges(s3, chain)
     status = shipper.status()
     assert (status.archived_seq, status.lag_records, status.last_error) == (1000, 0, "")
+    assert (status.segments_shipped, status.records_shipped) == (4, 1000)
+    assert 0 < status.cpu_seconds < 60  # what archiving cost, counted for the metric
     with reading(path) as con:
         head = con.execute("SELECT lower(hex(hash)) FROM entries WHERE seq = 1000").fetchall()
     assert status.archived_hash == head[0][0] == manifests(s3, chain)[-1].last_hash
