@@ -46,8 +46,10 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from mlwitness.ledger.tabler import keep_pandas_out
     from mlwitness.server.sidecar import serve
 
+    keep_pandas_out()  # as in an image without pandas: no import on pyarrow's first call
     settings = settings_mod.build(args).validate()
     _setup_logging(settings.log_level)
     asyncio.run(serve(settings))
