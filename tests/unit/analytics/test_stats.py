@@ -568,3 +568,34 @@ def test_binning_rejects_bad_arguments() -> None:
         stats.quantile_edges([1.0, 2.0], bins=0)
     with pytest.raises(ValueError, match="values contain no finite value"):
         stats.quantile_edges([np.nan, np.inf])
+
+
+# ── counted samples (drift reads value counts, not values) ───────────────────────────────
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_counted_samples_give_the_statistics_of_the_samples_they_count(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # ties on purpose: values drawn from a small pool, as integer features and labels are
+    a = rng.choice(rng.normal(0, 1, 40), 3_000)
+    b = rng.choice(np.concatenate([rng.normal(0.3, 1.2, 30), [np.nan, np.inf]]), 2_000)
+    ca, cb = stats.Counted.of(a), stats.Counted.of(b)
+    finite_b = np.sort(b[np.isfinite(b)])
+    assert ca.size == a.size and cb.size == finite_b.size
+    assert np.array_equal(cb.expanded(), finite_b)
+    ks, ref = stats.ks_2samp_counted(ca, cb), ss.ks_2samp(a, finite_b, method="asymp")
+    assert ks.statistic == ref.statistic  # the same fractions, compared at the same points
+    assert ks.pvalue == pytest.approx(ref.pvalue, rel=1e-9)
+    assert stats.wasserstein1_counted(ca, cb) == pytest.approx(
+        ss.wasserstein_distance(a, finite_b), rel=1e-9)
+    assert ca.mean() == pytest.approx(np.mean(a), rel=1e-12)
+    assert ca.std() == pytest.approx(np.std(a, ddof=1), rel=1e-12)
+    edges = stats.quantile_edges(finite_b, 7)
+    assert ca.bins(edges).tolist() == stats.bin_counts(a, edges).tolist()
+
+
+def test_an_empty_counted_sample_is_refused_by_the_tests() -> None:
+    empty = stats.Counted.of([np.nan])
+    assert empty.size == 0 and np.isnan(stats.Counted.of([1.0]).std())
+    with pytest.raises(ValueError, match="empty"):
+        stats.ks_2samp_counted(empty, stats.Counted.of([1.0, 2.0]))
