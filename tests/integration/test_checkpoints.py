@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from audit_support import audit_server, rpc_error, stub_for
-from disk_support import SmallDisk
+from disk_support import SmallDisk, mounted_small_disk
 from evidence_support import file_leaves, keygen, reference_root
 from json_shape import shape_problems
 from sidecar import free_ports, mlwitness_command, rewrite_record, run_verify
@@ -208,19 +208,8 @@ def test_a_missing_directory_fails_publishing_not_serving_and_publishing_recover
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    root = tmp_path / "disk"
-    root.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: a full directory needs a tmpfs mounted for the test")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
-                              str(root)], capture_output=True, text=True, timeout=30)
-    if mounted.returncode != 0:
-        pytest.skip("a full directory needs a tmpfs mounted for the test, and mount failed "
-                    f"(it needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
-        yield SmallDisk(root)
-    finally:
-        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=30)
+    with mounted_small_disk(tmp_path / "disk", "4m", "a full directory") as disk:
+        yield disk
 
 
 def test_a_full_directory_fails_publishing_not_serving_and_recovers_once_freed(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-from disk_support import FailingCalls, SmallDisk
+from disk_support import FailingCalls, SmallDisk, mounted_small_disk
 
 from mlwitness.errors import LedgerUnavailable
 from mlwitness.ledger import chain as chain_mod
@@ -189,19 +188,8 @@ def test_a_load_that_duckdb_committed_before_failing_is_not_loaded_twice(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    root = tmp_path / "disk"
-    root.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: a real full disk needs a tmpfs mounted for the test")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs",
-                              str(root)], capture_output=True, text=True, timeout=30)
-    if mounted.returncode != 0:
-        pytest.skip("a real full disk needs a tmpfs mounted for the test, and mount failed "
-                    f"(it needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
-        yield SmallDisk(root)
-    finally:
-        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=30)
+    with mounted_small_disk(tmp_path / "disk", "32m", "a real full disk") as disk:
+        yield disk
 
 
 def large(request_id: str) -> Record:

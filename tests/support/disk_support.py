@@ -3,11 +3,17 @@ fills it) and failing system calls at the journal's seam for them (`Journal(io=.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 class FailingCalls:
@@ -80,3 +86,21 @@ def journals_on(calls: Any) -> Any:
         return Journal(*args, **{**kwargs, "io": calls})
 
     return journal
+
+
+@contextlib.contextmanager
+def mounted_small_disk(root: Path, size: str, why: str) -> Iterator[SmallDisk]:
+    """A tmpfs of `size` mounted at `root` for the test (unmounted after), or the test
+    skipped saying `why` it needs one: mounting takes root with CAP_SYS_ADMIN."""
+    root.mkdir(exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip(f"no mount command: {why} needs a tmpfs mounted for the test")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                              str(root)], capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"{why} needs a tmpfs mounted for the test, and mount failed "
+                    f"(it needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield SmallDisk(root)
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=30)
