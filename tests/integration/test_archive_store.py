@@ -516,3 +516,26 @@ def test_content_keys_name_bytes_by_their_sha256() -> None:
     assert content_key("environment", b"{}") == f"environments/sha256/{sha(b'{}')}.json"
     with pytest.raises(ValueError, match="unknown content kind 'segment'"):
         content_key("segment", b"x")
+
+
+def test_a_writer_killed_mid_write_leaves_no_temporary_once_the_key_is_written_again(
+        tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    key = ("records/chain=00112233/date=2026-12-07/"
+           "seg-00000000000000000001-00000000000000000002.parquet")
+    folder = tmp_path / key.rpartition("/")[0]
+    folder.mkdir(parents=True)
+    name = key.rpartition("/")[2]
+    stale = folder / f".{name}.0123456789ab.tmp"  # as a kill -9 during the write leaves it
+    young = folder / f".{name}.ba9876543210.tmp"  # maybe another writer's, under way
+    other = folder / ".seg-00000000000000000003-00000000000000000004.parquet.0123456789ab.tmp"
+    for path in (stale, young, other):
+        path.write_bytes(b"half")
+    hour_ago = time.time() - 2 * 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(other, (hour_ago, hour_ago))
+    store.put(key, b"segment", if_absent=True)
+    assert store.get(key) == b"segment"
+    assert not stale.exists()
+    assert young.exists() and other.exists()  # under way, or another key's: not ours to judge
+    assert [info.key for info in store.list("records/")] == [key]

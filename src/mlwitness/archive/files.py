@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -86,6 +88,7 @@ class FileStore:
             if if_absent and path.exists():
                 return self._existing(key, path, data, sha)
             self._make_dirs(path.parent)
+            _remove_stale_temporaries(path)
             temporary = self._write_temporary(path, data)
             try:
                 if not if_absent:
@@ -272,3 +275,16 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+STALE_TEMPORARY_S = 3600.0  # older than any upload under way: a writer killed mid-write
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files a writer killed while writing `path` left (a restarted
+    shipper writes the same key again). Young ones may be another writer's, under way."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.lstat().st_mtime < cutoff:
+                stale.unlink()
