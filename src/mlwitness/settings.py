@@ -255,7 +255,7 @@ class Settings:
         "ledger; past the cap it evicts cached blocks and spills sorts and joins to "
         "`LEDGER.tmp/`. Aggregates that cannot spill (quantiles, DISTINCT) over millions of "
         "rows need more (a quantile by group over 3M rows failed at 48 MiB with DuckDB's "
-        "Out of Memory Error, ran at 64). DuckDB's own default is 80 % of the machine's "
+        "Out of Memory Error, ran at 64). DuckDB's own default is 80 per cent of the machine's "
         "memory.",
         check="count", shown="64 MiB")
     max_backlog: int = setting(
