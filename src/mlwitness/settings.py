@@ -248,6 +248,16 @@ class Settings:
         1, "DuckDB worker threads for the ledger (loads and audit queries). 1 keeps DuckDB "
         "from taking CPU from inference; raise it on a pod with spare cores for faster "
         "audit queries.", check="count")
+    duckdb_memory_bytes: int = setting(
+        64 << 20, "Memory DuckDB may hold for the ledger (SET memory_limit): its cache of the "
+        "ledger's blocks and its working memory for loads and audit queries. Without a cap "
+        "DuckDB kept every block it had read or written, and the sidecar grew with its "
+        "ledger; past the cap it evicts cached blocks and spills sorts and joins to "
+        "`LEDGER.tmp/`. Aggregates that cannot spill (quantiles, DISTINCT) over millions of "
+        "rows need more (a quantile by group over 3M rows failed at 48 MiB with DuckDB's "
+        "Out of Memory Error, ran at 64). DuckDB's own default is 80 per cent of the machine's "
+        "memory.",
+        check="count", shown="64 MiB")
     max_backlog: int = setting(
         200_000, "Records acknowledged but not yet in DuckDB before new calls wait (then "
         "fail with UNAVAILABLE after 5 s): backpressure, never dropping.", check="count")

@@ -443,6 +443,20 @@ def test_the_ledger_never_vacuums_its_append_only_tables(tmp_path: Path) -> None
         "SELECT current_setting('max_vacuum_tasks')").fetchone()[0] > 0  # DuckDB's default
 
 
+def test_the_ledgers_duckdb_memory_is_capped(make_sidecar: SidecarFactory,
+                                             affine_model: Path, tmp_path: Path) -> None:
+    # With DuckDB's default memory_limit (80 % of RAM) its buffer pool kept every block of
+    # the ledger it had read or written: at 8 callers the sidecar grew by ~14 MiB a minute,
+    # as fast as its DuckDB file (bench/bench_memory.py). The cap makes it evict them.
+    capped = make_sidecar(affine_model)
+    assert capped.query("SELECT current_setting('memory_limit')") == [("64.0 MiB",)]
+    chosen = make_sidecar(affine_model, ledger=tmp_path / "chosen.duckdb",
+                          duckdb_memory_bytes=96 << 20)
+    assert chosen.query("SELECT current_setting('memory_limit')") == [("96.0 MiB",)]
+    assert duckdb.connect().execute("SELECT current_setting('memory_limit')").fetchall() != [
+        ("64.0 MiB",)]  # not DuckDB's default
+
+
 def test_new_ledger_files_are_not_for_other_users(tmp_path: Path) -> None:
     # DuckDB creates the ledger and its .wal itself (the .wal again after each checkpoint),
     # with 0666 less the umask: under the common 022 they were world-readable, while they

@@ -175,6 +175,26 @@ def test_the_child_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
         writer.close()
 
 
+def test_the_child_returns_what_it_frees_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pyarrow's default pool (mimalloc) and glibc's per-thread arenas kept what the child
+    # had freed (bench/bench_memory.py); an operator's own choice in the environment wins
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    writer = fill(tmp_path / "ledger.duckdb", [make_record(0)], table_process=True)
+    try:
+        entries(writer)
+        child = writer._loader.sources.tabler._child  # type: ignore[union-attr]
+        assert child is not None
+        environ = dict(item.split(b"=", 1) for item in
+                       Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0") if item)
+    finally:
+        writer.close()
+    assert environ[b"ARROW_DEFAULT_MEMORY_POOL"] == b"system"
+    assert environ[b"MALLOC_ARENA_MAX"] == b"4"
+
+
 def test_a_child_asked_for_records_the_journal_lacks_reports_it(tmp_path: Path) -> None:
     writer = fill(tmp_path / "ledger.duckdb", [make_record(i) for i in range(3)],
                   table_process=False)

@@ -14,9 +14,8 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlwitness.archive.fleet import Fleet
 from mlwitness.audit import bundle
 from mlwitness.audit.results import (
     ArchiveStatus,
@@ -36,6 +35,9 @@ from mlwitness.ledger import checkpoints, tree
 from mlwitness.ledger.checkpoints import Checkpointer, CheckpointRow
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.writer import LedgerWriter
+
+if TYPE_CHECKING:  # the audit-server's --archive alone has a fleet (and imports it)
+    from mlwitness.archive.fleet import Fleet
 
 StatusSource = Callable[[], Status]
 

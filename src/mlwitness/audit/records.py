@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlwitness.archive import ObjectStore
-from mlwitness.archive.verify import ArchiveReport, verify_archive
 from mlwitness.audit.results import RecordDetail, RecordPage, RecordSummary, Verification
 from mlwitness.audit.trail import Asker, Trail
 from mlwitness.errors import InvalidInput
@@ -17,6 +16,9 @@ from mlwitness.ledger import environment
 from mlwitness.ledger.filters import Filters
 from mlwitness.ledger.reader import LedgerReader
 from mlwitness.ledger.verify import expected_head, verify
+
+if TYPE_CHECKING:
+    from mlwitness.archive.verify import ArchiveReport
 
 
 class Records:
@@ -79,6 +81,10 @@ class Records:
                               asked: dict[str, Any]) -> Verification:
         """Every chain of the archive, from its objects (archive/verify.py): the problems
         name the chain, the first bad seq and the object."""
+        # Imported on the first such question: it brings in pyarrow.parquet and its
+        # filesystems, ~12 MiB a sidecar without an archive would hold for nothing
+        from mlwitness.archive.verify import verify_archive
+
         with self.trail.audited(asker, **asked) as summary:
             if asked:
                 raise InvalidInput("a fleet holds one chain per replica, each with its own "

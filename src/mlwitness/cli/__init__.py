@@ -47,9 +47,11 @@ def _setup_logging(level: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mlwitness.ledger.tabler import keep_pandas_out
+    from mlwitness.server.lifecycle import return_freed_memory
     from mlwitness.server.sidecar import serve
 
     keep_pandas_out()  # as in an image without pandas: no import on pyarrow's first call
+    return_freed_memory()
     settings = settings_mod.build(args).validate()
     _setup_logging(settings.log_level)
     asyncio.run(serve(settings))

@@ -20,9 +20,6 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 MAX_NOTE_BYTES = 1 << 20
 MAX_SIGNATURES = 100
 MAX_LINE_BYTES = 8192
@@ -161,6 +158,11 @@ def open_note(message: bytes, verifier_keys: Iterable[str]) -> OpenedNote:
         if (key.name, key.key_id) in known:
             raise VerificationError(f"two verifier keys share name and ID: {key.name}")
         known[(key.name, key.key_id)] = (vkey, key)
+    # Imported here, not with the module: the sidecar imports this module, and cryptography
+    # costs it ~8 MiB of memory it needs only when a note is checked
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     text, signatures = _split_note(message)
     signed_by: list[str] = []
     for name, key_id, signature in signatures:

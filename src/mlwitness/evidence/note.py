@@ -47,8 +47,10 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+if TYPE_CHECKING:  # imported where a key is made: ~8 MiB a sidecar without one never needs
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SIG_ED25519 = 0x01
 MAX_NOTE_BYTES = 1 << 20
@@ -105,8 +107,10 @@ class Signer:
         _check_name(name)
         if len(seed) != 32:
             raise NoteError(f"an Ed25519 seed is 32 bytes, not {len(seed)}")
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         self._seed = bytes(seed)
-        self._private = Ed25519PrivateKey.from_private_bytes(self._seed)
+        self._private: Ed25519PrivateKey = Ed25519PrivateKey.from_private_bytes(self._seed)
         self.name = name
         self.public_key = self._private.public_key().public_bytes_raw()
         self.key_id = key_id(name, SIG_ED25519, self.public_key)
@@ -114,6 +118,8 @@ class Signer:
     @classmethod
     def generate(cls, name: str) -> Signer:
         """A new random key (the operating system's CSPRNG, through `cryptography`)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(name, Ed25519PrivateKey.generate().private_bytes_raw())
 
     @classmethod

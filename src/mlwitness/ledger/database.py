@@ -46,9 +46,11 @@ SALVAGE_PROBES = 64
 
 
 class Database:
-    def __init__(self, path: Path, threads: int, stats: WriterStats) -> None:
+    def __init__(self, path: Path, threads: int, stats: WriterStats, *,
+                 memory_bytes: int = 0) -> None:
         self.path = path
         self.threads = threads  # DuckDB worker threads (SET threads); 0: DuckDB's default
+        self.memory_bytes = memory_bytes  # SET memory_limit; 0: DuckDB's default
         self.stats = stats
         self.con: duckdb.DuckDBPyConnection | None = None
         self.read_root: duckdb.DuckDBPyConnection | None = None
@@ -59,6 +61,8 @@ class Database:
         con = schema.connect(self.path)
         if self.threads > 0:
             con.execute(f"SET threads = {int(self.threads)}")
+        if self.memory_bytes > 0:
+            con.execute(f"SET memory_limit = '{int(self.memory_bytes)}B'")
         return con
 
     def open(self) -> duckdb.DuckDBPyConnection:

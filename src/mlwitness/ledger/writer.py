@@ -102,6 +102,9 @@ class WriterOptions:
     group_commit_linger_s: float = 0.0006
     # DuckDB worker threads (SET threads); 0 leaves DuckDB's default (one per core).
     duckdb_threads: int = 0
+    # DuckDB's memory_limit in bytes; 0 leaves DuckDB's default (80 % of RAM), with which its
+    # buffer pool keeps every block of the ledger it has touched
+    duckdb_memory_bytes: int = 0
     # Build DuckDB's rows in a low-priority child process that reads the records back from
     # the journal (ledger/tabler.py), so the serving process neither keeps records until
     # their load nor holds the GIL to tabulate them. Needs a decoder (the records' tensors
@@ -166,7 +169,8 @@ class LedgerWriter:
             journal_mod.journal_dir(self.path), segment_bytes=self.options.segment_bytes,
             synced=self.options.durability == "fsync", io=journal_io,
         )
-        self._db = self.database(self.path, self.options.duckdb_threads, self.stats)
+        self._db = self.database(self.path, self.options.duckdb_threads, self.stats,
+                                 memory_bytes=self.options.duckdb_memory_bytes)
         self._chain = Chain(journal, self.options, self.stats)
         self._loader = Loader(self._chain, self._db, self.options, self.stats,
                               self.tabulator, decoder)

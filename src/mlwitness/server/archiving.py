@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from mlwitness.archive import ArchiveError, ObjectStore, open_store
-from mlwitness.archive.retention import Pruned, archived_prefix, prune_archived
-from mlwitness.archive.shipper import Shipper, ShipperOptions
 from mlwitness.audit.results import ArchiveStatus
 from mlwitness.errors import ConfigError, MlwitnessError
 from mlwitness.ledger.writer import LedgerWriter
 from mlwitness.settings import Settings
+
+if TYPE_CHECKING:
+    from mlwitness.archive.retention import Pruned
 
 log = logging.getLogger("mlwitness")
 
@@ -42,6 +44,11 @@ class Archiving:
 
     def __init__(self, settings: Settings, ledger: LedgerWriter, store: ObjectStore) -> None:
         assert settings.archive is not None
+        # Imported here, once an archive is set: the shipper and retention bring in
+        # pyarrow.parquet and its filesystems (~12 MiB of the sidecar's memory), which a
+        # sidecar without --archive never uses. The shipper pays its own imports at start.
+        from mlwitness.archive.shipper import Shipper, ShipperOptions
+
         self.settings = settings
         self.ledger = ledger
         self.url = settings.archive
@@ -54,6 +61,8 @@ class Archiving:
         self.retention_error = ""
 
     def start(self) -> None:
+        from mlwitness.archive.retention import archived_prefix
+
         self._check_object_lock()
         cursor = self.ledger.cursor()
         try:
@@ -104,6 +113,8 @@ class Archiving:
                 self.retention_error = exc.message
 
     def prune_once(self) -> Pruned:
+        from mlwitness.archive.retention import prune_archived
+
         older_than = time.time_ns() // 1000 - int(self.retention_days * DAY_US)
         try:
             pruned = prune_archived(self.ledger.write, self.ledger.cursor, self.store,

@@ -13,12 +13,11 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from mlwitness.archive import ArchiveError, ObjectStore
-from mlwitness.archive.fleet import Fleet, FleetReader, open_fleet
 from mlwitness.audit.evidence import fleet_status
 from mlwitness.audit.service import AuditLimits, AuditService, store_model_with
 from mlwitness.auth import Access, Authenticator
@@ -33,6 +32,9 @@ from mlwitness.server.lifecycle import run_until_signal
 from mlwitness.server.port import GrpcPort, stop_ports
 from mlwitness.settings import Settings, check_archive_url
 from mlwitness.wire import audit as audit_servicer
+
+if TYPE_CHECKING:  # imported by _start_fleet: the sidecar never reads a fleet
+    from mlwitness.archive.fleet import Fleet
 
 log = logging.getLogger("mlwitness")
 
@@ -121,6 +123,10 @@ class AuditServer:
 
     async def _start_fleet(self, url: str) -> dict[str, Any]:
         """The audit API over every chain archived under `url`."""
+        # Imported here: the fleet brings in pyarrow.parquet and its filesystems (~12 MiB),
+        # and this module is also the sidecar's, which never reads one
+        from mlwitness.archive.fleet import FleetReader, open_fleet
+
         settings = self.settings
         check_archive_url(url)
         store = open_archive(url)

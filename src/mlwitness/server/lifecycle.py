@@ -4,11 +4,18 @@ signal, stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import json
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pyarrow as pa
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
 async def run_until_signal(start: Callable[[], Awaitable[dict[str, Any]]],
@@ -30,3 +37,17 @@ async def run_until_signal(start: Callable[[], Awaitable[dict[str, Any]]],
     print(json.dumps(ready), flush=True)
     await stopping.wait()
     await stop()
+
+
+def return_freed_memory() -> None:
+    """Have the serving process's allocators give back what it frees, unless the
+    environment chose for them. glibc makes an arena per thread (up to 8 per core: the
+    gRPC, onnxruntime, DuckDB and loader threads), each keeping what was freed in it, and
+    pyarrow's default pool (mimalloc) keeps its segments. Call it before the servers start
+    their threads."""
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            if os.confstr("CS_GNU_LIBC_VERSION"):  # glibc's parameter numbers
+                ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        pa.set_memory_pool(pa.system_memory_pool())

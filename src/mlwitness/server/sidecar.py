@@ -177,6 +177,7 @@ class Sidecar:
                 load_interval_s=s.load_interval,
                 max_unloaded=s.max_backlog,
                 duckdb_threads=s.duckdb_threads,
+                duckdb_memory_bytes=s.duckdb_memory_bytes,
                 table_process=True,
             ),
             tabulator=tabulator_for(s, model.signature),
