@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import shutil
 import tempfile
@@ -133,11 +134,17 @@ class AuditServer:
         cache = settings.archive_cache
         if cache is None:
             cache = self._temporary_cache = Path(tempfile.mkdtemp(prefix="mlwitness-fleet-"))
+        # The fleet answers questions over every replica (drift, bias, quality): the
+        # statistics' scipy (1-2 s of imports) is loaded while the archive is read, not
+        # in the first auditor's question
+        warm = asyncio.create_task(asyncio.to_thread(importlib.import_module, "scipy.stats"))
         try:
             self.fleet = fleet = await asyncio.to_thread(open_fleet, store, cache)
         except ArchiveError as exc:
             raise ConfigError(f"--archive {url}: cannot read the archive: {exc.message}"
                               ) from None
+        with contextlib.suppress(ImportError):
+            await warm
         log.info("fleet audit over %s: %d chains, %d records", url, len(fleet.chains),
                  sum(c.records for c in fleet.chains.values()))
         trail_path = settings.audit_trail or settings.ledger.with_name(
