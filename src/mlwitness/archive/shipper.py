@@ -271,6 +271,7 @@ class Shipper:
                                 created_us=time.time_ns() // 1000, catalogue=self._catalogue)
         self._upload(con, segment)
         manifest = segment.manifest
+        self._succeeded()  # before the position moves: who sees it archived sees no failure
         self._position = (manifest.last_seq, manifest.last_hash)
         self._shipped += 1
         self._records += manifest.records
