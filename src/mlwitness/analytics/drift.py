@@ -211,21 +211,8 @@ def _scan(con: duckdb.DuckDBPyConnection, filters: Filters
 def _samples(scan: dict[tuple[str, str], stats.Counted], columns: list[_Column]
              ) -> dict[int, stats.Counted]:
     """Per numeric-source column key, its counted values from the window's scan."""
-    empty = stats.Counted(np.zeros(0), np.zeros(0, np.int64))
-    return {c.key: scan.get((c.role, c.name), empty) for c in columns if c.numeric_source}
-
-
-def _text_keys(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, list[str]]:
-    """The names the window holds as text inputs, text outputs and request parameters
-    (first row of each record, as :func:`window_columns`), without reading the numbers."""
-    where, params = filters.where()
-    sources = {"inputs_text": "inputs_text[1]", "outputs_text": "outputs_text[1]",
-               "parameters": "parameters"}
-    select = ", ".join(f"list_distinct(flatten(list(DISTINCT map_keys({expr}))))"
-                       for expr in sources.values())
-    row = con.execute(f"SELECT {select} FROM entries WHERE {where} AND status = 'OK'",
-                      params).fetchall()[0]
-    return {src: sorted(keys or []) for src, keys in zip(sources, row, strict=True)}
+    return {c.key: scan.get((c.role, c.name), stats.Counted.empty()) for c in columns
+            if c.numeric_source}
 
 
 def _categories(con: duckdb.DuckDBPyConnection, filters: Filters, columns: list[_Column],
@@ -320,12 +307,17 @@ def _from_baseline(baseline: Baseline, features: list[str] | None,
     return columns
 
 
-def window_columns(con: duckdb.DuckDBPyConnection, filters: Filters) -> dict[str, list[str]]:
+_SOURCES = {"inputs": "inputs[1]", "inputs_text": "inputs_text[1]", "outputs": "outputs[1]",
+            "outputs_text": "outputs_text[1]", "parameters": "parameters"}
+_TEXT_SOURCES = ("inputs_text", "outputs_text", "parameters")  # without the numbers' columns
+
+
+def window_columns(con: duckdb.DuckDBPyConnection, filters: Filters,
+                   only: tuple[str, ...] = tuple(_SOURCES)) -> dict[str, list[str]]:
     """Column names present in a window, per source (inputs, inputs_text, outputs,
-    outputs_text: the first row of each record; parameters), sorted."""
+    outputs_text: the first row of each record; parameters), sorted; `only` those sources."""
     where, params = filters.where()
-    sources = {"inputs": "inputs[1]", "inputs_text": "inputs_text[1]", "outputs": "outputs[1]",
-               "outputs_text": "outputs_text[1]", "parameters": "parameters"}
+    sources = {name: _SOURCES[name] for name in only}
     # the distinct key lists first (one per model signature, about): cheap to flatten
     select = ", ".join(f"list_distinct(flatten(list(DISTINCT map_keys({expr}))))"
                        for expr in sources.values())
@@ -340,7 +332,8 @@ def _from_window(con: duckdb.DuckDBPyConnection, filters: Filters, bins: int,
     output is also categorical when its values are integers with few distinct values."""
     scan = _scan(con, filters)
     keys = {"inputs": sorted(n for r, n in scan if r == "input"),
-            "outputs": sorted(n for r, n in scan if r == "output"), **_text_keys(con, filters)}
+            "outputs": sorted(n for r, n in scan if r == "output"),
+            **window_columns(con, filters, _TEXT_SOURCES)}
     inputs: dict[str, tuple[str, ...]] = {
         k: ("categorical",) for k in keys["inputs_text"] + keys["parameters"]}
     inputs.update({k: ("numeric",) for k in keys["inputs"]})
@@ -406,13 +399,12 @@ def drift_report(
     live = [c for c in analysed if c.ref_count > 0]
     samples = _samples(_scan(con, filters), analysed) if rows else {}
     categorical = [c for c in live if c.kind == "categorical"]
-    counted = (_categories(con, filters, categorical, samples, _text_keys(con, filters))
+    counted = (_categories(con, filters, categorical, samples,
+                           window_columns(con, filters, _TEXT_SOURCES))
                if rows and categorical else {})
 
     def analyse(col: _Column) -> FeatureDrift:
-        sample = samples.get(col.key) if col.kind == "numeric" else None
-        if col.kind == "numeric" and sample is None:
-            sample = stats.Counted(np.zeros(0), np.zeros(0, np.int64))
+        sample = samples.get(col.key, stats.Counted.empty()) if col.kind == "numeric" else None
         agg: Any = None if sample is not None else counted.get(col.key, {})
         count = sample.size if sample is not None else sum(agg.values())
         base = records if col.per_record else rows

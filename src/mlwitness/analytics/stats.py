@@ -208,6 +208,10 @@ class Counted:
         distinct, counts = np.unique(arr[np.isfinite(arr)], return_counts=True)
         return cls(distinct, counts.astype(np.int64))
 
+    @classmethod
+    def empty(cls) -> Counted:
+        return cls(np.zeros(0), np.zeros(0, np.int64))
+
     @property
     def size(self) -> int:
         return int(self.counts.sum())
