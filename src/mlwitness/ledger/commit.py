@@ -18,6 +18,7 @@ class Batch(list):
 
     timer: asyncio.TimerHandle | None = None
     early = False  # flushed before its timer
+    last_seq = 0  # once written: its last record's seq (while a syncer flushes it)
 
 
 class Linger:
@@ -66,8 +67,8 @@ class Linger:
             self._recent.clear()
 
 
-def settle_elsewhere(waiters: list[Any], error: BaseException) -> None:
-    """Fail futures of any event loop from any thread."""
+def settle_elsewhere(waiters: list[Any], error: BaseException | None) -> None:
+    """Answer futures of any event loop from any thread (None: durable, else fail them)."""
     by_loop: dict[Any, list[asyncio.Future]] = {}
     for waiter in waiters:
         by_loop.setdefault(waiter.get_loop(), []).append(waiter)
