@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import os
 import threading
@@ -50,7 +49,6 @@ from mlwitness.errors import LedgerUnavailable
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger.commit import Batch, Linger, settle_elsewhere, settle_futures
 from mlwitness.ledger.record import FORMAT_VERSION, SALT_SIZE, Record, chain_hash, encodings
-from mlwitness.ledger.syncer import Syncer, SyncerGone
 
 if TYPE_CHECKING:
     from mlwitness.ledger.loader import Loader
@@ -60,9 +58,6 @@ log = logging.getLogger(__name__)
 
 # After a journal write failed for want of space, how often to try to make room again.
 JOURNAL_RETRY_S = 1.0
-# With a syncer, a loop flushes inline once this many flushes in a row held one record
-# each: a lone caller waits for its fdatasync either way, and inline spares it the hop.
-LONE_INLINE = 3
 
 
 class Chain:
@@ -94,11 +89,6 @@ class Chain:
         self._batches: dict[asyncio.AbstractEventLoop, Batch] = {}
         self.linger = Linger(options.group_commit_linger_s)
         self.stopping = threading.Event()
-        # Pipelined group commit (ledger/syncer.py): the syncer process flushes the loop's
-        # batch while the loop serves on and the next batch gathers. Set by the writer.
-        self.syncer: Syncer | None = None
-        self._syncing: Batch | None = None  # written, its flush under way (under write_lock)
-        self._lone = 0  # the loop's flushes in a row of one record each
 
     def start(self, seq: int, digest: bytes) -> None:
         """(Owner, at open.) Go on from the chain's last record; start the journal after it."""
@@ -138,7 +128,7 @@ class Chain:
         batch = self._batches.get(loop)
         if batch is None:
             batch = self._batches[loop] = Batch()
-            linger = self.linger.seconds  # (stays 0 with a syncer: only inline flushes start it)
+            linger = self.linger.seconds
             if linger > 0:
                 batch.timer = loop.call_later(linger, self._flush_batch, loop, batch)
             else:
@@ -152,15 +142,10 @@ class Chain:
 
     def _flush_batch(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
         if self._batches.get(loop) is not batch:
-            return  # taken and refused by shut(), or flushed already
-        syncer = self._syncer_on(loop)
-        if syncer is not None and self._syncing is not None:
-            return  # the last batch is being flushed: this one gathers until it is done
+            return  # taken and refused by shut()
         self._batches.pop(loop, None)  # (shut() may take it meanwhile)
-        self._lone = self._lone + 1 if len(batch) == 1 else 0
-        pipelined = syncer is not None and self._lone < LONE_INLINE
         try:
-            self.commit([record for record, _ in batch], batch if pipelined else None)
+            self.commit([record for record, _ in batch])
         except LedgerUnavailable as exc:
             settle_futures([f for _, f in batch], exc)
             return
@@ -168,108 +153,8 @@ class Chain:
             log.exception("writing a ledger batch failed")
             settle_futures([f for _, f in batch], exc)
             return
-        if batch is self._syncing:
-            return  # answered once the syncer has flushed it (`_answered`)
         self.linger.observe(len(batch), lingered=batch.timer is not None and not batch.early)
         settle_futures([f for _, f in batch], None)
-
-    # ── pipelined group commit: the syncer process flushes, the loop serves on ──────────
-
-    def _syncer_on(self, loop: asyncio.AbstractEventLoop) -> Syncer | None:
-        """The syncer, answering on `loop` (the first loop that flushes; another one once
-        that loop is closed), or None: flush inline."""
-        syncer = self.syncer
-        if syncer is None:
-            return None
-        if syncer.loop is None or syncer.loop.is_closed():
-            if syncer.loop is not None:
-                self._flush_inline("its event loop closed")
-            syncer.watch(loop, functools.partial(self._answered, loop))
-        return syncer if syncer.loop is loop else None
-
-    def _answered(self, loop: asyncio.AbstractEventLoop) -> None:
-        """(The syncer's loop, when its answer can be read.) Acknowledge the batch it
-        flushed, or fail it; then flush the batch that gathered meanwhile."""
-        syncer = self.syncer
-        if syncer is None:
-            return
-        try:
-            seq, error = syncer.answer()
-        except BlockingIOError:
-            return
-        except SyncerGone as exc:
-            self._flush_inline(str(exc))
-        else:
-            done: Batch | None = None
-            failed: LedgerUnavailable | None = None
-            with self.write_lock:
-                if error:
-                    failed = self._flush_failed(journal_mod.FlushFailed(error,
-                                                                        os.strerror(error)))
-                    done, self._syncing = self._syncing, None
-                else:
-                    self.journal.flushed(seq)
-                    done = self._complete_flushed()
-            if done is not None:
-                _settle(done, failed)
-        gathered = self._batches.get(loop)
-        if gathered is not None:
-            if gathered.timer is not None:
-                gathered.timer.cancel()
-            self._flush_batch(loop, gathered)
-
-    def _flush_inline(self, why: str) -> None:
-        """Stop using the syncer (it is gone, or its loop is): flush here what it was
-        flushing. An fdatasync covers every byte written before it, whoever wrote them."""
-        log.warning("the journal's syncer process stopped (%s); the journal is flushed by "
-                    "the event loop from now on", why)
-        failed: LedgerUnavailable | None = None
-        with self.write_lock:
-            syncer, self.syncer = self.syncer, None
-            if self._syncing is not None and self.failure is None:
-                try:
-                    self.journal.sync()
-                except OSError as exc:
-                    failed = self._flush_failed(exc)
-            done = (self._complete_flushed() if failed is None
-                    else self._take_syncing())
-        if syncer is not None:
-            syncer.close()
-        if done is not None:
-            _settle(done, failed or self.failure)
-
-    def _take_syncing(self) -> Batch | None:
-        done, self._syncing = self._syncing, None
-        return done
-
-    def _complete_flushed(self) -> Batch | None:
-        """(Under write_lock.) The batch the syncer was flushing, if the journal is now
-        flushed past it: its records are durable; hand them to the loader. Its appenders
-        are answered by the caller, outside the lock (`_settle`)."""
-        batch = self._syncing
-        if batch is None or batch.last_seq > self.journal.synced_seq:
-            return None
-        self._syncing = None
-        records = [record for record, _ in batch]
-        self.loader.sources.hand_off(records, self.loader.loaded_seq)
-        self.durable = (batch.last_seq, records[-1].hash)
-        self.journal.retire(self.loader.loaded_seq)
-        return batch
-
-    def _flush_failed(self, exc: OSError) -> LedgerUnavailable:
-        """(Under write_lock.) A flush failed: what reached the disk is unknown. Cut every
-        batch not known to be flushed back out of the journal (none was acknowledged) and
-        refuse appends until a restart."""
-        try:
-            self.journal.discard_unflushed()
-        except OSError:
-            log.exception("could not remove the unflushed batches (from seq %d) from the "
-                          "journal; the next start may load records of refused calls",
-                          self.durable[0] + 1)
-        error = (exc if isinstance(exc, journal_mod.FlushFailed)
-                 else journal_mod.FlushFailed(exc.errno, exc.strerror))
-        return self.failure if self.failure is not None and self.unrecoverable_since \
-            else self._fail(error, retry=False)
 
     def append_blocking(self, record: Record) -> None:
         """`append` for threads outside an event loop (one journal flush per call)."""
@@ -301,12 +186,10 @@ class Chain:
                 self.loader.nudge()  # a full backlog means load now, not at the interval
                 space.wait(min(remaining, 0.05))
 
-    def commit(self, batch: list[Record], pending: Batch | None = None) -> None:
+    def commit(self, batch: list[Record]) -> None:
         """Chain, journal and (in `fsync` durability) fdatasync a batch, in the calling
-        thread; then the records are durable and go to the loader. With `pending` (the
-        loop's batch of these records, when a syncer runs), the syncer is asked to flush it
-        instead, and `_answered` completes it. Raises LedgerUnavailable, and then none of
-        the batch is in the journal."""
+        thread; then the records are durable and go to the loader. Raises
+        LedgerUnavailable, and then none of the batch is in the journal."""
         started = self.written_at = time.perf_counter()
         with self.write_lock:
             if self.failure is not None:
@@ -330,8 +213,8 @@ class Chain:
                 frames.append(journal_mod.frame(record, stored, first))
             try:
                 self.journal.append(b"".join(frames), first, seq)
-            except journal_mod.FlushFailed as exc:  # a new segment's (the old one's, whole)
-                raise self._flush_failed(exc) from exc
+                if self.options.durability == "fsync":
+                    self.journal.sync()
             except OSError as exc:
                 try:  # these callers get UNAVAILABLE: their records must not appear later
                     self.journal.discard_last_batch()
@@ -343,41 +226,13 @@ class Chain:
                     discarded = False
                 raise self._fail(exc, retry=discarded and _out_of_space(exc)) from exc
             self.head_seq, self.head_hash = seq, prev
+            self.loader.sources.hand_off(batch, self.loader.loaded_seq)
+            self.durable = (seq, prev)
             self.stats.appended += len(batch)
             self.stats.flushes += 1
             self.stats.last_flush_batch = len(batch)
-            if pending is not None and self._request_flush(pending, seq):
-                self.stats.flush_seconds += time.perf_counter() - started
-                return
-            if self.options.durability == "fsync":
-                try:
-                    self.journal.sync()
-                except OSError as exc:
-                    raise self._flush_failed(exc) from exc
-            earlier = self._complete_flushed()  # a batch the syncer was still flushing
-            self.loader.sources.hand_off(batch, self.loader.loaded_seq)
-            self.durable = (seq, prev)
             self.journal.retire(self.loader.loaded_seq)
             self.stats.flush_seconds += time.perf_counter() - started
-        if earlier is not None:
-            _settle(earlier, None)
-
-    def _request_flush(self, pending: Batch, seq: int) -> bool:
-        """(Under write_lock.) Ask the syncer to flush the batch just written; False when
-        it is gone (then the caller flushes inline, which covers this batch too)."""
-        assert self.syncer is not None
-        self._complete_flushed()  # (a roll in `append` flushed the last one whole)
-        pending.last_seq = seq
-        try:
-            self.syncer.request(seq, self.journal.fd, self.journal.generation)
-        except SyncerGone as exc:
-            log.warning("the journal's syncer process stopped (%s); the journal is flushed "
-                        "by the event loop from now on", exc)
-            self.syncer.close()
-            self.syncer = None
-            return False
-        self._syncing = pending
-        return True
 
     def seal_journal(self, holds: Callable[[int, int], bool]) -> None:
         """(An erasing thread.) Mark the journal segments that hold records `holds(first,
@@ -459,39 +314,11 @@ class Chain:
         self.stopping.set()
         if self._retrier is not None:
             self._retrier.join()
-        failed: LedgerUnavailable | None = None
         with self.write_lock:
             # one by one: an event loop's thread may add or take its own meanwhile
             taken = [self._batches.pop(loop, None) for loop in list(self._batches)]
             late = [w for batch in taken if batch is not None for _, w in batch]
-            if self._syncing is not None and self.failure is None:  # written: flush it here
-                try:
-                    self.journal.sync()
-                except OSError as exc:
-                    failed = self._flush_failed(exc)
-            flushing = self._complete_flushed() if failed is None else self._take_syncing()
-            syncer, self.syncer = self.syncer, None
-        if flushing is not None:
-            _settle(flushing, failed or self.failure)
-        if syncer is not None:
-            syncer.close()
         settle_elsewhere(late, LedgerUnavailable("the ledger is shutting down"))
-
-
-def _settle(batch: Batch, error: BaseException | None) -> None:
-    """Answer a batch's appenders (None: durable), from their loop's thread or another."""
-    futures = [future for _, future in batch]
-    if futures and _running_loop() is futures[0].get_loop():
-        settle_futures(futures, error)
-    else:
-        settle_elsewhere(futures, error)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _out_of_space(exc: OSError) -> bool:

@@ -18,7 +18,6 @@ class Batch(list):
 
     timer: asyncio.TimerHandle | None = None
     early = False  # flushed before its timer
-    last_seq = 0  # once written: its last record's seq (while a syncer flushes it)
 
 
 class Linger:
@@ -67,8 +66,8 @@ class Linger:
             self._recent.clear()
 
 
-def settle_elsewhere(waiters: list[Any], error: BaseException | None) -> None:
-    """Answer futures of any event loop from any thread (None: durable, else fail them)."""
+def settle_elsewhere(waiters: list[Any], error: BaseException) -> None:
+    """Fail futures of any event loop from any thread."""
     by_loop: dict[Any, list[asyncio.Future]] = {}
     for waiter in waiters:
         by_loop.setdefault(waiter.get_loop(), []).append(waiter)

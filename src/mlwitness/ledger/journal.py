@@ -295,12 +295,6 @@ class Journal:
         self._end = 0  # the active segment's file size: zeros from self._size up to here
         # (size, last_seq) of the active segment before the last append began writing
         self._batch_start: tuple[int, int] | None = None
-        # In synced durability, (size, last_seq) before the oldest batch not yet flushed
-        # (a batch whose flush a syncer process runs may be followed by none, or, from a
-        # thread's commit, by one more, flushed inline): None when all are flushed.
-        self._unsynced: tuple[int, int] | None = None
-        self.synced_seq = 0  # every record up to this one is flushed (synced durability)
-        self.generation = 0  # counts the segments made active: a syncer's descriptor's age
 
     def open(self, next_seq: int) -> None:
         """Start a fresh segment for records from `next_seq` on. Existing segments are kept
@@ -317,7 +311,6 @@ class Journal:
                 path.unlink()
                 continue
             self._segments.append(Segment(path, first, next_seq - 1))
-        self.synced_seq = next_seq - 1  # what is before was recovered from the disk
         self._roll(next_seq)
 
     def _roll(self, next_seq: int) -> None:
@@ -336,10 +329,7 @@ class Journal:
             raise
         if self._fd is not None:
             self._io.close(self._fd)
-            self.synced_seq = self._segments[-1].last_seq  # flushed whole above
         self._fd = fd
-        self.generation += 1
-        self._unsynced = None
         self._size = self._end = len(self._header)
         self._segments.append(Segment(path, next_seq, next_seq - 1))
         try:  # the new segment is active now: its directory entry must be on disk too
@@ -359,8 +349,6 @@ class Journal:
         if self._size >= self.segment_bytes:
             self._roll(first_seq)
         self._batch_start = (self._size, self._segments[-1].last_seq)
-        if self._unsynced is None and self.synced:
-            self._unsynced = self._batch_start
         end = self._size + len(frames)
         if end > self._end:
             self._write_at(self._fd, bytes(EXTEND_BYTES), end)
@@ -369,35 +357,9 @@ class Journal:
         self._size = end
         self._segments[-1].last_seq = last_seq
 
-    @property
-    def synced(self) -> bool:
-        """Whether every batch is flushed before it is acknowledged (`fsync` durability)."""
-        return self._header.endswith(SYNCED)
-
-    @property
-    def fd(self) -> int:
-        """The active segment's descriptor (a syncer process flushes through its copy)."""
-        assert self._fd is not None, "journal not open"
-        return self._fd
-
-    @property
-    def last_seq(self) -> int:
-        """The last record written to the journal."""
-        return self._segments[-1].last_seq
-
     def sync(self) -> None:
-        """Flush the active segment: every record written so far is on disk."""
         assert self._fd is not None, "journal not open"
         self._flush(self._fd)
-        self.flushed(self._segments[-1].last_seq)
-
-    def flushed(self, seq: int) -> None:
-        """Records up to `seq` are on disk (this process's sync, or a syncer's)."""
-        if seq <= self.synced_seq:
-            return
-        self.synced_seq = seq
-        if seq >= self._segments[-1].last_seq:
-            self._unsynced = None
 
     def reserve(self, next_seq: int) -> None:
         """Make room for the next batch (records from `next_seq` on) and flush it: zeros up
@@ -428,28 +390,11 @@ class Journal:
 
     def discard_last_batch(self) -> None:
         """Cut the active segment back to where the last `append` began, and flush. For a
-        batch whose write failed: it was never acknowledged, so its frames must not come
-        back as records at the next start. (A batch before it whose flush is under way
-        stays.)"""
+        batch whose write or flush failed: it was never acknowledged, so its frames must not
+        come back as records at the next start."""
         if self._batch_start is None or self._fd is None:
             return  # the append failed before writing anything
-        self._cut(self._batch_start)
-        if self._unsynced is not None and self._unsynced[0] >= self._size:
-            self._unsynced = None
-
-    def discard_unflushed(self) -> None:
-        """After a failed flush: cut the active segment back to where the oldest batch not
-        known to be flushed began (in `write` durability, the last batch), and flush. None
-        of those batches was acknowledged."""
-        start = self._unsynced if self._unsynced is not None else self._batch_start
-        if start is None or self._fd is None:
-            return
-        self._cut(start)
-        self._unsynced = None
-
-    def _cut(self, start: tuple[int, int]) -> None:
-        assert self._fd is not None
-        size, last_seq = start
+        size, last_seq = self._batch_start
         self._batch_start = None
         self._io.ftruncate(self._fd, size)
         self._flush(self._fd, data_only=False)

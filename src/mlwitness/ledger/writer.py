@@ -50,8 +50,6 @@
     ledger/chain.py     the commit path: chain head, journal write and fdatasync, event-loop
                         batches and their linger, backpressure, a full disk, a failed flush
                         (event loops' threads, append_blocking callers, the retry thread)
-    ledger/syncer.py    the child process that fdatasyncs a loop's batch while the loop
-                        serves on (`sync_process`)
     ledger/loader.py    the loader thread: loads on its beat, `sync`, other DuckDB writes
     ledger/sources.py   where a load's rows come from: the table builder child (or the
                         journal, read here), or records kept in memory
@@ -73,7 +71,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from mlwitness.ledger import erasure, syncer
+from mlwitness.ledger import erasure
 from mlwitness.ledger import journal as journal_mod
 from mlwitness.ledger.chain import Chain
 from mlwitness.ledger.database import Database
@@ -113,10 +111,6 @@ class WriterOptions:
     # are decoded again from their bytes); without one, or if the child fails, the loader
     # thread builds the rows itself.
     table_process: bool = False
-    # In `fsync` durability, flush the event loop's batches in a child process
-    # (ledger/syncer.py): the loop serves on while the disk flushes one batch and the next
-    # gathers. Only with the operating system's own file calls (not a test's faulty ones).
-    sync_process: bool = False
 
 
 @dataclass
@@ -177,7 +171,6 @@ class LedgerWriter:
         )
         self._db = self.database(self.path, self.options.duckdb_threads, self.stats,
                                  memory_bytes=self.options.duckdb_memory_bytes)
-        self._journal_io = journal_io
         self._chain = Chain(journal, self.options, self.stats)
         self._loader = Loader(self._chain, self._db, self.options, self.stats,
                               self.tabulator, decoder)
@@ -199,9 +192,6 @@ class LedgerWriter:
         self.chain_id, self.announced_features = start.chain_id, start.announced
         self._loader.loaded_seq = start.head_seq
         self._chain.start(start.head_seq, start.head_hash)
-        if (self.options.sync_process and self.options.durability == "fsync"
-                and syncer.available(self._journal_io)):
-            self._chain.syncer = syncer.Syncer()
         self._db.admit_readers()
         self._open = True
         self._loader.sources.start(journal_mod.journal_dir(self.path))

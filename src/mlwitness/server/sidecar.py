@@ -179,7 +179,6 @@ class Sidecar:
                 duckdb_threads=s.duckdb_threads,
                 duckdb_memory_bytes=s.duckdb_memory_bytes,
                 table_process=True,
-                sync_process=True,
             ),
             tabulator=tabulator_for(s, model.signature),
             decoder=decode_record_tensors,
