@@ -202,6 +202,10 @@ class LedgerWriter:
         if self._chain.closing:
             return
         self._chain.shut()
+        if self.stats.flushes:
+            log.info("ledger: %d records in %d group commits (%.1f a commit)",
+                     self.stats.appended, self.stats.flushes,
+                     self.stats.appended / self.stats.flushes)
         self._loader.stop()
         self._loader.sources.close()
         self._open = False
