@@ -203,9 +203,10 @@ class LedgerWriter:
             return
         self._chain.shut()
         if self.stats.flushes:
-            log.info("ledger: %d records in %d group commits (%.1f a commit)",
-                     self.stats.appended, self.stats.flushes,
-                     self.stats.appended / self.stats.flushes)
+            log.info("ledger: %d records in %d group commits (%.1f a commit, %.0f us a "
+                     "commit's write and flush)", self.stats.appended, self.stats.flushes,
+                     self.stats.appended / self.stats.flushes,
+                     1e6 * self.stats.flush_seconds / self.stats.flushes)
         self._loader.stop()
         self._loader.sources.close()
         self._open = False
