@@ -255,8 +255,10 @@ class Settings:
         "ledger; past the cap it evicts cached blocks and spills sorts and joins to "
         "`LEDGER.tmp/`. Aggregates that cannot spill (quantiles, DISTINCT) over millions of "
         "rows need more (a quantile by group over 3M rows failed at 48 MiB with DuckDB's "
-        "Out of Memory Error, ran at 64). DuckDB's own default is 80 per cent of the machine's "
-        "memory.",
+        "Out of Memory Error, ran at 64). Every 10 s, while no reader holds a cursor, the "
+        "sidecar has DuckDB give back the blocks it keeps cached (its limit is lowered to "
+        "16 MiB for a moment), so that serving does not hold the whole cap. DuckDB's own "
+        "default is 80 per cent of the machine's memory.",
         check="count", shown="64 MiB")
     max_backlog: int = setting(
         200_000, "Records acknowledged but not yet in DuckDB before new calls wait (then "

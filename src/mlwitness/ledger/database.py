@@ -13,6 +13,10 @@ Shared fields:
                   under `read_lock`; `cursor` (any thread) reads read_root under it.
                   Nothing else is taken, nor anything waited for, while holding read_lock.
   broken          the loader thread's (DuckDB invalidated its database: open it again)
+  _readers        cursors handed out and not yet collected: `cursor` counts one up, a
+                  cursor's finalizer (any thread, whenever it is collected) counts it down,
+                  under `_count_lock` (reentrant: a finalizer may run in a thread that holds
+                  it). `squeeze` reads it under read_lock, so no cursor is made meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +48,8 @@ T = TypeVar("T")
 # Insert probes spent finding the records whose decoded columns DuckDB refuses in a failed
 # load (bisecting it); records still unresolved then go in without their decoded columns.
 SALVAGE_PROBES = 64
+# What `squeeze` lowers DuckDB's memory limit to for a moment, so that it evicts its cache.
+SQUEEZE_BYTES = 16 << 20
 
 
 class Database:
@@ -56,6 +63,8 @@ class Database:
         self.read_root: duckdb.DuckDBPyConnection | None = None
         self.read_lock = threading.Lock()
         self.broken = False
+        self._readers = 0
+        self._count_lock = threading.RLock()
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = schema.connect(self.path)
@@ -89,7 +98,47 @@ class Database:
         with self.read_lock:  # `reopen` (the loader) may be replacing it
             if self.read_root is None:
                 raise LedgerUnavailable("the ledger is not open")
-            return self.read_root.cursor()
+            cursor = self.read_root.cursor()
+            with self._count_lock:
+                self._readers += 1
+        weakref.finalize(cursor, self._reader_gone)
+        return cursor
+
+    def _reader_gone(self) -> None:
+        with self._count_lock:
+            self._readers -= 1
+
+    def squeeze(self) -> bool:
+        """(Loader.) Have DuckDB give back the blocks it keeps cached, by lowering its
+        memory limit to SQUEEZE_BYTES for a moment: unpinned blocks are evicted and their
+        memory freed, and the limit is set back at once. Only while no reader holds a
+        cursor (none is made meanwhile): a query running then would get the lower limit,
+        and one that cannot spill would fail. False when it was not done."""
+        if self.memory_bytes <= SQUEEZE_BYTES or self.con is None or self.broken:
+            return False
+        with self.read_lock:
+            with self._count_lock:
+                if self._readers:
+                    return False
+            try:
+                self.con.execute(f"SET memory_limit = '{SQUEEZE_BYTES}B'")
+            except duckdb.Error:  # more is pinned than that: it evicted what it could
+                pass
+            finally:
+                self._restore_limit()
+        return True
+
+    def _restore_limit(self) -> None:
+        assert self.con is not None
+        for _ in range(3):
+            try:
+                self.con.execute(f"SET memory_limit = '{int(self.memory_bytes)}B'")
+                return
+            except duckdb.Error as exc:
+                problem = exc
+        # Never leave the lower limit in force: opened again, DuckDB gets the right one.
+        log.error("could not set DuckDB's memory limit back (%s); opening it again", problem)
+        self.broken = True
 
     def reopen(self) -> None:
         """Open DuckDB again. After a fatal error (a checkpoint that failed, e.g. on a full

@@ -50,6 +50,10 @@ T = TypeVar("T")
 
 # A failed load is retried after 0.5 s, doubling up to this.
 LOAD_RETRY_MAX_S = 5.0
+# How often the loader has DuckDB give back the blocks it caches (Database.squeeze): under
+# load DuckDB fills its memory limit with the ledger's blocks and keeps them, a pod's
+# memory that serving never reads again.
+SQUEEZE_INTERVAL_S = 10.0
 
 
 class Loader:
@@ -154,6 +158,7 @@ class Loader:
     def _load_loop(self) -> None:
         interval = self.options.load_interval_s
         next_load = time.monotonic() + interval  # loads begin once an interval, on the beat
+        next_squeeze = time.monotonic() + SQUEEZE_INTERVAL_S
         while True:
             with self.cond:
                 wait = next_load - time.monotonic()
@@ -176,8 +181,23 @@ class Loader:
                 return  # closing and DuckDB refuses: the rest stays in the journal, unskipped
             if not loading and self.chain.closing and self.loaded_seq >= self.chain.durable[0]:
                 return
+            if time.monotonic() >= next_squeeze:
+                next_squeeze = time.monotonic() + SQUEEZE_INTERVAL_S
+                self.squeeze()
             with self.cond:
                 self.cond.notify_all()
+
+    def squeeze(self) -> bool:
+        """(The loader thread.) Database.squeeze, its failure logged, never raised."""
+        try:
+            done = self.db.squeeze()
+        except Exception as exc:  # DuckDB's: the next load notices a broken database
+            if fatal(exc):
+                self.db.broken = True
+            log.warning("giving back DuckDB's cached blocks failed: %s", exc)
+            return False
+        self.stats.squeezes += done
+        return done
 
     def _load(self, first: int, last: int, build: Callable[[], pa.Table]) -> bool:
         """Insert records first..last (their rows made by `build`) into DuckDB, retrying

@@ -130,6 +130,7 @@ class WriterStats:
     last_load_batch: int = 0
     built_by_child: int = 0  # loaded records whose rows the table builder process built
     undecoded: int = 0  # records loaded without decoded columns: they could not be built
+    squeezes: int = 0  # times DuckDB gave back its cached blocks (Database.squeeze)
 
 
 class LedgerWriter:
@@ -313,3 +314,10 @@ class LedgerWriter:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new read cursor on the ledger, for one thread's use."""
         return self._db.cursor()
+
+    def give_back_memory(self, timeout: float = 30.0) -> bool:
+        """Have DuckDB give back the ledger blocks it caches now, rather than at the
+        loader's next turn (every SQUEEZE_INTERVAL_S): only while no reader holds a cursor.
+        Whether it was done."""
+        return self._loader.write(lambda _con: self._loader.squeeze(), timeout,
+                                  transaction=False)
