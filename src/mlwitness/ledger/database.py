@@ -11,7 +11,8 @@ thread.
 Shared fields:
   con, read_root  written by the owner, or by the loader thread in `reopen` and `compact`,
                   under `read_lock`; `cursor` (any thread) reads read_root under it.
-                  Nothing else is taken, nor anything waited for, while holding read_lock.
+                  Nothing else is taken, nor anything waited for, while holding read_lock
+                  (but `_count_lock`, and `squeeze`'s two SET statements).
   broken          the loader thread's (DuckDB invalidated its database: open it again)
   _readers        cursors handed out and not yet collected: `cursor` counts one up, a
                   cursor's finalizer (any thread, whenever it is collected) counts it down,
