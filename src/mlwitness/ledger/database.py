@@ -72,7 +72,7 @@ class Database:
         if self.threads > 0:
             con.execute(f"SET threads = {int(self.threads)}")
         if self.memory_bytes > 0:
-            con.execute(f"SET memory_limit = '{int(self.memory_bytes)}B'")
+            _set_limit(con, self.memory_bytes)
         return con
 
     def open(self) -> duckdb.DuckDBPyConnection:
@@ -122,7 +122,7 @@ class Database:
                 if self._readers:
                     return False
             try:
-                self.con.execute(f"SET memory_limit = '{SQUEEZE_BYTES}B'")
+                _set_limit(self.con, SQUEEZE_BYTES)
             except duckdb.Error:  # more is pinned than that: it evicted what it could
                 pass
             finally:
@@ -133,7 +133,7 @@ class Database:
         assert self.con is not None
         for _ in range(3):
             try:
-                self.con.execute(f"SET memory_limit = '{int(self.memory_bytes)}B'")
+                _set_limit(self.con, self.memory_bytes)
                 return
             except duckdb.Error as exc:
                 problem = exc
@@ -367,3 +367,7 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _set_limit(con: duckdb.DuckDBPyConnection, size: int) -> None:
+    con.execute(f"SET memory_limit = '{int(size)}B'")
