@@ -49,10 +49,11 @@ from mlwitness.ledger.rows import Tabulator, TensorDecoder, record_table
 log = logging.getLogger(__name__)
 
 TABLER_NICE = 10  # added to the child's nice value: it yields the CPU to serving
-# The child's allocators, unless the environment names others. It frees every table once
-# sent, but pyarrow's default pool (mimalloc) kept what it had freed: the child held 84-87
-# MiB PSS at 8 callers, 72-80 with these (bench/bench_memory.py).
-CHILD_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
+# The allocators of the serving processes (this child here, the server in
+# server/lifecycle.return_freed_memory), unless the environment names others. The child
+# frees every table once sent, but pyarrow's default pool (mimalloc) kept what it had
+# freed: it held 84-87 MiB PSS at 8 callers, 72-80 with these (bench/bench_memory.py).
+ALLOCATORS = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
 TIMEOUT_S = 10.0  # a table not answered by then: the loader builds it itself
 RESTART_AFTER_S = 10.0
 GIVE_UP_AFTER = 3  # failures in a row (without a table between): no more restarts
@@ -282,7 +283,7 @@ class Tabler:
         try:
             self._child = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, bufsize=0,
-                                           env={**CHILD_ENV, **os.environ})
+                                           env={**ALLOCATORS, **os.environ})
         except OSError as exc:
             raise self._fail(f"it could not start ({exc})") from exc
         return self._child

@@ -15,6 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from mlwitness.ledger.tabler import ALLOCATORS
+
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
@@ -44,10 +46,12 @@ def return_freed_memory() -> None:
     environment chose for them. glibc makes an arena per thread (up to 8 per core: the
     gRPC, onnxruntime, DuckDB and loader threads), each keeping what was freed in it, and
     pyarrow's default pool (mimalloc) keeps its segments. Call it before the servers start
-    their threads."""
+    their threads. The same choices as the table builder's (tabler.ALLOCATORS)."""
     if "MALLOC_ARENA_MAX" not in os.environ:
         with contextlib.suppress(ValueError, OSError, AttributeError):
             if os.confstr("CS_GNU_LIBC_VERSION"):  # glibc's parameter numbers
-                ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+                ctypes.CDLL(None).mallopt(M_ARENA_MAX, int(ALLOCATORS["MALLOC_ARENA_MAX"]))
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        pa.set_memory_pool(pa.system_memory_pool())
+        pools = {"system": pa.system_memory_pool, "jemalloc": pa.jemalloc_memory_pool,
+                 "mimalloc": pa.mimalloc_memory_pool}
+        pa.set_memory_pool(pools[ALLOCATORS["ARROW_DEFAULT_MEMORY_POOL"]]())
