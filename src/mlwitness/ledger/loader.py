@@ -40,6 +40,7 @@ from mlwitness.errors import LedgerUnavailable
 from mlwitness.ledger.database import Database, fatal
 from mlwitness.ledger.rows import Tabulator, TensorDecoder
 from mlwitness.ledger.sources import Sources
+from mlwitness.ledger.tabler import trim_heap
 
 if TYPE_CHECKING:
     from mlwitness.ledger.chain import Chain
@@ -188,7 +189,8 @@ class Loader:
                 self.cond.notify_all()
 
     def squeeze(self) -> bool:
-        """(The loader thread.) Database.squeeze, its failure logged, never raised."""
+        """(The loader thread.) Database.squeeze, its failure logged, never raised; then
+        glibc's heaps trimmed (tabler.trim_heap: DuckDB's own allocator is not glibc's)."""
         try:
             done = self.db.squeeze()
         except Exception as exc:  # DuckDB's: the next load notices a broken database
@@ -197,6 +199,7 @@ class Loader:
             log.warning("giving back DuckDB's cached blocks failed: %s", exc)
             return False
         self.stats.squeezes += done
+        trim_heap()
         return done
 
     def _load(self, first: int, last: int, build: Callable[[], pa.Table]) -> bool:
