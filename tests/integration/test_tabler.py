@@ -476,3 +476,29 @@ def test_a_load_interval_must_be_positive(tmp_path: Path) -> None:
     for interval in (0, -1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="load_interval_s"):
             LedgerWriter(tmp_path / "ledger.duckdb", WriterOptions(load_interval_s=interval))
+
+
+@pytest.mark.parametrize("builder", ["process", "thread"])
+def test_the_sidecar_builds_rows_where_table_builder_says(
+    make_sidecar, affine_model: Path, builder: str
+) -> None:
+    # --table-builder thread trades the child's memory for CPU on the serving process: the
+    # same rows either way, only who built them differs.
+    import tritonclient.grpc as grpcclient
+    from sidecar import read_ledger
+
+    server = make_sidecar(affine_model, table_builder=builder)
+    with grpcclient.InferenceServerClient(server.address) as client:
+        for i in range(5):
+            tensor = grpcclient.InferInput("x", [1, 4], "FP32")
+            tensor.set_data_from_numpy(np.full((1, 4), i, np.float32))
+            client.infer("affine_fp32", [tensor], request_id=f"r{i}")
+    stats = server.sidecar.ledger.stats
+    server.stop()
+    assert (stats.built_by_child > 0) == (builder == "process")
+    rows = read_ledger(server.ledger_path, "SELECT request_id, inputs, outputs FROM entries "
+                                           "WHERE request_id LIKE 'r%' ORDER BY seq")
+    assert [row[0] for row in rows] == [f"r{i}" for i in range(5)]
+    for i, (_, inputs, outputs) in enumerate(rows):
+        assert [value for row in inputs for value in row.values()] == [float(i)] * 4
+        assert outputs

@@ -178,7 +178,7 @@ class Sidecar:
                 max_unloaded=s.max_backlog,
                 duckdb_threads=s.duckdb_threads,
                 duckdb_memory_bytes=s.duckdb_memory_bytes,
-                table_process=True,
+                table_process=s.table_builder == "process",
             ),
             tabulator=tabulator_for(s, model.signature),
             decoder=decode_record_tensors,
