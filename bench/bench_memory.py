@@ -5,7 +5,8 @@
         [--max-growth 0.5] [--settle 60] [--json out.json]
 
 For each server (`sidecar`: `mlwitness serve` on the demo model with its defaults, fsync
-ledger; `bare`: bench/bare_server.py, for comparison), one after the other on a free
+ledger; `sidecar_thread`: the same with `--table-builder thread`, no table-builder child;
+`bare`: bench/bare_server.py, for comparison), one after the other on a free
 127.0.0.1 port: sample once idle, then drive `--concurrency` closed-loop tritonclient
 callers for `--minutes` and sample every `--interval` seconds:
 
@@ -59,6 +60,8 @@ from bench_sidecar import (  # noqa: E402
 from load import Job, LoadPool, LoadResult  # noqa: E402
 
 MIB = 1 << 20
+# The sidecars measured, by name: their flags beyond the defaults
+SIDECARS = {"sidecar": [], "sidecar_thread": ["--table-builder", "thread"]}
 PAGE = mmap.PAGESIZE
 
 
@@ -238,8 +241,9 @@ def print_sample(s: Sample, ledgered: bool) -> None:
 
 def run_one(kind: str, pool: LoadPool, model: Path, work: Path,
             args: argparse.Namespace) -> Trace:
-    ledgered = kind == "sidecar"
-    server = sidecar(model, work, kind, args.durability) if ledgered else bare(model, work, kind)
+    ledgered = kind in SIDECARS
+    server = (sidecar(model, work, kind, args.durability, extra=SIDECARS[kind]) if ledgered
+              else bare(model, work, kind))
     stat, key = cgroup_stat(server.proc.pid)
     print(f"\n{kind}: pid {server.proc.pid}, {args.minutes:g} min at c={args.concurrency}, "
           f"batch {args.batch}, a sample every {args.interval:g} s; page cache from "
@@ -310,7 +314,7 @@ def summarize(trace: Trace, args: argparse.Namespace) -> dict[str, object]:
     last = steady[-1]
     idle = trace.samples[0]
     attrs = ["rss", "pss", "uss", "cgroup_cache"]
-    if trace.server == "sidecar":
+    if trace.server in SIDECARS:
         attrs += ["journal_cached", "duckdb_cached"]
     slopes = {attr: slope_mib_per_min(steady, attr) for attr in attrs}
     max_pss = max(s.pss for s in steady)
@@ -331,13 +335,13 @@ def summarize(trace: Trace, args: argparse.Namespace) -> dict[str, object]:
     print(f"  at the end: RSS {mib(last.rss)}, PSS {mib(last.pss)} (max {mib(max_pss)}), "
           f"USS {mib(last.uss)} MiB; page cache in the cgroup {mib(last.cgroup_cache)} MiB "
           f"({mib(cache_change)} since idle)")
-    if trace.server == "sidecar":
+    if trace.server in SIDECARS:
         print(f"  ledger files: journal {mib(last.journal_disk)} MiB on disk, "
               f"{mib(last.journal_cached)} cached; DuckDB {mib(last.duckdb_disk)} on disk, "
               f"{mib(last.duckdb_cached)} cached")
     print("  growth, MiB/min: " + ", ".join(
         f"{name} {value:+.2f}" for name, value in slopes.items() if value == value))
-    if trace.server == "sidecar":
+    if trace.server in SIDECARS:
         pss_ok = last.pss <= args.limit_mib * MIB
         growth_ok = slopes["pss"] <= args.max_growth
         summary["targets"] = {"pss_limit_met": pss_ok, "no_growth_met": growth_ok}
@@ -357,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--servers", default="sidecar,bare", help="sidecar, bare or both")
+    parser.add_argument("--servers", default="sidecar,bare",
+                        help=f"comma-separated subset of {','.join([*SIDECARS, 'bare'])}")
     parser.add_argument("--durability", choices=("fsync", "write"), default="fsync")
     parser.add_argument("--limit-mib", type=float, default=200.0, help="tree PSS target")
     parser.add_argument("--max-growth", type=float, default=0.5,
@@ -368,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every sample and the summary here")
     args = parser.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not servers or set(servers) - {"sidecar", "bare"}:
-        parser.error("--servers takes sidecar, bare or both")
+    if not servers or set(servers) - {*SIDECARS, "bare"}:
+        parser.error(f"--servers takes a subset of {','.join([*SIDECARS, 'bare'])}")
 
     info = machine()
     print("machine: " + info["uname"])

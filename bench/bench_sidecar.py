@@ -24,11 +24,14 @@ one):
     a_arch   mlwitness serve, embedded, fsync, --archive file://<a directory of its own>
              with --archive-interval 2: segments sealed and shipped while the load runs
              (compared with `a`: issue 17's 3 % at c=8)
+    a_thread mlwitness serve, embedded, fsync, --table-builder thread: no table-builder
+             child (less memory, more CPU in the serving process)
     p        bench/bare_proxy.py in front of an upstream: the bare proxy hop, what forwarding
              is compared with first
     c        mlwitness serve --upstream <an upstream> (forwarding, fsync); also measures
     c0       that upstream called directly, in the same slot, before c forwards to it
     c_write  mlwitness serve --upstream <an upstream> --durability write
+    c_thread mlwitness serve --upstream <an upstream> --table-builder thread
     a_base, c_base
              a and c from another source tree (--baseline-src DIR: its src directory, put
              first on the sidecar's PYTHONPATH), for a before/after in one interleaved run
@@ -93,6 +96,7 @@ LABELS = {
     "a_cp": "(a+) sidecar, checkpoints published",
     "a_nocp": "(a0) sidecar, checkpoints off",
     "a_arch": "(a~) sidecar, archive shipping",
+    "a_thread": "(a^) sidecar, table builder thread",
     "a_base": "(A)  (a) from --baseline-src",
     "k": "(k)  KServe ModelServer",
     "m": "(m)  MLServer",
@@ -100,14 +104,17 @@ LABELS = {
     "p": "(p)  bare proxy hop -> upstream",
     "c": "(c)  sidecar forwarding, fsync",
     "c_write": "(c') sidecar forwarding, write",
+    "c_thread": "(c^) forwarding, table builder thread",
     "c_base": "(C)  (c) from --baseline-src",
     "c0": "(c0) upstream, called directly",
 }
 CONFIGS = tuple(c for c in LABELS if c != "c0")  # c0 comes with c
 PEERS = {"k": "kserve", "m": "mlserver"}
-LEDGERED = ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_arch", "a_base", "c", "c_write",
-            "c_base")
+EMBEDDED = ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_arch", "a_thread", "a_base")
+FORWARDING = ("c", "c_write", "c_thread", "c_base")
+LEDGERED = EMBEDDED + FORWARDING
 BASELINE = ("a_base", "c_base")  # the sidecar of another source tree (--baseline-src)
+THREAD_BUILDER = ["--table-builder", "thread"]
 
 
 @dataclass(frozen=True)
@@ -645,11 +652,12 @@ def one_config(
             measure(pool, server, config, rnd, args, run)
         finally:
             server.stop()
-    elif config in ("a", "a_write", "a_guards", "a_cp", "a_nocp", "a_arch", "a_base"):
+    elif config in EMBEDDED:
         extra = (guard_files(work, model, args.kind.features) if config == "a_guards" else
                  checkpoint_flags(work, tag) if config == "a_cp" else
                  ["--checkpoint-interval", "0"] if config == "a_nocp" else
-                 archive_flags(work, tag, args.archive_root) if config == "a_arch" else None)
+                 archive_flags(work, tag, args.archive_root) if config == "a_arch" else
+                 THREAD_BUILDER if config == "a_thread" else None)
         server = sidecar(model, work, tag, "write" if config == "a_write" else "fsync",
                          extra=extra, src=args.baseline_src if config == "a_base" else None)
         try:
@@ -658,7 +666,7 @@ def one_config(
             server.stop(kill=True)
             raise
         check_ledger(server, config, rnd, acked, calls, args, run)
-    elif config in ("p", "c", "c_write", "c_base"):
+    elif config in ("p", *FORWARDING):
         upstream = peer(args.upstream, model, work, f"{config}-up-r{rnd}")
         try:
             if config == "c":
@@ -692,6 +700,7 @@ def forward(
         return
     durability = "write" if config == "c_write" else "fsync"
     server = sidecar(model, work, tag, durability, upstream=upstream.target,
+                     extra=THREAD_BUILDER if config == "c_thread" else None,
                      src=args.baseline_src if config == "c_base" else None)
     try:
         acked, calls = measure(pool, server, config, rnd, args, run, (upstream,))
@@ -784,6 +793,11 @@ def checks(hi: int, lo: int) -> dict[str, list[Check]]:
             Check(f"(a+) p99 - (a0) p99, c={hi}", "a_cp", "a_nocp", hi, _p99, unit=ms),
             Check(f"(a~)/(a) throughput, c={hi}", "a_arch", "a", hi, _ratio, ">=", 0.97),
             Check(f"(a~) p99 - (a) p99, c={hi}", "a_arch", "a", hi, _p99, unit=ms),
+            Check(f"(a^)/(a) throughput, c={hi}", "a_thread", "a", hi, _ratio),
+            Check(f"(a^)/(b) throughput, c={hi}", "a_thread", "b", hi, _ratio),
+            Check(f"(a^) p99 - (a) p99, c={hi}", "a_thread", "a", hi, _p99, unit=ms),
+            Check(f"(c^)/(c) throughput, c={hi}", "c_thread", "c", hi, _ratio),
+            Check(f"(c^)/(p) throughput, c={hi}", "c_thread", "p", hi, _ratio),
             Check(f"(a') p50 - (b) p50, c={lo}", "a_write", "b", lo, _p50, unit=ms),
             Check(f"(c)/(c0) throughput, c={hi}", "c", "c0", hi, _ratio),
             Check(f"(c) p50 - (c0) p50, c={lo}", "c", "c0", lo, _p50, unit=ms),
@@ -810,7 +824,7 @@ def report(run: Run, args: argparse.Namespace) -> dict[str, object]:
         f"features, batch {args.batch}, {args.duration:g} s measured per point after "
         f"{args.warmup:g} s warm-up, client {args.client} x{args.processes}"
         + (f", forwarding to {args.upstream}"
-           if {"p", "c", "c_write", "c_base"} & set(configs) else "")
+           if {"p", *FORWARDING} & set(configs) else "")
         + ")"
     )
     header = (
@@ -849,7 +863,7 @@ def report(run: Run, args: argparse.Namespace) -> dict[str, object]:
     ratios = []
     for group, group_checks in checks(max(args.concurrency), min(args.concurrency)).items():
         lines = []
-        for check in group_checks:
+        for check in dict.fromkeys(group_checks):  # with one level, c=lo is c=hi
             xs = _points(run, check.x, check.concurrency)
             ys = _points(run, check.y, check.concurrency)
             values = [check.fn(xs[r].load, ys[r].load) for r in sorted(xs) if r in ys]
@@ -969,7 +983,7 @@ def choose_configs(args: argparse.Namespace) -> list[str]:
         raise SystemExit(f"unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     if set(BASELINE) & set(configs) and args.baseline_src is None:
         raise SystemExit("configurations a_base and c_base need --baseline-src")
-    if args.upstream != "bare" and {"p", "c", "c_write", "c_base"} & set(configs):
+    if args.upstream != "bare" and {"p", *FORWARDING} & set(configs):
         problem = peers.missing(args.upstream)
         if problem:
             raise SystemExit(f"--upstream {args.upstream}: {problem}")
@@ -1055,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     kinds = {PEERS[c] for c in configs if c in PEERS}
-    if {"p", "c", "c_write", "c_base"} & set(configs) and args.upstream != "bare":
+    if {"p", *FORWARDING} & set(configs) and args.upstream != "bare":
         kinds.add(args.upstream)
     info.update(peer_versions(kinds))
     print("machine: " + info["uname"])
