@@ -74,10 +74,11 @@ _MALLOC_TRIM = _glibc_malloc_trim()
 def trim_heap() -> None:
     """Have glibc give back to the system the free pages inside its heaps (malloc_trim).
     Memory a process frees stays resident otherwise, unless it lies at a heap's top: the
-    sidecar held about 5 MiB more PSS without this (bench/README.md, memory). It takes
-    0.5-2 ms at the sidecar's size, holding each arena's lock meanwhile, so it runs where
-    a pause costs nothing: after the table builder sends a table, and in the loader once
-    every SQUEEZE_INTERVAL_S. Nothing where the C library is not glibc."""
+    sidecar held about 5 MiB more PSS without this (bench/HISTORY.md, 2026-12-08). It takes
+    0.5-2 ms at the sidecar's size, holding each arena's lock meanwhile (a thread that
+    allocates then waits), so it runs rarely or off the serving process: in the loader once
+    every SQUEEZE_INTERVAL_S, and in the table builder after each table it sends. Nothing
+    where the C library is not glibc."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
