@@ -265,7 +265,7 @@ class Settings:
         "low-priority child process reads the records back from the journal and decodes "
         "them, off the serving process's GIL. `thread`: the loader thread builds them from "
         "the records the serving process keeps until their load: no child process, about "
-        "40 MiB less memory (PSS; 195 against 238 MiB over 10 minutes at 8 callers), for "
+        "45 MiB less memory (PSS; 185 against 232 MiB over 10 minutes at 8 callers), for "
         "CPU on the serving process (on 2 cores at 8 callers, 0.84-1.02x the calls a second "
         "embedded and 0.85-0.90x forwarding, p99 about 3 ms higher). See "
         "docs/benchmarks.md.", choices=("process", "thread"))

@@ -15,6 +15,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from sidecar import read_ledger
 
 from mlwitness.codec import encode_inputs, encode_outputs, tensor_from_array
 from mlwitness.errors import DataLoss
@@ -484,9 +486,6 @@ def test_the_sidecar_builds_rows_where_table_builder_says(
 ) -> None:
     # --table-builder thread trades the child's memory for CPU on the serving process: the
     # same rows either way, only who built them differs.
-    import tritonclient.grpc as grpcclient
-    from sidecar import read_ledger
-
     server = make_sidecar(affine_model, table_builder=builder)
     with grpcclient.InferenceServerClient(server.address) as client:
         for i in range(5):

@@ -66,6 +66,20 @@ def test_each_setting_is_read_from_its_flag_environment_variable_and_toml_key(
     assert getattr(Settings(), spec.name) == spec.default  # not given: the declared default
 
 
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.choices], ids=lambda s: s.name)
+def test_a_choice_outside_its_list_is_refused_naming_the_choices(
+    spec: settings.Spec, tmp_path: Path
+) -> None:
+    # e.g. MLWITNESS_TABLE_BUILDER=subprocess: refused at start, not taken for the default
+    assert spec.choices is not None
+    config = tmp_path / "mlwitness.toml"
+    config.write_text(f'{spec.name} = "no-such-{spec.name}"\n')
+    for env in ({spec.env: f"no-such-{spec.name}"}, {"MLWITNESS_CONFIG": str(config)}):
+        with pytest.raises(ConfigError) as caught:
+            settings.build(None, env=env)
+        assert f"must be one of {', '.join(spec.choices)}" in caught.value.message
+
+
 def test_a_default_list_is_not_shared_between_settings() -> None:
     first, second = Settings(), Settings()
     first.record_metadata.append("x-extra")

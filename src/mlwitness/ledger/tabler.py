@@ -68,7 +68,7 @@ def _glibc_malloc_trim() -> Callable[[int], int] | None:
     return None
 
 
-_MALLOC_TRIM = _glibc_malloc_trim()
+malloc_trim = _glibc_malloc_trim()  # None where the C library is not glibc
 
 
 def trim_heap() -> None:
@@ -79,8 +79,8 @@ def trim_heap() -> None:
     allocates then waits), so it runs rarely or off the serving process: in the loader once
     every SQUEEZE_INTERVAL_S, and in the table builder after each table it sends. Nothing
     where the C library is not glibc."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 class TablerFailed(Exception):
