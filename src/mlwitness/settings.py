@@ -255,7 +255,7 @@ class Settings:
         "ledger; past the cap it evicts cached blocks and spills sorts and joins to "
         "`LEDGER.tmp/`. Aggregates that cannot spill (quantiles, DISTINCT) over millions of "
         "rows need more (a quantile by group over 3M rows failed at 48 MiB with DuckDB's "
-        "Out of Memory Error, ran at 64). Every 2 s, while no reader holds a cursor, the "
+        "Out of Memory Error, ran at 64). Every 10 s, while no reader holds a cursor, the "
         "sidecar has DuckDB give back the blocks it keeps cached (its limit is lowered to "
         "16 MiB for a moment), so that serving does not hold the whole cap. DuckDB's own "
         "default is 80 per cent of the machine's memory.",
@@ -265,7 +265,7 @@ class Settings:
         "low-priority child process reads the records back from the journal and decodes "
         "them, off the serving process's GIL. `thread`: the loader thread builds them from "
         "the records the serving process keeps until their load: no child process, about "
-        "45 MiB less memory (PSS; 185 against 232 MiB over 10 minutes at 8 callers), for "
+        "45 MiB less memory (PSS; 195 against 238 MiB over 10 minutes at 8 callers), for "
         "CPU on the serving process (on 2 cores at 8 callers, 0.84-1.02x the calls a second "
         "embedded and 0.85-0.90x forwarding, p99 about 3 ms higher). See "
         "docs/benchmarks.md.", choices=("process", "thread"))
